@@ -1,0 +1,80 @@
+"""Backbone registry: names -> :class:`BackboneConfig`, and :func:`load` to build one with its weights.
+
+Families register themselves when their module is imported; the registry imports a family module only when
+one of its names is asked for (no start-up cost for models you do not use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxheads.backbones.base import Backbone, BackboneConfig, Preprocessing, sha256_file
+
+__all__ = ["Backbone", "BackboneConfig", "Preprocessing", "get_config", "list_backbones", "load", "register"]
+
+# Family module -> the names it registers. Kept as data so that asking for a name imports one module.
+_FAMILIES: dict[str, tuple[str, ...]] = {
+    "jaxheads.backbones.efficientnet_lite": ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
+}
+_REGISTRY: dict[str, BackboneConfig] = {}
+
+
+def register(config: BackboneConfig) -> BackboneConfig:
+    """Add a config to the registry (called by family modules at import)."""
+    _REGISTRY[config.name] = config
+    return config
+
+
+def list_backbones() -> list[str]:
+    """Every registered backbone name."""
+    return sorted(name for names in _FAMILIES.values() for name in names)
+
+
+def get_config(name: str) -> BackboneConfig:
+    """The config registered under ``name``; a clear error lists the known names otherwise."""
+    if name not in _REGISTRY:
+        family = next((mod for mod, names in _FAMILIES.items() if name in names), None)
+        if family is None:
+            raise KeyError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
+        importlib.import_module(family)
+    return _REGISTRY[name]
+
+
+def load(name: str, weights: Any = "default", *, num_classes: int = 0, seed: int = 0) -> Backbone:
+    """Build backbone ``name`` with ``weights``: ``"default"``/``"imagenet"``/another named source, a file path,
+    or ``None`` for a random init (seeded). ``num_classes > 0`` keeps the pretrained classifier (if the source has one).
+    """
+    config = get_config(name)
+    module = config.build(num_classes=num_classes)
+    if weights == "default":
+        weights = config.default_weights
+    if weights is None:
+        size = config.preprocessing.input_size
+        variables = module.init(jax.random.key(seed), jax.numpy.zeros((1, size, size, 3)), train=False)
+        return Backbone(config, module, variables, f"random-seed{seed}")
+    if isinstance(weights, (str, Path)) and str(weights) in config.weights:
+        loader = config.weights[str(weights)]
+    elif isinstance(weights, (str, Path)) and Path(weights).exists() and "file" in config.weights:
+        loader = config.weights["file"]
+    elif isinstance(weights, (str, Path)) and not Path(weights).exists() and "/" in str(weights):
+        raise FileNotFoundError(f"backbone {name!r}: weights file {weights} does not exist")
+    else:
+        raise ValueError(
+            f"backbone {name!r}: unknown weights {weights!r}; expected None, a file path, or one of "
+            f"{sorted(k for k in config.weights if k != 'file')}"
+        )
+    variables, weights_id = loader(config, weights)
+    if num_classes == 0:
+        variables = {k: _drop_classifier(v) for k, v in variables.items()}
+    return Backbone(config, module, variables, weights_id)
+
+
+def _drop_classifier(tree: Any) -> Any:
+    """Remove a top-level ``classifier`` entry, so feature-only modules accept variables converted with the top."""
+    if isinstance(tree, dict) and "classifier" in tree:
+        return {k: v for k, v in tree.items() if k != "classifier"}
+    return tree

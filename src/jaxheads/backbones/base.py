@@ -1,0 +1,87 @@
+"""What every backbone is: a Flax module, its preprocessing as data, and where its weights come from.
+
+A backbone module maps preprocessed images (N, H, W, 3) float32 to a dict with at least
+``"features"``: the last feature map (N, h, w, C); modules built with ``num_classes > 0`` also return
+``"logits"`` (N, num_classes). Batch-norm statistics live in ``variables["batch_stats"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Variables = Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How raw RGB pixels in [0, 255] become the model's input: optional RGB->BGR, then (x - mean) / std.
+
+    This one affine form covers Keras's "tf" ([-1, 1]), "torch" (ImageNet mean/std), "caffe" (BGR mean)
+    modes and EfficientNet-Lite's (x - 127) / 128.
+    """
+
+    input_size: int
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    bgr: bool = False
+
+    def __call__(self, images: jax.Array | np.ndarray) -> jax.Array:
+        x = jnp.asarray(images, jnp.float32)
+        if self.bgr:
+            x = x[..., ::-1]
+        return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+
+    def key(self) -> str:
+        """A short string that changes whenever the preprocessing does (for feature-cache keys)."""
+        return hashlib.sha256(repr(dataclasses.astuple(self)).encode()).hexdigest()[:12]
+
+
+WeightsLoader = Callable[["BackboneConfig", Any], tuple[Variables, str]]
+"""Returns (Flax variables, weights id) for a weights argument; the id keys every cache built on them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+    """A registered backbone: architecture constructor, preprocessing, and weight sources (timm's PretrainedCfg)."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    """``build(num_classes=0) -> nn.Module``; ``num_classes=0`` gives the feature extractor alone."""
+    preprocessing: Preprocessing
+    feature_channels: int
+    weights: Mapping[str, WeightsLoader] = dataclasses.field(default_factory=dict)
+    """Named weight sources (e.g. ``"imagenet"``); a path argument is handled by the ``"file"`` loader."""
+    blocks: tuple[str, ...] = ()
+    """Top-level parameter collections in input->output order; fine-tuning unfreezes a suffix of these."""
+    default_weights: str | None = "imagenet"
+
+
+class Backbone(NamedTuple):
+    """A built backbone with its variables. ``weights_id`` identifies the weights (a file hash or a seed)."""
+
+    config: BackboneConfig
+    module: nn.Module
+    variables: Variables
+    weights_id: str
+
+    def apply(self, images: jax.Array, *, preprocess: bool = True) -> dict[str, jax.Array]:
+        """Inference forward pass (batch-norm in eval mode); ``images`` are RGB in [0, 255] unless preprocess=False."""
+        x = self.config.preprocessing(images) if preprocess else images
+        return self.module.apply(self.variables, x, train=False)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

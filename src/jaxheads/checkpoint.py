@@ -1,0 +1,85 @@
+"""Every orbax call in jaxheads lives here (orbax's API moves; one module to mend when it does).
+
+A checkpoint is a directory holding an orbax pytree (``state/``) and a small JSON file (``meta.json``) with
+whatever describes it (spec, label names, weights id). orbax writes into a temporary directory and renames it
+when complete, so a kill leaves either no checkpoint or a whole one; ``meta.json`` is written last, atomically,
+and its presence marks the checkpoint complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+META = "meta.json"
+STATE = "state"
+
+
+def save(path: str | Path, tree: Any, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``tree`` (a pytree of arrays) and ``meta`` (JSON-able) to ``path``, replacing an older checkpoint."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tree = jax.tree.map(np.asarray, tree)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / STATE, tree)
+            checkpointer.wait_until_finished()
+        write_json_atomic(staging / META, meta or {})
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def exists(path: str | Path) -> bool:
+    """True when ``path`` holds a complete checkpoint."""
+    return (Path(path) / META).is_file() and (Path(path) / STATE).is_dir()
+
+
+def load(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Read a checkpoint written by :func:`save`: (pytree of numpy arrays, meta dict)."""
+    path = Path(path).absolute()
+    if not exists(path):
+        raise FileNotFoundError(f"no complete jaxheads checkpoint at {path} (expected {STATE}/ and {META})")
+    with ocp.StandardCheckpointer() as checkpointer:
+        tree = checkpointer.restore(path / STATE)
+    meta = json.loads((path / META).read_text())
+    return jax.tree.map(np.asarray, tree), meta
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes through a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cache_dir() -> Path:
+    """Where converted backbones and default outputs go: ``$JAXHEADS_CACHE``, else ``./checkpoints``."""
+    return Path(os.environ.get("JAXHEADS_CACHE", "checkpoints")).absolute()

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+
+from jaxheads import checkpoint, parallel
+import jax
+
+
+def test_checkpoint_round_trip_and_replace(tmp_path):
+    tree = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+    checkpoint.save(tmp_path / "ck", tree, {"spec": {"width": 3}})
+    restored, meta = checkpoint.load(tmp_path / "ck")
+    np.testing.assert_array_equal(restored["params"]["w"], tree["params"]["w"])
+    assert meta == {"spec": {"width": 3}}
+    checkpoint.save(tmp_path / "ck", {"params": {"w": np.zeros(2, np.float32)}}, {"v": 2})
+    restored, meta = checkpoint.load(tmp_path / "ck")
+    assert restored["params"]["w"].shape == (2,) and meta == {"v": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no staging directories left behind
+
+
+def test_incomplete_checkpoint_is_refused(tmp_path):
+    (tmp_path / "ck" / "state").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        checkpoint.load(tmp_path / "ck")
+
+
+def test_mesh_puts_members_first():
+    assert len(jax.devices()) == 8
+    assert dict(parallel.make_mesh(64).shape) == {"members": 8, "data": 1}
+    assert dict(parallel.make_mesh(3).shape) == {"members": 2, "data": 4}
+    assert dict(parallel.make_mesh(1).shape) == {"members": 1, "data": 8}
+    padded, n = parallel.pad_to(np.ones((5, 2)), 4)
+    assert padded.shape == (8, 2) and n == 5 and padded[5:].sum() == 0
