@@ -53,3 +53,21 @@ def pad_to(x: np.ndarray, multiple: int, axis: int = 0) -> tuple[np.ndarray, int
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def sweep_mesh(num_members: int, batch_size: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh one sweep group trains on: :func:`make_mesh`, except that the data axis must divide the batch
+    size (each data shard takes an equal slice of every batch); when it does not, devices move to the member
+    axis (more member padding, never a ragged batch)."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    member_devices = max(d for d in _divisors(n) if d <= max(1, num_members))
+    while batch_size % (n // member_devices):
+        member_devices = min(d for d in _divisors(n) if d > member_devices)
+    return Mesh(np.asarray(devices).reshape(member_devices, n // member_devices), (MEMBERS, DATA))
+
+
+def padded_members(num_members: int, mesh: Mesh) -> int:
+    """Member count rounded up to a multiple of the mesh's member axis (the extra members are dummies)."""
+    m = mesh.shape[MEMBERS]
+    return max(m, math.ceil(num_members / m) * m)

@@ -1,0 +1,421 @@
+"""Classifier heads as pure functions of a declarative :class:`HeadSpec`.
+
+A head maps cached backbone features to logits: optional conv stages on the (N, H, W, C) map, pooling, 0..N
+dense layers (normalisation, activation, dropout), and an output layer. Everything is explicit:
+
+* ``init_head(key, spec, feature_shape) -> variables`` with ``variables = {"params": ..., "batch_stats": ...}``
+  (``batch_stats`` holds running means/variances of batch-norm layers and is ``{}`` otherwise);
+* ``apply_head(variables, x, spec, *, train=False, rng=None) -> logits`` is pure; the training path that also
+  returns updated batch statistics is :func:`forward`.
+
+The sweep trains many heads of one *structure* in one program. Members of a group differ only in hidden widths
+(padded to the group's widest and masked, see ``masks``) and in scalar hyper-parameters that enter as arrays
+(dropout rate here; learning rate, weight decay and seed in the optimiser). With ``masks`` a padded member computes
+what the standalone head of its true width computes: masked units are zeroed after every layer, layer-norm
+statistics are taken over the true width only, and the zero-padded weights receive zero gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+Variables = dict[str, Any]
+
+POOLINGS = ("avg", "max", "avgmax", "catavgmax", "flatten", "none")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+NORMS = ("none", "batch", "layer")
+TASKS = ("multiclass", "multilabel")
+BN_MOMENTUM = 0.9
+NORM_EPS = 1e-5
+
+
+def _fail(field: str, message: str) -> None:
+    raise ValueError(f"HeadSpec.{field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvStage:
+    """One conv stage on the feature map: ``kernel``×``kernel`` conv with ``features`` outputs and ``stride``
+    ("SAME" padding), the head's activation, then an optional ``pool``×``pool`` max pool (stride ``pool``)."""
+
+    features: int
+    kernel: int = 1
+    stride: int = 1
+    pool: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("features", "kernel", "stride", "pool"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                _fail(f"conv.{name}", f"must be an integer >= 1, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """One head, as data. Validated at construction; a bad value raises ``ValueError`` naming its field.
+
+    pooling: ``avg`` | ``max`` | ``avgmax`` (mean of avg and max) | ``catavgmax`` (concatenation) | ``flatten`` |
+        ``none`` (the input is already pooled, shape (N, C); no conv stages possible).
+    conv: conv stages applied to the (N, H, W, C) map before pooling.
+    hidden: dense widths (``()`` = linear probe). ``activation`` follows each hidden layer (and each conv stage).
+    dropout: rate after each hidden activation; ``input_dropout``: rate on the pooled input. Both in [0, 1).
+    norm: ``none`` | ``batch`` | ``layer`` between each hidden dense layer and its activation.
+    num_classes, task: ``multiclass`` (softmax cross-entropy with ``label_smoothing``) or ``multilabel`` (sigmoid
+        binary cross-entropy with ``pos_weight``, a scalar or one per class).
+    class_weights: optional per-class loss weights (imbalance).
+    """
+
+    num_classes: int = 2
+    task: str = "multiclass"
+    pooling: str = "avg"
+    conv: tuple[ConvStage, ...] = ()
+    hidden: tuple[int, ...] = ()
+    activation: str = "relu"
+    dropout: float = 0.0
+    input_dropout: float = 0.0
+    norm: str = "none"
+    label_smoothing: float = 0.0
+    pos_weight: float | tuple[float, ...] | None = None
+    class_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # Normalise containers so that specs read from JSON/YAML compare and hash equal to those built in code.
+        object.__setattr__(self, "conv", tuple(c if isinstance(c, ConvStage) else ConvStage(**c) for c in self.conv))
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if isinstance(self.pos_weight, (list, tuple)):
+            object.__setattr__(self, "pos_weight", tuple(float(v) for v in self.pos_weight))
+        if self.class_weights is not None:
+            object.__setattr__(self, "class_weights", tuple(float(v) for v in self.class_weights))
+        self._validate()
+
+    def _validate(self) -> None:
+        if not isinstance(self.num_classes, (int, np.integer)) or self.num_classes < 2:
+            _fail("num_classes", f"need at least 2 classes, got {self.num_classes!r}")
+        if self.task not in TASKS:
+            _fail("task", f"{self.task!r} is not one of {TASKS}")
+        if self.pooling not in POOLINGS:
+            _fail("pooling", f"{self.pooling!r} is not one of {POOLINGS}")
+        if self.pooling == "none" and self.conv:
+            _fail("conv", "conv stages need a spatial feature map, but pooling='none' takes pooled features")
+        for i, w in enumerate(self.hidden):
+            if not isinstance(w, (int, np.integer)) or isinstance(w, bool) or w < 1:
+                _fail("hidden", f"width {i} must be an integer >= 1, got {w!r}")
+        if self.activation not in ACTIVATIONS:
+            _fail("activation", f"{self.activation!r} is not one of {ACTIVATIONS}")
+        for name in ("dropout", "input_dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if not (0.0 <= float(value) < 1.0):
+                _fail(name, f"must be in [0, 1), got {value!r}")
+        if self.norm not in NORMS:
+            _fail("norm", f"{self.norm!r} is not one of {NORMS}")
+        if self.label_smoothing and self.task != "multiclass":
+            _fail("label_smoothing", "only applies to multiclass heads")
+        if self.pos_weight is not None:
+            if self.task != "multilabel":
+                _fail("pos_weight", "only applies to multilabel heads")
+            weights = self.pos_weight if isinstance(self.pos_weight, tuple) else (self.pos_weight,)
+            if isinstance(self.pos_weight, tuple) and len(weights) != self.num_classes:
+                _fail("pos_weight", f"needs {self.num_classes} values, got {len(weights)}")
+            if any(w <= 0 for w in weights):
+                _fail("pos_weight", "must be > 0")
+        if self.class_weights is not None:
+            if len(self.class_weights) != self.num_classes:
+                _fail("class_weights", f"needs {self.num_classes} values, got {len(self.class_weights)}")
+            if any(w < 0 for w in self.class_weights):
+                _fail("class_weights", "must be >= 0")
+
+    # ---- serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "HeadSpec":
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"HeadSpec: unknown field(s) {sorted(unknown)}")
+        return cls(**dict(d))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "HeadSpec":
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "HeadSpec":
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(text))
+
+    def replace(self, **changes: Any) -> "HeadSpec":
+        return dataclasses.replace(self, **changes)
+
+    # ---- grouping ------------------------------------------------------------------------------------------
+    def structure(self) -> "HeadSpec":
+        """The spec with everything that may vary inside one compiled group blanked out (widths → 1, dropout
+        rates → 0): two members share a program iff their structures are equal."""
+        return dataclasses.replace(self, hidden=(1,) * len(self.hidden), dropout=0.0, input_dropout=0.0)
+
+
+# ---- shapes ----------------------------------------------------------------------------------------------------
+def check_input(spec: HeadSpec, feature_shape: Sequence[int]) -> None:
+    """Raise ``ValueError`` naming ``pooling`` when the features do not fit the spec (e.g. flatten on pooled)."""
+    shape = tuple(feature_shape)
+    if spec.pooling == "none" and len(shape) != 1:
+        _fail("pooling", f"'none' takes pooled features (C,), got a map of shape {shape}")
+    if spec.pooling != "none" and len(shape) != 3:
+        _fail("pooling", f"{spec.pooling!r} needs a spatial map (H, W, C), got already-pooled features {shape}")
+
+
+def _conv_out_hw(h: int, w: int, stage: ConvStage) -> tuple[int, int]:
+    h, w = math.ceil(h / stage.stride), math.ceil(w / stage.stride)
+    return h // stage.pool, w // stage.pool
+
+
+def pooled_dim(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
+    """Width of the vector the first dense layer sees."""
+    check_input(spec, feature_shape)
+    if spec.pooling == "none":
+        return int(feature_shape[0])
+    h, w, c = feature_shape
+    for stage in spec.conv:
+        h, w = _conv_out_hw(h, w, stage)
+        c = stage.features
+        if h < 1 or w < 1:
+            _fail("conv", f"stages shrink the {tuple(feature_shape)} map to nothing")
+    if spec.pooling == "flatten":
+        return h * w * c
+    return 2 * c if spec.pooling == "catavgmax" else c
+
+
+def param_count(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
+    """Trainable parameters of ``spec`` on features of ``feature_shape`` (a function of the spec alone)."""
+    shapes = jax.eval_shape(lambda k: init_head(k, spec, feature_shape), jax.random.key(0))
+    return int(sum(math.prod(s.shape) for s in jax.tree.leaves(shapes["params"])))
+
+
+def flops_per_example(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass of one example through the head's conv and dense layers."""
+    total = 0
+    if spec.pooling != "none":
+        h, w, c = feature_shape
+        for stage in spec.conv:
+            ho, wo = math.ceil(h / stage.stride), math.ceil(w / stage.stride)
+            total += 2 * ho * wo * stage.kernel * stage.kernel * c * stage.features
+            h, w, c = ho // stage.pool, wo // stage.pool, stage.features
+    dims = (pooled_dim(spec, feature_shape), *spec.hidden, spec.num_classes)
+    return total + sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+# ---- init ------------------------------------------------------------------------------------------------------
+def _dense_init(key: Array, fan_in: int, fan_out: int) -> dict[str, Array]:
+    """LeCun-normal kernel (variance 1/fan_in, truncated at 2σ as Flax does) and zero bias."""
+    std = 1.0 / math.sqrt(fan_in) / 0.87962566103423978  # stddev of a unit normal truncated to [-2, 2]
+    kernel = jax.random.truncated_normal(key, -2.0, 2.0, (fan_in, fan_out), jnp.float32) * std
+    return {"kernel": kernel, "bias": jnp.zeros((fan_out,), jnp.float32)}
+
+
+def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int]) -> Variables:
+    """Fresh variables of a standalone head: ``{"params": {...}, "batch_stats": {...}}``.
+
+    ``feature_shape`` is one example's shape: (C,) for ``pooling="none"``, else (H, W, C). Kernels are drawn with
+    their true fan-in, so a padded sweep member (see :func:`pad_variables`) starts where this head starts.
+    """
+    check_input(spec, feature_shape)
+    keys = iter(jax.random.split(key, len(spec.conv) + len(spec.hidden) + 1))
+    params: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+    if spec.conv:
+        c = feature_shape[-1]
+        convs = []
+        for stage in spec.conv:
+            fan_in = stage.kernel * stage.kernel * c
+            d = _dense_init(next(keys), fan_in, stage.features)
+            convs.append({"kernel": d["kernel"].reshape(stage.kernel, stage.kernel, c, stage.features),
+                          "bias": d["bias"]})
+            c = stage.features
+        params["conv"] = convs
+    fan_in = pooled_dim(spec, feature_shape)
+    dense, norms, bn = [], [], []
+    for width in spec.hidden:
+        dense.append(_dense_init(next(keys), fan_in, width))
+        if spec.norm != "none":
+            norms.append({"scale": jnp.ones((width,), jnp.float32), "bias": jnp.zeros((width,), jnp.float32)})
+        if spec.norm == "batch":
+            bn.append({"mean": jnp.zeros((width,), jnp.float32), "var": jnp.ones((width,), jnp.float32)})
+        fan_in = width
+    params["hidden"] = dense
+    if norms:
+        params["norm"] = norms
+    if bn:
+        stats["norm"] = bn
+    params["out"] = _dense_init(next(keys), fan_in, spec.num_classes)
+    return {"params": params, "batch_stats": stats}
+
+
+def pad_variables(variables: Variables, like: Variables) -> Variables:
+    """Zero-pad every leaf of a member's ``variables`` at the end of each axis to the shapes of ``like`` (the
+    group's widest member). Padding is only ever at the end of hidden-width axes, so this is exact."""
+
+    def pad(x: Array, ref: Any) -> Array:
+        x = jnp.asarray(x)
+        return jnp.pad(x, [(0, r - s) for s, r in zip(x.shape, ref.shape)])
+
+    return jax.tree.map(pad, variables, like)
+
+
+def unpad_variables(variables: Variables, spec: HeadSpec, feature_shape: Sequence[int]) -> Variables:
+    """Inverse of :func:`pad_variables`: slice a padded member back to the shapes of ``spec``'s standalone head."""
+    shapes = jax.eval_shape(lambda k: init_head(k, spec, feature_shape), jax.random.key(0))
+    return jax.tree.map(lambda x, s: x[tuple(slice(0, n) for n in s.shape)], variables, shapes)
+
+
+def width_masks(widths: Sequence[int], padded: Sequence[int]) -> tuple[Array, ...]:
+    """One float mask per hidden layer: 1 for the member's ``widths[i]`` units, 0 for the padding."""
+    return tuple((jnp.arange(p) < w).astype(jnp.float32) for w, p in zip(widths, padded))
+
+
+# ---- forward ---------------------------------------------------------------------------------------------------
+def dropout(x: Array, rate: Array | float, key: Array | None) -> Array:
+    """Inverted dropout whose ``rate`` may be a traced array (per sweep member); rate 0 is an exact identity."""
+    if key is None:
+        return x
+    rate = jnp.asarray(rate, x.dtype)
+    keep = jax.random.uniform(key, x.shape, x.dtype) >= rate
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def _activation(name: str, x: Array) -> Array:
+    return {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu, "tanh": jnp.tanh}[name](x)
+
+
+def _pool(spec: HeadSpec, x: Array) -> Array:
+    if spec.pooling == "none":
+        return x
+    if spec.pooling == "flatten":
+        return x.reshape(x.shape[0], -1)
+    avg, mx = jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))
+    return {"avg": avg, "max": mx, "avgmax": 0.5 * (avg + mx),
+            "catavgmax": jnp.concatenate([avg, mx], axis=-1)}[spec.pooling]
+
+
+def _conv_stage(p: dict[str, Array], x: Array, stage: ConvStage, activation: str) -> Array:
+    y = lax.conv_general_dilated(x, p["kernel"], (stage.stride, stage.stride), "SAME",
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = _activation(activation, y + p["bias"][None, None, None, :])
+    if stage.pool > 1:
+        window = (1, stage.pool, stage.pool, 1)
+        y = lax.reduce_window(y, -jnp.inf, lax.max, window, window, "VALID")
+    return y
+
+
+def _masked_moments(x: Array, mask: Array, axis: int, axis_name: str | None) -> tuple[Array, Array]:
+    """Mean and (biased) variance of ``x`` over ``axis`` counting only entries where ``mask`` is 1."""
+    count = jnp.sum(jnp.broadcast_to(mask, x.shape), axis=axis, keepdims=True)
+    total = jnp.sum(x * mask, axis=axis, keepdims=True)
+    if axis_name is not None:
+        count, total = lax.psum(count, axis_name), lax.psum(total, axis_name)
+    mean = total / jnp.maximum(count, 1.0)
+    sq = jnp.sum(jnp.square((x - mean) * mask), axis=axis, keepdims=True)
+    if axis_name is not None:
+        sq = lax.psum(sq, axis_name)
+    return mean, sq / jnp.maximum(count, 1.0)
+
+
+def forward(
+    variables: Variables,
+    x: Array,
+    spec: HeadSpec,
+    *,
+    train: bool,
+    rng: Array | None = None,
+    dropout_rate: Array | float | None = None,
+    input_dropout_rate: Array | float | None = None,
+    masks: Sequence[Array] | None = None,
+    axis_name: str | None = None,
+) -> tuple[Array, dict[str, Any]]:
+    """Logits and the (possibly updated) batch statistics: the training path behind :func:`apply_head`.
+
+    ``dropout_rate``/``input_dropout_rate`` override the spec's rates (the sweep passes per-member arrays);
+    dropout only runs when ``train`` and ``rng`` is given. ``masks`` zero a padded member's extra units.
+    ``axis_name`` names a mapped batch axis over which batch-norm statistics are reduced (data parallelism).
+    """
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    p_drop = spec.dropout if dropout_rate is None else dropout_rate
+    p_in = spec.input_dropout if input_dropout_rate is None else input_dropout_rate
+    keys = list(jax.random.split(rng, len(spec.hidden) + 1)) if (train and rng is not None) else None
+    for p, stage in zip(params.get("conv", ()), spec.conv):
+        x = _conv_stage(p, x, stage, spec.activation)
+    h = _pool(spec, x)
+    if keys is not None and (spec.input_dropout or input_dropout_rate is not None):
+        h = dropout(h, p_in, keys[-1])
+    new_bn = []
+    for i, layer in enumerate(params["hidden"]):
+        h = h @ layer["kernel"] + layer["bias"][None, :]
+        mask = masks[i][None, :] if masks is not None else jnp.ones((1, h.shape[-1]), h.dtype)
+        if spec.norm == "layer":
+            mean, var = _masked_moments(h, mask, axis=-1, axis_name=None)
+            h = (h - mean) * lax.rsqrt(var + NORM_EPS)
+        elif spec.norm == "batch":
+            bn = stats["norm"][i]
+            if train:
+                rows = jnp.ones((h.shape[0], 1), h.dtype)
+                mean, var = _masked_moments(h, rows, axis=0, axis_name=axis_name)
+                new_bn.append({"mean": BN_MOMENTUM * bn["mean"] + (1 - BN_MOMENTUM) * mean[0] * mask[0],
+                               "var": BN_MOMENTUM * bn["var"] + (1 - BN_MOMENTUM) * var[0]})
+            else:
+                mean, var = bn["mean"][None, :], bn["var"][None, :]
+            h = (h - mean) * lax.rsqrt(var + NORM_EPS)
+        if spec.norm != "none":
+            h = h * params["norm"][i]["scale"][None, :] + params["norm"][i]["bias"][None, :]
+        h = _activation(spec.activation, h) * mask
+        if keys is not None and (spec.dropout or dropout_rate is not None):
+            h = dropout(h, p_drop, keys[i])
+    logits = h @ params["out"]["kernel"] + params["out"]["bias"][None, :]
+    new_stats = {"norm": new_bn} if (train and spec.norm == "batch") else stats
+    return logits, new_stats
+
+
+def apply_head(variables: Variables, x: Array, spec: HeadSpec, *, train: bool = False,
+               rng: Array | None = None) -> Array:
+    """Logits (N, num_classes) of a standalone head for features ``x`` of shape (N, *feature_shape). Pure."""
+    return forward(variables, x, spec, train=train, rng=rng)[0]
+
+
+# ---- losses ----------------------------------------------------------------------------------------------------
+def example_losses(logits: Array, labels: Array, spec: HeadSpec) -> Array:
+    """Per-example loss (N,): softmax cross-entropy (label smoothing, class weights) for multiclass, mean over
+    classes of sigmoid binary cross-entropy (``pos_weight``, class weights) for multilabel."""
+    k = spec.num_classes
+    cw = jnp.asarray(spec.class_weights, jnp.float32) if spec.class_weights is not None else None
+    if spec.task == "multiclass":
+        onehot = jax.nn.one_hot(labels, k, dtype=logits.dtype)
+        target = onehot * (1.0 - spec.label_smoothing) + spec.label_smoothing / k
+        loss = -jnp.sum(target * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+        if cw is not None:
+            loss = loss * jnp.sum(onehot * cw[None, :], axis=-1)
+        return loss
+    y = labels.astype(logits.dtype)
+    pw = jnp.asarray(1.0 if spec.pos_weight is None else spec.pos_weight, jnp.float32)
+    pw = jnp.broadcast_to(pw, (k,))[None, :]
+    per = -(pw * y * jax.nn.log_sigmoid(logits) + (1.0 - y) * jax.nn.log_sigmoid(-logits))
+    if cw is not None:
+        per = per * cw[None, :]
+    return jnp.mean(per, axis=-1)

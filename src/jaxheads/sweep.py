@@ -1,0 +1,852 @@
+"""The sweep: train a whole grid of heads at once on cached features and rank them with noise.
+
+Public entry::
+
+    run_sweep(sweep: SweepSpec, splits: dict[str, FeatureSplit], *, num_classes: int, task: str = "multiclass",
+              mesh: Mesh | None = None, progress: Callable[[dict], None] | None = None,
+              label_names: Sequence[str] | None = None) -> SweepResult
+
+``splits`` needs ``"train"`` and ``"val"``; ``"test"`` is optional. Members are grouped by structure (pooling,
+conv stack, depth, normalisation, activation, loss options, optimiser, batch size); each group is one jitted
+program: an epoch is a ``lax.scan`` over shuffled index batches of the device-resident features, and each step
+updates every member of the group (``jax.vmap`` or ``lax.map(batch_size=k)`` over members, ``k`` picked per group by
+a timing probe) inside a ``shard_map`` over ``Mesh(("members", "data"))``: members are sharded first, the batch
+takes the devices left over (gradients and batch-norm statistics are summed over "data"). Hidden widths are padded
+to the group's widest and masked; learning rate, weight decay (``optax.inject_hyperparams``), dropout and seed are
+per-member arrays. Early stopping (patience on the validation metric, best weights kept), a NaN/Inf guard that
+freezes only the diverged member, and successive halving run between epochs on the host from (M,) arrays.
+
+SweepResult JSON schema (``SweepResult.to_json()``; version 1, stable — add fields, never rename)::
+
+    {
+      "schema": "jaxheads.sweep_result/1",
+      "task": "multiclass" | "multilabel",
+      "num_classes": int,
+      "label_names": [str] | null,
+      "metric": str,                  # the validation metric members are ranked by (higher is better):
+                                      #   "accuracy" (multiclass) or "macro_roc_auc" (multilabel)
+      "feature_shapes": {"pooled": [C] | null, "maps": [H, W, C] | null},
+      "sweep": {...},                 # SweepSpec.to_dict()
+      "members": [                    # one per trained member (dummies excluded), in member order
+        {
+          "member": int,              # index into this list
+          "config": str,              # id of the member's spec without its seed: members sharing it are replicas
+          "group": int,               # index into "groups"
+          "spec": {                   # MemberSpec.to_dict()
+            "head": {HeadSpec fields: num_classes, task, pooling, conv: [{features, kernel, stride, pool}],
+                     hidden: [int], activation, dropout, input_dropout, norm, label_smoothing, pos_weight,
+                     class_weights},
+            "learning_rate": float, "weight_decay": float, "optimizer": str, "batch_size": int, "seed": int},
+          "params": int,              # trainable parameters of the unpadded head
+          "epochs_run": int,          # epochs this member trained before stopping / halving / divergence
+          "best_epoch": int,          # 1-based epoch whose weights are kept (0: never improved on init)
+          "diverged": bool,           # NaN/Inf seen: frozen at its last finite weights
+          "stopped": "completed" | "early_stopping" | "halving" | "diverged",
+          "curves": {"train_loss": [float per epoch], "val": {metric_name: [float per epoch]}},
+          "val": {metric_name: float},   # at best_epoch (scalar metrics only; see below)
+          "test": {metric_name: float} | null,
+          "per_class": {"val": {name: [float]}, "test": {name: [float]} | null},  # multilabel: roc_auc,
+                                      #   average_precision, f1 (with thresholds tuned on val); else {}
+          "thresholds": [float] | null  # multilabel decision thresholds tuned on val
+        }
+      ],
+      "leaderboard": [                # one row per config, sorted by val mean of "metric", best first
+        {
+          "config": str, "group": int, "members": [int], "spec": {...MemberSpec without seed...},
+          "params": int, "n_seeds": int, "diverged": int (members of this config that diverged),
+          "epochs_run": float (mean),
+          "val": {metric_name: {"mean": float, "std": float, "sem": float}},
+          "test": {metric_name: {"mean": float, "std": float, "sem": float}} | null
+        }
+      ],
+      "recommended": str | null,      # config of the smallest-params row whose val mean is within one SEM of
+                                      #   the best row's mean (the best row's SEM)
+      "ridge": [                      # closed-form ridge linear probe on pooled features, one row per L2
+        {"l2": float, "val": {metric_name: float}, "test": {metric_name: float} | null, "best": bool}
+      ],
+      "groups": [
+        {"group": int, "structure": {...HeadSpec of the structure...}, "optimizer": str, "batch_size": int,
+         "members": [int], "padded_members": int, "padded_hidden": [int],
+         "mesh": {"members": int, "data": int},
+         "map_batch": int | "vmap",    # how members are batched inside a device: lax.map(batch_size=k) or vmap
+         "map_batch_probe": {str(k): seconds per step} | null,   # the timing probe that chose it
+         "steps_per_epoch": int, "epochs": int,
+         "timings": {"init_s", "compile_s", "probe_s", "train_s", "eval_s"}}
+      ],
+      "timings": {"total_s": float, "ridge_s": float}
+    }
+
+Replicas (``seeds``) differ in initialisation and dropout noise; all members of a group see the same batch order
+(one shuffle per epoch and group), which keeps the shared-input matmuls batched across members.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+import random
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxheads import heads as H
+from jaxheads import parallel
+from jaxheads.heads import ConvStage, HeadSpec
+from jaxheads.splits import FeatureSplit
+
+Array = jax.Array
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEMA = "jaxheads.sweep_result/1"
+
+
+# ================================================================================================= specs
+@dataclasses.dataclass(frozen=True)
+class MemberSpec:
+    """One trained member: a head and how it is trained. Everything but ``seed`` identifies its config."""
+
+    head: HeadSpec
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.head, Mapping):
+            object.__setattr__(self, "head", HeadSpec.from_dict(self.head))
+        if not (self.learning_rate >= 0):
+            raise ValueError(f"MemberSpec.learning_rate: must be >= 0, got {self.learning_rate!r}")
+        if not (self.weight_decay >= 0):
+            raise ValueError(f"MemberSpec.weight_decay: must be >= 0, got {self.weight_decay!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"MemberSpec.optimizer: {self.optimizer!r} is not one of {OPTIMIZERS}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"MemberSpec.batch_size: must be >= 1, got {self.batch_size!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["head"] = self.head.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MemberSpec":
+        return cls(**dict(d))
+
+    def config_id(self) -> str:
+        """Stable short id of everything except the seed (replicas share it)."""
+        d = self.to_dict()
+        d.pop("seed")
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _tuple(x: Any) -> tuple:
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """The grid, as data. Every tuple field is an axis; the grid is their cross product (times ``seeds``).
+
+    Head axes: ``pooling``, ``conv`` (a tuple of conv stacks, each a tuple of :class:`ConvStage`), ``hidden``
+    (explicit width tuples) or, when ``hidden`` is None, ``widths`` × ``depth`` (every layer of a member has the
+    same width; depth 0 is the linear probe), ``activation``, ``dropout``, ``norm``. Training axes:
+    ``learning_rate``, ``weight_decay``, ``optimizer`` (adamw | adam | sgd with momentum 0.9), ``batch_size``.
+    Scalars: ``epochs``, ``seeds`` (replicas of every config, for noise), ``input_dropout``, ``label_smoothing``,
+    ``pos_weight``/``class_weights`` (passed to every head), ``patience`` (epochs without val improvement before a
+    member stops; None = never), ``halving_every``/``halving_fraction`` (successive halving: every k epochs drop
+    that fraction of the still-training members, weakest first; None = off), ``sample`` (train a random subset of
+    that many configs, drawn with ``sample_seed``), ``members`` (explicit MemberSpecs, used instead of the grid
+    when given), ``ridge_l2`` (L2 strengths of the ridge-probe baseline; empty = no baseline), ``map_batch``
+    ("auto" = timing probe, "vmap", or an int k for ``lax.map(batch_size=k)``), ``member_memory_mb`` (cap on the
+    activation memory of the members batched together on one device; bounds k), ``data_seed``.
+    """
+
+    pooling: tuple[str, ...] = ("avg",)
+    conv: tuple[tuple[ConvStage, ...], ...] = ((),)
+    hidden: tuple[tuple[int, ...], ...] | None = None
+    widths: tuple[int, ...] = (64,)
+    depth: tuple[int, ...] = (1,)
+    activation: tuple[str, ...] = ("relu",)
+    dropout: tuple[float, ...] = (0.0,)
+    norm: tuple[str, ...] = ("none",)
+    learning_rate: tuple[float, ...] = (1e-3,)
+    weight_decay: tuple[float, ...] = (0.0,)
+    optimizer: tuple[str, ...] = ("adamw",)
+    batch_size: tuple[int, ...] = (64,)
+    epochs: int = 20
+    seeds: int = 1
+    input_dropout: float = 0.0
+    label_smoothing: float = 0.0
+    pos_weight: float | tuple[float, ...] | None = None
+    class_weights: tuple[float, ...] | None = None
+    patience: int | None = 5
+    halving_every: int | None = None
+    halving_fraction: float = 0.5
+    sample: int | None = None
+    sample_seed: int = 0
+    members: tuple[MemberSpec, ...] = ()
+    ridge_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    map_batch: str | int = "auto"
+    member_memory_mb: float = 1024.0
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("pooling", "widths", "depth", "activation", "dropout", "norm", "learning_rate", "weight_decay",
+                  "optimizer", "batch_size", "ridge_l2"):
+            object.__setattr__(self, f, _tuple(getattr(self, f)))
+        object.__setattr__(self, "conv", tuple(
+            tuple(s if isinstance(s, ConvStage) else ConvStage(**s) for s in stack) for stack in self.conv))
+        if self.hidden is not None:
+            object.__setattr__(self, "hidden", tuple(tuple(h) for h in self.hidden))
+        object.__setattr__(self, "members", tuple(
+            m if isinstance(m, MemberSpec) else MemberSpec.from_dict(m) for m in self.members))
+        if int(self.epochs) < 1:
+            raise ValueError(f"SweepSpec.epochs: must be >= 1, got {self.epochs!r}")
+        if int(self.seeds) < 1:
+            raise ValueError(f"SweepSpec.seeds: must be >= 1, got {self.seeds!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"SweepSpec.patience: must be >= 1 or None, got {self.patience!r}")
+        if not (0.0 < self.halving_fraction < 1.0):
+            raise ValueError(f"SweepSpec.halving_fraction: must be in (0, 1), got {self.halving_fraction!r}")
+        if not (self.map_batch in ("auto", "vmap") or (isinstance(self.map_batch, int) and self.map_batch >= 1)):
+            raise ValueError(f"SweepSpec.map_batch: 'auto', 'vmap' or an int >= 1, got {self.map_batch!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["members"] = [m.to_dict() for m in self.members]
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SweepSpec":
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"SweepSpec: unknown field(s) {sorted(unknown)}")
+        return cls(**dict(d))
+
+    def expand(self, num_classes: int, task: str) -> list[MemberSpec]:
+        """Every member: explicit ``members``, else the (sampled) grid, each config repeated for every seed."""
+        if self.members:
+            return [m if m.head.num_classes == num_classes and m.head.task == task else dataclasses.replace(
+                m, head=m.head.replace(num_classes=num_classes, task=task)) for m in self.members]
+        hidden = self.hidden if self.hidden is not None else tuple(
+            dict.fromkeys((w,) * d for d in self.depth for w in self.widths))
+        configs = []
+        for pool, conv, hid, act, drop, norm, lr, wd, opt, bs in itertools.product(
+                self.pooling, self.conv, hidden, self.activation, self.dropout, self.norm, self.learning_rate,
+                self.weight_decay, self.optimizer, self.batch_size):
+            head = HeadSpec(num_classes=num_classes, task=task, pooling=pool, conv=conv, hidden=hid,
+                            activation=act, dropout=drop, input_dropout=self.input_dropout, norm=norm,
+                            label_smoothing=self.label_smoothing, pos_weight=self.pos_weight,
+                            class_weights=self.class_weights)
+            configs.append(MemberSpec(head, lr, wd, opt, bs))
+        if self.sample is not None and self.sample < len(configs):
+            configs = random.Random(self.sample_seed).sample(configs, self.sample)
+        return [dataclasses.replace(c, seed=s) for c in configs for s in range(self.seeds)]
+
+
+# ================================================================================================= optimiser
+def _decay_mask(params: Any) -> Any:
+    """Weight decay on kernels only (not biases or norm scales)."""
+    return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+def _adamw(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=_decay_mask)
+
+
+def _adam(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+    return optax.chain(optax.add_decayed_weights(weight_decay, _decay_mask), optax.adam(learning_rate))
+
+
+def _sgd(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+    return optax.chain(optax.add_decayed_weights(weight_decay, _decay_mask), optax.sgd(learning_rate, 0.9))
+
+
+def make_optimizer(name: str, learning_rate: Any = 0.0, weight_decay: Any = 0.0) -> optax.GradientTransformation:
+    """``name`` with its learning rate and weight decay injected into the state (so they can be per-member arrays
+    under vmap; ``update`` reads them from the state, not from these arguments)."""
+    factory = {"adamw": _adamw, "adam": _adam, "sgd": _sgd}[name]
+    return optax.inject_hyperparams(factory)(learning_rate=learning_rate, weight_decay=weight_decay)
+
+
+# ================================================================================================= engine
+class GroupState(NamedTuple):
+    """Everything a group's epoch updates; every leaf has the member axis first."""
+
+    variables: Any
+    opt_state: Any
+    diverged: Array  # (M,) bool
+
+
+class MemberConsts(NamedTuple):
+    """Per-member constants of a group (member axis first)."""
+
+    dropout: Array  # (M,)
+    input_dropout: Array  # (M,)
+    keys: Array  # (M, 2) uint32 raw key data
+    masks: tuple[Array, ...]  # (M, W_i) per hidden layer
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """Static description of one compiled group program (hashable: jitted functions are cached on it)."""
+
+    structure: HeadSpec
+    optimizer: str
+    batch_size: int
+    mesh: Mesh
+    map_batch: int | str
+
+
+def _map_members(f: Callable, xs: Any, map_batch: int | str) -> Any:
+    """Apply ``f`` to every member of ``xs``: vmap, or lax.map with ``batch_size=map_batch`` (bounded memory)."""
+    m = jax.tree.leaves(xs)[0].shape[0]
+    if map_batch == "vmap" or map_batch >= m:
+        return jax.vmap(f)(xs)
+    return lax.map(f, xs, batch_size=int(map_batch))
+
+
+def _tree_where(pred: Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _all_finite(tree: Any) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _member_step(prog: _Program, global_batch: int, xb: Array, yb: Array, step: Array, member: tuple) -> tuple:
+    """One optimiser step of one member on its local slice of the batch (gradients summed over "data")."""
+    spec, tx = prog.structure, make_optimizer(prog.optimizer)
+    (variables, opt_state, diverged), consts, active = member
+    rng = jax.random.fold_in(jax.random.wrap_key_data(consts.keys), step)
+
+    def loss_fn(params: Any) -> tuple[Array, Any]:
+        logits, stats = H.forward({"params": params, "batch_stats": variables["batch_stats"]}, xb, spec,
+                                  train=True, rng=rng, dropout_rate=consts.dropout,
+                                  input_dropout_rate=consts.input_dropout, masks=consts.masks,
+                                  axis_name=parallel.DATA)
+        return jnp.sum(H.example_losses(logits, yb, spec)) / global_batch, stats
+
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    loss, grads = lax.psum((loss, grads), parallel.DATA)
+    updates, new_opt = tx.update(grads, opt_state, variables["params"])
+    new_vars = {"params": optax.apply_updates(variables["params"], updates), "batch_stats": stats}
+    ok = jnp.isfinite(loss) & _all_finite(new_vars)
+    keep = active & ~diverged & ok
+    state = GroupState(_tree_where(keep, new_vars, variables), _tree_where(keep, new_opt, opt_state),
+                       diverged | (active & ~diverged & ~ok))
+    return state, loss
+
+
+def _local_epoch(prog: _Program, state: GroupState, consts: MemberConsts, active: Array, x: Array, y: Array,
+                 idx: Array, step0: Array) -> tuple[GroupState, Array]:
+    """One device's share of an epoch: scan over index batches; each step updates its local members."""
+    data_shards = prog.mesh.shape[parallel.DATA]
+    global_batch = idx.shape[1] * data_shards
+
+    def body(state: GroupState, inp: tuple[Array, Array]) -> tuple[GroupState, Array]:
+        s, ids = inp
+        xb, yb = x[ids], y[ids]
+        step = functools.partial(_member_step, prog, global_batch, xb, yb, step0 + s)
+        return _map_members(step, (state, consts, active), prog.map_batch)
+
+    steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
+    state, losses = lax.scan(body, state, (steps, idx))
+    return state, losses.T  # (M_local, S)
+
+
+def _local_predict(prog: _Program, variables: Any, consts: MemberConsts, x: Array) -> Array:
+    def one(member: tuple) -> Array:
+        v, c = member
+        return H.forward(v, x, prog.structure, train=False, masks=c.masks)[0]
+
+    return _map_members(one, (variables, consts), prog.map_batch)
+
+
+@functools.lru_cache(maxsize=64)
+def _programs(prog: _Program) -> tuple[Callable, Callable]:
+    """The jitted (train_epoch, predict) of a group, sharded over ``prog.mesh``; cached so that identical groups
+    (and the sequential baseline in the benchmark) compile once."""
+    mesh, m, d = prog.mesh, P(parallel.MEMBERS), parallel.DATA
+    epoch = jax.shard_map(functools.partial(_local_epoch, prog), mesh=mesh,
+                          in_specs=(m, m, m, P(), P(), P(None, d), P()), out_specs=(m, m), check_vma=False)
+    predict = jax.shard_map(functools.partial(_local_predict, prog), mesh=mesh,
+                            in_specs=(m, m, P()), out_specs=m, check_vma=False)
+    return jax.jit(epoch, donate_argnums=(0,)), jax.jit(predict)
+
+
+@jax.jit
+def _keep_best(best: Any, current: Any, improved: Array) -> Any:
+    return jax.tree.map(lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), best, current)
+
+
+# ================================================================================================= metrics
+def _metric_fns(task: str) -> Callable[[Array, Array], dict[str, Array]]:
+    """Per-member metrics of (M, N, K) logits: the shared jaxheads.metrics functions, vmapped over members."""
+    from jaxheads import metrics
+
+    def one(logits: Array, labels: Array) -> dict[str, Array]:
+        mask = jnp.ones((logits.shape[0],), bool)
+        if task == "multiclass":
+            out = metrics.multiclass_metrics(logits, labels, mask)
+            out["loss"] = jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1))
+            return out
+        scores = jax.nn.sigmoid(logits)
+        out = metrics.multilabel_metrics(scores, labels, mask)
+        y = labels.astype(logits.dtype)
+        out["loss"] = jnp.mean(-(y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits)))
+        return out
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+@functools.lru_cache(maxsize=4)
+def _metrics_jit(task: str) -> Callable:
+    return _metric_fns(task)
+
+
+def _thresholded(scores_val: Array, y_val: Array, scores_test: Array | None, y_test: Array | None) -> tuple:
+    from jaxheads import metrics
+
+    mask_v = jnp.ones((scores_val.shape[0],), bool)
+    thr = metrics.tune_thresholds(scores_val, y_val, mask_v)
+    f1_val = metrics.multilabel_f1(scores_val, y_val, mask_v, thr)
+    f1_test = None
+    if scores_test is not None:
+        f1_test = metrics.multilabel_f1(scores_test, y_test, jnp.ones((scores_test.shape[0],), bool), thr)
+    return thr, f1_val, f1_test
+
+
+def _split_scalars(m: Mapping[str, Any], i: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    scalars, per_class = {}, {}
+    for k, v in m.items():
+        v = np.asarray(v[i])
+        if v.ndim == 0:
+            scalars[k] = float(v)
+        else:
+            per_class[k] = [float(a) for a in v]
+    return scalars, per_class
+
+
+# ================================================================================================= result
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "sem": float("nan")}
+    std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    return {"mean": float(a.mean()), "std": std, "sem": std / math.sqrt(a.size)}
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What a sweep found. ``to_json()`` gives the documented schema (module docstring); ``variables`` holds the
+    kept (best-epoch) weights of every member, unpadded, for :meth:`head` / saving — not part of the JSON."""
+
+    task: str
+    num_classes: int
+    metric: str
+    sweep: SweepSpec
+    members: list[dict[str, Any]]
+    leaderboard: list[dict[str, Any]]
+    recommended: str | None
+    ridge: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+    timings: dict[str, float]
+    feature_shapes: dict[str, list[int] | None]
+    label_names: list[str] | None = None
+    variables: list[Any] = dataclasses.field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "task": self.task, "num_classes": self.num_classes,
+                "label_names": self.label_names, "metric": self.metric, "feature_shapes": self.feature_shapes,
+                "sweep": self.sweep.to_dict(), "members": self.members, "leaderboard": self.leaderboard,
+                "recommended": self.recommended, "ridge": self.ridge, "groups": self.groups,
+                "timings": self.timings}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(_json_safe(self.to_dict()), indent=indent)
+
+    def recommended_member(self) -> int | None:
+        """Index of the recommended config's best replica (highest val metric)."""
+        if self.recommended is None:
+            return None
+        ids = [m["member"] for m in self.members if m["config"] == self.recommended]
+        return max(ids, key=lambda i: _nan_low(self.members[i]["val"].get(self.metric)))
+
+    def head(self, member: int | None = None) -> tuple[HeadSpec, Any]:
+        """(HeadSpec, unpadded variables) of a member (default: the recommended one), ready for save_head."""
+        member = self.recommended_member() if member is None else member
+        if member is None:
+            raise ValueError("no member to return: the sweep recommended nothing")
+        return MemberSpec.from_dict(self.members[member]["spec"]).head, self.variables[member]
+
+
+def _nan_low(x: float | None) -> float:
+    return -math.inf if x is None or not math.isfinite(x) else x
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf → null so the JSON is standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def leaderboard(members: list[dict[str, Any]], metric: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Aggregate replicas by config (mean/std/sem over seeds) and pick the recommended config: the smallest by
+    parameter count whose mean val ``metric`` is within one SEM (the best row's) of the best mean."""
+    rows: dict[str, dict[str, Any]] = {}
+    for m in members:
+        rows.setdefault(m["config"], {"members": []})["members"].append(m)
+    board = []
+    for config, row in rows.items():
+        ms = row["members"]
+        spec = dict(ms[0]["spec"])
+        spec.pop("seed", None)
+        names = sorted({k for x in ms for k in x["val"]})
+        test = None
+        if all(x["test"] is not None for x in ms):
+            test = {k: _stats([x["test"].get(k, float("nan")) for x in ms]) for k in sorted(ms[0]["test"])}
+        board.append({"config": config, "group": ms[0]["group"], "members": [x["member"] for x in ms],
+                      "spec": spec, "params": ms[0]["params"], "n_seeds": len(ms),
+                      "diverged": sum(bool(x["diverged"]) for x in ms),
+                      "epochs_run": float(np.mean([x["epochs_run"] for x in ms])),
+                      "val": {k: _stats([x["val"].get(k, float("nan")) for x in ms]) for k in names},
+                      "test": test})
+    board.sort(key=lambda r: (-_nan_low(r["val"].get(metric, {}).get("mean")), r["params"]))
+    recommended = None
+    if board and math.isfinite(_nan_low(board[0]["val"].get(metric, {}).get("mean"))):
+        best = board[0]["val"][metric]
+        floor = best["mean"] - (best["sem"] if math.isfinite(best["sem"]) else 0.0)
+        ok = [r for r in board if _nan_low(r["val"][metric]["mean"]) >= floor]
+        recommended = min(ok, key=lambda r: (r["params"], -r["val"][metric]["mean"]))["config"]
+    return board, recommended
+
+
+# ================================================================================================= run
+def _features(split: FeatureSplit, spec: HeadSpec, name: str) -> np.ndarray:
+    x = split.pooled if spec.pooling == "none" else split.maps
+    if x is None:
+        kind = "pooled" if spec.pooling == "none" else "maps"
+        raise ValueError(f"HeadSpec.pooling: {spec.pooling!r} needs split {name!r} to carry `{kind}` features")
+    return x
+
+
+def _group_members(members: Sequence[MemberSpec]) -> list[list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(members):
+        groups.setdefault((m.head.structure(), m.optimizer, m.batch_size), []).append(i)
+    return list(groups.values())
+
+
+def _init_member(spec: MemberSpec, feature_shape: tuple[int, ...], like: Any) -> Any:
+    key = jax.random.fold_in(jax.random.key(spec.seed), 0)
+    return H.pad_variables(_init_jit(spec.head, feature_shape)(key), like)
+
+
+@functools.lru_cache(maxsize=256)
+def _init_jit(head: HeadSpec, feature_shape: tuple[int, ...]) -> Callable:
+    return jax.jit(lambda k: H.init_head(k, head, feature_shape))
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def _member_bytes(spec: HeadSpec, feature_shape: tuple[int, ...], batch: int, padded: Sequence[int]) -> int:
+    """Rough activation bytes of one member's step (forward + backward), for the memory cap on k."""
+    per_example = H.pooled_dim(spec, feature_shape) + sum(padded) * 3 + spec.num_classes * 2
+    if spec.conv:
+        h, w, c = feature_shape
+        for s in spec.conv:
+            h, w = math.ceil(h / s.stride), math.ceil(w / s.stride)
+            per_example += 3 * h * w * s.features
+            h, w = h // s.pool, w // s.pool
+    return 4 * batch * per_example * 2
+
+
+def _shuffled_batches(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
+    """(steps, batch) int32 indices of one shuffled epoch; the last partial batch is dropped (BN sees full
+    batches; every example is seen within two epochs on average)."""
+    batch = min(batch, n)
+    steps = n // batch
+    return rng.permutation(n)[: steps * batch].reshape(steps, batch).astype(np.int32)
+
+
+def _time_epoch(epoch_fn: Callable, args: tuple, repeats: int = 2) -> float:
+    """Seconds per call after a warm-up (compile) call. The epoch donates its state, so every call gets a copy
+    and the probe leaves the live state untouched."""
+    best = math.inf
+    for r in range(repeats + 1):
+        fresh = (jax.tree.map(jnp.copy, args[0]),) + args[1:]
+        jax.block_until_ready(fresh)
+        t = time.perf_counter()
+        jax.block_until_ready(epoch_fn(*fresh))
+        if r:
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _candidates(local_members: int, cap: int) -> list[int | str]:
+    """lax.map batch sizes worth probing: 1, powers of 4 and the whole local member set (vmap), capped."""
+    ks: list[int | str] = [k for k in (1, 2, 4, 8, 16, 32) if k < local_members and k <= cap]
+    if local_members <= cap:
+        ks.append("vmap")
+    return ks or [1]
+
+
+class _Group:
+    """One structure group being trained: device state, host-side bookkeeping, and its compiled program."""
+
+    def __init__(self, gid: int, ids: list[int], members: Sequence[MemberSpec], splits: Mapping[str, FeatureSplit],
+                 sweep: SweepSpec, mesh: Mesh | None):
+        t0 = time.perf_counter()
+        self.gid, self.ids = gid, ids
+        first = members[ids[0]]
+        self.structure, self.optimizer = first.head.structure(), first.optimizer
+        self.x = {k: _features(s, first.head, k) for k, s in splits.items()}
+        self.feature_shape = tuple(self.x["train"].shape[1:])
+        n_train = len(splits["train"])
+        self.batch = min(first.batch_size, n_train)
+        self.mesh = mesh if mesh is not None else parallel.sweep_mesh(len(ids), self.batch)
+        if self.batch % self.mesh.shape[parallel.DATA]:
+            raise ValueError(f"batch size {self.batch} does not split over the mesh's data axis "
+                             f"({self.mesh.shape[parallel.DATA]} devices)")
+        self.m_pad = parallel.padded_members(len(ids), self.mesh)
+        specs = [members[i] for i in ids] + [members[ids[0]]] * (self.m_pad - len(ids))
+        self.specs = specs
+        self.padded = tuple(max(s.head.hidden[i] for s in specs) for i in range(len(first.head.hidden)))
+        like = jax.eval_shape(lambda k: H.init_head(k, first.head.replace(hidden=self.padded), self.feature_shape),
+                              jax.random.key(0))
+        variables = _stack([_init_member(s, self.feature_shape, like) for s in specs])
+        lrs = np.asarray([s.learning_rate for s in specs], np.float32)
+        wds = np.asarray([s.weight_decay for s in specs], np.float32)
+        opt_state = jax.vmap(lambda p, lr, wd: make_optimizer(self.optimizer, lr, wd).init(p))(
+            variables["params"], lrs, wds)
+        consts = MemberConsts(
+            dropout=np.asarray([s.head.dropout for s in specs], np.float32),
+            input_dropout=np.asarray([s.head.input_dropout for s in specs], np.float32),
+            keys=np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(s.seed), 1)))
+                           for s in specs]),
+            masks=tuple(np.stack([(np.arange(p) < s.head.hidden[i]).astype(np.float32) for s in specs])
+                        for i, p in enumerate(self.padded)))
+        msh = parallel.member_sharding(self.mesh)
+        rep = parallel.replicated(self.mesh)
+        self.state = jax.device_put(GroupState(variables, opt_state, np.zeros(self.m_pad, bool)), msh)
+        self.consts = jax.device_put(consts, msh)
+        self.best = jax.tree.map(jnp.copy, self.state.variables)
+        self.dev_x = {k: jax.device_put(np.asarray(v, np.float32), rep) for k, v in self.x.items()}
+        self.dev_y = {k: jax.device_put(np.asarray(s.labels), rep) for k, s in splits.items()}
+        self.active = np.arange(self.m_pad) < len(ids)
+        self.idx_sharding = NamedSharding(self.mesh, P(None, parallel.DATA))
+        local = self.m_pad // self.mesh.shape[parallel.MEMBERS]
+        cap = max(1, int(sweep.member_memory_mb * 2**20 // max(1, _member_bytes(
+            first.head, self.feature_shape, self.batch // self.mesh.shape[parallel.DATA], self.padded))))
+        self.local_members, self.cap = local, cap
+        self.timings = {"init_s": time.perf_counter() - t0, "compile_s": 0.0, "probe_s": 0.0, "train_s": 0.0,
+                        "eval_s": 0.0}
+        self.probe: dict[str, float] | None = None
+        self.map_batch: int | str = "vmap"
+
+    def program(self, map_batch: int | str) -> tuple[Callable, Callable]:
+        return _programs(_Program(self.structure, self.optimizer, self.batch, self.mesh, map_batch))
+
+    def epoch_args(self, idx: np.ndarray, step0: int) -> tuple:
+        return (self.state, self.consts, jax.device_put(self.active, parallel.member_sharding(self.mesh)),
+                self.dev_x["train"], self.dev_y["train"], jax.device_put(idx, self.idx_sharding),
+                jnp.asarray(step0, jnp.int32))
+
+    def choose_map_batch(self, setting: str | int, rng: np.random.Generator) -> None:
+        """Fix how members are batched on a device: the setting, or (``auto``) the fastest of a few candidates
+        timed on two steps of real data."""
+        if setting != "auto":
+            self.map_batch = setting if setting == "vmap" else min(int(setting), self.cap)
+            return
+        cands = _candidates(self.local_members, self.cap)
+        if len(cands) == 1:
+            self.map_batch = cands[0]
+            return
+        t0 = time.perf_counter()
+        n = len(self.x["train"])
+        idx = _shuffled_batches(rng, n, self.batch)[:2]
+        self.probe = {}
+        for k in cands:
+            epoch_fn, _ = self.program(k)
+            self.probe[str(k)] = _time_epoch(epoch_fn, self.epoch_args(idx, 0)) / len(idx)
+        self.map_batch = min(cands, key=lambda k: self.probe[str(k)])
+        self.timings["probe_s"] = time.perf_counter() - t0
+
+
+def run_sweep(
+    sweep: SweepSpec,
+    splits: Mapping[str, FeatureSplit],
+    *,
+    num_classes: int,
+    task: str = "multiclass",
+    mesh: Mesh | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    label_names: Sequence[str] | None = None,
+) -> SweepResult:
+    """Train every member of ``sweep`` on ``splits["train"]``, select on ``splits["val"]``, report on
+    ``splits["test"]`` (optional), and rank. ``mesh`` defaults to a per-group ``parallel.sweep_mesh`` over all
+    devices; pass ``Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("members", "data"))`` for one device.
+    ``progress`` is called with a small dict after every epoch of every group."""
+    t_start = time.perf_counter()
+    if "train" not in splits or "val" not in splits:
+        raise ValueError(f"run_sweep: splits need 'train' and 'val', got {sorted(splits)}")
+    members = sweep.expand(num_classes, task)
+    if not members:
+        raise ValueError("run_sweep: the sweep has no members")
+    for m in members:
+        for name, split in splits.items():
+            H.check_input(m.head, _features(split, m.head, name).shape[1:])
+    metric = "accuracy" if task == "multiclass" else "macro_roc_auc"
+    records: list[dict[str, Any] | None] = [None] * len(members)
+    variables: list[Any] = [None] * len(members)
+    groups_json = []
+    for gid, ids in enumerate(_group_members(members)):
+        g = _Group(gid, ids, members, splits, sweep, mesh)
+        _train_group(g, sweep, splits, metric, task, records, variables, members, progress)
+        groups_json.append({
+            "group": gid, "structure": g.structure.to_dict(), "optimizer": g.optimizer, "batch_size": g.batch,
+            "members": ids, "padded_members": g.m_pad, "padded_hidden": list(g.padded),
+            "mesh": {k: int(v) for k, v in g.mesh.shape.items()}, "map_batch": g.map_batch,
+            "map_batch_probe": g.probe, "steps_per_epoch": len(g.x["train"]) // g.batch, "epochs": sweep.epochs,
+            "timings": g.timings})
+        del g
+    t_ridge = time.perf_counter()
+    ridge = _ridge_rows(sweep, splits, task, num_classes, metric)
+    ridge_s = time.perf_counter() - t_ridge
+    board, rec = leaderboard(records, metric)
+    shapes = {k: (list(getattr(splits["train"], k).shape[1:]) if getattr(splits["train"], k) is not None
+                  else None) for k in ("pooled", "maps")}
+    return SweepResult(task=task, num_classes=num_classes, metric=metric, sweep=sweep, members=records,
+                       leaderboard=board, recommended=rec, ridge=ridge, groups=groups_json,
+                       timings={"total_s": time.perf_counter() - t_start, "ridge_s": ridge_s},
+                       feature_shapes=shapes, label_names=list(label_names) if label_names else None,
+                       variables=variables)
+
+
+def _evaluate(g: _Group, split: str, predict: Callable, variables: Any, task: str) -> tuple[dict, Array]:
+    logits = predict(variables, g.consts, g.dev_x[split])
+    return _metrics_jit(task)(logits, g.dev_y[split]), logits
+
+
+def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit], metric: str, task: str,
+                 records: list, variables_out: list, members: Sequence[MemberSpec],
+                 progress: Callable | None) -> None:
+    """Epoch loop of one group: jitted epoch, val metrics, early stopping / NaN guard / halving bookkeeping."""
+    rng = np.random.default_rng([sweep.data_seed, g.gid])
+    g.choose_map_batch(sweep.map_batch, rng)
+    epoch_fn, predict = g.program(g.map_batch)
+    n_real, n = len(g.ids), len(g.x["train"])
+    best = np.full(g.m_pad, -np.inf)
+    best_epoch = np.zeros(g.m_pad, int)
+    epochs_run = np.zeros(g.m_pad, int)
+    since = np.zeros(g.m_pad, int)
+    stopped = ["completed"] * g.m_pad
+    curves = [{"train_loss": [], "val": {}} for _ in range(g.m_pad)]
+    step0 = 0
+    for epoch in range(1, sweep.epochs + 1):
+        if not g.active.any():
+            break
+        idx = _shuffled_batches(rng, n, g.batch)
+        t = time.perf_counter()
+        first = epoch == 1 and g.timings["compile_s"] == 0.0
+        was_active = g.active & ~np.asarray(g.state.diverged)
+        g.state, losses = epoch_fn(*g.epoch_args(idx, step0))
+        losses = np.asarray(losses)
+        g.timings["compile_s" if first else "train_s"] += time.perf_counter() - t
+        step0 += len(idx)
+        t = time.perf_counter()
+        val, _ = _evaluate(g, "val", predict, g.state.variables, task)
+        score = np.asarray(val[metric], np.float64)
+        g.timings["eval_s"] += time.perf_counter() - t
+        diverged = np.asarray(g.state.diverged)
+        for i in range(n_real):
+            if not was_active[i]:
+                continue
+            epochs_run[i] = epoch
+            curves[i]["train_loss"].append(float(np.mean(losses[i])))
+            for k, v in val.items():
+                v = np.asarray(v[i])
+                if v.ndim == 0:
+                    curves[i]["val"].setdefault(k, []).append(float(v))
+        improved = was_active & ~diverged & (np.nan_to_num(score, nan=-np.inf) > best)
+        best = np.where(improved, score, best)
+        best_epoch = np.where(improved, epoch, best_epoch)
+        since = np.where(improved, 0, since + 1)
+        g.best = _keep_best(g.best, g.state.variables, jax.device_put(improved, parallel.member_sharding(g.mesh)))
+        for i in np.flatnonzero(g.active & diverged):
+            stopped[i] = "diverged"
+        g.active &= ~diverged
+        if sweep.patience is not None:
+            for i in np.flatnonzero(g.active & (since >= sweep.patience)):
+                stopped[i] = "early_stopping"
+            g.active &= since < sweep.patience
+        if sweep.halving_every and epoch % sweep.halving_every == 0 and epoch < sweep.epochs:
+            alive = np.flatnonzero(g.active[:n_real])
+            drop = alive[np.argsort(best[alive], kind="stable")][: int(len(alive) * sweep.halving_fraction)]
+            for i in drop:
+                stopped[i] = "halving"
+            g.active[drop] = False
+        if progress is not None:
+            progress({"group": g.gid, "epoch": epoch, "epochs": sweep.epochs, "active": int(g.active[:n_real].sum()),
+                      "best": float(np.max(best[:n_real]))})
+    # Final metrics with the kept weights.
+    t = time.perf_counter()
+    val, val_logits = _evaluate(g, "val", predict, g.best, task)
+    test, test_logits = (_evaluate(g, "test", predict, g.best, task) if "test" in splits else (None, None))
+    g.timings["eval_s"] += time.perf_counter() - t
+    host_best = jax.tree.map(np.asarray, g.best)
+    for j, i in enumerate(g.ids):
+        spec = members[i]
+        v_scalars, v_per = _split_scalars(val, j)
+        t_scalars, t_per = _split_scalars(test, j) if test is not None else (None, None)
+        thresholds = None
+        if task == "multilabel":
+            thr, f1v, f1t = _thresholded(jax.nn.sigmoid(val_logits[j]), g.dev_y["val"],
+                                         None if test is None else jax.nn.sigmoid(test_logits[j]),
+                                         None if test is None else g.dev_y["test"])
+            thresholds = [float(a) for a in np.asarray(thr)]
+            v_scalars["macro_f1"], v_per["f1"] = float(f1v["macro_f1"]), [float(a) for a in np.asarray(f1v["f1"])]
+            if f1t is not None:
+                t_scalars["macro_f1"] = float(f1t["macro_f1"])
+                t_per["f1"] = [float(a) for a in np.asarray(f1t["f1"])]
+        member_vars = jax.tree.map(lambda x: x[j], host_best)
+        variables_out[i] = H.unpad_variables(member_vars, spec.head, g.feature_shape)
+        records[i] = {
+            "member": i, "config": spec.config_id(), "group": g.gid, "spec": spec.to_dict(),
+            "params": H.param_count(spec.head, g.feature_shape), "epochs_run": int(epochs_run[j]),
+            "best_epoch": int(best_epoch[j]), "diverged": bool(stopped[j] == "diverged"), "stopped": stopped[j],
+            "curves": curves[j], "val": v_scalars, "test": t_scalars,
+            "per_class": {"val": v_per if task == "multilabel" else {},
+                          "test": (t_per if task == "multilabel" else {}) if test is not None else None},
+            "thresholds": thresholds}
+
+
+def _ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], task: str, num_classes: int,
+                metric: str) -> list[dict[str, Any]]:
+    """The closed-form baseline: ridge linear probe on pooled features over ``sweep.ridge_l2``."""
+    if not sweep.ridge_l2 or splits["train"].pooled is None:
+        return []
+    try:
+        from jaxheads import probe
+    except ImportError:
+        return []
+    return probe.sweep_rows(splits, l2=sweep.ridge_l2, task=task, num_classes=num_classes, metric=metric)
