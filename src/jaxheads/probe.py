@@ -1,0 +1,216 @@
+"""The closed-form baseline: a ridge-regression linear probe on pooled features over a grid of L2 strengths.
+
+Every sweep reports this row beside its trained heads: if no head beats a linear probe solved in closed form,
+the head question is already answered. The method is the one big_vision's few-shot evaluator uses:
+
+1. standardise the training features (mean 0, variance 1 per feature; constant features are only centred) and
+   centre the targets, so the intercept is fitted exactly and never penalised;
+2. eigendecompose the smaller Gram matrix ONCE: ``Xᵀ X = Q Λ Qᵀ`` (D×D) when N ≥ D, else ``X Xᵀ = U Λ Uᵀ`` (N×N);
+3. the ridge solution for any strength λ is then ``W(λ) = B diag(1 / (Λ + λ)) R`` with a fixed basis ``B``
+   (``Q``, or ``Xᵀ U``) and fixed projected targets ``R`` (``Qᵀ Xᵀ Y``, or ``Uᵀ Y``), so each extra λ costs a
+   rescale and one (N_eval × r) @ (r × C) product, never another solve.
+
+Targets are 0/1 one-hot rows for multiclass and the 0/1 multi-hot rows for multilabel. (big_vision uses ±1; with
+a fitted intercept that only doubles W and shifts b, so the argmax and every ranking metric are identical, and 0/1
+keeps the scores on a probability-like scale.) For a given λ the predictions equal scikit-learn's
+``Ridge(alpha=λ)`` fitted on the standardised features (``StandardScaler``, population std).
+
+The L2 strength is chosen by validation accuracy (multiclass) or validation macro average precision (multilabel);
+equal scores go to the larger λ, the more regularised model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxheads import metrics
+from jaxheads.splits import FeatureSplit
+
+HIGHEST = jax.lax.Precision.HIGHEST
+DEFAULT_L2_GRID: tuple[float, ...] = tuple(2.0**k for k in range(-10, 21))
+"""Absolute λ values (big_vision's default range). With standardised features the eigenvalues of Xᵀ X sum to
+N·D, so the useful part of the grid moves up with the training-set size; 2⁻¹⁰…2²⁰ covers N up to ~10⁵."""
+
+
+class RidgeCache(NamedTuple):
+    """Everything a ridge prediction needs for any λ, from one eigendecomposition of the training Gram matrix."""
+
+    x_mean: jax.Array  # (D,)
+    x_scale: jax.Array  # (D,) divide centred features by this (1 where a feature is constant or unscaled)
+    y_mean: jax.Array  # (C,) the intercept of the centred problem
+    eigvals: jax.Array  # (r,) eigenvalues of the Gram matrix, r = min(N, D), clipped at 0
+    basis: jax.Array  # (D, r) B
+    projected_targets: jax.Array  # (r, C) R
+
+
+def fit_ridge_eig(x: jax.Array, y: jax.Array, *, standardize: bool = True) -> RidgeCache:
+    """Precompute the ridge solution path of (N, D) features onto (N, C) targets (see the module docstring)."""
+    x = jnp.asarray(x, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    x_mean = jnp.mean(x, axis=0)
+    x_scale = jnp.std(x, axis=0) if standardize else jnp.ones(x.shape[1], jnp.float32)
+    x_scale = jnp.where(x_scale > 1e-6 * jnp.max(x_scale), x_scale, 1.0)  # like StandardScaler: constant → 1
+    xc = (x - x_mean[None, :]) / x_scale[None, :]
+    y_mean = jnp.mean(y, axis=0)
+    yc = y - y_mean[None, :]
+    num_points, dim = xc.shape
+    if num_points >= dim:  # primal: (D, D) Gram
+        eigvals, q = jnp.linalg.eigh(jnp.matmul(xc.T, xc, precision=HIGHEST))
+        basis = q
+        projected = jnp.matmul(q.T, jnp.matmul(xc.T, yc, precision=HIGHEST), precision=HIGHEST)
+    else:  # dual: (N, N) Gram; W = Xᵀ (X Xᵀ + λ I)⁻¹ Y
+        eigvals, u = jnp.linalg.eigh(jnp.matmul(xc, xc.T, precision=HIGHEST))
+        basis = jnp.matmul(xc.T, u, precision=HIGHEST)
+        projected = jnp.matmul(u.T, yc, precision=HIGHEST)
+    return RidgeCache(x_mean, x_scale, y_mean, jnp.maximum(eigvals, 0.0), basis, projected)
+
+
+def ridge_weights(cache: RidgeCache, l2: float) -> tuple[jax.Array, jax.Array]:
+    """(W (D, C), b (C,)) on the ORIGINAL feature scale for strength ``l2``: ``scores = x @ W + b``."""
+    w_std = cache.basis @ (cache.projected_targets / (cache.eigvals + l2)[:, None])
+    w = w_std / cache.x_scale[:, None]
+    return w, cache.y_mean - cache.x_mean @ w
+
+
+def _eigen_coordinates(cache: RidgeCache, x: jax.Array) -> jax.Array:
+    """Features of evaluation rows in the eigenbasis, (N, r): computed once, shared by every λ."""
+    xc = (jnp.asarray(x, jnp.float32) - cache.x_mean[None, :]) / cache.x_scale[None, :]
+    return jnp.matmul(xc, cache.basis, precision=HIGHEST)
+
+
+def _scores_at(cache: RidgeCache, z: jax.Array, l2: jax.Array) -> jax.Array:
+    rescaled = cache.projected_targets / (cache.eigvals + l2)[:, None]
+    return jnp.matmul(z, rescaled, precision=HIGHEST) + cache.y_mean[None, :]
+
+
+def ridge_predict(cache: RidgeCache, x: jax.Array, l2s: Sequence[float] | jax.Array) -> jax.Array:
+    """Ridge scores (L, N, C) of (N, D) features for every strength in ``l2s``."""
+    z = _eigen_coordinates(cache, x)
+    return jax.vmap(lambda l2: _scores_at(cache, z, l2))(jnp.asarray(l2s, jnp.float32))
+
+
+# -------------------------------------------------------------------------------------------- the probe row
+
+
+def _pooled(split: FeatureSplit) -> np.ndarray:
+    """(N, C) pooled features of a split, averaging the spatial maps when only those were cached."""
+    if split.pooled is not None:
+        return np.asarray(split.pooled, np.float32)
+    if split.maps is not None:
+        return np.asarray(split.maps, np.float32).mean(axis=(1, 2))
+    raise ValueError("FeatureSplit has neither pooled features nor maps")
+
+
+@jax.jit
+def _multiclass_path(cache: RidgeCache, x: jax.Array, labels: jax.Array, l2s: jax.Array) -> dict[str, jax.Array]:
+    """Metrics for every λ, one λ at a time (lax.map) so memory stays at one (N, C) score matrix."""
+    z = _eigen_coordinates(cache, x)
+    mask = jnp.ones(labels.shape[0], bool)
+    return jax.lax.map(lambda l2: metrics.multiclass_metrics(_scores_at(cache, z, l2), labels, mask), l2s)
+
+
+@jax.jit
+def _multilabel_path(cache: RidgeCache, x_val: jax.Array, y_val: jax.Array, x_test: jax.Array,
+                     y_test: jax.Array, l2s: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Per λ: ranking metrics on val and test, and macro F1 at per-class thresholds tuned on val."""
+    z_val, z_test = _eigen_coordinates(cache, x_val), _eigen_coordinates(cache, x_test)
+    mask_val, mask_test = jnp.ones(y_val.shape[0], bool), jnp.ones(y_test.shape[0], bool)
+
+    def one(l2: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        s_val, s_test = _scores_at(cache, z_val, l2), _scores_at(cache, z_test, l2)
+        thresholds = metrics.tune_thresholds(s_val, y_val, mask_val)
+        val = metrics.multilabel_metrics(s_val, y_val, mask_val)
+        test = metrics.multilabel_metrics(s_test, y_test, mask_test)
+        val["macro_f1"] = metrics.multilabel_f1(s_val, y_val, mask_val, thresholds)["macro_f1"]
+        test["macro_f1"] = metrics.multilabel_f1(s_test, y_test, mask_test, thresholds)["macro_f1"]
+        return val, test
+
+    return jax.lax.map(one, l2s)
+
+
+def _to_json(tree: dict[str, jax.Array]) -> dict[str, list]:
+    """Arrays → nested lists of Python floats (NaN stays NaN; json writes it as NaN, which Python reads back)."""
+    return {k: np.asarray(v, np.float64).tolist() for k, v in tree.items()}
+
+
+def _pick(path: dict[str, list], index: int) -> dict[str, float | list]:
+    return {k: v[index] for k, v in path.items()}
+
+
+def ridge_probe(
+    train: FeatureSplit,
+    val: FeatureSplit,
+    test: FeatureSplit | None = None,
+    *,
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    standardize: bool = True,
+    num_classes: int | None = None,
+) -> dict:
+    """Fit the ridge probe on ``train`` for every λ in ``l2_grid``, choose λ on ``val``, report ``val``/``test``.
+
+    The task follows the labels: (N,) integer class ids → multiclass (accuracy, top5, macro_f1); (N, K) {0, 1} →
+    multilabel (macro_roc_auc, macro_average_precision, macro_f1 at thresholds tuned on val; per-class AUC/AP at
+    the chosen λ). Returns a JSON-able dict::
+
+        {"name": "ridge_probe", "task": "multiclass" | "multilabel", "select_metric": str,
+         "l2_grid": [λ...], "val": {metric: [value per λ]}, "test": {metric: [value per λ]} (absent without test),
+         "best": {"l2": λ*, "index": i, "val": {metric: value}, "test": {metric: value}},
+         "params": D*C + C, "num_features": D, "num_classes": C, "num_train": N, "standardize": bool,
+         "targets": "0/1", "time_s": seconds}
+    """
+    start = time.perf_counter()
+    x_train, x_val = _pooled(train), _pooled(val)
+    multilabel = np.ndim(train.labels) == 2
+    l2s = jnp.asarray(sorted(float(v) for v in l2_grid), jnp.float32)
+    if not len(l2s) or float(l2s[0]) <= 0:
+        raise ValueError(f"l2_grid must hold positive strengths, got {list(l2_grid)}")
+
+    if multilabel:
+        num_classes = int(np.shape(train.labels)[1])
+        y_train = np.asarray(train.labels, np.float32)
+        select = "macro_average_precision"
+    else:
+        seen = [np.asarray(s.labels) for s in (train, val, test) if s is not None]
+        num_classes = num_classes or int(max(int(s.max()) for s in seen)) + 1
+        y_train = np.eye(num_classes, dtype=np.float32)[np.asarray(train.labels, np.int64)]
+        select = "accuracy"
+
+    cache = fit_ridge_eig(x_train, y_train, standardize=standardize)
+    if multilabel:
+        # Without a test split the val split stands in (its results are dropped), so one program serves both.
+        x_test, y_test = (_pooled(test), test.labels) if test is not None else (x_val, val.labels)
+        val_path, test_path = _multilabel_path(cache, x_val, jnp.asarray(val.labels), x_test,
+                                               jnp.asarray(y_test), l2s)
+        val_path, test_path = _to_json(val_path), _to_json(test_path) if test is not None else None
+    else:
+        val_path = _to_json(_multiclass_path(cache, x_val, jnp.asarray(val.labels), l2s))
+        test_path = _to_json(_multiclass_path(cache, _pooled(test), jnp.asarray(test.labels), l2s)) \
+            if test is not None else None
+
+    # Highest validation score; among equals the largest λ (the grid is sorted ascending).
+    sel = np.nan_to_num(np.asarray(val_path[select]), nan=-np.inf)
+    index = int(np.flatnonzero(sel == sel.max())[-1])
+    result = {
+        "name": "ridge_probe",
+        "task": "multilabel" if multilabel else "multiclass",
+        "select_metric": select,
+        "l2_grid": np.asarray(l2s, np.float64).tolist(),
+        "val": {k: v for k, v in val_path.items() if np.ndim(v) == 1},
+        "best": {"l2": float(l2s[index]), "index": index, "val": _pick(val_path, index)},
+        "params": int(x_train.shape[1] * num_classes + num_classes),
+        "num_features": int(x_train.shape[1]),
+        "num_classes": num_classes,
+        "num_train": int(x_train.shape[0]),
+        "standardize": standardize,
+        "targets": "0/1",
+    }
+    if test_path is not None:
+        result["test"] = {k: v for k, v in test_path.items() if np.ndim(v) == 1}
+        result["best"]["test"] = _pick(test_path, index)
+    result["time_s"] = time.perf_counter() - start
+    return result

@@ -1,0 +1,72 @@
+"""The closed-form ridge probe: parity with scikit-learn's Ridge, and it learns a separable problem."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.preprocessing import StandardScaler
+
+from jaxheads import probe
+from jaxheads.splits import FeatureSplit
+
+
+def _regression_data(n: int, d: int, c: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.1, 5.0, d)  # uneven feature scales, so standardisation matters
+    x = (rng.normal(size=(n, d)) * scale[None, :] + 3.0).astype(np.float32)
+    y = (x @ rng.normal(size=(d, c)) + rng.normal(size=(n, c))).astype(np.float32)
+    x_eval = (rng.normal(size=(40, d)) * scale[None, :] + 3.0).astype(np.float32)
+    return x, y, x_eval
+
+
+@pytest.mark.parametrize("n,d", [(150, 24), (30, 60)], ids=["primal_N>D", "dual_N<D"])
+@pytest.mark.parametrize("standardize", [True, False])
+def test_matches_sklearn_ridge(n, d, standardize):
+    x, y, x_eval = _regression_data(n, d, 3)
+    alphas = [0.5, 10.0, 300.0]
+    cache = probe.fit_ridge_eig(x, y, standardize=standardize)
+    ours = np.asarray(probe.ridge_predict(cache, x_eval, alphas))
+    scaler = StandardScaler(with_std=standardize).fit(x.astype(np.float64))
+    for i, alpha in enumerate(alphas):
+        ref = Ridge(alpha=alpha).fit(scaler.transform(x), y).predict(scaler.transform(x_eval))
+        scale = np.abs(ref).max()
+        np.testing.assert_allclose(ours[i] / scale, ref / scale, atol=1e-4, err_msg=f"alpha={alpha}")
+        w, b = probe.ridge_weights(cache, alpha)  # the same predictions on the original feature scale
+        np.testing.assert_allclose((x_eval @ np.asarray(w) + np.asarray(b)) / scale, ref / scale, atol=1e-4)
+
+
+def _blobs(n_per_class: int, seed: int, num_classes: int = 4, dim: int = 16):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(num_classes, dim)) * 4.0
+    labels = np.repeat(np.arange(num_classes), n_per_class)
+    feats = centres[labels] + rng.normal(size=(len(labels), dim))
+    return FeatureSplit(labels=labels, pooled=feats.astype(np.float16))  # the cache stores float16
+
+
+def test_learns_separable_multiclass_and_reports_json():
+    result = probe.ridge_probe(_blobs(30, 0), _blobs(10, 1), _blobs(10, 2), l2_grid=[1e-2, 1.0, 1e2, 1e6])
+    assert result["task"] == "multiclass" and result["select_metric"] == "accuracy"
+    assert result["best"]["val"]["accuracy"] == 1.0 and result["best"]["test"]["accuracy"] == 1.0
+    perfect = [l2 for l2, acc in zip(result["l2_grid"], result["val"]["accuracy"]) if acc == 1.0]
+    assert result["best"]["l2"] == max(perfect)  # equal validation accuracy: the largest such λ wins
+    assert len(result["test"]["macro_f1"]) == 4 and result["params"] == 16 * 4 + 4
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_multilabel_probe_and_maps_only_split():
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        x = rng.normal(size=(n, 2, 2, 12)).astype(np.float32)
+        pooled = x.mean(axis=(1, 2))
+        labels = np.stack([pooled[:, 0] > 0, pooled[:, 1] + pooled[:, 2] > 0, pooled[:, 3] > 0.3], 1)
+        return FeatureSplit(labels=labels.astype(np.int32), maps=x)
+
+    result = probe.ridge_probe(split(200), split(60), split(60), l2_grid=[0.1, 10.0])
+    assert result["task"] == "multilabel" and result["select_metric"] == "macro_average_precision"
+    best = result["best"]
+    assert best["test"]["macro_roc_auc"] > 0.95 and best["test"]["macro_f1"] > 0.8
+    assert len(best["val"]["roc_auc"]) == 3  # per-class values at the chosen λ
+    assert set(result["val"]) == {"macro_roc_auc", "macro_average_precision", "macro_f1"}
+    assert "test" not in probe.ridge_probe(split(50), split(20), l2_grid=[1.0])
