@@ -70,3 +70,10 @@ def test_multilabel_probe_and_maps_only_split():
     assert len(best["val"]["roc_auc"]) == 3  # per-class values at the chosen λ
     assert set(result["val"]) == {"macro_roc_auc", "macro_average_precision", "macro_f1"}
     assert "test" not in probe.ridge_probe(split(50), split(20), l2_grid=[1.0])
+
+
+def test_sweep_rows_schema():
+    splits = {"train": _blobs(20, 0), "val": _blobs(8, 1), "test": _blobs(8, 2)}
+    rows = probe.sweep_rows(splits, l2=[10.0, 0.1], task="multiclass", num_classes=4, metric="macro_f1")
+    assert [r["l2"] for r in rows] == [0.1, 10.0] and sum(r["best"] for r in rows) == 1
+    assert set(rows[0]["val"]) == {"accuracy", "top5", "macro_f1"} and rows[0]["test"]["accuracy"] == 1.0

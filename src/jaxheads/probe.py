@@ -150,12 +150,14 @@ def ridge_probe(
     l2_grid: Sequence[float] = DEFAULT_L2_GRID,
     standardize: bool = True,
     num_classes: int | None = None,
+    select_metric: str | None = None,
 ) -> dict:
     """Fit the ridge probe on ``train`` for every λ in ``l2_grid``, choose λ on ``val``, report ``val``/``test``.
 
     The task follows the labels: (N,) integer class ids → multiclass (accuracy, top5, macro_f1); (N, K) {0, 1} →
     multilabel (macro_roc_auc, macro_average_precision, macro_f1 at thresholds tuned on val; per-class AUC/AP at
-    the chosen λ). Returns a JSON-able dict::
+    the chosen λ). ``select_metric`` overrides the validation metric λ is chosen by (default: accuracy /
+    macro_average_precision). Returns a JSON-able dict::
 
         {"name": "ridge_probe", "task": "multiclass" | "multilabel", "select_metric": str,
          "l2_grid": [λ...], "val": {metric: [value per λ]}, "test": {metric: [value per λ]} (absent without test),
@@ -166,19 +168,20 @@ def ridge_probe(
     start = time.perf_counter()
     x_train, x_val = _pooled(train), _pooled(val)
     multilabel = np.ndim(train.labels) == 2
-    l2s = jnp.asarray(sorted(float(v) for v in l2_grid), jnp.float32)
-    if not len(l2s) or float(l2s[0]) <= 0:
+    l2_list = sorted(float(v) for v in l2_grid)
+    l2s = jnp.asarray(l2_list, jnp.float32)
+    if not l2_list or l2_list[0] <= 0:
         raise ValueError(f"l2_grid must hold positive strengths, got {list(l2_grid)}")
 
     if multilabel:
         num_classes = int(np.shape(train.labels)[1])
         y_train = np.asarray(train.labels, np.float32)
-        select = "macro_average_precision"
+        select = select_metric or "macro_average_precision"
     else:
         seen = [np.asarray(s.labels) for s in (train, val, test) if s is not None]
         num_classes = num_classes or int(max(int(s.max()) for s in seen)) + 1
         y_train = np.eye(num_classes, dtype=np.float32)[np.asarray(train.labels, np.int64)]
-        select = "accuracy"
+        select = select_metric or "accuracy"
 
     cache = fit_ridge_eig(x_train, y_train, standardize=standardize)
     if multilabel:
@@ -192,6 +195,8 @@ def ridge_probe(
         test_path = _to_json(_multiclass_path(cache, _pooled(test), jnp.asarray(test.labels), l2s)) \
             if test is not None else None
 
+    if select not in val_path:
+        raise ValueError(f"select_metric {select!r} is not one of {sorted(val_path)}")
     # Highest validation score; among equals the largest λ (the grid is sorted ascending).
     sel = np.nan_to_num(np.asarray(val_path[select]), nan=-np.inf)
     index = int(np.flatnonzero(sel == sel.max())[-1])
@@ -199,9 +204,9 @@ def ridge_probe(
         "name": "ridge_probe",
         "task": "multilabel" if multilabel else "multiclass",
         "select_metric": select,
-        "l2_grid": np.asarray(l2s, np.float64).tolist(),
+        "l2_grid": l2_list,
         "val": {k: v for k, v in val_path.items() if np.ndim(v) == 1},
-        "best": {"l2": float(l2s[index]), "index": index, "val": _pick(val_path, index)},
+        "best": {"l2": l2_list[index], "index": index, "val": _pick(val_path, index)},
         "params": int(x_train.shape[1] * num_classes + num_classes),
         "num_features": int(x_train.shape[1]),
         "num_classes": num_classes,
@@ -214,3 +219,20 @@ def ridge_probe(
         result["best"]["test"] = _pick(test_path, index)
     result["time_s"] = time.perf_counter() - start
     return result
+
+
+def sweep_rows(splits: dict[str, FeatureSplit], *, l2: Sequence[float], task: str, num_classes: int,
+               metric: str) -> list[dict]:
+    """The ridge baseline in the sweep's schema: one row per λ (ascending),
+    ``{"l2", "val": {metric: value}, "test": {metric: value} | None, "best": bool}``, λ chosen by val ``metric``.
+    Scalar metrics only; per-class values stay in :func:`ridge_probe`'s ``best`` entry."""
+    result = ridge_probe(splits["train"], splits["val"], splits.get("test"), l2_grid=l2, num_classes=num_classes,
+                         select_metric=metric)
+    if result["task"] != task:
+        raise ValueError(f"sweep_rows: task {task!r}, but the labels are {result['task']}")
+    rows = []
+    for i, value in enumerate(result["l2_grid"]):
+        rows.append({"l2": value, "val": {k: v[i] for k, v in result["val"].items()},
+                     "test": {k: v[i] for k, v in result["test"].items()} if "test" in result else None,
+                     "best": i == result["best"]["index"]})
+    return rows
