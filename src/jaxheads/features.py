@@ -1,0 +1,423 @@
+"""The feature cache: run the frozen backbone once over a dataset split and keep what the heads train on.
+
+:func:`extract_features` returns a :class:`~jaxheads.splits.FeatureSplit` (labels, pooled (N, C) vectors, and
+(N, h, w, C) maps when asked), read from disk when a complete cache with the same key exists. The backbone is
+given as a :class:`BackboneSource`: its identity (name, weights id, preprocessing) is known without building it,
+and ``load()`` is only called when something has to be computed, so a cache hit never builds the backbone.
+
+Key (:func:`cache_key`): backbone name + weights id + dataset fingerprint + split + input size +
+``Preprocessing.key()`` + the resize method + the cache format. Anything that changes the features changes the
+key, so a cache built with another backbone or preprocessing is never read (nor overwritten: it has another
+directory).
+
+On disk, one directory per key under ``cache_dir``::
+
+    <key>/chunks/<start>-<stop>.npz   finished chunks while a pass runs (each written atomically)
+    <key>/{labels,indices,pooled,maps}.npy   the assembled split (float16 features), each written atomically
+    <key>/meta.json                   written last: its presence marks the cache complete
+
+A killed pass leaves finished chunks behind; the next call computes only the missing chunks and ends with the
+same arrays as an uninterrupted pass (the backbone is deterministic per image; batches are padded to one shape).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxheads import backbones, data, parallel
+from jaxheads.backbones import Backbone, Preprocessing
+from jaxheads.checkpoint import write_bytes_atomic, write_json_atomic
+from jaxheads.splits import FeatureSplit
+
+__all__ = [
+    "CACHE_FORMAT",
+    "BackboneSource",
+    "Progress",
+    "backbone_source",
+    "cache_key",
+    "extract_all",
+    "extract_features",
+]
+
+CACHE_FORMAT = 1
+"""Bump when the on-disk layout or the way features are computed changes (it is part of every key)."""
+META = "meta.json"
+CHUNKS = "chunks"
+
+
+class Progress(NamedTuple):
+    """One progress report: ``done`` of ``total`` images of ``split`` handled (``skipped`` of them unreadable);
+    ``cached`` when the split was read from the cache."""
+
+    split: str
+    done: int
+    total: int
+    skipped: int = 0
+    cached: bool = False
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSource:
+    """What the cache needs to know about a backbone without building it, and how to build it.
+
+    ``weights_id`` must change whenever the weights do (a file hash, a pinned source hash, ``random-seed0``).
+    ``load`` is a zero-argument callable returning the :class:`~jaxheads.backbones.Backbone`; it is called at
+    most once per :func:`extract_all`, and not at all on a cache hit.
+    """
+
+    name: str
+    weights_id: str
+    preprocessing: Preprocessing
+    load: Callable[[], Backbone]
+
+    @classmethod
+    def of(cls, backbone: Backbone) -> BackboneSource:
+        """Wrap an already built backbone."""
+        return cls(backbone.config.name, backbone.weights_id, backbone.config.preprocessing, lambda: backbone)
+
+
+def backbone_source(name: str, weights: Any = "default", *, seed: int = 0) -> BackboneSource:
+    """A lazy :class:`BackboneSource` for ``jaxheads.backbones.load(name, weights, seed=seed)``.
+
+    The weights id is found without loading: ``random-seed{seed}`` for ``None``, the file's sha256 (first 16 hex
+    digits) for a path, and for a named source the id the family declares in ``config.weights_ids`` when it has
+    that mapping, else ``"<name>"`` (named sources are pinned by the package that ships them).
+    """
+    config = backbones.get_config(name)
+    if weights == "default":
+        weights = config.default_weights
+    if weights is None:
+        weights_id = f"random-seed{seed}"
+    elif isinstance(weights, (str, os.PathLike)) and str(weights) in config.weights:
+        declared: Mapping[str, str] = getattr(config, "weights_ids", None) or {}
+        weights_id = declared.get(str(weights), f"named:{weights}")
+    elif isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
+        weights_id = backbones.sha256_file(weights)[:16]
+    else:
+        weights_id = f"other:{weights}"  # backbones.load gives the clear error when it is called
+    loader = functools.cache(lambda: backbones.load(name, weights, seed=seed))
+    return BackboneSource(config.name, weights_id, config.preprocessing, loader)
+
+
+def _as_source(backbone: Backbone | BackboneSource) -> BackboneSource:
+    return backbone if isinstance(backbone, BackboneSource) else BackboneSource.of(backbone)
+
+
+def cache_key(backbone: Backbone | BackboneSource, dataset: data.Dataset, split: str) -> str:
+    """The cache directory name for (backbone, dataset split): readable prefix + hash of every input that
+    decides the features."""
+    source = _as_source(backbone)
+    identity = _identity(source, dataset, split)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{source.name}-{dataset.name}-{split}")
+    return f"{readable}-{digest}"
+
+
+def _identity(source: BackboneSource, dataset: data.Dataset, split: str) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT,
+        "backbone": source.name,
+        "weights": source.weights_id,
+        "dataset": dataset.fingerprint(split),
+        "split": split,
+        "input_size": source.preprocessing.input_size,
+        "preprocessing": source.preprocessing.key(),
+        "resize": data.RESIZE_METHOD,
+    }
+
+
+def extract_features(
+    backbone: Backbone | BackboneSource,
+    dataset: data.Dataset,
+    split: str,
+    *,
+    cache_dir: str | os.PathLike[str],
+    need_maps: bool = False,
+    batch_size: int = 64,
+    chunk_size: int | None = None,
+    progress: ProgressFn | None = None,
+    strict: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+    num_workers: int | None = None,
+) -> FeatureSplit:
+    """Features of ``dataset``'s ``split`` under ``backbone``: from the cache when a complete one with this key
+    exists (and has maps if ``need_maps``), else computed and cached.
+
+    One jitted forward per batch of ``batch_size`` images, the batch sharded over ``devices`` (default: all);
+    every batch is padded to the same multiple of the device count so there is one compilation, and the padding
+    is dropped. Chunks of ``chunk_size`` images (default ``8 * batch_size``, rounded to whole batches) are written
+    as they finish, so an interrupted pass resumes at the first unfinished chunk. Unreadable images are skipped
+    with a warning (``strict=True`` raises); the returned labels are those of the images kept.
+    """
+    source = _as_source(backbone)
+    total = len(dataset.split(split))
+    folder = Path(cache_dir) / cache_key(source, dataset, split)
+    report = progress or (lambda _: None)
+    meta = _read_meta(folder)
+    if meta is not None and (meta["has_maps"] or not need_maps):
+        report(Progress(split, total, total, meta["skipped"], cached=True))
+        return _load_complete(folder, meta, need_maps)
+    if meta is not None:  # complete, but without the maps now needed: recompute (chunks carry both)
+        (folder / META).unlink()
+    batch_size = max(1, batch_size)
+    chunk = max(1, math.ceil((chunk_size or 8 * batch_size) / batch_size)) * batch_size
+    plan = [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
+    done = _finished_chunks(folder / CHUNKS, plan, need_maps)
+    todo = [(a, b) for a, b in plan if (a, b) not in done]
+    if todo:
+        _compute_chunks(
+            source, dataset, split, folder / CHUNKS, todo, done,
+            need_maps=need_maps, batch_size=batch_size, report=report, strict=strict,
+            devices=devices, num_workers=num_workers,
+        )  # fmt: skip
+    return _assemble(folder, source, dataset, split, plan, need_maps)
+
+
+def extract_all(
+    backbone: Backbone | BackboneSource,
+    dataset: data.Dataset,
+    *,
+    cache_dir: str | os.PathLike[str],
+    splits: Iterable[str] | None = None,
+    **kwargs: Any,
+) -> dict[str, FeatureSplit]:
+    """:func:`extract_features` for every split (default: all the dataset has), building the backbone at most
+    once and only if some split is not cached."""
+    source = _as_source(backbone)
+    shared = dataclasses.replace(source, load=functools.cache(source.load))
+    names = list(dataset.splits) if splits is None else list(splits)
+    return {name: extract_features(shared, dataset, name, cache_dir=cache_dir, **kwargs) for name in names}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Computing chunks
+
+
+def _compute_chunks(
+    source: BackboneSource,
+    dataset: data.Dataset,
+    split: str,
+    chunk_dir: Path,
+    todo: list[tuple[int, int]],
+    done: Mapping[tuple[int, int], Path],
+    *,
+    need_maps: bool,
+    batch_size: int,
+    report: ProgressFn,
+    strict: bool,
+    devices: Sequence[jax.Device] | None,
+    num_workers: int | None,
+) -> None:
+    """Run the backbone over the images of the chunks in ``todo`` and write each chunk as it completes."""
+    backbone = source.load()
+    mesh = parallel.make_mesh(1, devices)
+    forward = _sharded_forward(backbone, mesh, need_maps)
+    variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
+    padded_batch = math.ceil(batch_size / mesh.size) * mesh.size
+    total = len(dataset.split(split))
+    finished = sum(b - a for a, b in done)
+    report(Progress(split, finished, total))
+    indices = np.concatenate([np.arange(a, b) for a, b in todo])
+    batches = data.iter_batches(
+        dataset.split(split), image_size=source.preprocessing.input_size, batch_size=batch_size,
+        indices=indices, strict=strict, num_workers=num_workers,
+    )  # fmt: skip
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    current = 0
+    skipped = 0
+    seen = 0
+    for batch in batches:
+        pooled, maps = _run_batch(forward, variables, batch.images, padded_batch, mesh, need_maps)
+        parts.append((batch.indices, pooled, maps))
+        seen += len(batch.indices) + len(batch.skipped)
+        skipped += len(batch.skipped)
+        start, stop = todo[current]
+        if seen == stop - start:
+            _write_chunk(chunk_dir, start, stop, parts, need_maps, source.preprocessing.input_size)
+            parts, seen, current = [], 0, current + 1
+        finished += len(batch.indices) + len(batch.skipped)
+        report(Progress(split, finished, total, skipped))
+
+
+def _sharded_forward(backbone: Backbone, mesh: jax.sharding.Mesh, need_maps: bool) -> Callable[..., Any]:
+    """A jitted (variables, uint8 images) -> (pooled f16, maps f16 | None): the batch split over the mesh."""
+    preprocessing = backbone.config.preprocessing
+    module = backbone.module
+
+    def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        with jax.numpy_rank_promotion("allow"):  # Preprocessing broadcasts (3,) mean/std over (N, H, W, 3)
+            x = preprocessing(images)
+        maps = module.apply(variables, x, train=False)["features"].astype(jnp.float32)
+        pooled = maps.mean(axis=(1, 2))
+        return pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None
+
+    batch = parallel.data_sharding(mesh)
+    return jax.jit(forward, in_shardings=(parallel.replicated(mesh), batch), out_shardings=batch)
+
+
+def _run_batch(
+    forward: Callable[..., Any],
+    variables: Any,
+    images: np.ndarray,
+    padded_batch: int,
+    mesh: jax.sharding.Mesh,
+    need_maps: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pad ``images`` to the one compiled batch shape, run, and drop the padding rows."""
+    n = len(images)
+    if n == 0:
+        return np.zeros((0, 0), np.float16), None
+    padded, _ = parallel.pad_to(images, padded_batch)
+    pooled, maps = forward(variables, jax.device_put(padded, parallel.data_sharding(mesh)))
+    return np.asarray(pooled)[:n], (np.asarray(maps)[:n] if need_maps else None)
+
+
+def _chunk_path(chunk_dir: Path, start: int, stop: int) -> Path:
+    return chunk_dir / f"{start:010d}-{stop:010d}.npz"
+
+
+def _write_chunk(
+    chunk_dir: Path,
+    start: int,
+    stop: int,
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    has_maps: bool,
+    input_size: int,
+) -> None:
+    """Write one finished chunk (kept indices, pooled, maps) atomically."""
+    kept = [p for p in parts if len(p[0])]
+    arrays: dict[str, np.ndarray] = {
+        "indices": np.concatenate([p[0] for p in parts]).astype(np.int64),
+        "pooled": np.concatenate([p[1] for p in kept]) if kept else np.zeros((0, 0), np.float16),
+        "has_maps": np.asarray(has_maps),
+    }
+    if has_maps:
+        arrays["maps"] = np.concatenate([p[2] for p in kept]) if kept else np.zeros((0, 0, 0, 0), np.float16)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(_chunk_path(chunk_dir, start, stop), buffer.getvalue())
+
+
+def _finished_chunks(chunk_dir: Path, plan: list[tuple[int, int]], need_maps: bool) -> dict[tuple[int, int], Path]:
+    """Chunks of this plan already on disk (with maps when needed). Files are whole or absent (atomic writes)."""
+    found: dict[tuple[int, int], Path] = {}
+    for start, stop in plan:
+        path = _chunk_path(chunk_dir, start, stop)
+        if path.is_file():
+            with np.load(path) as chunk:
+                if bool(chunk["has_maps"]) or not need_maps:
+                    found[(start, stop)] = path
+    return found
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Assembling and reading
+
+
+def _assemble(
+    folder: Path, source: BackboneSource, dataset: data.Dataset, split: str, plan: list[tuple[int, int]], need_maps: bool
+) -> FeatureSplit:
+    """Concatenate the chunks into the final arrays, write them and meta.json (last), drop the chunks."""
+    chunk_dir = folder / CHUNKS
+    paths = [_chunk_path(chunk_dir, a, b) for a, b in plan]
+    loaded = [np.load(p) for p in paths]
+    try:
+        indices = np.concatenate([c["indices"] for c in loaded]) if loaded else np.zeros(0, np.int64)
+        nonempty = [c for c in loaded if c["pooled"].shape[0]]
+        channels = nonempty[0]["pooled"].shape[1] if nonempty else 0
+        pooled = np.concatenate([c["pooled"] for c in nonempty]) if nonempty else np.zeros((0, channels), np.float16)
+        _save_npy_atomic(folder / "pooled.npy", pooled)
+        if need_maps:
+            _save_maps_atomic(folder / "maps.npy", [c["maps"] for c in nonempty])
+    finally:
+        for chunk in loaded:
+            chunk.close()
+    labels = dataset.split(split).labels[indices]
+    _save_npy_atomic(folder / "indices.npy", indices)
+    _save_npy_atomic(folder / "labels.npy", labels)
+    all_indices = np.arange(len(dataset.split(split)))
+    skipped = np.setdiff1d(all_indices, indices)
+    meta = {
+        **_identity(source, dataset, split),
+        "dataset_name": dataset.name,
+        "classes": list(dataset.classes),
+        "task": dataset.task,
+        "count": int(len(indices)),
+        "skipped": int(len(skipped)),
+        "skipped_names": [dataset.split(split).name(int(i)) for i in skipped[:100]],
+        "has_maps": bool(need_maps),
+        "pooled_shape": list(pooled.shape),
+    }
+    write_json_atomic(folder / META, meta)
+    shutil.rmtree(chunk_dir, ignore_errors=True)
+    return _load_complete(folder, meta, need_maps)
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _save_maps_atomic(path: Path, parts: list[np.ndarray]) -> None:
+    """Stream the (possibly large) maps into a temporary .npy, fsync, rename."""
+    shape = (sum(p.shape[0] for p in parts), *(parts[0].shape[1:] if parts else (0, 0, 0)))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        row = 0
+        for part in parts:
+            out[row : row + len(part)] = part
+            row += len(part)
+        out.flush()
+        del out
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    """The meta of a complete cache in ``folder``, or None (absent or unreadable: then it is rebuilt)."""
+    try:
+        return json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _load_complete(folder: Path, meta: Mapping[str, Any], need_maps: bool) -> FeatureSplit:
+    """Read a complete cache; maps are memory-mapped (they can be large)."""
+    if meta["skipped"]:
+        warnings.warn(
+            f"{folder.name}: {meta['skipped']} unreadable image(s) were left out when this cache was built "
+            f"(first: {', '.join(meta['skipped_names'][:3])})",
+            data.BadImageWarning,
+            stacklevel=3,
+        )
+    labels = np.load(folder / "labels.npy")
+    pooled = np.load(folder / "pooled.npy")
+    maps = np.load(folder / "maps.npy", mmap_mode="r") if need_maps else None
+    return FeatureSplit(labels=labels, pooled=pooled, maps=maps)

@@ -1,0 +1,161 @@
+"""The feature cache with a tiny registered backbone: hits skip the backbone, keys separate, resume, sharding."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxheads import backbones, data, features
+from jaxheads.backbones import BackboneConfig, Preprocessing
+
+TINY = "tiny_features_test"
+
+
+class _Tiny(nn.Module):
+    """Two strided convolutions: (N, 32, 32, 3) -> {"features": (N, 8, 8, 16)}."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        x = nn.relu(nn.Conv(8, (3, 3), strides=2)(x))
+        return {"features": nn.Conv(16, (3, 3), strides=2)(x)}
+
+
+backbones.register(
+    BackboneConfig(
+        name=TINY,
+        build=lambda num_classes=0: _Tiny(),
+        preprocessing=Preprocessing(32, mean=(127.5,) * 3, std=(127.5,) * 3),
+        feature_channels=16,
+        default_weights=None,
+    )
+)
+
+
+def make_folder(root: Path, per_class: int, classes: tuple[str, ...] = ("cat", "dog")) -> Path:
+    """Real PNG/JPEG files of varied sizes and modes (grayscale, RGBA, RGB), one folder per class."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            mode = ("RGB", "L", "RGBA")[i % 3]
+            shape = (20 + i, 30 + c) + ((3,) if mode == "RGB" else (4,) if mode == "RGBA" else ())
+            image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+            image.save(root / name / f"{i}.{'jpg' if mode == 'L' else 'png'}")
+    return root
+
+
+def _never() -> backbones.Backbone:
+    raise AssertionError("the backbone was built on what should have been a cache hit")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> data.Dataset:
+    root = make_folder(tmp_path_factory.mktemp("feat") / "imgs", per_class=12)
+    return data.load_dataset(root, val_fraction=0.25, test_fraction=0.0)
+
+
+def test_second_run_reads_the_cache_without_building_the_backbone(folder: data.Dataset, tmp_path: Path) -> None:
+    source = features.backbone_source(TINY, None, seed=0)
+    events: list[features.Progress] = []
+    first = features.extract_features(source, folder, "train", cache_dir=tmp_path, batch_size=4, progress=events.append)
+    assert first.pooled.shape == (18, 16) and first.pooled.dtype == np.float16 and first.maps is None
+    np.testing.assert_array_equal(first.labels, folder.split("train").labels)
+    assert events[-1].done == events[-1].total == 18 and not events[-1].cached
+    cached_source = dataclasses.replace(source, load=_never)
+    second = features.extract_features(cached_source, folder, "train", cache_dir=tmp_path, progress=events.append)
+    assert events[-1].cached
+    np.testing.assert_array_equal(second.pooled, first.pooled)
+    everything = features.extract_all(cached_source, folder, cache_dir=tmp_path, splits=["train"])
+    np.testing.assert_array_equal(everything["train"].pooled, first.pooled)
+    # Maps asked later: recomputed (with both), then both are served from the cache.
+    with_maps = features.extract_features(source, folder, "train", cache_dir=tmp_path, need_maps=True, batch_size=4)
+    assert with_maps.maps.shape == (18, 8, 8, 16) and with_maps.maps.dtype == np.float16
+    mean = with_maps.maps.astype(np.float32).mean(axis=(1, 2))
+    np.testing.assert_allclose(mean, with_maps.pooled.astype(np.float32), atol=2e-3, rtol=2e-3)
+    again = features.extract_features(cached_source, folder, "train", cache_dir=tmp_path, need_maps=True)
+    np.testing.assert_array_equal(np.asarray(again.maps), np.asarray(with_maps.maps))
+
+
+def test_key_changes_with_preprocessing_weights_dataset_and_split(folder: data.Dataset) -> None:
+    source = features.backbone_source(TINY, None, seed=0)
+    key = features.cache_key(source, folder, "train")
+    other_std = dataclasses.replace(source, preprocessing=dataclasses.replace(source.preprocessing, std=(64.0,) * 3))
+    other_size = dataclasses.replace(source, preprocessing=dataclasses.replace(source.preprocessing, input_size=48))
+    reseeded = data.load_dataset(folder.root, seed=5, val_fraction=0.25, test_fraction=0.0)
+    keys = {
+        key,
+        features.cache_key(other_std, folder, "train"),
+        features.cache_key(other_size, folder, "train"),
+        features.cache_key(features.backbone_source(TINY, None, seed=1), folder, "train"),
+        features.cache_key(source, folder, "val"),
+        features.cache_key(source, reseeded, "train"),
+    }
+    assert len(keys) == 6
+    assert features.cache_key(features.backbone_source(TINY, None, seed=0), folder, "train") == key
+    built = backbones.load(TINY, None, seed=0)
+    assert features.cache_key(built, folder, "train") == key  # a built backbone keys like its lazy source
+
+
+def test_interrupted_pass_resumes_to_identical_features(folder: data.Dataset, tmp_path: Path) -> None:
+    source = features.backbone_source(TINY, None, seed=0)
+    reference = features.extract_features(source, folder, "train", cache_dir=tmp_path / "ref", batch_size=4, chunk_size=8)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first_chunk(event: features.Progress) -> None:
+        if event.done >= 8:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        features.extract_features(
+            source, folder, "train", cache_dir=tmp_path / "run", batch_size=4, chunk_size=8,
+            progress=stop_after_first_chunk,
+        )  # fmt: skip
+    (entry,) = (tmp_path / "run").iterdir()
+    assert not (entry / "meta.json").exists() and len(list((entry / "chunks").glob("*.npz"))) == 1
+    events: list[features.Progress] = []
+    resumed = features.extract_features(
+        source, folder, "train", cache_dir=tmp_path / "run", batch_size=4, chunk_size=8, progress=events.append
+    )
+    assert events[0].done == 8  # started after the finished chunk
+    np.testing.assert_array_equal(resumed.pooled, reference.pooled)
+    np.testing.assert_array_equal(resumed.labels, reference.labels)
+    assert not (entry / "chunks").exists() and (entry / "meta.json").exists()
+
+
+def test_eight_devices_give_the_one_device_features(folder: data.Dataset, tmp_path: Path) -> None:
+    assert len(jax.devices()) == 8
+    source = features.backbone_source(TINY, None, seed=0)
+    many = features.extract_features(source, folder, "train", cache_dir=tmp_path / "8", batch_size=5, need_maps=True)
+    one = features.extract_features(
+        source, folder, "train", cache_dir=tmp_path / "1", batch_size=5, need_maps=True, devices=jax.devices()[:1]
+    )
+    np.testing.assert_allclose(many.pooled.astype(np.float32), one.pooled.astype(np.float32), atol=1e-3, rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(many.maps, np.float32), np.asarray(one.maps, np.float32), atol=1e-3, rtol=1e-3)
+
+
+def test_unreadable_images_are_left_out_and_recorded(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "imgs", per_class=4)
+    (root / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    ds = data.from_folder(root, fractions={"val": 0.0, "test": 0.0})
+    source = features.backbone_source(TINY, None)
+    with pytest.warns(data.BadImageWarning) as record:
+        out = features.extract_features(source, ds, "train", cache_dir=tmp_path / "c", batch_size=3)
+    assert any("broken.png" in str(w.message) for w in record)
+    assert len(out) == 8 and out.pooled.shape == (8, 16)
+    assert out.labels.tolist() == [0] * 4 + [1] * 4
+    (meta_path,) = (tmp_path / "c").glob("*/meta.json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["skipped"] == 1 and meta["skipped_names"][0].endswith("broken.png")
+    with pytest.warns(data.BadImageWarning, match="left out"):
+        features.extract_features(dataclasses.replace(source, load=_never), ds, "train", cache_dir=tmp_path / "c")
+    with pytest.raises(data.BadImageError, match="broken.png"):
+        features.extract_features(source, ds, "train", cache_dir=tmp_path / "strict", strict=True)
