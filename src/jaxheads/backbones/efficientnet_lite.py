@@ -108,13 +108,14 @@ def block_specs(width: float, depth: float, stages: tuple[Stage, ...] = BASE_STA
         repeats = stage.repeats if fixed else math.ceil(depth * stage.repeats)
         out_channels = round_channels(stage.channels, width)
         for r in range(repeats):
-            specs.append(BlockSpec(in_channels, out_channels, stage.kernel, stage.stride if r == 0 else 1, stage.expand))
+            stride = stage.stride if r == 0 else 1
+            specs.append(BlockSpec(in_channels, out_channels, stage.kernel, stride, stage.expand))
             in_channels = out_channels
     return tuple(specs)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow "SAME" padding (low, high) for one spatial axis: output ceil(size/stride), extra pixel at the end."""
+    """TF "SAME" padding (low, high) on one axis: output ceil(size / stride), any odd pixel padded at the end."""
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
@@ -214,8 +215,10 @@ def layer_map(blocks: tuple[BlockSpec, ...], classifier: bool) -> list[tuple[str
         t, f = f"_blocks.{i}.", block_name(i)
         if spec.expand != 1:
             layers += [(t + "_expand_conv", (f, "expand", "conv"), "conv"), (t + "_bn0", (f, "expand", "bn"), "bn")]
-        layers += [(t + "_depthwise_conv", (f, "depthwise", "conv"), "conv"), (t + "_bn1", (f, "depthwise", "bn"), "bn"),
-                   (t + "_project_conv", (f, "project", "conv"), "conv"), (t + "_bn2", (f, "project", "bn"), "bn")]
+        layers += [(t + "_depthwise_conv", (f, "depthwise", "conv"), "conv"),
+                   (t + "_bn1", (f, "depthwise", "bn"), "bn"),
+                   (t + "_project_conv", (f, "project", "conv"), "conv"),
+                   (t + "_bn2", (f, "project", "bn"), "bn")]
     layers += [("_conv_head", ("head", "conv"), "conv"), ("_bn1", ("head", "bn"), "bn")]
     if classifier:
         layers.append(("_fc", ("classifier",), "dense"))
