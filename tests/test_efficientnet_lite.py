@@ -141,6 +141,13 @@ def test_unpickler_rebuilds_views_and_dtypes(tmp_path):
         assert loaded[key].shape == tuple(tensor.shape)
 
 
+def test_zip_format_is_refused_with_a_hint(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save({"w": torch.ones(2)}, tmp_path / "new.pth")
+    with pytest.raises(pickle.UnpicklingError, match="zip-format"):
+        torch_pickle.load_state_dict(tmp_path / "new.pth")
+
+
 def test_converter_names_every_problem(lite0):
     state_dict, _ = torch_pickle.load_state_dict(el.packaged_checkpoint("efficientnet_lite0"))
     del state_dict["_blocks.3._bn1.running_var"]

@@ -57,7 +57,8 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 def load_image(image: ImageLike) -> np.ndarray:
-    """An RGB uint8 array (H, W, 3) from a path, a PIL image, or an array (grey or RGBA are converted)."""
+    """An RGB uint8 array (H, W, 3) from a path, a PIL image, or an array of values in [0, 255] (grey or RGBA
+    are converted)."""
     if isinstance(image, (str, Path)):
         with Image.open(image) as im:
             return np.asarray(im.convert("RGB"))

@@ -232,4 +232,7 @@ def load_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     """
     data = Path(path).read_bytes()
     digest = check_filename_hash(path, data)
+    if data.startswith(b"PK\x03\x04"):
+        raise pickle.UnpicklingError(f"{path} is a zip-format torch.save file; only the legacy format is read here "
+                                     "(re-save it with torch.save(..., _use_new_zipfile_serialization=False))")
     return _load_legacy(io.BytesIO(data)), digest
