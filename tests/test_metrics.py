@@ -10,6 +10,12 @@ from jaxheads import metrics as M
 
 N, C, K, PAD = 160, 8, 5, 24
 
+# Jitted once per shape: eager calls would compile every primitive separately, which dominates test time.
+multiclass_metrics = jax.jit(M.multiclass_metrics)
+multilabel_metrics = jax.jit(M.multilabel_metrics)
+tune_thresholds = jax.jit(M.tune_thresholds)
+multilabel_f1 = jax.jit(M.multilabel_f1)
+
 
 def _multiclass_data(seed: int = 0):
     """Logits rounded to one decimal (many ties) with PAD padding rows of garbage (huge logits, bad labels)."""
@@ -43,7 +49,7 @@ def _sklearn_multiclass(logits, labels):
 
 def test_multiclass_matches_sklearn_with_ties_and_padding():
     logits, labels, mask = _multiclass_data()
-    ours = jax.jit(M.multiclass_metrics)(logits, labels, mask)
+    ours = multiclass_metrics(logits, labels, mask)
     ref = _sklearn_multiclass(logits[:N], labels[:N])
     for name, value in ref.items():
         assert float(ours[name]) == pytest.approx(value, abs=1e-6), name
@@ -53,11 +59,11 @@ def test_top5_tie_rule_and_few_classes():
     # Label 0 ties with every other class: scikit-learn ranks tied higher ids first, so it is not in the top 5.
     logits = np.zeros((2, 7), np.float32)
     labels = np.array([0, 6])
-    ours = M.multiclass_metrics(logits, labels, np.ones(2, bool))
+    ours = multiclass_metrics(logits, labels, np.ones(2, bool))
     assert float(ours["top5"]) == pytest.approx(skm.top_k_accuracy_score(labels, logits, k=5, labels=np.arange(7))) == 0.5
     assert float(ours["accuracy"]) == 0.5  # argmax ties go to class 0, like np.argmax
     # With C <= 5 top-5 is trivially 1 (documented; scikit-learn warns and returns 1 too).
-    few = M.multiclass_metrics(np.random.default_rng(1).normal(size=(10, 3)), np.zeros(10, int), np.ones(10))
+    few = multiclass_metrics(np.random.default_rng(1).normal(size=(10, 3)), np.zeros(10, int), np.ones(10))
     assert float(few["top5"]) == 1.0
 
 
@@ -65,7 +71,7 @@ def test_macro_f1_leaves_out_absent_classes():
     labels = np.array([0, 0, 1, 1, 1])
     preds = np.array([0, 1, 1, 1, 0])
     logits = np.eye(6, dtype=np.float32)[preds]  # classes 2..5: neither true nor predicted
-    ours = M.multiclass_metrics(logits, labels, np.ones(5))
+    ours = multiclass_metrics(logits, labels, np.ones(5))
     assert float(ours["macro_f1"]) == pytest.approx(skm.f1_score(labels, preds, average="macro"))
 
 
@@ -79,7 +85,7 @@ def test_confusion_matrix_matches_sklearn():
 
 def test_multilabel_matches_sklearn_with_ties_and_padding():
     scores, labels, mask = _multilabel_data()
-    ours = jax.jit(M.multilabel_metrics)(scores, labels, mask)
+    ours = multilabel_metrics(scores, labels, mask)
     auc = skm.roc_auc_score(labels[:N], scores[:N], average=None)
     ap = skm.average_precision_score(labels[:N], scores[:N], average=None)
     np.testing.assert_allclose(ours["roc_auc"], auc, atol=1e-6)
@@ -91,7 +97,7 @@ def test_multilabel_matches_sklearn_with_ties_and_padding():
 def test_all_tied_scores_and_undefined_classes():
     labels = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]])
     scores = np.zeros((4, 3), np.float32)
-    ours = M.multilabel_metrics(scores, labels, np.ones(4))
+    ours = multilabel_metrics(scores, labels, np.ones(4))
     assert float(ours["roc_auc"][0]) == pytest.approx(skm.roc_auc_score(labels[:, 0], scores[:, 0])) == 0.5
     assert float(ours["average_precision"][0]) == pytest.approx(
         skm.average_precision_score(labels[:, 0], scores[:, 0]))
@@ -107,14 +113,14 @@ def _best_f1_by_brute_force(scores, labels):
 
 def test_tuned_thresholds_reach_the_best_f1():
     scores, labels, mask = _multilabel_data(2)
-    thresholds = jax.jit(M.tune_thresholds)(scores, labels, mask)
-    f1 = M.multilabel_f1(scores, labels, mask, thresholds)
+    thresholds = tune_thresholds(scores, labels, mask)
+    f1 = multilabel_f1(scores, labels, mask, thresholds)
     for k in range(K):
         best = _best_f1_by_brute_force(scores[:N, k], labels[:N, k])
         assert float(f1["f1"][k]) == pytest.approx(best, abs=1e-6)
         assert float(f1["f1"][k]) == pytest.approx(skm.f1_score(labels[:N, k], scores[:N, k] >= thresholds[k]))
     # No positive at all: never predict it.
-    assert np.isinf(M.tune_thresholds(scores[:, :1], np.zeros((N + PAD, 1)), mask)[0])
+    assert np.isinf(tune_thresholds(scores[:, :1], np.zeros((N + PAD, 1)), mask)[0])
 
 
 def test_metrics_vmap_over_members():
@@ -140,4 +146,4 @@ def test_metrics_vmap_over_members():
                                                                             average=None), atol=1e-6)
         np.testing.assert_allclose(batched["average_precision"][s],
                                    skm.average_precision_score(mlabels[s][v], scores[s][v], average=None), atol=1e-6)
-        np.testing.assert_allclose(thresholds[s], M.tune_thresholds(scores[s], mlabels[s], masks[s]))
+        np.testing.assert_allclose(thresholds[s], tune_thresholds(scores[s], mlabels[s], masks[s]))

@@ -144,3 +144,33 @@ def test_multilabel_result_without_confusion(tmp_path):
     paths = report.write_report(result, tmp_path)
     assert "confusion_matrix" not in paths and paths["val_vs_params"].exists()
     assert len(report.answer_head_questions(result)) == 3
+
+
+def test_report_of_a_real_sweep(tmp_path):
+    """A tiny real sweep (one structure group: pooled input, 1 hidden layer, width × dropout × 2 seeds)."""
+    import jax
+    from jax.sharding import Mesh
+
+    from jaxheads.splits import FeatureSplit
+    from jaxheads.sweep import SweepSpec, run_sweep
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 1.5
+
+    def split(n: int) -> FeatureSplit:
+        y = rng.integers(0, 3, n)
+        return FeatureSplit(labels=y, pooled=(centres[y] + rng.normal(size=(n, 8))).astype(np.float16))
+
+    sweep = SweepSpec(pooling=("none",), widths=(4, 8), depth=(1,), dropout=(0.0, 0.5), seeds=2, epochs=2,
+                      batch_size=(32,), patience=None, map_batch="vmap", ridge_l2=())
+    one_device = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("members", "data"))  # fewer programs to build
+    result = run_sweep(sweep, {"train": split(128), "val": split(64), "test": split(64)}, num_classes=3,
+                       mesh=one_device)
+    result_json = json.loads(result.to_json())
+    paths = report.write_report(result_json, tmp_path)
+    assert {"markdown", "html", "val_vs_params", "learning_curves"} <= set(paths)
+    assert all(p.exists() for p in paths.values())
+    answers = _by_title(report.answer_head_questions(result_json))
+    assert set(answers) == {"Width: 4 vs 8", "Dropout: 0 vs 0.5"}
+    for q in answers.values():
+        assert (q["n_contexts"], q["n_pairs"], q["se_from"]) == (2, 4, "seeds") and math.isfinite(q["se"])

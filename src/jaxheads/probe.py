@@ -21,6 +21,7 @@ equal scores go to the larger λ, the more regularised model.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import NamedTuple, Sequence
 
@@ -48,6 +49,7 @@ class RidgeCache(NamedTuple):
     projected_targets: jax.Array  # (r, C) R
 
 
+@functools.partial(jax.jit, static_argnames="standardize")
 def fit_ridge_eig(x: jax.Array, y: jax.Array, *, standardize: bool = True) -> RidgeCache:
     """Precompute the ridge solution path of (N, D) features onto (N, C) targets (see the module docstring)."""
     x = jnp.asarray(x, jnp.float32)
@@ -70,6 +72,7 @@ def fit_ridge_eig(x: jax.Array, y: jax.Array, *, standardize: bool = True) -> Ri
     return RidgeCache(x_mean, x_scale, y_mean, jnp.maximum(eigvals, 0.0), basis, projected)
 
 
+@jax.jit
 def ridge_weights(cache: RidgeCache, l2: float) -> tuple[jax.Array, jax.Array]:
     """(W (D, C), b (C,)) on the ORIGINAL feature scale for strength ``l2``: ``scores = x @ W + b``."""
     w_std = cache.basis @ (cache.projected_targets / (cache.eigvals + l2)[:, None])
@@ -90,8 +93,13 @@ def _scores_at(cache: RidgeCache, z: jax.Array, l2: jax.Array) -> jax.Array:
 
 def ridge_predict(cache: RidgeCache, x: jax.Array, l2s: Sequence[float] | jax.Array) -> jax.Array:
     """Ridge scores (L, N, C) of (N, D) features for every strength in ``l2s``."""
+    return _predict_path(cache, jnp.asarray(x, jnp.float32), jnp.asarray(l2s, jnp.float32))
+
+
+@jax.jit
+def _predict_path(cache: RidgeCache, x: jax.Array, l2s: jax.Array) -> jax.Array:
     z = _eigen_coordinates(cache, x)
-    return jax.vmap(lambda l2: _scores_at(cache, z, l2))(jnp.asarray(l2s, jnp.float32))
+    return jax.vmap(lambda l2: _scores_at(cache, z, l2))(l2s)
 
 
 # -------------------------------------------------------------------------------------------- the probe row
