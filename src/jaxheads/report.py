@@ -299,9 +299,9 @@ def ridge_baseline(result_json: Mapping[str, Any]) -> dict[str, Any] | None:
     metric = result_json["metric"]
     pooled = (result_json.get("feature_shapes") or {}).get("pooled")
     k = int(result_json["num_classes"])
+    params = best.get("params") or (int(pooled[-1]) * k + k if pooled else None)
     return {"l2": _num(best["l2"]), "val": _num(best["val"].get(metric)),
-            "test": _num((best.get("test") or {}).get(metric)),
-            "params": int(pooled[-1]) * k + k if pooled else None}
+            "test": _num((best.get("test") or {}).get(metric)), "params": params}
 
 
 def _pm(stat: Mapping[str, float], n: int | None = None) -> str:
