@@ -320,7 +320,7 @@ def _table_cells(r: Mapping[str, Any]) -> list[str]:
             _pm(r["test"], r["n_seeds"]), f"{r['epochs']:.1f}", str(r["n_seeds"])]
 
 
-LEADERBOARD_COLUMNS = ("rank", "head", "params", "val {metric}", "test {metric}", "epochs", "seeds")
+LEADERBOARD_COLUMNS = ("rank", "head", "params", "val", "test", "epochs", "seeds")
 QUESTION_COLUMNS = ("question", "mean A", "mean B", "B − A ± SE", "verdict", "pairs/ctx")
 
 
@@ -333,10 +333,9 @@ def print_report(result_json: Mapping[str, Any], console: Any = None, top: int =
     metric = result_json["metric"]
     rows = leaderboard_rows(result_json)
     table = Table(title=f"jaxheads leaderboard — {result_json['task']}, ranked by val {metric}",
-                  caption="val/test: mean ± std over seeds; ★ recommended")
+                  caption=f"val/test: {metric}, mean ± std over seeds; ★ recommended")
     for i, name in enumerate(LEADERBOARD_COLUMNS):
-        table.add_column(name.format(metric=metric), justify="left" if i == 1 else "right", no_wrap=i != 1,
-                         ratio=1 if i == 1 else None)
+        table.add_column(name, justify="left" if i == 1 else "right", no_wrap=i != 1)
     shown = rows[:top] + [r for r in rows[top:] if r["recommended"]]
     for r in shown:
         table.add_row(*_table_cells(r), style="bold green" if r["recommended"] else None)
@@ -352,10 +351,10 @@ def print_report(result_json: Mapping[str, Any], console: Any = None, top: int =
     questions = answer_head_questions(result_json)
     if questions:
         qt = Table(title=f"The head questions (val {metric}; within noise = |B − A| < {NOISE_SE:g} SE)")
-        for i, name in enumerate(QUESTION_COLUMNS):
-            qt.add_column(name, justify="left" if i in (0, 4) else "right", no_wrap=i in (0, 1, 2, 3))
+        for i, name in enumerate(QUESTION_COLUMNS[:-1]):  # pairs/ctx only in the written reports
+            qt.add_column(name, justify="left" if i in (0, 4) else "right", no_wrap=i in (1, 2, 3))
         for q in questions:
-            qt.add_row(*_question_line(q), style="dim" if q["within_noise"] else None)
+            qt.add_row(*_question_line(q)[:-1], style="dim" if q["within_noise"] else None)
         console.print(qt)
 
 
@@ -511,7 +510,8 @@ def _sections(result_json: Mapping[str, Any], plots: Mapping[str, Path]) -> list
               f"{len(rows)} configs; ranked by validation {metric}. Total time {_fmt(timings.get('total_s'), 1)} s."),
         ("p", _recommendation_text(result_json, rows)),
         ("h2", "Leaderboard"),
-        ("table", ([c.format(metric=metric) for c in LEADERBOARD_COLUMNS], [_table_cells(r) for r in rows])),
+        ("table", ([f"{c} {metric}" if c in ("val", "test") else c for c in LEADERBOARD_COLUMNS],
+                   [_table_cells(r) for r in rows])),
         ("p", "★ = recommended. Values are mean ± standard deviation over seeds."),
     ]
     ridge = ridge_baseline(result_json)
