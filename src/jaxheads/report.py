@@ -107,7 +107,7 @@ def member_factors(spec: Mapping[str, Any]) -> dict[str, Hashable]:
 
 
 def spec_summary(spec: Mapping[str, Any], axes: Iterable[str] | None = None) -> str:
-    """A one-line description of a head, e.g. ``avg · 512-512 relu · drop 0.5 · batch``.
+    """A one-line description of a head, e.g. ``avg · 512-512 relu · drop 0.5 · norm batch``.
 
     ``axes``: the axes to show (default: all); the leaderboard passes only those the sweep varied, so the line
     says what distinguishes a row. Pooling and the hidden widths are always shown.
@@ -287,6 +287,14 @@ def leaderboard_rows(result_json: Mapping[str, Any]) -> list[dict[str, Any]]:
             "test": _stat(row.get("test"), metric), "epochs": _num(row.get("epochs_run")),
             "diverged": int(row.get("diverged", 0)), "recommended": row["config"] == result_json.get("recommended"),
         })
+    # Configs that differ only where a factor does not apply (a linear head crossed with two dropout rates)
+    # read the same: tell them apart by config id.
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["summary"]] = counts.get(r["summary"], 0) + 1
+    for r in rows:
+        if counts[r["summary"]] > 1:
+            r["summary"] += f" [{r['config'][:6]}]"
     return rows
 
 
