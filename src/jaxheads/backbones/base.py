@@ -37,7 +37,9 @@ class Preprocessing:
         x = jnp.asarray(images, jnp.float32)
         if self.bgr:
             x = x[..., ::-1]
-        return (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+        shape = (1,) * (x.ndim - 1) + (3,)  # explicit broadcast (tests run with rank promotion disallowed)
+        mean = jnp.asarray(self.mean, jnp.float32).reshape(shape)
+        return (x - mean) / jnp.asarray(self.std, jnp.float32).reshape(shape)
 
     def key(self) -> str:
         """A short string that changes whenever the preprocessing does (for feature-cache keys)."""
