@@ -159,3 +159,50 @@ def test_unreadable_images_are_left_out_and_recorded(tmp_path: Path) -> None:
         features.extract_features(dataclasses.replace(source, load=_never), ds, "train", cache_dir=tmp_path / "c")
     with pytest.raises(data.BadImageError, match="broken.png"):
         features.extract_features(source, ds, "train", cache_dir=tmp_path / "strict", strict=True)
+
+
+_CHILD = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("features_test_child", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)  # registers the tiny backbone
+from jaxheads import data, features
+ds = data.load_dataset(sys.argv[2], val_fraction=0.25, test_fraction=0.0)
+def report(event):
+    print(event.done, flush=True)
+    time.sleep(0.3)
+features.extract_features(features.backbone_source(module.TINY, None), ds, "train", cache_dir=sys.argv[3],
+                          batch_size=2, chunk_size=4, progress=report)
+"""
+
+
+def test_sigkilled_pass_resumes_to_identical_features(folder: data.Dataset, tmp_path: Path) -> None:
+    """A real kill (SIGKILL, no clean-up) in the middle of a pass; the next pass finishes it identically."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    source = features.backbone_source(TINY, None)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, __file__, str(folder.root), str(tmp_path / "killed")],
+        stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+    try:
+        for line in child.stdout:  # first report is 0; kill once at least two chunks are on disk
+            if int(line) >= 10:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    (entry,) = (tmp_path / "killed").iterdir()
+    assert not (entry / "meta.json").exists() and len(list((entry / "chunks").glob("*.npz"))) >= 2
+    events: list[features.Progress] = []
+    resumed = features.extract_features(
+        source, folder, "train", cache_dir=tmp_path / "killed", batch_size=2, chunk_size=4, progress=events.append
+    )
+    assert 8 <= events[0].done < 18
+    reference = features.extract_features(source, folder, "train", cache_dir=tmp_path / "ref", batch_size=2)
+    np.testing.assert_array_equal(resumed.pooled, reference.pooled)
+    np.testing.assert_array_equal(resumed.labels, reference.labels)

@@ -724,7 +724,7 @@ def iter_batches(
     order = np.arange(len(split)) if indices is None else np.asarray(indices, np.int64)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    workers = num_workers or min(8, os.cpu_count() or 1)
+    workers = num_workers or min(4, os.cpu_count() or 1)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     skipped_total = 0
 

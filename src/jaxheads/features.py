@@ -152,7 +152,7 @@ def extract_features(
     *,
     cache_dir: str | os.PathLike[str],
     need_maps: bool = False,
-    batch_size: int = 64,
+    batch_size: int = 32,
     chunk_size: int | None = None,
     progress: ProgressFn | None = None,
     strict: bool = False,
@@ -348,7 +348,7 @@ def _assemble(
         pooled = np.concatenate([c["pooled"] for c in nonempty]) if nonempty else np.zeros((0, channels), np.float16)
         _save_npy_atomic(folder / "pooled.npy", pooled)
         if need_maps:
-            _save_maps_atomic(folder / "maps.npy", [c["maps"] for c in nonempty])
+            _save_maps_atomic(folder / "maps.npy", nonempty, len(pooled))
     finally:
         for chunk in loaded:
             chunk.close()
@@ -370,6 +370,8 @@ def _assemble(
     }
     write_json_atomic(folder / META, meta)
     shutil.rmtree(chunk_dir, ignore_errors=True)
+    for stale in folder.glob(".*"):  # temporary files of writes killed before their rename
+        stale.unlink(missing_ok=True)
     return _load_complete(folder, meta, need_maps)
 
 
@@ -379,15 +381,17 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def _save_maps_atomic(path: Path, parts: list[np.ndarray]) -> None:
-    """Stream the (possibly large) maps into a temporary .npy, fsync, rename."""
-    shape = (sum(p.shape[0] for p in parts), *(parts[0].shape[1:] if parts else (0, 0, 0)))
+def _save_maps_atomic(path: Path, chunks: Sequence[Any], count: int) -> None:
+    """Stream the (possibly large) maps of ``chunks`` (open .npz files, read one at a time) into a temporary
+    .npy, fsync, rename."""
+    shape = (count, *(chunks[0]["maps"].shape[1:] if chunks else (0, 0, 0)))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
         row = 0
-        for part in parts:
+        for chunk in chunks:
+            part = chunk["maps"]
             out[row : row + len(part)] = part
             row += len(part)
         out.flush()
