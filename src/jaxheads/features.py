@@ -265,9 +265,7 @@ def _sharded_forward(backbone: Backbone, mesh: jax.sharding.Mesh, need_maps: boo
     module = backbone.module
 
     def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        with jax.numpy_rank_promotion("allow"):  # Preprocessing broadcasts (3,) mean/std over (N, H, W, 3)
-            x = preprocessing(images)
-        maps = module.apply(variables, x, train=False)["features"].astype(jnp.float32)
+        maps = module.apply(variables, preprocessing(images), train=False)["features"].astype(jnp.float32)
         pooled = maps.mean(axis=(1, 2))
         return pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None
 
