@@ -225,21 +225,88 @@ def flops_per_example(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
 
 
 # ---- init ------------------------------------------------------------------------------------------------------
-def _dense_init(key: Array, fan_in: int, fan_out: int) -> dict[str, Array]:
-    """LeCun-normal kernel (variance 1/fan_in, truncated at 2σ as Flax does) and zero bias."""
-    std = 1.0 / math.sqrt(fan_in) / 0.87962566103423978  # stddev of a unit normal truncated to [-2, 2]
-    kernel = jax.random.truncated_normal(key, -2.0, 2.0, (fan_in, fan_out), jnp.float32) * std
-    return {"kernel": kernel, "bias": jnp.zeros((fan_out,), jnp.float32)}
+# ---- randomness ------------------------------------------------------------------------------------------------
+# Heads draw random numbers from a counter-based hash of (seed words, salt, row, column) instead of jax.random:
+# a value depends on its coordinates only, never on the array's shape, so a member padded to a wider group draws
+# exactly the numbers its standalone head draws (init and dropout), and a batch split over devices draws what the
+# whole batch draws. It is also cheap to compile: jax.random's threefry costs ~0.5 s of XLA compile per call site
+# on a small CPU, and a sweep has one per layer per program.
+_GOLDEN = 0x9E3779B9
 
 
-def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int]) -> Variables:
-    """Fresh variables of a standalone head: ``{"params": {...}, "batch_stats": {...}}``.
+def _mix(x: Array) -> Array:
+    """A 32-bit integer finaliser (xorshift-multiply; full avalanche): uint32 -> uint32."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
 
+
+def seed_words(rng: Array | int) -> Array:
+    """(2,) uint32 seed words of a jax PRNG key (typed, or its raw data), of (2,) words, or of an int seed."""
+    if isinstance(rng, (int, np.integer)):
+        return jnp.asarray([int(rng) & 0xFFFFFFFF, 0], jnp.uint32)
+    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    words = jnp.asarray(rng).astype(jnp.uint32).reshape(-1)
+    if words.shape[0] == 1:
+        return jnp.stack([words[0], jnp.uint32(0)])
+    return words if words.shape[0] == 2 else jnp.stack([words[0], words[-1]])
+
+
+def fold(words: Array, data: Array | int) -> Array:
+    """New (2,) seed words from ``words`` and an integer (e.g. the step): independent streams per value."""
+    data = jnp.asarray(data).astype(jnp.uint32)
+    return jnp.stack([_mix(words[0] ^ _mix(data + jnp.uint32(_GOLDEN))), _mix(words[1] + data)])
+
+
+def hash_uniform(words: Array, salt: int, shape: tuple[int, int], row_offset: Array | int = 0) -> Array:
+    """Uniform [0, 1) float32 of ``shape`` whose (i, j) entry depends only on (words, salt, row_offset + i, j)."""
+    h = _mix(_mix(words[0] + jnp.uint32(salt) * jnp.uint32(_GOLDEN)) ^ words[1])
+    rows = lax.broadcasted_iota(jnp.uint32, shape, 0) + jnp.asarray(row_offset).astype(jnp.uint32)
+    cols = lax.broadcasted_iota(jnp.uint32, shape, 1)
+    bits = _mix(_mix(h ^ _mix(rows + jnp.uint32(0x632BE5AB))) ^ cols)
+    return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+_TRUNC = 0.9544997361036416  # erf(2 / sqrt(2)): the mass of a unit normal within ±2σ
+
+
+def _truncated_normal(words: Array, salt: int, shape: tuple[int, int]) -> Array:
+    """Unit normal truncated to [-2, 2] by inverting its CDF on :func:`hash_uniform` draws."""
+    u = hash_uniform(words, salt, shape)
+    return jnp.sqrt(2.0).astype(jnp.float32) * lax.erf_inv((2.0 * u - 1.0) * _TRUNC)
+
+
+def _dense_init(words: Array, salt: int, fan_in: int, fan_out: int, true_in: Array | int | None = None,
+                true_out: Array | int | None = None) -> dict[str, Array]:
+    """LeCun-normal kernel (variance 1/fan_in, truncated at 2σ as Flax does) and zero bias.
+
+    Drawn at (fan_in, fan_out) with the scale of the true fan-in ``true_in`` (may be traced) and zero beyond
+    ``true_in`` rows / ``true_out`` columns: a padded member's kernel holds the standalone kernel exactly."""
+    true_in = fan_in if true_in is None else true_in
+    true_out = fan_out if true_out is None else true_out
+    std = lax.rsqrt(jnp.asarray(true_in, jnp.float32)) / 0.87962566103423978  # stddev of the ±2σ truncated normal
+    keep = (jnp.arange(fan_in)[:, None] < true_in) & (jnp.arange(fan_out)[None, :] < true_out)
+    kernel = jnp.where(keep, _truncated_normal(words, salt, (fan_in, fan_out)) * std, 0.0)
+    return {"kernel": kernel.astype(jnp.float32), "bias": jnp.zeros((fan_out,), jnp.float32)}
+
+
+def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int], *,
+              true_hidden: Array | Sequence[int] | None = None) -> Variables:
+    """Fresh variables of a head: ``{"params": {...}, "batch_stats": {...}}``.
+
+    ``key`` is a jax PRNG key (or raw key data / an int seed; see :func:`seed_words`).
     ``feature_shape`` is one example's shape: (C,) for ``pooling="none"``, else (H, W, C). Kernels are drawn with
-    their true fan-in, so a padded sweep member (see :func:`pad_variables`) starts where this head starts.
+    their true fan-in. ``true_hidden`` (the sweep's padded members; may be a traced (L,) array, so a group inits
+    under one vmap) gives the member's real widths when ``spec.hidden`` holds the group's padded ones: the result
+    is then the standalone head of those widths, zero-padded.
     """
     check_input(spec, feature_shape)
-    keys = iter(jax.random.split(key, len(spec.conv) + len(spec.hidden) + 1))
+    true = spec.hidden if true_hidden is None else true_hidden
+    words = seed_words(key)
+    salts = iter(range(1, len(spec.conv) + len(spec.hidden) + 2))
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
     if spec.conv:
@@ -247,26 +314,33 @@ def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int]) -> Varia
         convs = []
         for stage in spec.conv:
             fan_in = stage.kernel * stage.kernel * c
-            d = _dense_init(next(keys), fan_in, stage.features)
+            d = _dense_init(words, next(salts), fan_in, stage.features)
             convs.append({"kernel": d["kernel"].reshape(stage.kernel, stage.kernel, c, stage.features),
                           "bias": d["bias"]})
             c = stage.features
         params["conv"] = convs
     fan_in = pooled_dim(spec, feature_shape)
+    true_in: Any = fan_in
     dense, norms, bn = [], [], []
-    for width in spec.hidden:
-        dense.append(_dense_init(next(keys), fan_in, width))
-        if spec.norm != "none":
-            norms.append({"scale": jnp.ones((width,), jnp.float32), "bias": jnp.zeros((width,), jnp.float32)})
+    for i, width in enumerate(spec.hidden):
+        layer = _dense_init(words, next(salts), fan_in, width, true_in, true[i])
         if spec.norm == "batch":
-            bn.append({"mean": jnp.zeros((width,), jnp.float32), "var": jnp.ones((width,), jnp.float32)})
-        fan_in = width
+            # Batch norm subtracts any bias; kept, its ~0 gradient would be blown up to full steps by Adam and
+            # make the running mean chase noise.
+            del layer["bias"]
+        dense.append(layer)
+        ones = (jnp.arange(width) < true[i]).astype(jnp.float32)  # all ones unless padded
+        if spec.norm != "none":
+            norms.append({"scale": ones, "bias": jnp.zeros((width,), jnp.float32)})
+        if spec.norm == "batch":
+            bn.append({"mean": jnp.zeros((width,), jnp.float32), "var": ones})
+        fan_in, true_in = width, true[i]
     params["hidden"] = dense
     if norms:
         params["norm"] = norms
     if bn:
         stats["norm"] = bn
-    params["out"] = _dense_init(next(keys), fan_in, spec.num_classes)
+    params["out"] = _dense_init(words, next(salts), fan_in, spec.num_classes, true_in)
     return {"params": params, "batch_stats": stats}
 
 
@@ -293,12 +367,14 @@ def width_masks(widths: Sequence[int], padded: Sequence[int]) -> tuple[Array, ..
 
 
 # ---- forward ---------------------------------------------------------------------------------------------------
-def dropout(x: Array, rate: Array | float, key: Array | None) -> Array:
-    """Inverted dropout whose ``rate`` may be a traced array (per sweep member); rate 0 is an exact identity."""
+def dropout(x: Array, rate: Array | float, key: Array | None, *, salt: int = 0,
+            row_offset: Array | int = 0) -> Array:
+    """Inverted dropout on (N, D) ``x`` whose ``rate`` may be a traced array (per sweep member); rate 0 is an exact
+    identity. The mask of entry (i, j) depends on (key, salt, row_offset + i, j) only (see :func:`hash_uniform`)."""
     if key is None:
         return x
     rate = jnp.asarray(rate, x.dtype)
-    keep = jax.random.uniform(key, x.shape, x.dtype) >= rate
+    keep = hash_uniform(seed_words(key), salt, x.shape, row_offset) >= rate
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
 
 
@@ -350,25 +426,29 @@ def forward(
     input_dropout_rate: Array | float | None = None,
     masks: Sequence[Array] | None = None,
     axis_name: str | None = None,
+    row_offset: Array | int = 0,
 ) -> tuple[Array, dict[str, Any]]:
     """Logits and the (possibly updated) batch statistics: the training path behind :func:`apply_head`.
 
     ``dropout_rate``/``input_dropout_rate`` override the spec's rates (the sweep passes per-member arrays);
     dropout only runs when ``train`` and ``rng`` is given. ``masks`` zero a padded member's extra units.
-    ``axis_name`` names a mapped batch axis over which batch-norm statistics are reduced (data parallelism).
+    ``axis_name`` names a mapped batch axis over which batch-norm statistics are reduced (data parallelism);
+    ``row_offset`` is this shard's first row in the whole batch, so dropout masks do not depend on the sharding.
     """
     params, stats = variables["params"], variables.get("batch_stats", {})
     p_drop = spec.dropout if dropout_rate is None else dropout_rate
     p_in = spec.input_dropout if input_dropout_rate is None else input_dropout_rate
-    keys = list(jax.random.split(rng, len(spec.hidden) + 1)) if (train and rng is not None) else None
+    words = seed_words(rng) if (train and rng is not None) else None
     for p, stage in zip(params.get("conv", ()), spec.conv):
         x = _conv_stage(p, x, stage, spec.activation)
     h = _pool(spec, x)
-    if keys is not None and (spec.input_dropout or input_dropout_rate is not None):
-        h = dropout(h, p_in, keys[-1])
+    if words is not None and (spec.input_dropout or input_dropout_rate is not None):
+        h = dropout(h, p_in, words, salt=0, row_offset=row_offset)
     new_bn = []
     for i, layer in enumerate(params["hidden"]):
-        h = h @ layer["kernel"] + layer["bias"][None, :]
+        h = h @ layer["kernel"]
+        if "bias" in layer:
+            h = h + layer["bias"][None, :]
         mask = masks[i][None, :] if masks is not None else jnp.ones((1, h.shape[-1]), h.dtype)
         if spec.norm == "layer":
             mean, var = _masked_moments(h, mask, axis=-1, axis_name=None)
@@ -386,8 +466,8 @@ def forward(
         if spec.norm != "none":
             h = h * params["norm"][i]["scale"][None, :] + params["norm"][i]["bias"][None, :]
         h = _activation(spec.activation, h) * mask
-        if keys is not None and (spec.dropout or dropout_rate is not None):
-            h = dropout(h, p_drop, keys[i])
+        if words is not None and (spec.dropout or dropout_rate is not None):
+            h = dropout(h, p_drop, words, salt=i + 1, row_offset=row_offset)
     logits = h @ params["out"]["kernel"] + params["out"]["bias"][None, :]
     new_stats = {"norm": new_bn} if (train and spec.norm == "batch") else stats
     return logits, new_stats

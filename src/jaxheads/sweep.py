@@ -24,9 +24,12 @@ SweepResult JSON schema (``SweepResult.to_json()``; version 1, stable — add fi
       "num_classes": int,
       "label_names": [str] | null,
       "metric": str,                  # the validation metric members are ranked by (higher is better):
-                                      #   "accuracy" (multiclass) or "macro_roc_auc" (multilabel)
+                                      #   "accuracy" (multiclass) or "macro_average_precision" (multilabel)
       "feature_shapes": {"pooled": [C] | null, "maps": [H, W, C] | null},
       "sweep": {...},                 # SweepSpec.to_dict()
+      # metric_name: multiclass "accuracy", "top5", "macro_f1", "loss" (cross-entropy, no smoothing);
+      #   multilabel "macro_roc_auc", "macro_average_precision", "macro_f1" (final only: thresholds tuned on
+      #   val), "loss" (binary cross-entropy). NaN is written as null.
       "members": [                    # one per trained member (dummies excluded), in member order
         {
           "member": int,              # index into this list
@@ -62,8 +65,9 @@ SweepResult JSON schema (``SweepResult.to_json()``; version 1, stable — add fi
       "recommended": str | null,      # config of the smallest-params row whose val mean is within one SEM of
                                       #   the best row's mean (the best row's SEM)
       "ridge": [                      # closed-form ridge linear probe on pooled features, one row per L2
-        {"l2": float, "val": {metric_name: float}, "test": {metric_name: float} | null, "best": bool}
-      ],
+        {"l2": float, "params": int, "val": {metric_name: float}, "test": {metric_name: float} | null,
+         "best": bool (the L2 chosen on val by "select_metric"), "select_metric": str}
+      ],                              # [] when the sweep has no pooled features or ridge_l2 == ()
       "groups": [
         {"group": int, "structure": {...HeadSpec of the structure...}, "optimizer": str, "batch_size": int,
          "members": [int], "padded_members": int, "padded_hidden": [int],
@@ -166,7 +170,7 @@ class SweepSpec:
     member stops; None = never), ``halving_every``/``halving_fraction`` (successive halving: every k epochs drop
     that fraction of the still-training members, weakest first; None = off), ``sample`` (train a random subset of
     that many configs, drawn with ``sample_seed``), ``members`` (explicit MemberSpecs, used instead of the grid
-    when given), ``ridge_l2`` (L2 strengths of the ridge-probe baseline; empty = no baseline), ``map_batch``
+    when given), ``ridge_l2`` (L2 strengths of the ridge-probe baseline; None = ``probe.DEFAULT_L2_GRID``, () = no baseline), ``map_batch``
     ("auto" = timing probe, "vmap", or an int k for ``lax.map(batch_size=k)``), ``member_memory_mb`` (cap on the
     activation memory of the members batched together on one device; bounds k), ``data_seed``.
     """
@@ -195,17 +199,19 @@ class SweepSpec:
     sample: int | None = None
     sample_seed: int = 0
     members: tuple[MemberSpec, ...] = ()
-    ridge_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    ridge_l2: tuple[float, ...] | None = None
     map_batch: str | int = "auto"
     member_memory_mb: float = 1024.0
     data_seed: int = 0
 
     def __post_init__(self) -> None:
         for f in ("pooling", "widths", "depth", "activation", "dropout", "norm", "learning_rate", "weight_decay",
-                  "optimizer", "batch_size", "ridge_l2"):
+                  "optimizer", "batch_size"):
             object.__setattr__(self, f, _tuple(getattr(self, f)))
         object.__setattr__(self, "conv", tuple(
             tuple(s if isinstance(s, ConvStage) else ConvStage(**s) for s in stack) for stack in self.conv))
+        if self.ridge_l2 is not None:
+            object.__setattr__(self, "ridge_l2", _tuple(self.ridge_l2))
         if self.hidden is not None:
             object.__setattr__(self, "hidden", tuple(tuple(h) for h in self.hidden))
         object.__setattr__(self, "members", tuple(
@@ -328,13 +334,14 @@ def _member_step(prog: _Program, global_batch: int, xb: Array, yb: Array, step: 
     """One optimiser step of one member on its local slice of the batch (gradients summed over "data")."""
     spec, tx = prog.structure, make_optimizer(prog.optimizer)
     (variables, opt_state, diverged), consts, active = member
-    rng = jax.random.fold_in(jax.random.wrap_key_data(consts.keys), step)
+    rng = H.fold(consts.keys, step)
+    row_offset = lax.axis_index(parallel.DATA) * xb.shape[0]  # dropout masks follow global rows, not shards
 
     def loss_fn(params: Any) -> tuple[Array, Any]:
         logits, stats = H.forward({"params": params, "batch_stats": variables["batch_stats"]}, xb, spec,
                                   train=True, rng=rng, dropout_rate=consts.dropout,
                                   input_dropout_rate=consts.input_dropout, masks=consts.masks,
-                                  axis_name=parallel.DATA)
+                                  axis_name=parallel.DATA, row_offset=row_offset)
         return jnp.sum(H.example_losses(logits, yb, spec)) / global_batch, stats
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
@@ -554,18 +561,21 @@ def _group_members(members: Sequence[MemberSpec]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _init_member(spec: MemberSpec, feature_shape: tuple[int, ...], like: Any) -> Any:
-    key = jax.random.fold_in(jax.random.key(spec.seed), 0)
-    return H.pad_variables(_init_jit(spec.head, feature_shape)(key), like)
+@functools.lru_cache(maxsize=64)
+def _group_init(structure: HeadSpec, feature_shape: tuple[int, ...], padded: tuple[int, ...],
+                optimizer: str) -> Callable:
+    """One jitted program that initialises a whole group under vmap: each member is its standalone head (true
+    widths and fan-in, see ``init_head(true_hidden=...)``) zero-padded to the group's widths, plus the optimiser
+    state with per-member hyper-parameters and the members' dropout keys."""
+    spec = structure.replace(hidden=padded)
 
+    def one(seed: Array, true_hidden: Array, lr: Array, wd: Array) -> tuple[Any, Any, Array]:
+        words = jnp.stack([seed, jnp.uint32(0)])  # == heads.seed_words(seed)
+        variables = H.init_head(H.fold(words, 0), spec, feature_shape, true_hidden=true_hidden)
+        opt_state = make_optimizer(optimizer, lr, wd).init(variables["params"])
+        return variables, opt_state, H.fold(words, 1)
 
-@functools.lru_cache(maxsize=256)
-def _init_jit(head: HeadSpec, feature_shape: tuple[int, ...]) -> Callable:
-    return jax.jit(lambda k: H.init_head(k, head, feature_shape))
-
-
-def _stack(trees: Sequence[Any]) -> Any:
-    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+    return jax.jit(jax.vmap(one))
 
 
 def _member_bytes(spec: HeadSpec, feature_shape: tuple[int, ...], batch: int, padded: Sequence[int]) -> int:
@@ -631,18 +641,15 @@ class _Group:
         specs = [members[i] for i in ids] + [members[ids[0]]] * (self.m_pad - len(ids))
         self.specs = specs
         self.padded = tuple(max(s.head.hidden[i] for s in specs) for i in range(len(first.head.hidden)))
-        like = jax.eval_shape(lambda k: H.init_head(k, first.head.replace(hidden=self.padded), self.feature_shape),
-                              jax.random.key(0))
-        variables = _stack([_init_member(s, self.feature_shape, like) for s in specs])
-        lrs = np.asarray([s.learning_rate for s in specs], np.float32)
-        wds = np.asarray([s.weight_decay for s in specs], np.float32)
-        opt_state = jax.vmap(lambda p, lr, wd: make_optimizer(self.optimizer, lr, wd).init(p))(
-            variables["params"], lrs, wds)
+        variables, opt_state, keys = _group_init(self.structure, self.feature_shape, self.padded, self.optimizer)(
+            np.asarray([sp.seed for sp in specs], np.uint32),
+            np.asarray([sp.head.hidden for sp in specs], np.int32).reshape(len(specs), len(self.padded)),
+            np.asarray([sp.learning_rate for sp in specs], np.float32),
+            np.asarray([sp.weight_decay for sp in specs], np.float32))
         consts = MemberConsts(
             dropout=np.asarray([s.head.dropout for s in specs], np.float32),
             input_dropout=np.asarray([s.head.input_dropout for s in specs], np.float32),
-            keys=np.stack([np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(s.seed), 1)))
-                           for s in specs]),
+            keys=keys,
             masks=tuple(np.stack([(np.arange(p) < s.head.hidden[i]).astype(np.float32) for s in specs])
                         for i, p in enumerate(self.padded)))
         msh = parallel.member_sharding(self.mesh)
@@ -715,7 +722,7 @@ def run_sweep(
     for m in members:
         for name, split in splits.items():
             H.check_input(m.head, _features(split, m.head, name).shape[1:])
-    metric = "accuracy" if task == "multiclass" else "macro_roc_auc"
+    metric = "accuracy" if task == "multiclass" else "macro_average_precision"
     records: list[dict[str, Any] | None] = [None] * len(members)
     variables: list[Any] = [None] * len(members)
     groups_json = []
@@ -730,7 +737,7 @@ def run_sweep(
             "timings": g.timings})
         del g
     t_ridge = time.perf_counter()
-    ridge = _ridge_rows(sweep, splits, task, num_classes, metric)
+    ridge = _ridge_rows(sweep, splits, num_classes, metric)
     ridge_s = time.perf_counter() - t_ridge
     board, rec = leaderboard(records, metric)
     shapes = {k: (list(getattr(splits["train"], k).shape[1:]) if getattr(splits["train"], k) is not None
@@ -840,13 +847,19 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
             "thresholds": thresholds}
 
 
-def _ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], task: str, num_classes: int,
+def _ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], num_classes: int,
                 metric: str) -> list[dict[str, Any]]:
-    """The closed-form baseline: ridge linear probe on pooled features over ``sweep.ridge_l2``."""
-    if not sweep.ridge_l2 or splits["train"].pooled is None:
+    """The closed-form baseline: ``jaxheads.probe.ridge_probe`` on pooled features, one row per L2 strength."""
+    if sweep.ridge_l2 == () or splits["train"].pooled is None:
         return []
-    try:
-        from jaxheads import probe
-    except ImportError:
-        return []
-    return probe.sweep_rows(splits, l2=sweep.ridge_l2, task=task, num_classes=num_classes, metric=metric)
+    from jaxheads import probe
+
+    kwargs = {} if sweep.ridge_l2 is None else {"l2_grid": sweep.ridge_l2}
+    out = probe.ridge_probe(splits["train"], splits["val"], splits.get("test"), num_classes=num_classes, **kwargs)
+    rows = []
+    for i, l2 in enumerate(out["l2_grid"]):
+        pick = lambda path: {k: float(v[i]) for k, v in path.items()}  # noqa: E731
+        rows.append({"l2": float(l2), "params": out["params"], "val": pick(out["val"]),
+                     "test": pick(out["test"]) if "test" in out else None, "best": i == out["best"]["index"],
+                     "select_metric": out["select_metric"]})
+    return rows
