@@ -26,6 +26,7 @@ import numpy as np
 from jaxheads import checkpoint
 from jaxheads.backbones import register
 from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables
+from jaxheads.backbones.depthwise import DepthwiseConv
 from jaxheads.backbones import torch_pickle
 
 BN_EPS = 1e-3
@@ -133,8 +134,11 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         padding = [same_padding(x.shape[axis], self.kernel, self.stride) for axis in (1, 2)]
-        x = nn.Conv(self.features, (self.kernel, self.kernel), self.stride, padding=padding, use_bias=False,
-                    feature_group_count=x.shape[-1] if self.depthwise else 1, name="conv")(x)
+        if self.depthwise:
+            x = DepthwiseConv(self.kernel, self.stride, padding, name="conv")(x)
+        else:
+            x = nn.Conv(self.features, (self.kernel, self.kernel), self.stride, padding=padding, use_bias=False,
+                        name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name="bn")(x)
         return jax.nn.relu6(x) if self.act else x
 
