@@ -108,8 +108,7 @@ def backbone_source(name: str, weights: Any = "default", *, seed: int = 0) -> Ba
     if weights is None:
         weights_id = f"random-seed{seed}"
     elif isinstance(weights, (str, os.PathLike)) and str(weights) in config.weights:
-        declared: Mapping[str, str] = getattr(config, "weights_ids", None) or {}
-        weights_id = declared.get(str(weights), f"named:{weights}")
+        weights_id = config.weights_ids.get(str(weights), f"named:{weights}")
     elif isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
         weights_id = backbones.sha256_file(weights)[:16]
     else:

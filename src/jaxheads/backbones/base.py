@@ -64,6 +64,9 @@ class BackboneConfig:
     blocks: tuple[str, ...] = ()
     """Top-level parameter collections in input->output order; fine-tuning unfreezes a suffix of these."""
     default_weights: str | None = "imagenet"
+    weights_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """The weights id of each named source whose content is pinned (e.g. a sha256 prefix), known without loading
+    it, so a feature-cache hit never has to build the backbone."""
 
 
 class Backbone(NamedTuple):

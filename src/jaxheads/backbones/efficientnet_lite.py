@@ -348,6 +348,7 @@ def _config(name: str) -> BackboneConfig:
         preprocessing=Preprocessing(variant.input_size, mean=(127.0,) * 3, std=(128.0,) * 3),
         feature_channels=HEAD_CHANNELS,
         weights={"imagenet": load_imagenet, "file": load_file},
+        weights_ids={"imagenet": variant.sha256[:16]},
         blocks=("stem", *(block_name(i) for i in range(len(blocks))), "head"),
     )
 

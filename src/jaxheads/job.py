@@ -1,0 +1,137 @@
+"""The main job as one Python call: dataset -> cached backbone features -> sweep -> report + chosen head.
+
+``jaxheads sweep`` is a thin wrapper around :func:`sweep_job`; research scripts and pod jobs call it directly.
+Every process of a multi-host run executes the whole job (the jitted programs are collective); only process 0
+writes the report, ``results.json`` and the head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+
+from jaxheads import checkpoint, data, distributed, features, heads_io, metrics, report
+from jaxheads.splits import FeatureSplit
+from jaxheads.sweep import SweepResult, SweepSpec, run_sweep
+
+DEFAULT_DATASET = "elpv"
+DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_SWEEP = SweepSpec(
+    pooling=("avg", "max"),
+    widths=(128, 512),
+    depth=(1, 2),
+    dropout=(0.0, 0.5),
+    norm=("none",),
+    learning_rate=(1e-3,),
+    batch_size=(64,),
+    epochs=30,
+    seeds=2,
+    patience=8,
+)
+"""The README's main job: pooling x depth x width x dropout x 2 seeds = 32 members, plus the ridge baseline."""
+
+
+@dataclasses.dataclass
+class JobOutput:
+    """What :func:`sweep_job` produced: the sweep's result and the files written (empty off process 0)."""
+
+    result: SweepResult
+    splits: dict[str, FeatureSplit]
+    dataset: data.Dataset
+    files: dict[str, Path]
+
+
+def sweep_job(
+    dataset: str | os.PathLike[str] | data.Dataset = DEFAULT_DATASET,
+    backbone: str = DEFAULT_BACKBONE,
+    *,
+    weights: Any = "default",
+    sweep: SweepSpec = DEFAULT_SWEEP,
+    out_dir: str | os.PathLike[str] = "runs/latest",
+    cache_dir: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    task: str | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    strict: bool = False,
+    feature_progress: Callable[[features.Progress], None] | None = None,
+    sweep_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> JobOutput:
+    """Run the main job end to end and write its artifacts into ``out_dir``.
+
+    The backbone is built only when some split is not cached yet (``cache_dir``, default
+    ``checkpoint.cache_dir() / "features"``).
+    """
+    ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
+        dataset, data_dir=data_dir, task=task, seed=seed)  # fmt: skip
+    if "train" not in ds.splits or "val" not in ds.splits:
+        raise data.DatasetError(f"dataset {ds.name}: needs 'train' and 'val' splits, has {sorted(ds.splits)}")
+    members = sweep.expand(ds.num_classes, ds.task)
+    need_maps = any(m.head.pooling != "none" for m in members)
+    source = features.backbone_source(backbone, weights, seed=seed)
+    feature_dir = Path(cache_dir) if cache_dir is not None else checkpoint.cache_dir() / "features"
+    splits = features.extract_all(
+        source, ds, cache_dir=feature_dir, need_maps=need_maps, batch_size=batch_size,
+        progress=feature_progress, strict=strict,
+    )  # fmt: skip
+    result = run_sweep(sweep, splits, num_classes=ds.num_classes, task=ds.task, progress=sweep_progress,
+                       label_names=list(ds.classes))
+    _add_confusion_matrices(result, splits)
+    files: dict[str, Path] = {}
+    if distributed.is_main_process():
+        files = write_outputs(result, out_dir, backbone=backbone, weights="none" if weights is None else str(weights),
+                              weights_id=source.weights_id, dataset=ds.name)
+    return JobOutput(result, splits, ds, files)
+
+
+def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], **provenance: Any) -> dict[str, Path]:
+    """results.json, the report (Markdown, HTML, plots) and the recommended head (orbax + jax.export)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result_json = json.loads(result.to_json())  # NaN -> null, as the schema says
+    result_json["provenance"] = provenance
+    results_path = out / "results.json"
+    checkpoint.write_json_atomic(results_path, result_json)
+    files = {"results": results_path, **report.write_report(result_json, out)}
+    member = result.recommended_member()
+    if member is not None:
+        spec, variables = result.head(member)
+        shape = result.feature_shapes["pooled" if spec.pooling == "none" else "maps"]
+        extra = {"config": result.recommended, "member": member, **provenance}
+        files["head"] = heads_io.save_head(out / "head", spec, variables, shape,
+                                           label_names=result.label_names, extra=extra)
+        files["head_export"] = heads_io.export_head(out / "head.jaxexport", spec, variables, shape)
+    return files
+
+
+def _add_confusion_matrices(result: SweepResult, splits: Mapping[str, FeatureSplit]) -> None:
+    """Confusion matrices (val, test) for the recommended config's members of a multiclass sweep."""
+    if result.task != "multiclass" or result.recommended is None:
+        return
+    for record in result.members:
+        if record["config"] != result.recommended:
+            continue
+        spec, variables = result.head(record["member"])
+        apply_fn = heads_io.make_apply_fn(spec)
+        matrices = {}
+        for name in ("val", "test"):
+            if name not in splits:
+                continue
+            split = splits[name]
+            x = split.pooled if spec.pooling == "none" else split.maps
+            preds = np.asarray(apply_fn(variables, np.asarray(x, np.float32))).argmax(-1)
+            labels = np.asarray(split.labels)
+            matrices[name] = np.asarray(metrics.confusion_matrix(
+                preds, labels, result.num_classes, np.ones(labels.shape, bool))).astype(int).tolist()
+        record["confusion_matrix"] = matrices
+
+
+def local_devices_note() -> str:
+    """One line on the devices this process sees (for logs)."""
+    return f"{jax.process_count()} process(es), {jax.device_count()} device(s): {jax.devices()[0].platform}"
