@@ -229,7 +229,9 @@ def _compute_chunks(
     """Run the backbone over the images of the chunks in ``todo`` and write each chunk as it completes."""
     backbone = source.load()
     mesh = parallel.make_mesh(1, devices)
-    forward = _sharded_forward(backbone, mesh, need_maps)
+    forward = functools.partial(
+        _forward, module=backbone.module, preprocessing=backbone.config.preprocessing, need_maps=need_maps
+    )
     variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
     padded_batch = math.ceil(batch_size / mesh.size) * mesh.size
     total = len(dataset.split(split))
@@ -258,18 +260,16 @@ def _compute_chunks(
         report(Progress(split, finished, total, skipped))
 
 
-def _sharded_forward(backbone: Backbone, mesh: jax.sharding.Mesh, need_maps: bool) -> Callable[..., Any]:
-    """A jitted (variables, uint8 images) -> (pooled f16, maps f16 | None): the batch split over the mesh."""
-    preprocessing = backbone.config.preprocessing
-    module = backbone.module
-
-    def forward(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        maps = module.apply(variables, preprocessing(images), train=False)["features"].astype(jnp.float32)
-        pooled = maps.mean(axis=(1, 2))
-        return pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None
-
-    batch = parallel.data_sharding(mesh)
-    return jax.jit(forward, in_shardings=(parallel.replicated(mesh), batch), out_shardings=batch)
+@functools.partial(jax.jit, static_argnames=("module", "preprocessing", "need_maps"))
+def _forward(
+    variables: Any, images: jax.Array, *, module: Any, preprocessing: Preprocessing, need_maps: bool
+) -> tuple[jax.Array, jax.Array | None]:
+    """uint8 images -> (pooled (N, C), maps (N, h, w, C) or None), both float16. The batch's sharding (set by
+    the caller) carries through; module and preprocessing are static (hashable), so every split of a pass and
+    every pass in a process with the same backbone reuses one compilation."""
+    maps = module.apply(variables, preprocessing(images), train=False)["features"].astype(jnp.float32)
+    pooled = maps.mean(axis=(1, 2))
+    return pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None
 
 
 def _run_batch(
