@@ -30,3 +30,19 @@ def test_mesh_puts_members_first():
     assert dict(parallel.make_mesh(1).shape) == {"members": 1, "data": 8}
     padded, n = parallel.pad_to(np.ones((5, 2)), 4)
     assert padded.shape == (8, 2) and n == 5 and padded[5:].sum() == 0
+
+
+def test_public_api_names_resolve():
+    import jaxheads
+
+    for name in jaxheads.__all__:
+        if name not in ("finetune", "load_model") or _has_module("jaxheads.finetune"):
+            assert callable(getattr(jaxheads, name)), name
+    with pytest.raises(AttributeError):
+        jaxheads.no_such_name  # noqa: B018
+
+
+def _has_module(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
