@@ -235,3 +235,10 @@ def test_tfds_dataset_through_mock_data() -> None:
     assert len(ds.fingerprint("test")) == 32  # mock splits hold the same examples, so no inequality here
     with pytest.raises(data.DatasetError, match="unknown dataset 'no_such_dataset_xyz'"):
         data.load_dataset("no_such_dataset_xyz")
+
+
+
+def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(data.DatasetError, match=r"tfds:mnist: not prepared in .*tfds build mnist"):
+        data.load_dataset("mnist", data_dir=tmp_path)

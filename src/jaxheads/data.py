@@ -547,7 +547,10 @@ def _read_tfds_split(
             raise DatasetError(f"tfds:{builder.name}: cannot read split {split!r} ({err})") from err
         return None
     except AssertionError as err:  # TFDS asserts when the data is not prepared in data_dir
-        raise DatasetError(f"tfds:{builder.name}: not prepared in {builder.data_dir} ({err})") from err
+        raise DatasetError(
+            f"tfds:{builder.name}: not prepared in {builder.data_dir}; prepare it once with "
+            f"`tfds build {builder.name} --data_dir DIR` (needs the network) and pass that data_dir"
+        ) from err
     sources: list[ImageSource] = []
     labels: list[Any] = []
     for example in tfds.as_numpy(ds):

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxheads import backbones, data, parallel
+from jaxheads import backbones, checkpoint, data, parallel
 from jaxheads.backbones import Backbone, Preprocessing
 from jaxheads.checkpoint import write_bytes_atomic, write_json_atomic
 from jaxheads.splits import FeatureSplit
@@ -51,6 +51,7 @@ __all__ = [
     "Progress",
     "backbone_source",
     "cache_key",
+    "default_cache_dir",
     "extract_all",
     "extract_features",
 ]
@@ -117,6 +118,11 @@ def backbone_source(name: str, weights: Any = "default", *, seed: int = 0) -> Ba
     return BackboneSource(config.name, weights_id, config.preprocessing, loader)
 
 
+def default_cache_dir() -> Path:
+    """``$JAXHEADS_CACHE/features`` (``./checkpoints/features`` when unset): next to the converted backbones."""
+    return checkpoint.cache_dir() / "features"
+
+
 def _as_source(backbone: Backbone | BackboneSource) -> BackboneSource:
     return backbone if isinstance(backbone, BackboneSource) else BackboneSource.of(backbone)
 
@@ -149,7 +155,7 @@ def extract_features(
     dataset: data.Dataset,
     split: str,
     *,
-    cache_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
     need_maps: bool = False,
     batch_size: int = 32,
     chunk_size: int | None = None,
@@ -159,7 +165,8 @@ def extract_features(
     num_workers: int | None = None,
 ) -> FeatureSplit:
     """Features of ``dataset``'s ``split`` under ``backbone``: from the cache when a complete one with this key
-    exists (and has maps if ``need_maps``), else computed and cached.
+    exists (and has maps if ``need_maps``), else computed and cached under ``cache_dir`` (default
+    :func:`default_cache_dir`).
 
     One jitted forward per batch of ``batch_size`` images, the batch sharded over ``devices`` (default: all);
     every batch is padded to the same multiple of the device count so there is one compilation, and the padding
@@ -169,7 +176,7 @@ def extract_features(
     """
     source = _as_source(backbone)
     total = len(dataset.split(split))
-    folder = Path(cache_dir) / cache_key(source, dataset, split)
+    folder = Path(cache_dir or default_cache_dir()) / cache_key(source, dataset, split)
     report = progress or (lambda _: None)
     meta = _read_meta(folder)
     if meta is not None and (meta["has_maps"] or not need_maps):
@@ -195,7 +202,7 @@ def extract_all(
     backbone: Backbone | BackboneSource,
     dataset: data.Dataset,
     *,
-    cache_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
     splits: Iterable[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, FeatureSplit]:
