@@ -206,3 +206,18 @@ def test_sigkilled_pass_resumes_to_identical_features(folder: data.Dataset, tmp_
     reference = features.extract_features(source, folder, "train", cache_dir=tmp_path / "ref", batch_size=2)
     np.testing.assert_array_equal(resumed.pooled, reference.pooled)
     np.testing.assert_array_equal(resumed.labels, reference.labels)
+
+
+def test_a_cache_whose_meta_disagrees_with_its_key_is_rebuilt_not_read(folder: data.Dataset, tmp_path: Path) -> None:
+    source = features.backbone_source(TINY, None)
+    first = features.extract_features(source, folder, "val", cache_dir=tmp_path)
+    (meta_path,) = tmp_path.glob("*/meta.json")
+    meta = json.loads(meta_path.read_text())
+    meta["preprocessing"] = "something-else"
+    meta_path.write_text(json.dumps(meta))
+    (meta_path.parent / "pooled.npy").write_bytes(b"garbage")
+    calls: list[int] = []
+    counted = dataclasses.replace(source, load=lambda: calls.append(1) or source.load())
+    again = features.extract_features(counted, folder, "val", cache_dir=tmp_path)
+    assert calls == [1]
+    np.testing.assert_array_equal(again.pooled, first.pooled)

@@ -33,6 +33,7 @@ import re
 import shutil
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -178,11 +179,11 @@ def extract_features(
     total = len(dataset.split(split))
     folder = Path(cache_dir or default_cache_dir()) / cache_key(source, dataset, split)
     report = progress or (lambda _: None)
-    meta = _read_meta(folder)
+    meta = _read_meta(folder, _identity(source, dataset, split))
     if meta is not None and (meta["has_maps"] or not need_maps):
         report(Progress(split, total, total, meta["skipped"], cached=True))
         return _load_complete(folder, meta, need_maps)
-    if meta is not None:  # complete, but without the maps now needed: recompute (chunks carry both)
+    if (folder / META).exists():  # without the maps now needed (or foreign): recompute, chunks carry both
         (folder / META).unlink()
     batch_size = max(1, batch_size)
     chunk = max(1, math.ceil((chunk_size or 8 * batch_size) / batch_size)) * batch_size
@@ -327,10 +328,12 @@ def _finished_chunks(chunk_dir: Path, plan: list[tuple[int, int]], need_maps: bo
     found: dict[tuple[int, int], Path] = {}
     for start, stop in plan:
         path = _chunk_path(chunk_dir, start, stop)
-        if path.is_file():
+        try:
             with np.load(path) as chunk:
                 if bool(chunk["has_maps"]) or not need_maps:
                     found[(start, stop)] = path
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            continue  # absent, or damaged by something other than a kill: computed again
     return found
 
 
@@ -408,12 +411,14 @@ def _save_maps_atomic(path: Path, chunks: Sequence[Any], count: int) -> None:
         raise
 
 
-def _read_meta(folder: Path) -> dict[str, Any] | None:
-    """The meta of a complete cache in ``folder``, or None (absent or unreadable: then it is rebuilt)."""
+def _read_meta(folder: Path, identity: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The meta of a complete cache in ``folder`` built from exactly ``identity``, or None (absent, unreadable
+    or built from other inputs: then it is rebuilt, never mixed)."""
     try:
-        return json.loads((folder / META).read_text())
+        meta = json.loads((folder / META).read_text())
     except (OSError, ValueError):
         return None
+    return meta if all(meta.get(k) == v for k, v in identity.items()) else None
 
 
 def _load_complete(folder: Path, meta: Mapping[str, Any], need_maps: bool) -> FeatureSplit:
