@@ -127,7 +127,7 @@ def test_folder_errors_name_the_problem(tmp_path: Path) -> None:
 def _csv_dataset(tmp_path: Path) -> Path:
     images = [_image(tmp_path / "imgs" / f"{i}.png", seed=i) for i in range(12)]
     tags = [["sky"], ["sea", "sky"], ["sand"], [], ["sea"], ["sand", "sky"]] * 2
-    rows = ["path,labels"] + [",".join([f"imgs/{p.name}", *t]) for p, t in zip(images, tags)]
+    rows = ["path,labels"] + [",".join([f"imgs/{p.name}", *t]) for p, t in zip(images, tags, strict=True)]
     path = tmp_path / "labels.csv"
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -137,7 +137,7 @@ def test_csv_multilabel(tmp_path: Path) -> None:
     ds = data.load_dataset(_csv_dataset(tmp_path), test_fraction=0.0)
     assert ds.task == "multilabel" and ds.classes == ("sand", "sea", "sky")
     assert list(ds.splits) == ["train", "val"] and len(ds.split("train")) + len(ds.split("val")) == 12
-    every = {Path(s).name: tuple(l) for sp in ds.splits.values() for s, l in zip(sp.sources, sp.labels)}
+    every = {Path(s).name: tuple(y) for sp in ds.splits.values() for s, y in zip(sp.sources, sp.labels, strict=True)}
     assert every["1.png"] == (0, 1, 1) and every["3.png"] == (0, 0, 0) and every["5.png"] == (1, 0, 1)
     batch = next(data.iter_batches(ds.split("train"), image_size=8, batch_size=3))
     assert batch.labels.shape == (3, 3)
@@ -235,7 +235,6 @@ def test_tfds_dataset_through_mock_data() -> None:
     assert len(ds.fingerprint("test")) == 32  # mock splits hold the same examples, so no inequality here
     with pytest.raises(data.DatasetError, match="unknown dataset 'no_such_dataset_xyz'"):
         data.load_dataset("no_such_dataset_xyz")
-
 
 
 def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path: Path) -> None:

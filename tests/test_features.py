@@ -105,7 +105,9 @@ def test_key_changes_with_preprocessing_weights_dataset_and_split(folder: data.D
 
 def test_interrupted_pass_resumes_to_identical_features(folder: data.Dataset, tmp_path: Path) -> None:
     source = features.backbone_source(TINY, None, seed=0)
-    reference = features.extract_features(source, folder, "train", cache_dir=tmp_path / "ref", batch_size=4, chunk_size=8)
+    reference = features.extract_features(
+        source, folder, "train", cache_dir=tmp_path / "ref", batch_size=4, chunk_size=8
+    )
 
     class Interrupt(Exception):
         pass
@@ -138,8 +140,8 @@ def test_eight_devices_give_the_one_device_features(folder: data.Dataset, tmp_pa
     one = features.extract_features(
         source, folder, "train", cache_dir=tmp_path / "1", batch_size=5, need_maps=True, devices=jax.devices()[:1]
     )
-    np.testing.assert_allclose(many.pooled.astype(np.float32), one.pooled.astype(np.float32), atol=1e-3, rtol=1e-3)
-    np.testing.assert_allclose(np.asarray(many.maps, np.float32), np.asarray(one.maps, np.float32), atol=1e-3, rtol=1e-3)
+    for a, b in ((many.pooled, one.pooled), (many.maps, one.maps)):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=1e-3, rtol=1e-3)
 
 
 def test_unreadable_images_are_left_out_and_recorded(tmp_path: Path) -> None:

@@ -184,7 +184,7 @@ class Dataset:
         """One line per split: size and per-class counts."""
         lines = [f"{self.name} ({self.task}, {self.num_classes} classes: {', '.join(self.classes)})"]
         for name, split in self.splits.items():
-            counts = ", ".join(f"{c}={n}" for c, n in zip(self.classes, self.class_counts(name)))
+            counts = ", ".join(f"{c}={n}" for c, n in zip(self.classes, self.class_counts(name), strict=True))
             lines.append(f"  {name}: {len(split)} images ({counts})")
         return "\n".join(lines)
 
@@ -358,7 +358,8 @@ def from_csv(
     for line, _, labels in rows:
         for label in labels:
             if label not in index:
-                raise DatasetError(f"{path}:{line}: label {label!r} is not in the class list ({', '.join(class_names)})")
+                known = ", ".join(class_names)
+                raise DatasetError(f"{path}:{line}: label {label!r} is not in the class list ({known})")
     _check_class_count(class_names, str(path))
     missing = [(line, rel) for line, rel, _ in rows if not (path.parent / rel).is_file()]
     if missing:
@@ -444,7 +445,8 @@ def fashion_mnist(*, root: str | os.PathLike[str] | None = None, seed: int = 0, 
         images = _read_idx(_find_idx(folder, images_name))
         labels = _read_idx(_find_idx(folder, labels_name)).astype(np.int32)
         if images.ndim != 3 or len(images) != len(labels):
-            raise DatasetError(f"{folder}: {images_name} and {labels_name} do not match ({images.shape}, {labels.shape})")
+            shapes = f"{images.shape} images, {labels.shape} labels"
+            raise DatasetError(f"{folder}: {images_name} and {labels_name} do not match ({shapes})")
         loaded[split] = Split(images, labels)
     parts = stratified_split(loaded["train"].labels, {"val": val_fraction}, seed=seed)
     splits = {"train": loaded["train"].subset(parts["train"]), "val": loaded["train"].subset(parts["val"])}
@@ -745,7 +747,7 @@ def iter_batches(
                 next_chunk += 1
             ids, futures = pending.popleft()
             images, kept, bad = [], [], []
-            for i, future in zip(ids, futures):
+            for i, future in zip(ids, futures, strict=True):
                 try:
                     images.append(future.result())
                     kept.append(i)

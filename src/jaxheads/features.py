@@ -262,7 +262,7 @@ def _compute_chunks(
         skipped += len(batch.skipped)
         start, stop = todo[current]
         if seen == stop - start:
-            _write_chunk(chunk_dir, start, stop, parts, need_maps, source.preprocessing.input_size)
+            _write_chunk(chunk_dir, start, stop, parts, need_maps)
             parts, seen, current = [], 0, current + 1
         finished += len(batch.indices) + len(batch.skipped)
         report(Progress(split, finished, total, skipped))
@@ -307,7 +307,6 @@ def _write_chunk(
     stop: int,
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     has_maps: bool,
-    input_size: int,
 ) -> None:
     """Write one finished chunk (kept indices, pooled, maps) atomically."""
     kept = [p for p in parts if len(p[0])]
@@ -342,7 +341,12 @@ def _finished_chunks(chunk_dir: Path, plan: list[tuple[int, int]], need_maps: bo
 
 
 def _assemble(
-    folder: Path, source: BackboneSource, dataset: data.Dataset, split: str, plan: list[tuple[int, int]], need_maps: bool
+    folder: Path,
+    source: BackboneSource,
+    dataset: data.Dataset,
+    split: str,
+    plan: list[tuple[int, int]],
+    need_maps: bool,
 ) -> FeatureSplit:
     """Concatenate the chunks into the final arrays, write them and meta.json (last), drop the chunks."""
     chunk_dir = folder / CHUNKS
