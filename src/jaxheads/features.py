@@ -101,8 +101,8 @@ def backbone_source(name: str, weights: Any = "default", *, seed: int = 0) -> Ba
     """A lazy :class:`BackboneSource` for ``jaxheads.backbones.load(name, weights, seed=seed)``.
 
     The weights id is found without loading: ``random-seed{seed}`` for ``None``, the file's sha256 (first 16 hex
-    digits) for a path, and for a named source the id the family declares in ``config.weights_ids`` when it has
-    that mapping, else ``"<name>"`` (named sources are pinned by the package that ships them).
+    digits) for a path (what the families' file loaders return), and for a named source the id the family pins
+    in ``config.weights_ids`` (so the lazy key equals the key of the built backbone), else ``"named:<name>"``.
     """
     config = backbones.get_config(name)
     if weights == "default":
