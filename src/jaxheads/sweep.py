@@ -326,10 +326,6 @@ def _tree_where(pred: Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _all_finite(tree: Any) -> Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def _member_step(prog: _Program, global_batch: int, xb: Array, yb: Array, step: Array, member: tuple) -> tuple:
     """One optimiser step of one member on its local slice of the batch (gradients summed over "data")."""
     spec, tx = prog.structure, make_optimizer(prog.optimizer)
@@ -347,11 +343,15 @@ def _member_step(prog: _Program, global_batch: int, xb: Array, yb: Array, step: 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
     loss, grads = lax.psum((loss, grads), parallel.DATA)
     updates, new_opt = tx.update(grads, opt_state, variables["params"])
-    new_vars = {"params": optax.apply_updates(variables["params"], updates), "batch_stats": stats}
-    ok = jnp.isfinite(loss) & _all_finite(new_vars)
+    # The guard: a member whose loss is not finite is flagged and frozen from this step on. Its update is
+    # selected away inside the (fused) parameter add, never by a second pass over params and optimiser state:
+    # on a CPU that extra memory traffic costs more than the guard is worth. The optimiser state of a frozen
+    # member may go on changing (or turn NaN); it is never used again.
+    ok = jnp.isfinite(loss)
     keep = active & ~diverged & ok
-    state = GroupState(_tree_where(keep, new_vars, variables), _tree_where(keep, new_opt, opt_state),
-                       diverged | (active & ~diverged & ~ok))
+    params = jax.tree.map(lambda p, u: p + jnp.where(keep, u, jnp.zeros((), u.dtype)), variables["params"], updates)
+    stats = _tree_where(keep, stats, variables["batch_stats"])
+    state = GroupState({"params": params, "batch_stats": stats}, new_opt, diverged | (active & ~diverged & ~ok))
     return state, loss
 
 
