@@ -6,7 +6,8 @@ Measured in one process (prints a table, writes JSON):
       (``run_sweep`` on one member at a time; compiled programs are cached, so the loop compiles once), for small
       heads (1280→64→10, batch 64) and wide heads (1280→512→10, batch 256): training time (the jitted epochs) and
       the whole call (init, compile, probe, per-epoch validation);
-  (b) the sweep's useful FLOP/s (forward + backward FLOPs of the unpadded heads: 3 × 2·B·Σ fan_in·fan_out) as a
+  (b) the sweep's useful FLOP/s (FLOPs of the unpadded heads' training steps: 2·B·(2·C·W + 3·W·K), the first
+      layer needing no input gradient) as a
       fraction of a large float32 matmul's FLOP/s measured in the same process;
   (c) the lax.map batch size the timing probe chose for each, with its per-step timings;
   (d) the state memory of a sweep of wide Flatten heads (8x8x1792 → 512 → 10), to say how many fit in 24 GiB.
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxheads.heads import HeadSpec, flops_per_example, param_count
+from jaxheads.heads import HeadSpec, param_count
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepSpec, run_sweep
 
@@ -43,6 +44,12 @@ def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
         f(a).block_until_ready()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best
+
+
+def train_flops(width: int, batch: int, dim: int = 1280, classes: int = 10) -> int:
+    """FLOPs of one training step of one unpadded dim→width→classes head: forward and weight gradient of the first
+    layer (its input needs no gradient), forward, weight and input gradients of the output layer."""
+    return 2 * batch * (2 * dim * width + 3 * width * classes)
 
 
 def make_splits(n_train: int, dim: int = 1280, classes: int = 10, seed: int = 0) -> dict[str, FeatureSplit]:
@@ -84,7 +91,7 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
 
     head = ms[0].head
     steps = g["steps_per_epoch"] * epochs_timed
-    useful = 3 * flops_per_example(head, (1280,)) * batch * steps * len(ms)
+    useful = train_flops(width, batch) * steps * len(ms)
     rate = useful / sweep_train
     return {
         "case": name, "hidden": width, "batch": batch, "members": len(ms), "epochs": epochs,

@@ -357,19 +357,28 @@ def _member_step(prog: _Program, global_batch: int, xb: Array, yb: Array, step: 
 
 def _local_epoch(prog: _Program, state: GroupState, consts: MemberConsts, active: Array, x: Array, y: Array,
                  idx: Array, step0: Array) -> tuple[GroupState, Array]:
-    """One device's share of an epoch: scan over index batches; each step updates its local members."""
+    """One device's share of an epoch, member-major: ``lax.map(batch_size=k)`` over its members of a
+    ``lax.scan`` over the epoch's index batches (k = all members is ``vmap``, i.e. step-major).
+
+    Members are independent for a whole epoch (early stopping and halving look at epoch ends), so a chunk of k
+    members can run every step before the next chunk starts: its weights and optimiser state stay in cache for
+    the epoch instead of the whole group's state streaming through memory at every step. Every member sees the
+    same batches (gathered from the device-resident features inside the scan)."""
     data_shards = prog.mesh.shape[parallel.DATA]
     global_batch = idx.shape[1] * data_shards
-
-    def body(state: GroupState, inp: tuple[Array, Array]) -> tuple[GroupState, Array]:
-        s, ids = inp
-        xb, yb = x[ids], y[ids]
-        step = functools.partial(_member_step, prog, global_batch, xb, yb, step0 + s)
-        return _map_members(step, (state, consts, active), prog.map_batch)
-
     steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
-    state, losses = lax.scan(body, state, (steps, idx))
-    return state, losses.T  # (M_local, S)
+
+    def member_epoch(member: tuple) -> tuple[GroupState, Array]:
+        member_state, member_consts, member_active = member
+
+        def body(carry: GroupState, inp: tuple[Array, Array]) -> tuple[GroupState, Array]:
+            s, ids = inp
+            return _member_step(prog, global_batch, x[ids], y[ids], step0 + s,
+                                (carry, member_consts, member_active))
+
+        return lax.scan(body, member_state, (steps, idx))
+
+    return _map_members(member_epoch, (state, consts, active), prog.map_batch)  # losses: (M_local, S)
 
 
 def _local_predict(prog: _Program, variables: Any, consts: MemberConsts, x: Array) -> Array:
@@ -613,8 +622,8 @@ def _time_epoch(epoch_fn: Callable, args: tuple, repeats: int = 2) -> float:
 
 
 def _candidates(local_members: int, cap: int) -> list[int | str]:
-    """lax.map batch sizes worth probing: 1, powers of 4 and the whole local member set (vmap), capped."""
-    ks: list[int | str] = [k for k in (1, 2, 4, 8, 16, 32) if k < local_members and k <= cap]
+    """lax.map batch sizes worth probing: 1, 4, 16 and the whole local member set (vmap), capped by memory."""
+    ks: list[int | str] = [k for k in (1, 4, 16) if k < local_members and k <= cap]
     if local_members <= cap:
         ks.append("vmap")
     return ks or [1]
