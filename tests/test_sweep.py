@@ -104,6 +104,14 @@ def test_early_stopping_and_successive_halving():
     stops = [m["stopped"] for m in halved.members]
     assert stops.count("halving") == 3 and stops.count("completed") == 1
     assert sorted(m["epochs_run"] for m in halved.members) == [1, 1, 2, 3]
+    # on one device the stopped members' slots are compacted away; the survivors' curves do not change
+    small = run_sweep(_sweep(widths=(2, 4, 8, 16), epochs=3, halving_every=1), splits, num_classes=3,
+                      mesh=_one_device_mesh())
+    assert small.groups[0]["slots_per_epoch"] == [4, 2, 1]
+    assert [m["stopped"] for m in small.members] == stops
+    for i in range(4):
+        np.testing.assert_allclose(_curve(small, i), _curve(halved, i), atol=TOL)
+        assert small.members[i]["val"] == pytest.approx(halved.members[i]["val"], abs=TOL)
 
 
 def test_lax_map_equals_vmap_and_auto_records_its_probe():

@@ -70,11 +70,13 @@ SweepResult JSON schema (``SweepResult.to_json()``; version 1, stable — add fi
       ],                              # [] when the sweep has no pooled features or ridge_l2 == ()
       "groups": [
         {"group": int, "structure": {...HeadSpec of the structure...}, "optimizer": str, "batch_size": int,
-         "members": [int], "padded_members": int, "padded_hidden": [int],
+         "members": [int], "padded_members": int (slots at the start), "padded_hidden": [int],
          "mesh": {"members": int, "data": int},
          "map_batch": int | "vmap",    # how members are batched inside a device: lax.map(batch_size=k) or vmap
          "map_batch_probe": {str(k): seconds per step} | null,   # the timing probe that chose it
          "steps_per_epoch": int, "epochs": int,
+         "slots_per_epoch": [int],     # member slots computed each epoch: shrinks as stopped members are
+                                       #   compacted away (halving / early stopping / divergence)
          "timings": {"init_s", "compile_s", "probe_s", "train_s", "eval_s"}}
       ],
       "timings": {"total_s": float, "ridge_s": float}
@@ -677,6 +679,7 @@ class _Group:
         self.timings = {"init_s": time.perf_counter() - t0, "compile_s": 0.0, "probe_s": 0.0, "train_s": 0.0,
                         "eval_s": 0.0}
         self.probe: dict[str, float] | None = None
+        self.slots_per_epoch: list[int] = []
         self.map_batch: int | str = "vmap"
 
     def program(self, map_batch: int | str) -> tuple[Callable, Callable]:
@@ -743,6 +746,7 @@ def run_sweep(
             "members": ids, "padded_members": g.m_pad, "padded_hidden": list(g.padded),
             "mesh": {k: int(v) for k, v in g.mesh.shape.items()}, "map_batch": g.map_batch,
             "map_batch_probe": g.probe, "steps_per_epoch": len(g.x["train"]) // g.batch, "epochs": sweep.epochs,
+            "slots_per_epoch": g.slots_per_epoch,
             "timings": g.timings})
         del g
     t_ridge = time.perf_counter()
@@ -763,97 +767,155 @@ def _evaluate(g: _Group, split: str, predict: Callable, variables: Any, task: st
     return _metrics_jit(task)(logits, g.dev_y[split]), logits
 
 
-def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit], metric: str, task: str,
-                 records: list, variables_out: list, members: Sequence[MemberSpec],
-                 progress: Callable | None) -> None:
-    """Epoch loop of one group: jitted epoch, val metrics, early stopping / NaN guard / halving bookkeeping."""
-    rng = np.random.default_rng([sweep.data_seed, g.gid])
-    g.choose_map_batch(sweep.map_batch, rng)
-    epoch_fn, predict = g.program(g.map_batch)
-    n_real, n = len(g.ids), len(g.x["train"])
-    best = np.full(g.m_pad, -np.inf)
-    best_epoch = np.zeros(g.m_pad, int)
-    epochs_run = np.zeros(g.m_pad, int)
-    since = np.zeros(g.m_pad, int)
-    stopped = ["completed"] * g.m_pad
-    curves = [{"train_loss": [], "val": {}} for _ in range(g.m_pad)]
-    step0 = 0
-    for epoch in range(1, sweep.epochs + 1):
-        if not g.active.any():
-            break
-        idx = _shuffled_batches(rng, n, g.batch)
-        t = time.perf_counter()
-        first = epoch == 1 and g.timings["compile_s"] == 0.0
-        was_active = g.active & ~np.asarray(g.state.diverged)
-        g.state, losses = epoch_fn(*g.epoch_args(idx, step0))
-        losses = np.asarray(losses)
-        g.timings["compile_s" if first else "train_s"] += time.perf_counter() - t
-        step0 += len(idx)
-        t = time.perf_counter()
-        val, _ = _evaluate(g, "val", predict, g.state.variables, task)
-        score = np.asarray(val[metric], np.float64)
-        g.timings["eval_s"] += time.perf_counter() - t
-        diverged = np.asarray(g.state.diverged)
-        for i in range(n_real):
-            if not was_active[i]:
-                continue
-            epochs_run[i] = epoch
-            curves[i]["train_loss"].append(float(np.mean(losses[i])))
-            for k, v in val.items():
-                v = np.asarray(v[i])
-                if v.ndim == 0:
-                    curves[i]["val"].setdefault(k, []).append(float(v))
-        improved = was_active & ~diverged & (np.nan_to_num(score, nan=-np.inf) > best)
-        best = np.where(improved, score, best)
-        best_epoch = np.where(improved, epoch, best_epoch)
-        since = np.where(improved, 0, since + 1)
-        g.best = _keep_best(g.best, g.state.variables, jax.device_put(improved, parallel.member_sharding(g.mesh)))
-        for i in np.flatnonzero(g.active & diverged):
-            stopped[i] = "diverged"
-        g.active &= ~diverged
-        if sweep.patience is not None:
-            for i in np.flatnonzero(g.active & (since >= sweep.patience)):
-                stopped[i] = "early_stopping"
-            g.active &= since < sweep.patience
-        if sweep.halving_every and epoch % sweep.halving_every == 0 and epoch < sweep.epochs:
-            alive = np.flatnonzero(g.active[:n_real])
-            drop = alive[np.argsort(best[alive], kind="stable")][: int(len(alive) * sweep.halving_fraction)]
-            for i in drop:
-                stopped[i] = "halving"
-            g.active[drop] = False
-        if progress is not None:
-            progress({"group": g.gid, "epoch": epoch, "epochs": sweep.epochs, "active": int(g.active[:n_real].sum()),
-                      "best": float(np.max(best[:n_real]))})
-    # Final metrics with the kept weights.
+class _Book:
+    """Host-side bookkeeping of a group's members (indexed by member position j, not by device slot)."""
+
+    def __init__(self, n: int):
+        self.best = np.full(n, -np.inf)
+        self.best_epoch = np.zeros(n, int)
+        self.epochs_run = np.zeros(n, int)
+        self.since = np.zeros(n, int)
+        self.active = np.ones(n, bool)
+        self.stopped = ["completed"] * n
+        self.curves: list[dict[str, Any]] = [{"train_loss": [], "val": {}} for _ in range(n)]
+
+    def stop(self, js: np.ndarray, why: str) -> None:
+        for j in js:
+            self.stopped[j] = why
+        self.active[js] = False
+
+
+@jax.jit
+def _gather_members(tree: Any, sel: Array) -> Any:
+    return jax.tree.map(lambda a: a[sel], tree)
+
+
+def _compact(g: _Group, slots: np.ndarray, book: _Book) -> np.ndarray:
+    """Drop the slots of members that stopped (halving, early stopping, divergence) so the remaining epochs
+    compute only the live ones: gather the live slots (padded with inactive copies to the mesh) into smaller
+    arrays. Returns the new slot → member map. The group program retraces for the new member count."""
+    live = np.flatnonzero((slots >= 0) & book.active[np.maximum(slots, 0)])
+    m_new = parallel.padded_members(len(live), g.mesh)
+    if len(live) == 0 or m_new >= g.m_pad:
+        return slots
+    sel = np.concatenate([live, np.full(m_new - len(live), live[0])])
+    msh = parallel.member_sharding(g.mesh)
+    take = lambda tree: jax.device_put(_gather_members(tree, jnp.asarray(sel)), msh)  # noqa: E731
+    g.state, g.consts, g.best = take(g.state), take(g.consts), take(g.best)
+    g.m_pad = m_new
+    g.local_members = m_new // g.mesh.shape[parallel.MEMBERS]
+    new_slots = slots[sel].copy()
+    new_slots[len(live):] = -1
+    return new_slots
+
+
+def _finalize(g: _Group, predict: Callable, slots: np.ndarray, which: np.ndarray, book: _Book,
+              splits: Mapping[str, FeatureSplit], task: str, records: list, variables_out: list,
+              members: Sequence[MemberSpec]) -> None:
+    """Final val/test metrics (kept best-epoch weights) and unpadded variables of the members in slots ``which``."""
+    if len(which) == 0:
+        return
     t = time.perf_counter()
     val, val_logits = _evaluate(g, "val", predict, g.best, task)
     test, test_logits = (_evaluate(g, "test", predict, g.best, task) if "test" in splits else (None, None))
+    host_best = jax.tree.map(lambda a: np.asarray(a)[which], g.best)
     g.timings["eval_s"] += time.perf_counter() - t
-    host_best = jax.tree.map(np.asarray, g.best)
-    for j, i in enumerate(g.ids):
+    for w, slot in enumerate(which):
+        j = int(slots[slot])
+        i = g.ids[j]
         spec = members[i]
-        v_scalars, v_per = _split_scalars(val, j)
-        t_scalars, t_per = _split_scalars(test, j) if test is not None else (None, None)
+        v_scalars, v_per = _split_scalars(val, slot)
+        t_scalars, t_per = _split_scalars(test, slot) if test is not None else (None, None)
         thresholds = None
         if task == "multilabel":
-            thr, f1v, f1t = _thresholded(jax.nn.sigmoid(val_logits[j]), g.dev_y["val"],
-                                         None if test is None else jax.nn.sigmoid(test_logits[j]),
+            thr, f1v, f1t = _thresholded(jax.nn.sigmoid(val_logits[slot]), g.dev_y["val"],
+                                         None if test is None else jax.nn.sigmoid(test_logits[slot]),
                                          None if test is None else g.dev_y["test"])
             thresholds = [float(a) for a in np.asarray(thr)]
             v_scalars["macro_f1"], v_per["f1"] = float(f1v["macro_f1"]), [float(a) for a in np.asarray(f1v["f1"])]
             if f1t is not None:
                 t_scalars["macro_f1"] = float(f1t["macro_f1"])
                 t_per["f1"] = [float(a) for a in np.asarray(f1t["f1"])]
-        member_vars = jax.tree.map(lambda x: x[j], host_best)
+        member_vars = jax.tree.map(lambda a: a[w], host_best)
         variables_out[i] = H.unpad_variables(member_vars, spec.head, g.feature_shape)
         records[i] = {
             "member": i, "config": spec.config_id(), "group": g.gid, "spec": spec.to_dict(),
-            "params": H.param_count(spec.head, g.feature_shape), "epochs_run": int(epochs_run[j]),
-            "best_epoch": int(best_epoch[j]), "diverged": bool(stopped[j] == "diverged"), "stopped": stopped[j],
-            "curves": curves[j], "val": v_scalars, "test": t_scalars,
+            "params": H.param_count(spec.head, g.feature_shape), "epochs_run": int(book.epochs_run[j]),
+            "best_epoch": int(book.best_epoch[j]), "diverged": book.stopped[j] == "diverged",
+            "stopped": book.stopped[j], "curves": book.curves[j], "val": v_scalars, "test": t_scalars,
             "per_class": {"val": v_per if task == "multilabel" else {},
                           "test": (t_per if task == "multilabel" else {}) if test is not None else None},
             "thresholds": thresholds}
+
+
+def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit], metric: str, task: str,
+                 records: list, variables_out: list, members: Sequence[MemberSpec],
+                 progress: Callable | None) -> None:
+    """Epoch loop of one group: jitted epoch, val metrics, then on the host from (M,) arrays: the NaN guard's
+    flags, early stopping, successive halving, and compaction of the device arrays to the live members."""
+    rng = np.random.default_rng([sweep.data_seed, g.gid])
+    g.choose_map_batch(sweep.map_batch, rng)
+    epoch_fn, predict = g.program(g.map_batch)
+    n_real, n = len(g.ids), len(g.x["train"])
+    slots = np.where(np.arange(g.m_pad) < n_real, np.arange(g.m_pad), -1)  # device slot -> member position
+    book = _Book(n_real)
+    step0 = 0
+    for epoch in range(1, sweep.epochs + 1):
+        if not book.active.any():
+            break
+        real = slots >= 0
+        js = np.maximum(slots, 0)
+        g.active = real & book.active[js]
+        was_active = g.active.copy()
+        idx = _shuffled_batches(rng, n, g.batch)
+        t = time.perf_counter()
+        first = g.timings["compile_s"] == 0.0
+        g.state, losses = epoch_fn(*g.epoch_args(idx, step0))
+        g.slots_per_epoch.append(g.m_pad)
+        losses = np.asarray(losses)
+        g.timings["compile_s" if first else "train_s"] += time.perf_counter() - t
+        step0 += len(idx)
+        t = time.perf_counter()
+        val, _ = _evaluate(g, "val", predict, g.state.variables, task)
+        val = {k: np.asarray(v) for k, v in val.items()}
+        g.timings["eval_s"] += time.perf_counter() - t
+        score = np.nan_to_num(np.asarray(val[metric], np.float64), nan=-np.inf)
+        diverged = np.asarray(g.state.diverged)
+        improved = was_active & ~diverged & (score > book.best[js])
+        for slot in np.flatnonzero(was_active):
+            j = slots[slot]
+            book.epochs_run[j] = epoch
+            book.curves[j]["train_loss"].append(float(np.mean(losses[slot])))
+            for k, v in val.items():
+                if v[slot].ndim == 0:
+                    book.curves[j]["val"].setdefault(k, []).append(float(v[slot]))
+            if improved[slot]:
+                book.best[j], book.best_epoch[j], book.since[j] = score[slot], epoch, 0
+            else:
+                book.since[j] += 1
+        g.best = _keep_best(g.best, g.state.variables, jax.device_put(improved, parallel.member_sharding(g.mesh)))
+        book.stop(slots[was_active & diverged], "diverged")
+        if sweep.patience is not None:
+            book.stop(np.flatnonzero(book.active & (book.since >= sweep.patience)), "early_stopping")
+        if sweep.halving_every and epoch % sweep.halving_every == 0 and epoch < sweep.epochs:
+            alive = np.flatnonzero(book.active)
+            drop = alive[np.argsort(book.best[alive], kind="stable")][: int(len(alive) * sweep.halving_fraction)]
+            book.stop(drop, "halving")
+        if progress is not None:
+            progress({"group": g.gid, "epoch": epoch, "epochs": sweep.epochs, "active": int(book.active.sum()),
+                      "best": float(np.max(book.best))})
+        # Free the compute of stopped members once they hold at least half of the device slots.
+        if book.active.any() and np.sum(real & ~book.active[js]) >= g.m_pad // 2:
+            stopped = np.asarray([s for s in _unfinished(slots, g, records) if not book.active[slots[s]]], int)
+            _finalize(g, predict, slots, stopped, book, splits, task, records, variables_out, members)
+            slots = _compact(g, slots, book)
+    _finalize(g, predict, slots, _unfinished(slots, g, records), book, splits, task, records, variables_out,
+              members)
+
+
+def _unfinished(slots: np.ndarray, g: _Group, records: list) -> np.ndarray:
+    """Slots of real members without a final record yet."""
+    return np.asarray([s for s, j in enumerate(slots) if j >= 0 and records[g.ids[j]] is None], int)
 
 
 def _ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], num_classes: int,
