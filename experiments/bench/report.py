@@ -1,0 +1,86 @@
+"""The results JSON as one Markdown page: a headline table, then one table per part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pm(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def headline(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, value, goal) rows of the parts that ran."""
+    rows: list[tuple[str, str, str]] = []
+    p1 = results.get("trial_loop")
+    if p1:
+        r, a = p1["ratios"], p1["agreement"]
+        rows += [
+            ("A Keras trial loop, wall", f"{p1['keras']['wall_s']:.1f} s", ""),
+            ("B plain JAX loop (features + loop), wall", f"{p1['jax_loop']['wall_s']:.1f} s", ""),
+            ("jaxheads (feature pass + sweep), wall",
+             f"{p1['jaxheads']['wall_s']:.1f} s ({p1['jaxheads']['feature_s']:.1f} + {p1['jaxheads']['sweep_s']:.1f})", ""),
+            ("A / jaxheads", f"{r['keras_over_jaxheads']:.1f}x", ">= 30x"),
+            ("B / jaxheads (end to end)", f"{r['jax_loop_over_jaxheads']:.2f}x", ""),
+            ("B loop / sweep (heads only)", f"{r['jax_loop_over_sweep_heads_only']:.2f}x", ""),
+            ("val accuracy, Keras vs jaxheads: heads within 2 SE",
+             f"{a['keras']['within_2se']}/{a['keras']['heads']} (mean |Δ| {a['keras']['mean_abs_diff']:.3f})", "all"),
+            ("val accuracy, JAX loop vs jaxheads: heads within 2 SE",
+             f"{a['jax_loop']['within_2se']}/{a['jax_loop']['heads']} (mean |Δ| {a['jax_loop']['mean_abs_diff']:.3f})",
+             "all"),
+        ]
+    p2 = results.get("efficiency")
+    if p2:
+        rows.append((f"sweep useful FLOP/s / matmul ({p2['heads']})",
+                     f"{p2['fraction_of_matmul']:.0%} ({p2['useful_gflops']:.0f} / {max(p2['matmul_gflops'], p2['matmul_gflops_after']):.0f} GFLOP/s)",
+                     ">= 50%"))
+    p3 = results.get("forward")
+    if p3:
+        rows.append(("backbone forward, Flax vs Keras (images/s)",
+                     f"{p3['flax_images_per_s']:.0f} vs {p3['keras_images_per_s']:.0f} "
+                     f"({p3['flax_over_keras']:.2f}x, max|Δ| {p3['max_abs_diff']:.1e})", ""))
+    p4 = results.get("quality")
+    if p4:
+        t = p4["test_accuracy"]
+        rows.append((f"test accuracy over {len(p4['seeds'])} seeds: jaxheads / logreg / ridge",
+                     f"{_pm(t['jaxheads'])} / {_pm(t['logreg'])} / {_pm(t['ridge'])}", ""))
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    return out + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The page: machine, command, headline, then the per-head and per-seed tables."""
+    m = results["machine"]
+    lines = [f"# jaxheads benchmark — size `{results['size']}`", "",
+             f"`{results['command']}` — {results['started']} — {m['device']}, {m['cpu_count']} CPU cores, "
+             f"jax {m['jax']}, keras {m['keras']}, tensorflow {m['tensorflow']}; load average before "
+             f"{m['load_before']}, after {m['load_after']}; total {results['total_s']:.0f} s.", "",
+             f"Backbone: {results.get('backbone', '?')}.", ""]
+    lines += _table(["figure", "value", "goal"], [list(r) for r in headline(results)])
+    p1 = results.get("trial_loop")
+    if p1:
+        lines += ["", f"## Part 1: trial loop — {p1['designs']} designs x {p1['epochs']} epochs, {p1['dataset']} "
+                      f"({p1['n_train']} train / {p1['n_val']} val), best val accuracy over the epochs", ""]
+        lines += _table(["design", "params", "Keras (A)", "JAX loop (B)", "jaxheads"],
+                        [[r["design"], str(r["params"]), f"{r['keras']:.3f}", f"{r['jax_loop']:.3f}",
+                          f"{r['jaxheads']:.3f}"] for r in p1["heads"]])
+        proj = p1.get("projection")
+        if proj:
+            lines += ["", f"Projected A / jaxheads on {proj['n_images']} images (linear model of the measured "
+                          f"costs, not a measurement): {proj['keras_over_jaxheads']:.0f}x."]
+    p4 = results.get("quality")
+    if p4:
+        lines += ["", f"## Part 4: quality — {p4['dataset']} ({p4['images']} images, re-split 60/20/20 per seed), "
+                      "test accuracy", ""]
+        lines += _table(["seed", "jaxheads recommended head", "logreg (C)", "ridge (L2)", "majority"],
+                        [[str(s["seed"]),
+                          f"{s['jaxheads']['test']:.3f} ({s['jaxheads']['pooling']} {s['jaxheads']['hidden']} "
+                          f"d{s['jaxheads']['dropout']:g}, {s['jaxheads']['params']} params)",
+                          f"{s['logreg']['test']:.3f} ({s['logreg']['C']:g})",
+                          f"{s['ridge']['test']:.3f} ({s['ridge']['l2']:g})", f"{s['majority']:.3f}"]
+                         for s in p4["seeds"]])
+    return "\n".join(lines) + "\n"

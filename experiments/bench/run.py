@@ -1,0 +1,150 @@
+"""Run the whole benchmark and write ``results/bench-<size>.json`` and ``.md``.
+
+    python -m experiments.bench.run            # default: a few minutes on 2 CPU cores
+    python -m experiments.bench.run --full     # GPU size: the whole elpv train/val in the trial loop
+    python -m experiments.bench.run --tiny     # seconds: random backbone, toy data (what the test runs)
+
+Parts: 1 trial loop (Keras vs plain JAX vs jaxheads), 2 sweep efficiency vs matmul, 3 backbone forward Flax vs
+Keras, 4 quality (recommended head vs logistic regression vs ridge). ``--parts 1,3`` runs a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+
+from jaxheads import checkpoint  # noqa: E402
+from experiments.bench import efficiency, forward, quality, report, trial_loop  # noqa: E402
+from experiments.bench.backbone_pair import make_pair  # noqa: E402
+from experiments.bench.config import SIZES, BenchSize  # noqa: E402
+from experiments.bench.datasets import quality_dataset, trial_dataset  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+PROJECT_IMAGES = 2099  # elpv's train + val (60% + 20% of 2,624): the trial loop at full size
+
+
+def load_average() -> str:
+    """``uptime``'s load averages (1, 5, 15 min)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {"device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}", "devices": jax.device_count(),
+            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "jax": jax.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
+            "load_before": load_average(), "uptime_before": _uptime()}
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def projection(p1: dict[str, Any], p3: dict[str, Any], n_images: int) -> dict[str, Any]:
+    """A / jaxheads at ``n_images`` train+val images, from the measured costs (a model, not a measurement).
+
+    A >= designs x epochs x n / Keras forward images/s (forward only: no per-trial overhead, no head training).
+    jaxheads = (measured feature pass - its images / Flax forward images/s) [the fixed part: compilation, start-up]
+    + n / Flax forward images/s + measured sweep time x n / n_train+val measured (the sweep is linear in n).
+    """
+    n_measured = p1["n_train"] + p1["n_val"]
+    flax_rate, keras_rate = p3["flax_images_per_s"], p3["keras_images_per_s"]
+    keras_s = p1["designs"] * p1["epochs"] * n_images / keras_rate
+    fixed = max(0.0, p1["jaxheads"]["feature_s"] - n_measured / flax_rate)
+    jaxheads_s = fixed + n_images / flax_rate + p1["jaxheads"]["sweep_s"] * n_images / n_measured
+    return {"n_images": n_images, "keras_s_lower_bound": keras_s, "jaxheads_s": jaxheads_s,
+            "keras_over_jaxheads": keras_s / jaxheads_s}
+
+
+def run(size: BenchSize, parts: set[int], out_dir: Path, command: str, cache_dir: Path | None = None) -> dict:
+    """Every requested part at ``size``; writes JSON + Markdown into ``out_dir`` and returns the results."""
+    start = time.perf_counter()
+    results: dict[str, Any] = {"size": size.name, "command": command, "git": _git_commit(),
+                               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                               "config": json.loads(json.dumps(dataclasses.asdict(size), default=str)),
+                               "machine": machine(), "loads": {}}
+    pair = make_pair(size)
+    results["backbone"] = f"MobileNetV2 {size.image_size}px, {pair.weights}; Flax weights {pair.flax.weights_id}"
+    if 1 in parts:
+        results["trial_loop"] = _part("trial_loop", results, lambda: trial_loop.run(pair, trial_dataset(size), size))
+    if 2 in parts:
+        results["efficiency"] = _part("efficiency", results, lambda: efficiency.run(size))
+    if 3 in parts:
+        results["forward"] = _part("forward", results, lambda: forward.run(pair, size))
+    if 4 in parts:
+        cache = cache_dir or checkpoint.cache_dir() / "features"
+        results["quality"] = _part("quality", results, lambda: quality.run(pair, quality_dataset(size), size, cache))
+    if 1 in parts and 3 in parts and size.dataset == "elpv":
+        results["trial_loop"]["projection"] = projection(results["trial_loop"], results["forward"], PROJECT_IMAGES)
+    results["machine"]["load_after"] = load_average()
+    results["machine"]["uptime_after"] = _uptime()
+    results["total_s"] = time.perf_counter() - start
+    write(results, out_dir)
+    return results
+
+
+def _part(name: str, results: dict[str, Any], fn: Any) -> dict[str, Any]:
+    """Run one part, recording the load average before and after it and its wall time."""
+    before = load_average()
+    print(f"[bench] {name} ... (load {before})", flush=True)
+    t = time.perf_counter()
+    out = fn()
+    results["loads"][name] = {"before": before, "after": load_average(), "wall_s": time.perf_counter() - t}
+    print(f"[bench] {name} done in {time.perf_counter() - t:.1f} s", flush=True)
+    return out
+
+
+def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{results['size']}"
+    if results["machine"]["device"].split()[0] != "cpu":
+        stem += "-" + results["machine"]["device"].split()[0]
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    checkpoint.write_json_atomic(json_path, results)
+    md_path.write_text(report.markdown(results))
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--full", action="store_const", dest="size", const="full", help="GPU size")
+    group.add_argument("--tiny", action="store_const", dest="size", const="tiny", help="smoke size (tests)")
+    parser.add_argument("--parts", default="1,2,3,4", help="comma-separated subset of 1,2,3,4")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    size = SIZES[args.size or "default"]
+    parts = {int(p) for p in args.parts.split(",")}
+    command = "python -m experiments.bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = run(size, parts, args.out, command.strip())
+    print(report.markdown(results))
+
+
+if __name__ == "__main__":
+    main()
