@@ -20,10 +20,12 @@ def initialize(
     process_id: int | None = None,
     *,
     timeout_s: int = 120,
+    heartbeat_timeout_s: int = 100,
 ) -> bool:
     """Join a multi-process run when asked to (flags) or when the environment describes one; returns whether it did.
 
-    A single process with no flags and no cluster environment stays single-process (no-op).
+    A single process with no flags and no cluster environment stays single-process (no-op). A process that
+    stops answering for ``heartbeat_timeout_s`` fails the others (they exit with an error instead of hanging).
     """
     explicit = coordinator is not None or num_processes is not None or process_id is not None
     if not explicit and not any(var in os.environ for var in _CLUSTER_ENV):
@@ -37,6 +39,7 @@ def initialize(
         num_processes=num_processes,
         process_id=process_id,
         initialization_timeout=timeout_s,
+        heartbeat_timeout_seconds=heartbeat_timeout_s,
     )
     return True
 
@@ -44,3 +47,9 @@ def initialize(
 def is_main_process() -> bool:
     """Only process 0 writes reports and prints the leaderboard."""
     return jax.process_index() == 0
+
+
+def shutdown() -> None:
+    """Leave the multi-process run cleanly (no-op for a single process)."""
+    if jax.process_count() > 1:
+        jax.distributed.shutdown()

@@ -71,3 +71,13 @@ def padded_members(num_members: int, mesh: Mesh) -> int:
     """Member count rounded up to a multiple of the mesh's member axis (the extra members are dummies)."""
     m = mesh.shape[MEMBERS]
     return max(m, math.ceil(num_members / m) * m)
+
+
+def to_host(x: jax.Array | np.ndarray) -> np.ndarray:
+    """A device array as numpy on this host. An array spread over several processes' devices (multi-host) is
+    all-gathered first, so every process sees the same whole value."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
