@@ -108,3 +108,52 @@ def test_a_dead_peer_fails_the_survivor_instead_of_hanging(tmp_path):
     codes = _wait(pair[:1], 120)
     assert codes[0] != 0, _log(tmp_path)
     assert time.monotonic() - start < 110
+
+
+def _image_folder(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, color in {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}.items():
+        (root / name).mkdir(parents=True)
+        for i in range(9):
+            pixels = np.clip(np.asarray(color) + rng.normal(0, 25, (40, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.slow
+def test_two_process_main_job_equals_one_process(tmp_path):
+    """The whole `jaxheads sweep` (feature pass split between the hosts through a shared cache, then the sweep)."""
+    images = _image_folder(tmp_path / "images")
+    flags = ["--dataset", str(images), "--backbone", "efficientnet_lite0", "--pooling", "avg", "--widths", "8,16",
+             "--depths", "1", "--dropouts", "0", "--epochs", "3", "--seeds", "1", "--batch-size", "6",
+             "--feature-batch-size", "4"]
+
+    def launch(out: str, devices: int, rank: int | None = None, port: int = 0) -> subprocess.Popen:
+        env = _env(devices)
+        env["JAXHEADS_CACHE"] = str(tmp_path / "cache")  # converted weights shared; features per run below
+        cmd = [sys.executable, "-m", "jaxheads.cli", "sweep", *flags, "--out", str(tmp_path / out),
+               "--cache-dir", str(tmp_path / f"features-{out}")]
+        if rank is not None:
+            cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(rank)]
+        log = open(tmp_path / f"log-{out}-{rank}.txt", "w")
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                start_new_session=True)
+
+    assert _wait([launch("single", 8)], 300) == [0], _log(tmp_path)
+    port = _free_port()
+    assert _wait([launch("multi", 4, r, port) for r in (0, 1)], 300) == [0, 0], _log(tmp_path)
+    import numpy as np
+
+    for split in ("train", "val", "test"):
+        (a,) = (tmp_path / "features-single").glob(f"*-{split}-*/pooled.npy")
+        (b,) = (tmp_path / "features-multi").glob(f"*-{split}-*/pooled.npy")
+        np.testing.assert_allclose(np.load(a).astype(np.float32), np.load(b).astype(np.float32), atol=1e-2)
+    one = json.loads((tmp_path / "single" / "results.json").read_text())
+    two = json.loads((tmp_path / "multi" / "results.json").read_text())
+    for a, b in zip(one["members"], two["members"], strict=True):
+        assert b["val"]["accuracy"] == pytest.approx(a["val"]["accuracy"], abs=1e-5)
+        assert b["curves"]["train_loss"] == pytest.approx(a["curves"]["train_loss"], abs=1e-4)
+    assert not (tmp_path / "multi" / "head").exists() or (tmp_path / "multi" / "results.json").exists()

@@ -4,6 +4,10 @@ A checkpoint is a directory holding an orbax pytree (``state/``) and a small JSO
 whatever describes it (spec, label names, weights id). orbax writes into a temporary directory and renames it
 when complete, so a kill leaves either no checkpoint or a whole one; ``meta.json`` is written last, atomically,
 and its presence marks the checkpoint complete.
+
+Everything jaxheads checkpoints (converted backbones, heads, fine-tuned models) is a host-side pytree that every
+process holds whole, so reads and writes are process-local: orbax is told that only this process takes part
+(no cross-host barrier), and in multi-host runs only process 0 writes.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def save(path: str | Path, tree: Any, meta: dict[str, Any] | None = None) -> Pat
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tree = jax.tree.map(np.asarray, tree)
-        with ocp.StandardCheckpointer() as checkpointer:
+        with _checkpointer() as checkpointer:
             checkpointer.save(staging / STATE, tree)
             checkpointer.wait_until_finished()
         write_json_atomic(staging / META, meta or {})
@@ -53,10 +57,17 @@ def load(path: str | Path) -> tuple[Any, dict[str, Any]]:
     path = Path(path).absolute()
     if not exists(path):
         raise FileNotFoundError(f"no complete jaxheads checkpoint at {path} (expected {STATE}/ and {META})")
-    with ocp.StandardCheckpointer() as checkpointer:
+    with _checkpointer() as checkpointer:
         tree = checkpointer.restore(path / STATE)
     meta = json.loads((path / META).read_text())
     return jax.tree.map(np.asarray, tree), meta
+
+
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """An orbax checkpointer for this process alone (see the module docstring)."""
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.StandardCheckpointer(multiprocessing_options=options)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

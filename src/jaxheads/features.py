@@ -189,14 +189,31 @@ def extract_features(
     chunk = max(1, math.ceil((chunk_size or 8 * batch_size) / batch_size)) * batch_size
     plan = [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
     done = _finished_chunks(folder / CHUNKS, plan, need_maps)
-    todo = [(a, b) for a, b in plan if (a, b) not in done]
+    # Multi-host: process p decodes and runs only chunks p, p+P, ... on its own devices; the chunks meet in the
+    # shared cache directory, process 0 assembles them, and the others read the result after a barrier.
+    processes, rank = jax.process_count(), jax.process_index()
+    todo = [c for k, c in enumerate(plan) if k % processes == rank and c not in done]
+    if processes > 1 and devices is None:
+        devices = jax.local_devices()
     if todo:
         _compute_chunks(
             source, dataset, split, folder / CHUNKS, todo, done,
             need_maps=need_maps, batch_size=batch_size, report=report, strict=strict,
             devices=devices, num_workers=num_workers,
         )  # fmt: skip
-    return _assemble(folder, source, dataset, split, plan, need_maps)
+    if processes == 1:
+        return _assemble(folder, source, dataset, split, plan, need_maps)
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"jaxheads features {folder.name}: chunks written")
+    if rank == 0:
+        _assemble(folder, source, dataset, split, plan, need_maps)
+    multihost_utils.sync_global_devices(f"jaxheads features {folder.name}: assembled")
+    meta = _read_meta(folder, _identity(source, dataset, split))
+    if meta is None:
+        raise RuntimeError(f"{folder}: process 0 assembled no cache here; multi-host runs need a cache_dir "
+                           "on a filesystem every host shares")
+    return _load_complete(folder, meta, need_maps)
 
 
 def extract_all(
