@@ -6,9 +6,8 @@ the backbone is rebuilt from those and refused if its weights id differs (featur
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +44,11 @@ def predict_files(head_dir: str | Path, images: Sequence[str | Path], *, top: in
     return out
 
 
-def _feature_fn(backbone: backbones.Backbone, *, pooled: bool):
+def _feature_fn(backbone: backbones.Backbone, *, pooled: bool) -> Callable[..., jax.Array]:
     """Jitted pixels -> features, pooled to (N, C) when the head takes pooled vectors (as the cache stores them)."""
 
-    @functools.partial(jax.jit)
-    def features(variables, pixels):
+    @jax.jit
+    def features(variables: backbones.base.Variables, pixels: jax.Array) -> jax.Array:
         x = backbone.config.preprocessing(pixels)
         fmap = backbone.module.apply(variables, x, train=False)["features"]
         # The cache stores float16; round the same way so predictions match training inputs.
