@@ -178,3 +178,21 @@ def test_bad_sweep_input_names_the_field():
         run_sweep(_sweep(pooling=("flatten",)), _splits(), num_classes=3)
     with pytest.raises(ValueError, match=r"HeadSpec\.dropout"):
         _sweep(dropout=(1.0,)).expand(3, "multiclass")
+
+
+def test_map_heads_group_by_structure_and_learn():
+    rng = np.random.default_rng(0)
+
+    def one(n):
+        y = rng.integers(0, 3, n)
+        maps = rng.normal(size=(n, 4, 4, 3)).astype(np.float32) + 1.5 * np.eye(3, dtype=np.float32)[y][:, None, None]
+        return FeatureSplit(labels=y, pooled=maps.mean(axis=(1, 2)), maps=maps)
+
+    splits = {"train": one(128), "val": one(64)}
+    sweep = _sweep(pooling=("avg", "flatten"), conv=((), ({"features": 4, "kernel": 3, "pool": 2},)),
+                   widths=(8,), epochs=2, learning_rate=(3e-2,))
+    result = run_sweep(sweep, splits, num_classes=3)
+    assert len(result.groups) == 4
+    for m in result.members:
+        losses = m["curves"]["train_loss"]
+        assert losses[-1] < losses[0] and m["val"]["accuracy"] > 0.6, m["spec"]["head"]
