@@ -180,13 +180,12 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
         for name in backbones.list_backbones():
             print(name)
         return 0
-    from jaxheads import checkpoint, data, features, probe
+    from jaxheads import data, features, probe
 
     ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
-    cache = args.cache_dir or checkpoint.cache_dir() / "features"
     print(f"{'backbone':<24} {'features':>8} {'val':>8} {'test':>8} {'l2':>10}")
     for name in args.names:
-        splits = features.extract_all(features.backbone_source(name), ds, cache_dir=cache, need_maps=False,
+        splits = features.extract_all(features.backbone_source(name), ds, cache_dir=args.cache_dir, need_maps=False,
                                       batch_size=args.feature_batch_size)
         out = probe.ridge_probe(splits["train"], splits["val"], splits.get("test"), num_classes=ds.num_classes)
         best = out["best"]

@@ -66,7 +66,7 @@ def sweep_job(
     """Run the main job end to end and write its artifacts into ``out_dir``.
 
     The backbone is built only when some split is not cached yet (``cache_dir``, default
-    ``checkpoint.cache_dir() / "features"``).
+    ``features.default_cache_dir()``). ``seed`` seeds the carved dataset splits (and a ``weights=None`` init).
     """
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
         dataset, data_dir=data_dir, task=task, seed=seed)  # fmt: skip
@@ -75,9 +75,8 @@ def sweep_job(
     members = sweep.expand(ds.num_classes, ds.task)
     need_maps = any(m.head.pooling != "none" for m in members)
     source = features.backbone_source(backbone, weights, seed=seed)
-    feature_dir = Path(cache_dir) if cache_dir is not None else checkpoint.cache_dir() / "features"
     splits = features.extract_all(
-        source, ds, cache_dir=feature_dir, need_maps=need_maps, batch_size=batch_size,
+        source, ds, cache_dir=cache_dir, need_maps=need_maps, batch_size=batch_size,
         progress=feature_progress, strict=strict,
     )  # fmt: skip
     result = run_sweep(sweep, splits, num_classes=ds.num_classes, task=ds.task, progress=sweep_progress,
