@@ -40,6 +40,33 @@ def resolve_pads(x: jax.Array, kernel: int, stride: int, padding: str | Pads) ->
     return tuple(tuple(p) for p in padding)  # type: ignore[return-value]
 
 
+class Conv(nn.Module):
+    """Keras ``Conv2D`` (square kernel, NHWC). Params: ``kernel`` (k, k, in, out), Keras's layout, and ``bias``.
+
+    A 1x1 convolution is computed as a matrix product over channels (after striding, when strided): on XLA's
+    CPU backend that is 1.2-3x faster than the equivalent convolution (MobileNet/EfficientNet/ResNet shapes).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: str | Pads = "same"
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32)
+        if k == 1:
+            y = jnp.einsum("nhwc,cd->nhwd", x[:, ::s, ::s, :] if s > 1 else x, kernel[0, 0])
+        else:
+            pads = resolve_pads(x, k, s, self.padding)
+            y = jax.lax.conv_general_dilated(x, kernel, (s, s), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).reshape(1, 1, 1, -1)
+        return y
+
+
 def conv(
     x: jax.Array,
     features: int,
@@ -50,13 +77,41 @@ def conv(
     use_bias: bool = True,
     name: str,
 ) -> jax.Array:
-    """Keras ``Conv2D`` (square kernel, NHWC) as an ``nn.Conv`` named ``name`` in the calling compact module.
+    """:class:`Conv` named ``name`` in the calling compact module."""
+    return Conv(features, kernel, stride, padding, use_bias, name=name)(x)
 
-    Params: ``kernel`` (k, k, in, out), the layout Keras uses, and ``bias`` when ``use_bias``.
+
+class DepthwiseConv(nn.Module):
+    """Keras ``DepthwiseConv2D`` with depth multiplier 1: one k x k filter per channel.
+
+    The kernel is stored as Flax's grouped-conv kernel (k, k, 1, C) (Keras stores (k, k, C, 1); the converter
+    reshapes). It is computed as k*k shifted, strided multiply-adds rather than a grouped convolution: XLA's
+    CPU grouped conv is 3-8x slower than this fused elementwise loop (measured on 2 cores, MobileNetV2 shapes),
+    and the result equals the grouped conv's in float32.
     """
-    pads = resolve_pads(x, kernel, stride, padding)
-    layer = nn.Conv(features, (kernel, kernel), (stride, stride), padding=pads, use_bias=use_bias, name=name)
-    return layer(x)
+
+    kernel_size: int
+    stride: int = 1
+    padding: str | Pads = "same"
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s, channels = self.kernel_size, self.stride, x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, channels), jnp.float32)
+        (top, bottom), (left, right) = resolve_pads(x, k, s, self.padding)
+        x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        n, h, w, _ = x.shape
+        out_h, out_w = (h - k) // s + 1, (w - k) // s + 1
+        out = jnp.zeros((n, out_h, out_w, channels), x.dtype)
+        for i in range(k):
+            for j in range(k):
+                window = jax.lax.slice(x, (0, i, j, 0), (n, i + s * (out_h - 1) + 1, j + s * (out_w - 1) + 1, channels),
+                                       (1, s, s, 1))
+                out = out + window * kernel[i, j].reshape(1, 1, 1, channels)
+        if self.use_bias:
+            out = out + self.param("bias", nn.initializers.zeros, (channels,), jnp.float32).reshape(1, 1, 1, -1)
+        return out
 
 
 def depthwise_conv(
@@ -68,22 +123,8 @@ def depthwise_conv(
     use_bias: bool = False,
     name: str,
 ) -> jax.Array:
-    """Keras ``DepthwiseConv2D`` with depth multiplier 1: one k x k filter per channel.
-
-    Stored as Flax's grouped-conv kernel (k, k, 1, C); Keras stores (k, k, C, 1) and the converter reshapes.
-    """
-    channels = x.shape[-1]
-    pads = resolve_pads(x, kernel, stride, padding)
-    layer = nn.Conv(
-        channels,
-        (kernel, kernel),
-        (stride, stride),
-        padding=pads,
-        feature_group_count=channels,
-        use_bias=use_bias,
-        name=name,
-    )
-    return layer(x)
+    """:class:`DepthwiseConv` named ``name`` in the calling compact module."""
+    return DepthwiseConv(kernel, stride, padding, use_bias, name=name)(x)
 
 
 def batch_norm(x: jax.Array, train: bool, epsilon: float, momentum: float = 0.99, *, name: str) -> jax.Array:
