@@ -1,4 +1,5 @@
-"""The ``jaxheads`` command: ``sweep`` (the main job), ``predict``, ``classify``, ``backbones list|compare``.
+"""The ``jaxheads`` command: ``sweep`` (the main job), ``predict``, ``finetune``, ``classify``,
+``backbones list|compare``.
 
 Every subcommand is a thin shell over the Python API. Errors print one line naming what was wrong (the file, the
 field, the name) and exit with status 2; ``--debug`` shows the traceback instead.
@@ -74,6 +75,25 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("head", type=Path, help="a head directory written by `jaxheads sweep` (OUT/head)")
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--top", type=int, default=3)
+
+    ft = sub.add_parser("finetune", help="fine-tune a saved head with the top blocks of its backbone, on images")
+    ft.add_argument("head", type=Path, help="a head directory written by `jaxheads sweep` (OUT/head)")
+    ft.add_argument("--dataset", default="elpv", help="the dataset the head was swept on (same forms as sweep)")
+    ft.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory (model/, "
+                    "finetune.json); re-running with the same arguments resumes a killed run")
+    ft.add_argument("--unfreeze", type=int, default=1, help="how many top backbone blocks train (0: head only)")
+    ft.add_argument("--train-bn", action="store_true", help="let batch-norm statistics train (default: frozen)")
+    ft.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
+    ft.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of the unfrozen blocks")
+    ft.add_argument("--weight-decay", type=float, default=0.0)
+    ft.add_argument("--epochs", type=int, default=10)
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--patience", type=int, default=3, help="epochs without val improvement before stopping")
+    ft.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
+    ft.add_argument("--seed", type=int, default=0, help="shuffles, crops, flips, dropout")
+    ft.add_argument("--split-seed", type=int, default=0, help="dataset split seed (the sweep's --seed)")
+    ft.add_argument("--data-dir", type=Path, help="TFDS data_dir")
+    ft.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
 
     classify = sub.add_parser("classify", help="ImageNet top-k of a pretrained backbone (a check of its weights)")
     classify.add_argument("images", nargs="*", type=Path, help="default: the bundled photo")
@@ -159,6 +179,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from jaxheads.finetune import finetune
+
+    def show(event: dict[str, Any]) -> None:
+        loss = "-" if event["train_loss"] is None else f"{event['train_loss']:.4f}"
+        print(f"epoch {event['epoch']}/{event['epochs']}  train loss {loss}  val {event['metric']} "
+              f"{event['val'][event['metric']]:.4f}  val loss {event['val']['loss']:.4f}", flush=True)
+
+    result = finetune(
+        args.head, args.dataset, out_dir=args.out, unfreeze=args.unfreeze, freeze_bn=not args.train_bn,
+        learning_rate=args.lr, backbone_learning_rate=args.backbone_lr, weight_decay=args.weight_decay,
+        epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, image_size=args.image_size,
+        seed=args.seed, split_seed=args.split_seed, data_dir=args.data_dir, strict=args.strict, progress=show,
+    )  # fmt: skip
+    before, best = result.before[result.metric], result.best[result.metric]
+    verdict = f"improved at epoch {result.best_epoch}" if result.improved else "no epoch beat the starting model"
+    print(f"val {result.metric}: {before:.4f} -> {best:.4f} ({verdict})")
+    print(f"unfrozen: {', '.join(result.trainable_blocks) or 'none (head only)'}")
+    print(f"model: {result.model_dir}")
+    return 0
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     from jaxheads.classify import classify, demo_photo_path
 
@@ -195,7 +237,7 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "classify": _cmd_classify, "backbones": _cmd_backbones}
+COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "finetune": _cmd_finetune, "classify": _cmd_classify, "backbones": _cmd_backbones}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,6 +122,9 @@ class FinetuneResult:
     history: list[dict[str, Any]]
     resumed_from_epoch: int
     config: FinetuneConfig
+    weight_change: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Max |change| of each backbone block's parameters (``params/<block>``) and statistics
+    (``batch_stats/<block>``), and of the head (``head``), from the start to the last epoch trained."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -163,16 +166,19 @@ def _predict_fn(module: Any, preprocessing: Preprocessing, spec: HeadSpec) -> Ca
     return jax.jit(functools.partial(model_logits, module=module, preprocessing=preprocessing, spec=spec))
 
 
-def _augment(images: jax.Array, key: jax.Array, size: int, flip: bool) -> jax.Array:
-    """Random ``size`` x ``size`` crops (one offset per image) and random horizontal flips of uint8 images."""
+def _augment(images: jax.Array, words: jax.Array, size: int, flip: bool) -> jax.Array:
+    """Random ``size`` x ``size`` crops (one offset per image) and random horizontal flips of uint8 images.
+
+    Draws come from :func:`jaxheads.heads.hash_uniform` (a value per (seed words, salt, row)): cheap to compile
+    (jax.random's threefry costs seconds of XLA compile per call site on a small CPU) and the same whatever the
+    sharding of the batch."""
     n, h, w = images.shape[:3]
-    k_y, k_x, k_f = jax.random.split(key, 3)
-    ys = jax.random.randint(k_y, (n,), 0, h - size + 1)
-    xs = jax.random.randint(k_x, (n,), 0, w - size + 1)
+    u = heads.hash_uniform(words, 101, (n, 3))
+    ys = jnp.floor(u[:, 0] * (h - size + 1)).astype(jnp.int32)
+    xs = jnp.floor(u[:, 1] * (w - size + 1)).astype(jnp.int32)
     crop = jax.vmap(lambda im, y, x: jax.lax.dynamic_slice(im, (y, x, 0), (size, size, 3)))(images, ys, xs)
     if flip:
-        flipped = jax.random.bernoulli(k_f, 0.5, (n,))
-        crop = jnp.where(flipped[:, None, None, None], crop[:, :, ::-1, :], crop)
+        crop = jnp.where((u[:, 2] < 0.5)[:, None, None, None], crop[:, :, ::-1, :], crop)
     return crop
 
 
@@ -210,13 +216,12 @@ def _optimizer(prog: _Program) -> Callable[[Variables], optax.GradientTransforma
 
 
 def _loss(params: Variables, stats: Variables, images: jax.Array, labels: jax.Array, mask: jax.Array,
-          key: jax.Array, prog: _Program) -> tuple[jax.Array, Variables]:
+          words: jax.Array, prog: _Program) -> tuple[jax.Array, Variables]:
     """Masked mean training loss and the new statistics. Frozen blocks sit behind ``stop_gradient``."""
     cfg = prog.config
     backbone_params = {name: (sub if name in prog.trainable else jax.lax.stop_gradient(sub))
                        for name, sub in params["backbone"].items()}
-    k_aug, k_drop = jax.random.split(key)
-    x = prog.preprocessing(_augment(images, k_aug, prog.image_size, cfg.flip))
+    x = prog.preprocessing(_augment(images, heads.fold(words, 0), prog.image_size, cfg.flip))
     variables = {"params": backbone_params, "batch_stats": stats["backbone"]}
     if cfg.freeze_bn:
         out, new_backbone_stats = prog.module.apply(variables, x, train=False), stats["backbone"]
@@ -225,7 +230,7 @@ def _loss(params: Variables, stats: Variables, images: jax.Array, labels: jax.Ar
         new_backbone_stats = updates["batch_stats"]
     head_vars = {"params": params["head"], "batch_stats": stats["head"]}
     logits, new_head_stats = heads.forward(head_vars, _pool_for_head(out["features"], prog.spec), prog.spec,
-                                           train=True, rng=k_drop)
+                                           train=True, rng=heads.fold(words, 1))
     per_example = heads.example_losses(logits, labels, prog.spec)
     loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, {"backbone": new_backbone_stats, "head": new_head_stats}
@@ -236,11 +241,11 @@ def _train_step(prog: _Program) -> Callable[..., tuple[TrainState, jax.Array]]:
     """The jitted step: augment, forward, backward through the unfrozen part, multi-transform update."""
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
-             base_key: jax.Array) -> tuple[TrainState, jax.Array]:
-        """``base_key``: raw key data of the run's seed; the step's key folds in the step counter."""
-        key = jax.random.fold_in(jax.random.wrap_key_data(base_key), state.step)
+             seed_words: jax.Array) -> tuple[TrainState, jax.Array]:
+        """``seed_words``: (2,) uint32 of the run's seed; each step's randomness folds in the step counter."""
+        words = heads.fold(seed_words, state.step)
         (loss, stats), grads = jax.value_and_grad(_loss, has_aux=True)(
-            state.params, state.stats, images, labels, mask, key, prog)
+            state.params, state.stats, images, labels, mask, words, prog)
         tx = _optimizer(prog)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -436,10 +441,11 @@ class _Loop:
         self.metric = "accuracy" if prog.spec.task == "multiclass" else "macro_average_precision"
         params = {"backbone": start["backbone"]["params"], "head": start["head"]["params"]}
         stats = {"backbone": start["backbone"].get("batch_stats", {}), "head": start["head"].get("batch_stats", {})}
-        opt_state = _optimizer(prog)(params).init(params)
+        opt_state = jax.jit(lambda p: _optimizer(prog)(p).init(p))(params)  # one compile, not one per leaf
         self.state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state), self.rep)
-        self.key = jax.device_put(jax.random.key_data(jax.random.key(cfg.seed)), self.rep)  # raw data: plain array
-        self.best_vars: Variables = jax.tree.map(np.asarray, start)
+        self.seed_words = jax.device_put(heads.seed_words(cfg.seed), self.rep)
+        self.start: Variables = jax.tree.map(np.asarray, start)
+        self.best_vars: Variables = self.start
         self.epoch, self.since, self.best_epoch = 0, 0, 0
         self.before: dict[str, float] = {}
         self.best: dict[str, float] = {}
@@ -464,7 +470,7 @@ class _Loop:
         order = np.random.default_rng([self.prog.config.seed, epoch]).permutation(len(split))
         losses: list[float] = []
         for images, labels, mask in self._batches(split, order, self.load_size):
-            self.state, loss = step(self.state, images, labels, mask, self.key)
+            self.state, loss = step(self.state, images, labels, mask, self.seed_words)
             losses.append(float(loss))
         val = self.evaluate(self.variables())
         self.epoch = epoch
@@ -509,18 +515,21 @@ class _Loop:
                            "val": last["val"], "best_epoch": self.best_epoch, "metric": self.metric})
 
 
-def _val_metrics(logits: np.ndarray, labels: np.ndarray, spec: HeadSpec) -> dict[str, float]:
-    """The sweep's validation metrics for one model, plus the mean loss."""
-    mask = np.ones(len(labels), bool)
+@functools.partial(jax.jit, static_argnames="spec")
+def _metrics_of(logits: jax.Array, labels: jax.Array, spec: HeadSpec) -> dict[str, jax.Array]:
+    """The sweep's scalar validation metrics for one model, plus the mean loss (one jitted call)."""
+    mask = jnp.ones(labels.shape[:1], bool)
     if spec.task == "multiclass":
-        values = metrics.multiclass_metrics(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+        values = metrics.multiclass_metrics(logits, labels, mask)
     else:
-        full = metrics.multilabel_metrics(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask))
+        full = metrics.multilabel_metrics(logits, labels, mask)
         values = {k: full[k] for k in ("macro_roc_auc", "macro_average_precision")}
-    loss = heads.example_losses(jnp.asarray(logits), jnp.asarray(labels), spec).mean()
-    out = {k: float(v) for k, v in values.items()}
-    out["loss"] = float(loss)
-    return out
+    return {**values, "loss": heads.example_losses(logits, labels, spec).mean()}
+
+
+def _val_metrics(logits: np.ndarray, labels: np.ndarray, spec: HeadSpec) -> dict[str, float]:
+    """:func:`_metrics_of` as Python floats."""
+    return {k: float(v) for k, v in _metrics_of(jnp.asarray(logits), jnp.asarray(labels), spec).items()}
 
 
 def _score(values: Mapping[str, Any], metric: str) -> float:
@@ -604,7 +613,8 @@ def _save_model(out: Path, loop: _Loop, backbone: backbones.Backbone, head_meta:
     """Write the best model to ``out/model`` and the result to ``out/finetune.json``; drop the epoch checkpoints."""
     prog = loop.prog
     result = FinetuneResult(out / MODEL_DIR, loop.metric, loop.before, loop.best, loop.best_epoch, loop.epoch,
-                            loop.best_epoch > 0, prog.trainable, loop.history, resumed, prog.config)
+                            loop.best_epoch > 0, prog.trainable, loop.history, resumed, prog.config,
+                            _weight_change(loop.start, jax.tree.map(np.asarray, loop.variables())))
     shape = jax.eval_shape(lambda v, x: prog.module.apply(v, x, train=False)["features"], backbone.variables,
                            jax.ShapeDtypeStruct((1, prog.image_size, prog.image_size, 3), jnp.float32)).shape[1:]
     meta = {"kind": MODEL_KIND, "backbone": backbone.config.name, "weights": head_meta["weights"],
@@ -615,6 +625,19 @@ def _save_model(out: Path, loop: _Loop, backbone: backbones.Backbone, head_meta:
     checkpoint.write_json_atomic(out / RESULT_FILE, _json_ready({"run": run_id, **result.to_dict()}))
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return result
+
+
+def _weight_change(start: Variables, end: Variables) -> dict[str, float]:
+    """Max |end - start| per backbone block (params and batch_stats apart) and for the whole head."""
+    def delta(a: Any, b: Any) -> float:
+        diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(y) - np.asarray(x)),
+                                                                        initial=0.0)), a, b))
+        return max(diffs, default=0.0)
+
+    out = {f"{collection}/{block}": delta(sub, end["backbone"][collection][block])
+           for collection in ("params", "batch_stats") for block, sub in start["backbone"].get(collection, {}).items()}
+    out["head"] = delta(start["head"], end["head"])
+    return out
 
 
 def _finished(out: Path, run_id: Mapping[str, Any]) -> FinetuneResult | None:

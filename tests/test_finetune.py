@@ -1,0 +1,262 @@
+"""Fine-tuning the swept head with the top of its backbone: real EfficientNet-Lite0 on real elpv cells, then a tiny
+registered backbone for the cheap properties (frozen/unfrozen weights, BN modes, resume, errors, the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxheads import backbones, cli, data, features, finetune, heads, heads_io
+from jaxheads.backbones import BackboneConfig, Preprocessing
+from jaxheads.sweep import SweepSpec, run_sweep
+
+TINY = "tiny_finetune_test"
+TINY_BLOCKS = ("stem", "block0", "block1", "head")
+
+
+class _ConvBN(nn.Module):
+    """3x3 conv -> batch norm -> relu: one named block of the tiny backbone."""
+
+    features: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.Conv(self.features, (3, 3), strides=self.stride, use_bias=False, name="conv")(x)
+        return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x))
+
+
+class TinyBackbone(nn.Module):
+    """(N, S, S, 3) -> {"features": (N, S/4, S/4, 16)} through four named blocks with batch norm."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        x = _ConvBN(8, 2, name="stem")(x, train)
+        x = _ConvBN(8, 1, name="block0")(x, train)
+        x = _ConvBN(16, 2, name="block1")(x, train)
+        return {"features": _ConvBN(16, 1, name="head")(x, train)}
+
+
+def _tiny_weights(config: BackboneConfig, weights: object) -> tuple[dict, str]:
+    """Deterministic "pretrained" weights drawn with NumPy (no jax.random: its compile costs seconds here)."""
+    shapes = jax.eval_shape(TinyBackbone().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    rng = np.random.default_rng(0)
+
+    def fill(path: tuple, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
+        name = path[-1].key
+        if name == "kernel":
+            return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+        if name == "var":
+            return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
+        if name == "mean":
+            return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+        return np.ones(leaf.shape, np.float32) if name == "scale" else np.zeros(leaf.shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes), "tiny-v1"
+
+
+backbones.register(BackboneConfig(
+    name=TINY, build=lambda num_classes=0: TinyBackbone(),
+    preprocessing=Preprocessing(32, mean=(127.5,) * 3, std=(127.5,) * 3), feature_channels=16,
+    weights={"tiny": _tiny_weights}, default_weights="tiny", weights_ids={"tiny": "tiny-v1"}, blocks=TINY_BLOCKS,
+))  # fmt: skip
+
+
+def make_colour_folder(root: Path, per_class: int = 12, size: tuple[int, int] = (44, 40)) -> Path:
+    """Two classes of noisy colour images (PNG), easy enough that a few steps move the validation loss."""
+    rng = np.random.default_rng(0)
+    for name, colour in (("red", (200, 50, 40)), ("blue", (40, 60, 200))):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(np.asarray(colour) + rng.normal(0, 60, (size[1], size[0], 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def save_tiny_head(path: Path, classes: tuple[str, ...], *, seed: int = 0) -> Path:
+    """A pooled-feature head for the tiny backbone, with the provenance `jaxheads sweep` writes."""
+    spec = heads.HeadSpec(num_classes=len(classes), pooling="none", hidden=(8,), dropout=0.1)
+    variables = heads.init_head(seed, spec, (16,))
+    extra = {"backbone": TINY, "weights": "default", "weights_id": "tiny-v1"}
+    return heads_io.save_head(path, spec, variables, (16,), label_names=classes, extra=extra)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> data.Dataset:
+    root = make_colour_folder(tmp_path_factory.mktemp("finetune") / "colours")
+    return data.load_dataset(root, val_fraction=0.25, test_fraction=0.0)
+
+
+def _tiny_run(colours: data.Dataset, tmp_path: Path, **kwargs: object) -> finetune.FinetuneResult:
+    head = save_tiny_head(tmp_path / "head", colours.classes)
+    settings = {"epochs": 2, "batch_size": 6, "patience": None, **kwargs}
+    return finetune.finetune(head, colours, out_dir=tmp_path / "ft", **settings)
+
+
+# ------------------------------------------------------------------------------------- real backbone, real data
+
+
+def _elpv_binary(n_train: int, n_val: int) -> data.Dataset:
+    """Real elpv cells, functional (p=0) vs defective (p=1): the first ``n`` of each class per split."""
+    full = data.load_dataset("elpv")
+    splits = {}
+    for name, n in (("train", n_train), ("val", n_val)):
+        split = full.split(name)
+        picks = [np.flatnonzero(split.labels == level)[: n // 2] for level in (0, 3)]
+        idx = np.concatenate(picks)
+        sub = split.subset(idx)
+        labels = np.repeat(np.arange(2, dtype=np.int32), [len(p) for p in picks])
+        splits[name] = data.Split(sub.sources, labels)
+    return data.Dataset("elpv-binary-small", ("functional", "defective"), "multiclass", splits, root=full.root)
+
+
+@pytest.mark.slow
+def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cache: Path) -> None:
+    """Sweep a head on Lite0 features (96 px, 32 real cells), fine-tune the top block with it, load the model."""
+    size = 96
+    ds = _elpv_binary(32, 16)
+    source = features.backbone_source("efficientnet_lite0")
+    source = dataclasses.replace(source, preprocessing=dataclasses.replace(source.preprocessing, input_size=size))
+    splits = features.extract_all(source, ds, cache_dir=tmp_path / "features", need_maps=False, batch_size=16)
+    sweep = SweepSpec(pooling=("none",), depth=(0,), learning_rate=(3e-3,), batch_size=(16,), epochs=40,
+                      patience=None, ridge_l2=(), map_batch="vmap")
+    swept = run_sweep(sweep, splits, num_classes=2, label_names=list(ds.classes))
+    spec, head_vars = swept.head(0)
+    head_dir = heads_io.save_head(tmp_path / "head", spec, head_vars, (1280,), label_names=ds.classes, extra={
+        "backbone": "efficientnet_lite0", "weights": "default", "weights_id": source.weights_id})
+
+    result = finetune.finetune(head_dir, ds, out_dir=tmp_path / "ft", unfreeze=1, image_size=size, epochs=2,
+                               batch_size=16, patience=None, learning_rate=1e-3, backbone_learning_rate=1e-3)
+    print(f"\nLite0 top block ('head') fine-tune, val accuracy {result.before['accuracy']:.3f} -> "
+          f"{result.best['accuracy']:.3f} (best epoch {result.best_epoch}; val loss {result.before['loss']:.4f} "
+          f"-> {[round(h['val']['loss'], 4) for h in result.history[1:]]}); improved={result.improved}")
+    assert [h["epoch"] for h in result.history] == [0, 1, 2] and result.epochs_run == 2
+    assert result.trainable_blocks == ("head",)
+    # The swept head reaches the same val accuracy on images as it did on cached (float16) features.
+    assert result.before["accuracy"] == pytest.approx(swept.members[0]["val"]["accuracy"], abs=1 / 16 + 1e-6)
+    change = result.weight_change
+    assert change["params/head"] > 0 and change["head"] > 0
+    assert all(v == 0.0 for k, v in change.items() if k.startswith("batch_stats/"))
+    assert all(change[f"params/{b}"] == 0.0 for b in backbones.get_config("efficientnet_lite0").blocks[:-1])
+
+    model = finetune.load_model(result.model_dir)
+    pretrained = backbones.load("efficientnet_lite0")
+    saved = model.variables["backbone"]
+    for block in backbones.get_config("efficientnet_lite0").blocks[:-1]:
+        for a, b in zip(jax.tree.leaves(saved["params"][block]), jax.tree.leaves(pretrained.variables["params"][block])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    top_changed = any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(saved["params"]["head"]), jax.tree.leaves(pretrained.variables["params"]["head"])))
+    assert top_changed == result.improved  # the saved model is the best epoch's (epoch 0 = unchanged)
+    # load_model reproduces the saved model: its logits give the val loss and accuracy the fine-tune measured.
+    val = ds.split("val")
+    images = np.stack([data.resize_center_crop(data.load_image(p), size) for p in val.sources])
+    logits = model.logits(images)
+    loss = float(heads.example_losses(jnp.asarray(logits), jnp.asarray(val.labels), spec).mean())
+    assert loss == pytest.approx(result.best["loss"], rel=1e-4, abs=1e-5)
+    assert float(np.mean(logits.argmax(-1) == val.labels)) == pytest.approx(result.best["accuracy"])
+    np.testing.assert_allclose(model.predict(images).sum(-1), 1.0, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- tiny backbone
+
+
+def test_only_the_unfrozen_blocks_and_the_head_change(colours: data.Dataset, tmp_path: Path) -> None:
+    result = _tiny_run(colours, tmp_path, unfreeze=2)
+    change = result.weight_change
+    assert result.trainable_blocks == ("block1", "head")
+    assert change["params/block1"] > 0 and change["params/head"] > 0 and change["head"] > 0
+    assert change["params/stem"] == 0.0 and change["params/block0"] == 0.0
+    assert all(change[f"batch_stats/{b}"] == 0.0 for b in TINY_BLOCKS)  # freeze_bn=True by default
+    assert len(result.history) == 3 and all(h["train_loss"] is not None for h in result.history[1:])
+    on_disk = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert on_disk["best_epoch"] == result.best_epoch and not (tmp_path / "ft" / "finetune_state").exists()
+
+
+def test_trainable_bn_updates_statistics_and_unfreeze_zero_trains_the_head_alone(colours: data.Dataset,
+                                                                                  tmp_path: Path) -> None:
+    trained_bn = _tiny_run(colours, tmp_path / "bn", unfreeze=1, freeze_bn=False, epochs=1)
+    assert all(trained_bn.weight_change[f"batch_stats/{b}"] > 0 for b in TINY_BLOCKS)
+    assert trained_bn.weight_change["params/block1"] == 0.0 and trained_bn.weight_change["params/head"] > 0
+    head_only = _tiny_run(colours, tmp_path / "h", unfreeze=0, epochs=1)
+    assert head_only.trainable_blocks == ()
+    assert head_only.weight_change["head"] > 0
+    assert all(v == 0.0 for k, v in head_only.weight_change.items() if k != "head")
+
+
+def test_interrupted_finetune_resumes_to_the_same_model(colours: data.Dataset, tmp_path: Path) -> None:
+    reference = _tiny_run(colours, tmp_path / "ref", unfreeze=2, epochs=3)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_2(event: dict) -> None:
+        if event["epoch"] == 2:
+            raise Stop
+
+    head = save_tiny_head(tmp_path / "head", colours.classes)
+    kwargs = {"out_dir": tmp_path / "run", "unfreeze": 2, "epochs": 3, "batch_size": 6, "patience": None}
+    with pytest.raises(Stop):  # epoch 2 is trained but its checkpoint not yet written: resume from epoch 1
+        finetune.finetune(head, colours, progress=stop_after_epoch_2, **kwargs)
+    assert [p.name for p in (tmp_path / "run" / "finetune_state").iterdir()] == ["epoch-0001"]
+    with pytest.raises(ValueError, match="other config"):  # a checkpoint of other settings is never mixed in
+        finetune.finetune(head, colours, **{**kwargs, "backbone_learning_rate": 0.5})
+    resumed = finetune.finetune(head, colours, **kwargs)
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.history == reference.history and resumed.best_epoch == reference.best_epoch
+    a, b = finetune.load_model(reference.model_dir), finetune.load_model(resumed.model_dir)
+    for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    again = finetune.finetune(head, colours, **kwargs)  # finished: returns the saved result, trains nothing
+    assert again.history == resumed.history
+
+
+def test_load_model_predicts_files_and_matches_logits(colours: data.Dataset, tmp_path: Path) -> None:
+    result = _tiny_run(colours, tmp_path, unfreeze=1, epochs=1)
+    model = finetune.load_model(result.model_dir)
+    assert model.label_names == colours.classes and model.image_size == 32
+    paths = list(colours.split("val").sources[:3])
+    top = model.predict_files(paths, top=2)
+    images = np.stack([data.resize_center_crop(data.load_image(p), 32) for p in paths])
+    probs = model.predict(images)
+    assert [t[0][0] for t in top] == [colours.classes[i] for i in probs.argmax(-1)]
+    np.testing.assert_allclose([t[0][1] for t in top], probs.max(-1), rtol=1e-6)
+    with pytest.raises(ValueError, match="not a jaxheads model"):
+        finetune.load_model(tmp_path / "head")
+
+
+def test_bad_requests_name_what_is_wrong(colours: data.Dataset, tmp_path: Path) -> None:
+    head = save_tiny_head(tmp_path / "head", colours.classes)
+    with pytest.raises(ValueError, match=r"unfreeze=5: tiny_finetune_test has 4 blocks \(stem, block0"):
+        finetune.finetune(head, colours, out_dir=tmp_path / "a", unfreeze=5)
+    other = save_tiny_head(tmp_path / "other", ("cat", "dog"))
+    with pytest.raises(data.DatasetError, match=r"classes \['blue', 'red'\] differ from the head's label_names"):
+        finetune.finetune(other, colours, out_dir=tmp_path / "b")
+    bare = heads_io.save_head(tmp_path / "bare", heads.HeadSpec(pooling="none"),
+                              heads.init_head(0, heads.HeadSpec(pooling="none"), (16,)), (16,))
+    with pytest.raises(ValueError, match="head meta has no 'backbone'"):
+        finetune.finetune(bare, colours, out_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="FinetuneConfig.crop_scale"):
+        finetune.finetune(head, colours, out_dir=tmp_path / "d", crop_scale=0.5)
+
+
+def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    head = save_tiny_head(tmp_path / "head", colours.classes)
+    code = cli.main(["finetune", str(head), "--dataset", str(colours.root), "--out", str(tmp_path / "ft"),
+                     "--unfreeze", "2", "--epochs", "1", "--batch-size", "6"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "unfrozen: block1, head" in out and "model:" in out
+    assert finetune.load_model(tmp_path / "ft" / "model").label_names == colours.classes
+    code = cli.main(["finetune", str(head), "--dataset", str(colours.root), "--out", str(tmp_path / "x"),
+                     "--unfreeze", "9"])
+    assert code == 2 and "unfreeze=9" in capsys.readouterr().err
