@@ -109,7 +109,8 @@ class FinetuneConfig:
 @dataclasses.dataclass
 class FinetuneResult:
     """What a fine-tune did. ``before``/``best`` are val metrics of the starting model and of the saved one;
-    ``improved`` is False when no epoch beat the starting model (the saved model is then the starting one)."""
+    ``improved`` is False when no epoch beat the starting model (the saved model is then the starting one); an
+    epoch beats another by a higher val metric or, on a tie, a lower val loss."""
 
     model_dir: Path
     metric: str
@@ -236,8 +237,16 @@ def _loss(params: Variables, stats: Variables, images: jax.Array, labels: jax.Ar
     return loss, {"backbone": new_backbone_stats, "head": new_head_stats}
 
 
-@functools.lru_cache(maxsize=8)
 def _train_step(prog: _Program) -> Callable[..., tuple[TrainState, jax.Array]]:
+    """The jitted step of ``prog``, shared by every fine-tune whose settings differ only in what the step does
+    not see (epochs, patience, batch size and crop scale are shapes or loop settings; the seed is an argument)."""
+    loop_only = {"unfreeze": 0, "epochs": 0, "batch_size": 1, "patience": None, "image_size": None,
+                 "crop_scale": 1.0, "seed": 0}
+    return _compiled_step(dataclasses.replace(prog, config=dataclasses.replace(prog.config, **loop_only)))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_step(prog: _Program) -> Callable[..., tuple[TrainState, jax.Array]]:
     """The jitted step: augment, forward, backward through the unfrozen part, multi-transform update."""
 
     def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
@@ -532,10 +541,14 @@ def _val_metrics(logits: np.ndarray, labels: np.ndarray, spec: HeadSpec) -> dict
     return {k: float(v) for k, v in _metrics_of(jnp.asarray(logits), jnp.asarray(labels), spec).items()}
 
 
-def _score(values: Mapping[str, Any], metric: str) -> float:
-    """The value early stopping compares; undefined (NaN, or None after a JSON round trip) ranks lowest."""
-    v = values.get(metric)
-    return -math.inf if v is None or math.isnan(v) else float(v)
+def _score(values: Mapping[str, Any], metric: str) -> tuple[float, float]:
+    """What early stopping compares: the metric, then (on a tie, common on small val sets) the lower loss.
+    Undefined values (NaN, or None after a JSON round trip) rank lowest."""
+    def higher_is_better(v: Any) -> float:
+        return -math.inf if v is None or math.isnan(v) else float(v)
+
+    loss = values.get("loss")
+    return higher_is_better(values.get(metric)), higher_is_better(None if loss is None else -loss)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
