@@ -181,6 +181,11 @@ def extract_features(
     report = progress or (lambda _: None)
     meta = _read_meta(folder, _identity(source, dataset, split))
     if meta is not None and (meta["has_maps"] or not need_maps):
+        if strict and meta["skipped"]:  # a cache built without strict must not let a strict run pass
+            raise data.BadImageError(
+                f"{folder.name}: {meta['skipped']} unreadable image(s) were left out when this cache was built "
+                f"(first: {', '.join(meta['skipped_names'][:3])}); strict=True fails on them"
+            )
         report(Progress(split, total, total, meta["skipped"], cached=True))
         return _load_complete(folder, meta, need_maps)
     if (folder / META).exists():  # without the maps now needed (or foreign): recompute, chunks carry both
