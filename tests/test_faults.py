@@ -1,0 +1,174 @@
+"""Kills (SIGKILL: no clean-up, no finally) in the middle of the long steps, then a re-run with the same
+arguments: it resumes and ends with exactly what an uninterrupted run gives.
+
+The child processes slow themselves down in their progress callbacks so that a kill lands inside the step, at a
+point drawn from a seeded generator (printed, so a failure can be replayed). Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import pytest
+
+from jaxheads import data, finetune, job
+from jaxheads.sweep import SweepSpec
+
+HERE = Path(__file__).parent
+TIMEOUT_S = 240
+
+
+if str(HERE) not in sys.path:  # pytest's default import mode puts it there already
+    sys.path.insert(0, str(HERE))
+import test_finetune as tiny  # noqa: E402  (the TINY backbone with named blocks; make_colour_folder; save_tiny_head)
+
+SWEEP = SweepSpec(pooling=("none", "avg"), widths=(8,), depth=(0, 1), dropout=(0.0,), learning_rate=(1e-2,),
+                  batch_size=(8,), epochs=6, seeds=2, patience=None, ridge_l2=(1.0,), map_batch="vmap")
+"""Four groups (pooling x depth), so that a kill can land between groups and inside one."""
+
+_PRELUDE = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import test_finetune as tiny  # registers the tiny backbone
+"""
+
+_JOB_CHILD = _PRELUDE + """
+import json
+from jaxheads import job
+from jaxheads.sweep import SweepSpec
+def features(event):
+    print("features", event.split, event.done, flush=True)
+    time.sleep(0.15)
+def sweep(event):
+    print("sweep", event["group"], event["epoch"], flush=True)
+    time.sleep(0.05)
+job.sweep_job(sys.argv[2], tiny.TINY, sweep=SweepSpec.from_dict(json.loads(sys.argv[5])), out_dir=sys.argv[3],
+              cache_dir=sys.argv[4], batch_size=2, feature_progress=features, sweep_progress=sweep)
+print("done", flush=True)
+"""
+
+_FINETUNE_CHILD = _PRELUDE + """
+import json
+from jaxheads import finetune
+def progress(event):
+    print("epoch", event["epoch"], flush=True)
+    time.sleep(0.2)
+finetune.finetune(sys.argv[2], sys.argv[3], out_dir=sys.argv[4], progress=progress, **json.loads(sys.argv[5]))
+print("done", flush=True)
+"""
+
+
+def _run_until(script: str, args: list[str], kill_when: Callable[[str], bool], delay_s: float) -> list[str]:
+    """Run ``script`` in a child, SIGKILL it ``delay_s`` after the first stdout line where ``kill_when`` holds;
+    returns the lines read. Fails (never hangs) if the child finishes first or takes too long."""
+    child = subprocess.Popen([sys.executable, "-c", script, str(HERE), *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    lines: list[str] = []
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        for line in child.stdout:
+            lines.append(line.strip())
+            if kill_when(line.strip()):
+                time.sleep(delay_s)
+                break
+            if time.monotonic() > deadline:
+                break
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL, f"child was not killed mid-run: {lines[-5:]}"
+    assert "done" not in lines, "the child finished before the kill"
+    return lines
+
+
+def _comparable(results: dict) -> dict:
+    """results.json without what legitimately differs between runs: wall-clock timings and timing probes."""
+    results = json.loads(json.dumps(results))
+    results.pop("timings", None)
+    for group in results.get("groups", []):
+        group.pop("timings", None)
+        group.pop("map_batch_probe", None)
+    return results
+
+
+def _features_of(cache: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every complete split in a feature cache, by split name: its arrays."""
+    out = {}
+    for meta_path in cache.glob("*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        out[meta["split"]] = {name: np.load(meta_path.parent / f"{name}.npy")
+                              for name in ("labels", "indices", "pooled", "maps")
+                              if (meta_path.parent / f"{name}.npy").exists()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.make_colour_folder(tmp_path_factory.mktemp("faults") / "colours", per_class=24)
+
+
+@pytest.fixture(scope="module")
+def reference(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The uninterrupted main job: (out dir, feature cache)."""
+    root = tmp_path_factory.mktemp("reference")
+    job.sweep_job(colours, tiny.TINY, sweep=SWEEP, out_dir=root / "out", cache_dir=root / "cache", batch_size=2)
+    return root / "out", root / "cache"
+
+
+def test_sigkill_during_feature_extraction_resumes_to_identical_results(
+        colours: Path, reference: tuple[Path, Path], tmp_path: Path) -> None:
+    rng = random.Random(8)
+    kill_at = rng.randint(16, 30)  # images done in train: after its first 16-image chunk, before the last
+    delay = rng.uniform(0.0, 0.3)
+    print(f"\nkilling the feature pass at train image {kill_at} + {delay:.2f}s")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    args = [str(colours), str(out), str(cache), json.dumps(SWEEP.to_dict())]
+    lines = _run_until(_JOB_CHILD, args, lambda l: l.startswith("features train") and int(l.split()[2]) >= kill_at,
+                       delay)
+    assert not any(line.startswith("sweep") for line in lines)
+    (entry,) = [p for p in cache.iterdir() if "-train-" in p.name]
+    assert not (entry / "meta.json").exists() and list((entry / "chunks").glob("*.npz"))
+    events: list[Any] = []
+    job.sweep_job(colours, tiny.TINY, sweep=SWEEP, out_dir=out, cache_dir=cache, batch_size=2,
+                  feature_progress=events.append)
+    first_train = next(e for e in events if e.split == "train")
+    assert first_train.done >= 16 and not first_train.cached  # resumed after the chunks on disk
+    ref_out, ref_cache = reference
+    got, want = _features_of(cache), _features_of(ref_cache)
+    assert sorted(got) == sorted(want) == ["test", "train", "val"]
+    for split in want:
+        for name in want[split]:
+            np.testing.assert_array_equal(got[split][name], want[split][name], err_msg=f"{split}/{name}")
+    assert _comparable(json.loads((out / "results.json").read_text())) == \
+        _comparable(json.loads((ref_out / "results.json").read_text()))
+
+
+def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_path: Path) -> None:
+    ds = data.load_dataset(colours)
+    head = tiny.save_tiny_head(tmp_path / "head", ds.classes)
+    settings = {"unfreeze": 2, "epochs": 4, "batch_size": 6, "patience": None}
+    want = finetune.finetune(head, colours, out_dir=tmp_path / "ref", **settings)
+    rng = random.Random(9)
+    kill_epoch, delay = rng.randint(1, 3), rng.uniform(0.0, 0.4)
+    print(f"\nkilling the fine-tune after epoch {kill_epoch} + {delay:.2f}s")
+    out = tmp_path / "killed"
+    _run_until(_FINETUNE_CHILD, [str(head), str(colours), str(out), json.dumps(settings)],
+               lambda l: l == f"epoch {kill_epoch}", delay)
+    assert not (out / "model").exists()
+    got = finetune.finetune(head, colours, out_dir=out, **settings)
+    assert 0 <= got.resumed_from_epoch <= kill_epoch
+    assert got.history == want.history and got.best_epoch == want.best_epoch
+    a, b = finetune.load_model(want.model_dir), finetune.load_model(got.model_dir)
+    for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
