@@ -22,6 +22,10 @@ The last step of the data flow. ``finetune(head_dir, dataset, out_dir=...)`` sta
   uninterrupted run (the order, the crops and the dropout masks are functions of (seed, epoch, step));
 * saves the best model — backbone and head variables, the head spec and the provenance — as ``OUT/model``.
 
+A fine-tune runs in one process (on all its devices); the run's identity (settings, head weights, backbone
+weights, dataset fingerprints, device count) is stored with every checkpoint, and a checkpoint of another run in
+the same ``out_dir`` is refused, never mixed in.
+
 ``load_model(OUT/model)`` gives a :class:`Model` whose jitted ``predict(images)`` returns probabilities (and
 ``logits(images)`` the logits) for uint8 RGB images of the model's input size.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -362,8 +367,9 @@ def finetune(
     trainable = _trainable_blocks(backbone.config, config.unfreeze)
     prog = _Program(backbone.module, dataclasses.replace(backbone.config.preprocessing, input_size=size), spec,
                     trainable, config, size)
-    run_id = {"config": dataclasses.asdict(config), "head": head_meta.get("spec"), "weights_id": backbone.weights_id,
-              "dataset": {s: ds.fingerprint(s) for s in ("train", "val")}}
+    run_id = {"config": dataclasses.asdict(config), "head": head_meta.get("spec"), "head_weights": _digest(head_vars),
+              "weights_id": backbone.weights_id, "dataset": {s: ds.fingerprint(s) for s in ("train", "val")},
+              "devices": parallel.make_mesh(1, devices).size}
     done = _finished(out, run_id)
     if done is not None:
         return done
@@ -378,6 +384,14 @@ def finetune(
         loop.run_epoch(epoch)
         _save_state(out / STATE_DIR, loop, run_id)
     return _save_model(out, loop, backbone, head_meta, run_id, resumed or 0)
+
+
+def _digest(tree: Any) -> str:
+    """A short hash of a pytree's arrays (a head re-swept into the same directory must not resume an old run)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _read_head(head_dir: str | os.PathLike[str]) -> tuple[HeadSpec, Variables, dict[str, Any]]:
