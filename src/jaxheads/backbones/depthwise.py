@@ -2,15 +2,14 @@
 
 XLA's CPU backend lowers a grouped convolution with one group per channel to a slow generic loop; the same
 operation written as k*k multiply-adds fuses into one elementwise kernel and runs 3-17x faster on CPU (measured
-on the EfficientNet-Lite0 layer shapes, batch 32). On accelerators both forms are fine. Parameters keep Flax's
-grouped-conv layout (k, k, 1, C), so converters and checkpoints are unchanged.
+on the EfficientNet-Lite0 layer shapes, batch 32). On accelerators both forms are fine. The kernel keeps Flax's
+grouped-conv layout (k, k, 1, C); the Flax module around it is ``keras_layers.DepthwiseConv``.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -32,21 +31,3 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, pads: Pads) -
             out = term if out is None else out + term
     return out
 
-
-class DepthwiseConv(nn.Module):
-    """Drop-in for ``nn.Conv(C, (k, k), stride, padding=pads, feature_group_count=C)``: same params, faster on CPU."""
-
-    kernel_size: int
-    stride: int
-    padding: Pads
-    use_bias: bool = False
-    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        channels = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, channels))
-        y = depthwise_conv2d(x, kernel, self.stride, self.padding)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (channels,)).reshape(1, 1, 1, -1)
-        return y

@@ -26,7 +26,7 @@ import numpy as np
 from jaxheads import checkpoint
 from jaxheads.backbones import register
 from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables
-from jaxheads.backbones.depthwise import DepthwiseConv
+from jaxheads.backbones.keras_layers import DepthwiseConv
 from jaxheads.backbones import torch_pickle
 
 BN_EPS = 1e-3
