@@ -43,6 +43,12 @@ DESIGNS: tuple[HeadDesign, ...] = tuple(
 """16 designs: pooling (GAP, GMP) x depth (1, 2) x width (64, 256) x dropout (0, 0.5)."""
 
 
+QUICK_SWEEP = dataclasses.replace(DEFAULT_SWEEP, epochs=12, patience=4)
+"""The main job's default grid (32 members) on a shorter schedule, so that three seeds fit the default size."""
+TINY_SWEEP = dataclasses.replace(DEFAULT_SWEEP, pooling=("avg",), depth=(1,), widths=(16, 32), epochs=4, seeds=2,
+                                 patience=None)
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchSize:
     """Every size knob of one benchmark run."""
@@ -60,6 +66,7 @@ class BenchSize:
     batch_size: int = 32
     learning_rate: float = 1e-3
     feature_batch: int = 32
+    no_probe_variant: bool = True  # also time the sweep with map_batch="vmap" (what the timing probe costs)
     # Part 2: efficiency (wide heads, as in experiments/bench_sweep.py).
     eff_members: int = 64
     eff_width: int = 512
@@ -73,8 +80,8 @@ class BenchSize:
     # Part 4: quality (the whole dataset is embedded once; splits are redrawn per seed).
     q_images: int | None = None  # None: all images
     q_seeds: int = 3
-    q_sweep: SweepSpec = DEFAULT_SWEEP
-    q_logreg_c: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    q_sweep: SweepSpec = QUICK_SWEEP
+    q_logreg_c: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 
     def design_list(self) -> tuple[HeadDesign, ...]:
         """``designs`` of :data:`DESIGNS`, evenly spread (all 16 unless a test asks for fewer)."""
@@ -82,18 +89,16 @@ class BenchSize:
         return tuple(DESIGNS[i] for i in picks)
 
 
-TINY_SWEEP = dataclasses.replace(DEFAULT_SWEEP, pooling=("avg",), depth=(1,), widths=(16, 32), epochs=4, seeds=2,
-                                 patience=None)
-
 SIZES: dict[str, BenchSize] = {
     "tiny": BenchSize(
         name="tiny", image_size=32, dataset="toy", n_train=128, n_val=64, designs=2, epochs=2, learning_rate=3e-3,
-        feature_batch=64, eff_members=4, eff_width=64, eff_batch=64, eff_train=256, eff_epochs=2, matmul_n=256,
-        fwd_batch=8, fwd_repeats=1, q_images=160, q_seeds=2, q_sweep=TINY_SWEEP, q_logreg_c=(0.1, 1.0),
+        feature_batch=64, no_probe_variant=False, eff_members=4, eff_width=64, eff_batch=64, eff_train=256, eff_epochs=2, matmul_n=256,
+        fwd_batch=8, fwd_repeats=1, q_images=120, q_seeds=2, q_sweep=TINY_SWEEP, q_logreg_c=(0.1, 1.0),
     ),
     "default": BenchSize(name="default"),
     "full": BenchSize(
         name="full", n_train=1574, n_val=525, eff_members=256, eff_train=8192, eff_epochs=4, matmul_n=8192,
-        fwd_batch=128, fwd_repeats=10, q_seeds=5,
+        fwd_batch=128, fwd_repeats=10, q_seeds=5, q_sweep=DEFAULT_SWEEP,
+        q_logreg_c=(1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
     ),
 }

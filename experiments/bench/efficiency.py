@@ -1,9 +1,10 @@
 """Part 2: how much of the machine the sweep uses.
 
-Useful FLOP/s of a sweep of wide heads (the FLOPs of the unpadded heads, forward + backward counted as 3x
-forward, over the timed epochs) divided by the FLOP/s of a large float32 matmul measured in the same process,
-before and after. The workload and the matmul probe are the sweep engineer's (``experiments/bench_sweep.py``:
-``matmul_flops``, ``make_splits``, ``members``); this part runs only the sweep side of it.
+Useful FLOP/s of a sweep of wide heads (the training FLOPs of the unpadded heads, ``bench_sweep.train_flops``:
+forward and gradients, no input gradient for the first layer, over the timed epochs) divided by the FLOP/s of a
+large float32 matmul measured in the same process, before and after (the larger is used). The workload, the
+FLOP count and the matmul probe are the sweep engineer's (``experiments/bench_sweep.py``: ``matmul_flops``,
+``train_flops``, ``make_splits``, ``members``); this part runs only the sweep side of it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from jaxheads.heads import flops_per_example
 from jaxheads.sweep import SweepSpec, run_sweep
 from experiments import bench_sweep
 from experiments.bench.config import BenchSize
@@ -32,7 +32,7 @@ def run(size: BenchSize) -> dict[str, Any]:
     peak_after = bench_sweep.matmul_flops(size.matmul_n)
     g = result.groups[0]
     steps = g["steps_per_epoch"] * (size.eff_epochs - 1)  # epoch 1 carries compilation (booked as compile_s)
-    useful = 3 * flops_per_example(members[0].head, (FEATURES,)) * size.eff_batch * steps * len(members)
+    useful = bench_sweep.train_flops(size.eff_width, size.eff_batch, FEATURES, CLASSES) * steps * len(members)
     rate = useful / g["timings"]["train_s"]
     return {
         "heads": f"{len(members)} x {FEATURES}->{size.eff_width}->{CLASSES}, batch {size.eff_batch}",

@@ -3,8 +3,9 @@
 The whole dataset is embedded once (the feature cache; a warm cache is reused, timings here are not the point).
 For every seed the images are re-split (stratified 60/20/20 train/val/test) and, on the same cached features:
 
-* **jaxheads**: the main job's default sweep (``jaxheads.job.DEFAULT_SWEEP``) -> the recommended head (smallest
-  within one SE of the best on val); its best replica's test accuracy, as ``sweep_job`` would save it;
+* **jaxheads**: the main job's default grid (``jaxheads.job.DEFAULT_SWEEP``; 12 epochs at the default size)
+  -> the recommended head (smallest within one SE of the best on val); its best replica's test accuracy, as
+  ``sweep_job`` would save it;
 * **ridge**: the sweep's own closed-form ridge row (``jaxheads.probe``), L2 chosen on val;
 * **logreg**: scikit-learn ``LogisticRegression`` on standardised pooled features, C chosen on val.
 
@@ -69,6 +70,11 @@ def best_ridge(result: SweepResult) -> dict[str, Any]:
     return {"l2": row["l2"], "val": row["val"]["accuracy"], "test": row["test"]["accuracy"], "params": row["params"]}
 
 
+def majority_accuracy(splits: Mapping[str, FeatureSplit]) -> float:
+    """Test accuracy of always answering the training split's most frequent class."""
+    return float(np.mean(splits["test"].labels == np.bincount(splits["train"].labels).argmax()))
+
+
 def _stats(values: Sequence[float]) -> dict[str, float]:
     a = np.asarray(values, np.float64)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
@@ -90,9 +96,9 @@ def run(pair: BackbonePair, ds: data.Dataset, size: BenchSize, cache_dir: Path) 
         seeds.append({"seed": seed, "sizes": {k: len(s) for k, s in splits.items()},
                       "jaxheads": recommended(result) | {"sweep_s": sweep_s, "members": len(result.members)},
                       "ridge": best_ridge(result), "logreg": logreg_probe(splits, size.q_logreg_c),
-                      "majority": float(np.mean(splits["test"].labels == np.bincount(splits["train"].labels).argmax()))})
+                      "majority": majority_accuracy(splits)})
     summary = {k: _stats([s[k]["test"] for s in seeds]) for k in ("jaxheads", "ridge", "logreg")}
     summary["majority"] = _stats([s["majority"] for s in seeds])
     return {"dataset": ds.name, "images": len(every), "feature_s": feature_s, "feature_cache_hit": any(hit),
-            "sweep": "jaxheads.job.DEFAULT_SWEEP" if size.name != "tiny" else "config.TINY_SWEEP",
+            "sweep": size.q_sweep.to_dict(),
             "split": {"train": 0.6, **FRACTIONS}, "seeds": seeds, "test_accuracy": summary}

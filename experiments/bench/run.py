@@ -69,15 +69,18 @@ def _git_commit() -> str:
 def projection(p1: dict[str, Any], p3: dict[str, Any], n_images: int) -> dict[str, Any]:
     """A / jaxheads at ``n_images`` train+val images, from the measured costs (a model, not a measurement).
 
-    A >= designs x epochs x n / Keras forward images/s (forward only: no per-trial overhead, no head training).
-    jaxheads = (measured feature pass - its images / Flax forward images/s) [the fixed part: compilation, start-up]
-    + n / Flax forward images/s + measured sweep time x n / n_train+val measured (the sweep is linear in n).
+    A >= designs x epochs x n / Keras forward images/s (part 3): forward passes only, no per-trial overhead and no
+    head training, so a lower bound. jaxheads = its measured fixed costs (feature pass less its images at the Flax
+    forward rate; the sweep less its train and eval time) + n / Flax forward images/s + the sweep's train and
+    eval time scaled by n / measured n.
     """
     n_measured = p1["n_train"] + p1["n_val"]
     flax_rate, keras_rate = p3["flax_images_per_s"], p3["keras_images_per_s"]
+    jh, phases = p1["jaxheads"], p1["jaxheads"]["sweep_breakdown"]
     keras_s = p1["designs"] * p1["epochs"] * n_images / keras_rate
-    fixed = max(0.0, p1["jaxheads"]["feature_s"] - n_measured / flax_rate)
-    jaxheads_s = fixed + n_images / flax_rate + p1["jaxheads"]["sweep_s"] * n_images / n_measured
+    linear = phases["train_s"] + phases["eval_s"]
+    fixed = max(0.0, jh["feature_s"] - n_measured / flax_rate) + jh["sweep_s"] - linear
+    jaxheads_s = fixed + n_images / flax_rate + linear * n_images / n_measured
     return {"n_images": n_images, "keras_s_lower_bound": keras_s, "jaxheads_s": jaxheads_s,
             "keras_over_jaxheads": keras_s / jaxheads_s}
 
@@ -91,22 +94,28 @@ def run(size: BenchSize, parts: set[int], out_dir: Path, command: str, cache_dir
                                "machine": machine(), "loads": {}}
     pair = make_pair(size)
     results["backbone"] = f"MobileNetV2 {size.image_size}px, {pair.weights}; Flax weights {pair.flax.weights_id}"
-    if 1 in parts:
-        results["trial_loop"] = _part("trial_loop", results, lambda: trial_loop.run(pair, trial_dataset(size), size))
-    if 2 in parts:
-        results["efficiency"] = _part("efficiency", results, lambda: efficiency.run(size))
-    if 3 in parts:
-        results["forward"] = _part("forward", results, lambda: forward.run(pair, size))
-    if 4 in parts:
-        cache = cache_dir or checkpoint.cache_dir() / "features"
-        results["quality"] = _part("quality", results, lambda: quality.run(pair, quality_dataset(size), size, cache))
-    if 1 in parts and 3 in parts and size.dataset == "elpv":
-        results["trial_loop"]["projection"] = projection(results["trial_loop"], results["forward"], PROJECT_IMAGES)
+    cache = cache_dir or checkpoint.cache_dir() / "features"
+    jobs = {
+        1: ("trial_loop", lambda: trial_loop.run(pair, trial_dataset(size), size)),
+        2: ("efficiency", lambda: efficiency.run(size)),
+        3: ("forward", lambda: forward.run(pair, size)),
+        4: ("quality", lambda: quality.run(pair, quality_dataset(size), size, cache)),
+    }
+    for number in sorted(parts):
+        name, fn = jobs[number]
+        results[name] = _part(name, results, fn)
+        if {1, 3} <= parts and "trial_loop" in results and "forward" in results and size.dataset == "elpv":
+            results["trial_loop"]["projection"] = projection(results["trial_loop"], results["forward"],
+                                                             PROJECT_IMAGES)
+        _finish(results, start)
+        write(results, out_dir)  # after every part: a long run leaves its finished parts behind
+    return results
+
+
+def _finish(results: dict[str, Any], start: float) -> None:
     results["machine"]["load_after"] = load_average()
     results["machine"]["uptime_after"] = _uptime()
     results["total_s"] = time.perf_counter() - start
-    write(results, out_dir)
-    return results
 
 
 def _part(name: str, results: dict[str, Any], fn: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ after each hidden layer, and the best validation accuracy over the epochs (what 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -154,7 +155,8 @@ def sweep_spec(designs: Sequence[HeadDesign], num_classes: int, size: BenchSize,
 
 def run_jaxheads(pair: BackbonePair, ds: data.Dataset, designs: Sequence[HeadDesign], size: BenchSize,
                  seed: int = 0) -> tuple[dict[str, Any], dict[str, FeatureSplit], SweepResult]:
-    """One feature pass into a cold cache + one sweep; returns timings, the features (for B) and the result."""
+    """One feature pass into a cold cache + one sweep (defaults: ``map_batch="auto"``, the timing probe); returns
+    timings, the features (for B) and the result."""
     with tempfile.TemporaryDirectory(prefix="bench-features-") as cache:
         t = time.perf_counter()
         splits = features.extract_all(BackboneSource.of(pair.flax), ds, cache_dir=Path(cache), need_maps=True,
@@ -166,8 +168,28 @@ def run_jaxheads(pair: BackbonePair, ds: data.Dataset, designs: Sequence[HeadDes
     sweep_s = time.perf_counter() - t
     images = sum(len(s) for s in splits.values())
     timing = {"wall_s": feature_s + sweep_s, "feature_s": feature_s, "sweep_s": sweep_s,
-              "backbone_images": images, "groups": _group_timings(result)}
+              "backbone_images": images, "sweep_breakdown": sweep_breakdown(result), "groups": _group_timings(result)}
     return timing, splits, result
+
+
+def sweep_without_probe(splits: Mapping[str, FeatureSplit], designs: Sequence[HeadDesign], num_classes: int,
+                        size: BenchSize, seed: int = 0) -> dict[str, Any]:
+    """The same sweep with ``map_batch="vmap"`` (no timing probe), compiled from scratch (``jax.clear_caches``):
+    how much of the sweep's time the probe takes at this size."""
+    jax.clear_caches()
+    spec = dataclasses.replace(sweep_spec(designs, num_classes, size, seed), map_batch="vmap")
+    t = time.perf_counter()
+    result = run_sweep(spec, splits, num_classes=num_classes)
+    return {"sweep_s": time.perf_counter() - t, "sweep_breakdown": sweep_breakdown(result)}
+
+
+def sweep_breakdown(result: SweepResult) -> dict[str, float]:
+    """Seconds of the sweep by phase, summed over groups (``other``: ridge row, host bookkeeping)."""
+    phases = ("init_s", "compile_s", "probe_s", "train_s", "eval_s")
+    out = {p: float(sum(g["timings"].get(p, 0.0) for g in result.groups)) for p in phases}
+    out["ridge_s"] = float(result.timings.get("ridge_s", 0.0))
+    out["other_s"] = float(result.timings["total_s"]) - sum(out.values())
+    return out
 
 
 def _group_timings(result: SweepResult) -> list[dict[str, Any]]:
@@ -175,16 +197,24 @@ def _group_timings(result: SweepResult) -> list[dict[str, Any]]:
             for g in result.groups]
 
 
+def train_flops_per_example(head: H.HeadSpec, shape: tuple[int, ...]) -> int:
+    """FLOPs of one training example through an unpadded head: forward, weight gradients and input gradients of
+    every layer (3x the forward), less the first layer's input gradient (the frozen features need none) — the
+    convention of ``experiments/bench_sweep.py``'s ``train_flops``."""
+    first_out = head.hidden[0] if head.hidden else head.num_classes
+    return 3 * H.flops_per_example(head, shape) - 2 * H.pooled_dim(head, shape) * first_out
+
+
 def sweep_useful_flops(result: SweepResult) -> dict[str, float]:
-    """Useful FLOP/s of the sweep's timed epochs: 3 x forward FLOPs (forward + backward) of every unpadded
-    member x batch x steps, over the groups' ``train_s`` (epochs after the first, which carries compilation)."""
+    """Useful FLOP/s of the sweep's timed epochs: :func:`train_flops_per_example` of every unpadded member x batch
+    x steps, over the groups' ``train_s`` (epochs after the first, which carries compilation)."""
     shape = tuple(result.feature_shapes["maps"])
     flops, seconds = 0.0, 0.0
     for g in result.groups:
         timed_epochs = g["epochs"] - 1
         for i in g["members"]:
             head = MemberSpec.from_dict(result.members[i]["spec"]).head
-            flops += 3 * H.flops_per_example(head, shape) * g["batch_size"] * g["steps_per_epoch"] * timed_epochs
+            flops += train_flops_per_example(head, shape) * g["batch_size"] * g["steps_per_epoch"] * timed_epochs
         seconds += g["timings"]["train_s"]
     return {"useful_flops": flops, "train_s": seconds, "useful_gflops": flops / seconds / 1e9 if seconds else math.nan}
 
@@ -202,18 +232,20 @@ def compare_heads(designs: Sequence[HeadDesign], keras_run: dict, plain_run: dic
     rows = []
     for i, design in enumerate(designs):
         acc, curve = _member_accuracy(result, i)
+        keras_trial_, plain_trial_ = keras_run["trials"][i], plain_run["trials"][i]
         rows.append({"design": design.name, "params": result.members[i]["params"], "jaxheads": acc,
-                     "keras": keras_run["trials"][i]["val_accuracy"], "jax_loop": plain_run["trials"][i]["val_accuracy"],
-                     "jaxheads_curve": curve, "keras_curve": keras_run["trials"][i]["val_curve"],
-                     "jax_loop_curve": plain_run["trials"][i]["val_curve"]})
+                     "keras": keras_trial_["val_accuracy"], "jax_loop": plain_trial_["val_accuracy"],
+                     "jaxheads_curve": curve, "keras_curve": keras_trial_["val_curve"],
+                     "jax_loop_curve": plain_trial_["val_curve"]})
     summary: dict[str, Any] = {"n_val": n_val}
     for other in ("keras", "jax_loop"):
         diffs = np.asarray([r[other] - r["jaxheads"] for r in rows])
         p = np.clip(np.asarray([(r[other] + r["jaxheads"]) / 2 for r in rows]), 1 / n_val, 1 - 1 / n_val)
         se = np.sqrt(2 * p * (1 - p) / n_val)
         summary[other] = {"mean_diff": float(diffs.mean()), "mean_abs_diff": float(np.abs(diffs).mean()),
-                          "max_abs_diff": float(np.abs(diffs).max()), "within_2se": int(np.sum(np.abs(diffs) <= 2 * se)),
-                          "heads": len(rows), "typical_2se": float(np.median(2 * se))}
+                          "max_abs_diff": float(np.abs(diffs).max()),
+                          "within_2se": int(np.sum(np.abs(diffs) <= 2 * se)), "heads": len(rows),
+                          "typical_2se": float(np.median(2 * se))}
     return rows, summary
 
 
@@ -221,6 +253,7 @@ def run(pair: BackbonePair, ds: data.Dataset, size: BenchSize, seed: int = 0) ->
     """Part 1 end to end: jaxheads, then B on its features, then A; wall times, ratios and per-head accuracy."""
     designs = size.design_list()
     jh, splits, result = run_jaxheads(pair, ds, designs, size, seed)
+    no_probe = sweep_without_probe(splits, designs, ds.num_classes, size, seed) if size.no_probe_variant else None
     plain = run_plain(splits, designs, ds.num_classes, size, seed)
     keras_run = run_keras(pair, ds, designs, size, seed)
     rows, agreement = compare_heads(designs, keras_run, plain, result, len(ds.split("val")))
@@ -233,9 +266,11 @@ def run(pair: BackbonePair, ds: data.Dataset, size: BenchSize, seed: int = 0) ->
             "per_trial_s": [t["wall_s"] for t in keras_run["trials"]]},
         "jax_loop": {"loop_s": plain["loop_s"], "wall_s": b_wall,
                      "per_trial_s": [t["wall_s"] for t in plain["trials"]]},
-        "jaxheads": jh | {"sweep_flops": sweep_useful_flops(result)},
+        "jaxheads": jh | {"sweep_flops": sweep_useful_flops(result), "without_probe": no_probe},
         "ratios": {"keras_over_jaxheads": keras_run["wall_s"] / jh["wall_s"],
                    "jax_loop_over_jaxheads": b_wall / jh["wall_s"],
-                   "jax_loop_over_sweep_heads_only": plain["loop_s"] / jh["sweep_s"]},
+                   "jax_loop_over_sweep_heads_only": plain["loop_s"] / jh["sweep_s"],
+                   "keras_over_jaxheads_without_probe": (
+                       keras_run["wall_s"] / (jh["feature_s"] + no_probe["sweep_s"]) if no_probe else None)},
         "heads": rows, "agreement": agreement,
     }
