@@ -514,6 +514,8 @@ class _Loop:
             keep = np.asarray(mask) > 0
             logits.append(np.asarray(predict(variables, images))[keep])
             labels.append(np.asarray(batch_labels)[keep])
+        if not logits:
+            raise data.DatasetError(f"dataset {self.ds.name}: no readable image in the val split")
         return _val_metrics(np.concatenate(logits), np.concatenate(labels), self.prog.spec)
 
     def _batches(self, split: data.Split, order: np.ndarray,
