@@ -4,7 +4,6 @@ registered backbone for the cheap properties (frozen/unfrozen weights, BN modes,
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 
@@ -150,12 +149,12 @@ def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cach
 
     model = finetune.load_model(result.model_dir)
     pretrained = backbones.load("efficientnet_lite0")
-    saved = model.variables["backbone"]
+    saved, original = model.variables["backbone"]["params"], pretrained.variables["params"]
     for block in backbones.get_config("efficientnet_lite0").blocks[:-1]:
-        for a, b in zip(jax.tree.leaves(saved["params"][block]), jax.tree.leaves(pretrained.variables["params"][block])):
+        for a, b in zip(jax.tree.leaves(saved[block]), jax.tree.leaves(original[block])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    top_changed = any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
-        jax.tree.leaves(saved["params"]["head"]), jax.tree.leaves(pretrained.variables["params"]["head"])))
+    top_changed = any(not np.array_equal(np.asarray(a), np.asarray(b))
+                      for a, b in zip(jax.tree.leaves(saved["head"]), jax.tree.leaves(original["head"])))
     assert top_changed == result.improved  # the saved model is the best epoch's (epoch 0 = unchanged)
     # load_model reproduces the saved model: its logits give the val loss and accuracy the fine-tune measured.
     val = ds.split("val")

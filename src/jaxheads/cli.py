@@ -237,7 +237,8 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "finetune": _cmd_finetune, "classify": _cmd_classify, "backbones": _cmd_backbones}
+COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "finetune": _cmd_finetune, "classify": _cmd_classify,
+            "backbones": _cmd_backbones}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
