@@ -137,7 +137,9 @@ def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cach
                                batch_size=16, patience=None, learning_rate=1e-3, backbone_learning_rate=1e-3)
     print(f"\nLite0 top block ('head') fine-tune, val accuracy {result.before['accuracy']:.3f} -> "
           f"{result.best['accuracy']:.3f} (best epoch {result.best_epoch}; val loss {result.before['loss']:.4f} "
-          f"-> {[round(h['val']['loss'], 4) for h in result.history[1:]]}); improved={result.improved}")
+          f"-> {[round(h['val']['loss'], 4) for h in result.history[1:]]}); improved={result.improved}; "
+          f"max |change|: {{{', '.join(f'{k}: {v:.2g}' for k, v in result.weight_change.items() if v)}}}, "
+          f"all else 0")
     assert [h["epoch"] for h in result.history] == [0, 1, 2] and result.epochs_run == 2
     assert result.trainable_blocks == ("head",)
     # The swept head reaches the same val accuracy on images as it did on cached (float16) features.
