@@ -150,7 +150,7 @@ def test_two_process_main_job_equals_one_process(tmp_path):
     for split in ("train", "val", "test"):
         (a,) = (tmp_path / "features-single").glob(f"*-{split}-*/pooled.npy")
         (b,) = (tmp_path / "features-multi").glob(f"*-{split}-*/pooled.npy")
-        np.testing.assert_allclose(np.load(a).astype(np.float32), np.load(b).astype(np.float32), atol=1e-2)
+        np.testing.assert_allclose(np.load(a).astype(np.float32), np.load(b).astype(np.float32), atol=1e-5, rtol=0)
     one = json.loads((tmp_path / "single" / "results.json").read_text())
     two = json.loads((tmp_path / "multi" / "results.json").read_text())
     for a, b in zip(one["members"], two["members"], strict=True):
