@@ -200,3 +200,37 @@ def test_save_load_and_export_reproduce_the_logits(tmp_path):
             f"np.save({str(tmp_path / 'out.npy')!r}, np.asarray(e.call(np.load({str(tmp_path / 'x.npy')!r}))))")
     subprocess.run([sys.executable, "-c", code], check=True, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin"})
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
+
+
+def test_depth_gated_layers_are_an_exact_identity_with_zero_gradient(norm: str = "batch"):
+    """A depth-2 head inside a depth-3 stack padded to one width (the sweep's depth_grouping="gated"): the init
+    draws the standalone head (extra layer all zero), logits, loss and real gradients equal the standalone head's,
+    the gated layer gets exactly zero gradient (so no optimiser step or weight decay moves its zeros) and its
+    batch statistics do not move. Batch norm only (its statistics are gated too); jitted (eager init is slow)."""
+    spec = HeadSpec(num_classes=3, pooling="none", hidden=(5, 6), norm=norm)
+    deep = spec.replace(hidden=(7, 7, 7))
+    x, y = _problem("multiclass", pooled=True)
+    alone = jax.jit(init_head, static_argnums=(1, 2))(jax.random.key(3), spec, (6,))
+    gated = jax.jit(lambda k, true, depth: init_head(k, deep, (6,), true_hidden=true, true_depth=depth))(
+        jax.random.key(3), jnp.asarray([5, 6, 0]), jnp.asarray(2))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), unpad_variables(gated, spec, (6,)), alone)
+    assert all(np.max(np.abs(np.asarray(a))) == 0.0 for a in jax.tree.leaves(gated["params"]["hidden"][2]))
+    masks = tuple((jnp.arange(7) < w).astype(jnp.float32) for w in (5, 6, 0))
+
+    def loss(params, variables, s, m, d):
+        logits, stats = forward({**variables, "params": params}, x, s, train=True, masks=m, depth=d)
+        return jnp.mean(example_losses(logits, y, s)), (logits, stats)
+
+    grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=2)
+    (l0, (z0, s0)), g0 = grad(alone["params"], alone, spec, None, None)
+    (l1, (z1, s1)), g1 = grad(gated["params"], gated, deep, masks, jnp.asarray(2))
+    np.testing.assert_allclose(z1, z0, atol=1e-6)
+    np.testing.assert_allclose(l1, l0, atol=1e-6)
+    unpadded = unpad_variables({"params": g1, "batch_stats": s1}, spec, (6,))
+    assert len(unpadded["params"]["hidden"]) == 2
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), unpadded,
+                 {"params": g0, "batch_stats": s0})
+    for leaf in jax.tree.leaves((g1["hidden"][2], g1["norm"][2])):
+        assert np.max(np.abs(np.asarray(leaf))) == 0.0
+    if norm == "batch":
+        jax.tree.map(np.testing.assert_array_equal, s1["norm"][2], gated["batch_stats"]["norm"][2])

@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from jaxheads import heads_io
-from jaxheads.heads import HeadSpec, apply_head
+from jaxheads.heads import HeadSpec, apply_head, param_count
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepSpec, leaderboard, run_sweep
 
@@ -62,6 +62,27 @@ def test_padded_member_equals_the_standalone_head(norm):
     _, variables_alone = alone.head(0)
     x = splits["val"].pooled
     np.testing.assert_allclose(apply_head(variables, x, spec), apply_head(variables_alone, x, spec), atol=TOL)
+
+
+def test_depth_gated_members_equal_their_standalone_heads():
+    """depth_grouping="gated": a depth-1 and a depth-3 member share one group (padded to depth 3) and each equals
+    its own standalone head (separate groups); the saved variables and param count are the true depth's. Full
+    batches make the two runs' batch orders (shuffled per group) irrelevant. AdamW with weight decay: the gated
+    layers must stay exactly zero. (Norms under gating: test_heads, cheaper than more sweeps.)"""
+    splits = _splits()
+    kw = dict(widths=(4,), depth=(1, 3), weight_decay=(1e-2,), batch_size=(128,), epochs=4)
+    gated = run_sweep(_sweep(depth_grouping="gated", **kw), splits, num_classes=3, mesh=_one_device_mesh())
+    alone = run_sweep(_sweep(depth_grouping="separate", **kw), splits, num_classes=3, mesh=_one_device_mesh())
+    assert len(gated.groups) == 1 and gated.groups[0]["padded_hidden"] == [4, 4, 4]
+    assert gated.groups[0]["gated_depths"] == [1, 3] and len(alone.groups) == 2
+    x = splits["val"].pooled
+    for i, depth in enumerate((1, 3)):
+        spec, variables = gated.head(i)
+        _, variables_alone = alone.head(i)
+        assert spec.hidden == (4,) * depth and len(variables["params"]["hidden"]) == depth
+        assert gated.members[i]["params"] == alone.members[i]["params"] == param_count(spec, (12,))
+        np.testing.assert_allclose(_curve(gated, i), _curve(alone, i), atol=TOL)
+        np.testing.assert_allclose(apply_head(variables, x, spec), apply_head(variables_alone, x, spec), atol=TOL)
 
 
 def test_eight_devices_equal_one_device():

@@ -13,6 +13,12 @@ The sweep trains many heads of one *structure* in one program. Members of a grou
 (dropout rate here; learning rate, weight decay and seed in the optimiser). With ``masks`` a padded member computes
 what the standalone head of its true width computes: masked units are zeroed after every layer, layer-norm
 statistics are taken over the true width only, and the zero-padded weights receive zero gradient.
+
+Members may also differ in depth (the sweep's ``depth_grouping="gated"``): every hidden layer is padded to one
+common width, and ``depth`` (may be traced) gates layers ``i >= depth`` to an exact identity
+(``h = where(i < depth, layer(h), h)``), so the output layer sees the last active layer's activations. The
+gated layers' parameters are initialised to zero and get exactly zero gradient (hence no Adam step and no weight
+decay: they stay zero), and their batch-norm statistics are left unchanged.
 """
 
 from __future__ import annotations
@@ -261,9 +267,10 @@ def fold(words: Array, data: Array | int) -> Array:
     return jnp.stack([_mix(words[0] ^ _mix(data + jnp.uint32(_GOLDEN))), _mix(words[1] + data)])
 
 
-def hash_uniform(words: Array, salt: int, shape: tuple[int, int], row_offset: Array | int = 0) -> Array:
-    """Uniform [0, 1) float32 of ``shape`` whose (i, j) entry depends only on (words, salt, row_offset + i, j)."""
-    h = _mix(_mix(words[0] + jnp.uint32(salt) * jnp.uint32(_GOLDEN)) ^ words[1])
+def hash_uniform(words: Array, salt: Array | int, shape: tuple[int, int], row_offset: Array | int = 0) -> Array:
+    """Uniform [0, 1) float32 of ``shape`` whose (i, j) entry depends only on (words, salt, row_offset + i, j).
+    ``salt`` may be traced (a depth-gated member's output layer salt depends on its true depth)."""
+    h = _mix(_mix(words[0] + jnp.asarray(salt).astype(jnp.uint32) * jnp.uint32(_GOLDEN)) ^ words[1])
     rows = lax.broadcasted_iota(jnp.uint32, shape, 0) + jnp.asarray(row_offset).astype(jnp.uint32)
     cols = lax.broadcasted_iota(jnp.uint32, shape, 1)
     bits = _mix(_mix(h ^ _mix(rows + jnp.uint32(0x632BE5AB))) ^ cols)
@@ -273,13 +280,13 @@ def hash_uniform(words: Array, salt: int, shape: tuple[int, int], row_offset: Ar
 _TRUNC = 0.9544997361036416  # erf(2 / sqrt(2)): the mass of a unit normal within ±2σ
 
 
-def _truncated_normal(words: Array, salt: int, shape: tuple[int, int]) -> Array:
+def _truncated_normal(words: Array, salt: Array | int, shape: tuple[int, int]) -> Array:
     """Unit normal truncated to [-2, 2] by inverting its CDF on :func:`hash_uniform` draws."""
     u = hash_uniform(words, salt, shape)
     return jnp.sqrt(2.0).astype(jnp.float32) * lax.erf_inv((2.0 * u - 1.0) * _TRUNC)
 
 
-def _dense_init(words: Array, salt: int, fan_in: int, fan_out: int, true_in: Array | int | None = None,
+def _dense_init(words: Array, salt: Array | int, fan_in: int, fan_out: int, true_in: Array | int | None = None,
                 true_out: Array | int | None = None) -> dict[str, Array]:
     """LeCun-normal kernel (variance 1/fan_in, truncated at 2σ as Flax does) and zero bias.
 
@@ -294,14 +301,17 @@ def _dense_init(words: Array, salt: int, fan_in: int, fan_out: int, true_in: Arr
 
 
 def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int], *,
-              true_hidden: Array | Sequence[int] | None = None) -> Variables:
+              true_hidden: Array | Sequence[int] | None = None, true_depth: Array | int | None = None) -> Variables:
     """Fresh variables of a head: ``{"params": {...}, "batch_stats": {...}}``.
 
     ``key`` is a jax PRNG key (or raw key data / an int seed; see :func:`seed_words`).
     ``feature_shape`` is one example's shape: (C,) for ``pooling="none"``, else (H, W, C). Kernels are drawn with
     their true fan-in. ``true_hidden`` (the sweep's padded members; may be a traced (L,) array, so a group inits
     under one vmap) gives the member's real widths when ``spec.hidden`` holds the group's padded ones: the result
-    is then the standalone head of those widths, zero-padded.
+    is then the standalone head of those widths, zero-padded. ``true_depth`` (may be traced; the sweep's
+    depth-gated groups) is the member's real depth when ``spec.hidden`` is the group's deeper stack: layers
+    ``i >= true_depth`` must have ``true_hidden[i] == 0`` (all-zero parameters), and the output layer is drawn as
+    the standalone depth-``true_depth`` head draws it (its salt and fan-in follow the true depth).
     """
     check_input(spec, feature_shape)
     true = spec.hidden if true_hidden is None else true_hidden
@@ -340,7 +350,13 @@ def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int], *,
         params["norm"] = norms
     if bn:
         stats["norm"] = bn
-    params["out"] = _dense_init(words, next(salts), fan_in, spec.num_classes, true_in)
+    out_salt: Any = next(salts)
+    if true_depth is not None:  # the standalone head's output salt and fan-in, not those of the padded stack
+        depth = jnp.asarray(true_depth, jnp.int32)
+        out_salt = len(spec.conv) + depth + 1
+        true_in = jnp.where(depth > 0, jnp.asarray(true, jnp.int32)[jnp.maximum(depth - 1, 0)], pooled_dim(
+            spec, feature_shape))
+    params["out"] = _dense_init(words, out_salt, fan_in, spec.num_classes, true_in)
     return {"params": params, "batch_stats": stats}
 
 
@@ -356,8 +372,13 @@ def pad_variables(variables: Variables, like: Variables) -> Variables:
 
 
 def unpad_variables(variables: Variables, spec: HeadSpec, feature_shape: Sequence[int]) -> Variables:
-    """Inverse of :func:`pad_variables`: slice a padded member back to the shapes of ``spec``'s standalone head."""
+    """Inverse of :func:`pad_variables`: slice a padded member back to the shapes of ``spec``'s standalone head.
+    A member of a depth-gated group carries more hidden layers than ``spec``: the gated (identity) ones are
+    dropped, so the result holds only the true depth's layers."""
     shapes = jax.eval_shape(lambda k: init_head(k, spec, feature_shape), jax.random.key(0))
+    depth = len(spec.hidden)
+    variables = {coll: {name: (list(v)[:depth] if name in ("hidden", "norm") else v) for name, v in tree.items()}
+                 for coll, tree in variables.items()}
     return jax.tree.map(lambda x, s: x[tuple(slice(0, n) for n in s.shape)], variables, shapes)
 
 
@@ -427,6 +448,7 @@ def forward(
     masks: Sequence[Array] | None = None,
     axis_name: str | None = None,
     row_offset: Array | int = 0,
+    depth: Array | int | None = None,
 ) -> tuple[Array, dict[str, Any]]:
     """Logits and the (possibly updated) batch statistics: the training path behind :func:`apply_head`.
 
@@ -434,6 +456,9 @@ def forward(
     dropout only runs when ``train`` and ``rng`` is given. ``masks`` zero a padded member's extra units.
     ``axis_name`` names a mapped batch axis over which batch-norm statistics are reduced (data parallelism);
     ``row_offset`` is this shard's first row in the whole batch, so dropout masks do not depend on the sharding.
+    ``depth`` (may be traced; a depth-gated sweep member, depth >= 1) makes hidden layers ``i >= depth`` an exact
+    identity: their output (and batch-norm update) is selected away, so their parameters get exactly zero
+    gradient. Every hidden layer must then have the same (padded) width.
     """
     params, stats = variables["params"], variables.get("batch_stats", {})
     p_drop = spec.dropout if dropout_rate is None else dropout_rate
@@ -446,6 +471,7 @@ def forward(
         h = dropout(h, p_in, words, salt=0, row_offset=row_offset)
     new_bn = []
     for i, layer in enumerate(params["hidden"]):
+        h_in = h
         h = h @ layer["kernel"]
         if "bias" in layer:
             h = h + layer["bias"][None, :]
@@ -458,8 +484,11 @@ def forward(
             if train:
                 rows = jnp.ones((h.shape[0], 1), h.dtype)
                 mean, var = _masked_moments(h, rows, axis=0, axis_name=axis_name)
-                new_bn.append({"mean": BN_MOMENTUM * bn["mean"] + (1 - BN_MOMENTUM) * mean[0] * mask[0],
-                               "var": BN_MOMENTUM * bn["var"] + (1 - BN_MOMENTUM) * var[0]})
+                updated = {"mean": BN_MOMENTUM * bn["mean"] + (1 - BN_MOMENTUM) * mean[0] * mask[0],
+                           "var": BN_MOMENTUM * bn["var"] + (1 - BN_MOMENTUM) * var[0]}
+                if depth is not None and i > 0:
+                    updated = jax.tree.map(lambda a, b: jnp.where(i < depth, a, b), updated, bn)
+                new_bn.append(updated)
             else:
                 mean, var = bn["mean"][None, :], bn["var"][None, :]
             h = (h - mean) * lax.rsqrt(var + NORM_EPS)
@@ -468,6 +497,8 @@ def forward(
         h = _activation(spec.activation, h) * mask
         if words is not None and (spec.dropout or dropout_rate is not None):
             h = dropout(h, p_drop, words, salt=i + 1, row_offset=row_offset)
+        if depth is not None and i > 0:  # gated (depth >= 1): the identity branch passes h_in through bit for bit
+            h = jnp.where(i < depth, h, h_in)
     logits = h @ params["out"]["kernel"] + params["out"]["bias"][None, :]
     new_stats = {"norm": new_bn} if (train and spec.norm == "batch") else stats
     return logits, new_stats

@@ -12,7 +12,10 @@ program: an epoch is a ``lax.scan`` over shuffled index batches of the device-re
 updates every member of the group (``jax.vmap`` or ``lax.map(batch_size=k)`` over members, ``k`` picked per group by
 a timing probe) inside a ``shard_map`` over ``Mesh(("members", "data"))``: members are sharded first, the batch
 takes the devices left over (gradients and batch-norm statistics are summed over "data"). Hidden widths are padded
-to the group's widest and masked; learning rate, weight decay (``optax.inject_hyperparams``), dropout and seed are
+to the group's widest and masked. With ``SweepSpec.depth_grouping="gated"`` members that differ only in depth (all
+depth >= 1) share a group too: every hidden layer is padded to the group's widest width and its deepest stack, and
+a member's layers beyond its own depth are gated to an exact identity (``heads.forward(depth=...)``). Learning
+rate, weight decay (``optax.inject_hyperparams``), dropout and seed are
 per-member arrays. Early stopping (patience on the validation metric, best weights kept), a NaN/Inf guard that
 freezes only the diverged member, and successive halving run between epochs on the host from (M,) arrays.
 
@@ -71,6 +74,7 @@ SweepResult JSON schema (``SweepResult.to_json()``; version 1, stable — add fi
       "groups": [
         {"group": int, "structure": {...HeadSpec of the structure...}, "optimizer": str, "batch_size": int,
          "members": [int], "padded_members": int (slots at the start), "padded_hidden": [int],
+         "gated_depths": [int] | null,  # depth_grouping="gated" with several depths: the members' true depths
          "mesh": {"members": int, "data": int},
          "map_batch": int | "vmap",    # how members are batched inside a device: lax.map(batch_size=k) or vmap
          "map_batch_probe": {str(k): seconds per step} | null,   # the timing probe that chose it
@@ -112,6 +116,13 @@ from jaxheads.splits import FeatureSplit
 
 Array = jax.Array
 OPTIMIZERS = ("adamw", "adam", "sgd")
+DEPTH_GROUPINGS = ("separate", "gated")
+# SweepSpec.depth_grouping's default: the faster of the two in experiments/bench_depth.py on our shared 2-core CPU
+# (depths 1-3 × widths 64/256 × 4 seeds, 1280-d, batch 64, 3 alternating rounds): "separate" trains in 10.3 s
+# (best; median 10.4) against 12.7 s (median 14.3) gated, since gated computes every member's padded layers. Gated
+# only saves compilation (one program instead of three: cold first call 28 s vs 35 s at 4 epochs), which stops
+# paying after a handful of epochs.
+DEPTH_GROUPING_DEFAULT = "separate"
 SCHEMA = "jaxheads.sweep_result/1"
 
 
@@ -175,6 +186,9 @@ class SweepSpec:
     when given), ``ridge_l2`` (L2 strengths of the ridge-probe baseline; None = ``probe.DEFAULT_L2_GRID``, () = no baseline), ``map_batch``
     ("auto" = timing probe, "vmap", or an int k for ``lax.map(batch_size=k)``), ``member_memory_mb`` (cap on the
     activation memory of the members batched together on one device; bounds k), ``data_seed``.
+    ``depth_grouping``: ``"separate"`` (one group per depth) or ``"gated"`` (members differing only in depth,
+    depth >= 1, share one group padded to its maximum depth and width; shallower members' extra layers are an
+    exact identity). Measured in ``experiments/bench_depth.py``: see ``DEPTH_GROUPING_DEFAULT``.
     """
 
     pooling: tuple[str, ...] = ("avg",)
@@ -205,6 +219,7 @@ class SweepSpec:
     map_batch: str | int = "auto"
     member_memory_mb: float = 1024.0
     data_seed: int = 0
+    depth_grouping: str = DEPTH_GROUPING_DEFAULT
 
     def __post_init__(self) -> None:
         for f in ("pooling", "widths", "depth", "activation", "dropout", "norm", "learning_rate", "weight_decay",
@@ -226,6 +241,8 @@ class SweepSpec:
             raise ValueError(f"SweepSpec.patience: must be >= 1 or None, got {self.patience!r}")
         if not (0.0 < self.halving_fraction < 1.0):
             raise ValueError(f"SweepSpec.halving_fraction: must be in (0, 1), got {self.halving_fraction!r}")
+        if self.depth_grouping not in DEPTH_GROUPINGS:
+            raise ValueError(f"SweepSpec.depth_grouping: {self.depth_grouping!r} is not one of {DEPTH_GROUPINGS}")
         if not (self.map_batch in ("auto", "vmap") or (isinstance(self.map_batch, int) and self.map_batch >= 1)):
             raise ValueError(f"SweepSpec.map_batch: 'auto', 'vmap' or an int >= 1, got {self.map_batch!r}")
 
@@ -303,6 +320,7 @@ class MemberConsts(NamedTuple):
     input_dropout: Array  # (M,)
     keys: Array  # (M, 2) uint32 raw key data
     masks: tuple[Array, ...]  # (M, W_i) per hidden layer
+    depth: Array  # (M,) int32 true depth (used by depth-gated groups only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +332,7 @@ class _Program:
     batch_size: int
     mesh: Mesh
     map_batch: int | str
+    gated: bool = False  # members of several depths: hidden layers beyond a member's depth are an identity
 
 
 def _map_members(f: Callable, xs: Any, map_batch: int | str) -> Any:
@@ -339,7 +358,8 @@ def _member_step(prog: _Program, global_batch: int, xb: Array, yb: Array, step: 
         logits, stats = H.forward({"params": params, "batch_stats": variables["batch_stats"]}, xb, spec,
                                   train=True, rng=rng, dropout_rate=consts.dropout,
                                   input_dropout_rate=consts.input_dropout, masks=consts.masks,
-                                  axis_name=parallel.DATA, row_offset=row_offset)
+                                  axis_name=parallel.DATA, row_offset=row_offset,
+                                  depth=consts.depth if prog.gated else None)
         return jnp.sum(H.example_losses(logits, yb, spec)) / global_batch, stats
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
@@ -386,7 +406,8 @@ def _local_epoch(prog: _Program, state: GroupState, consts: MemberConsts, active
 def _local_predict(prog: _Program, variables: Any, consts: MemberConsts, x: Array) -> Array:
     def one(member: tuple) -> Array:
         v, c = member
-        return H.forward(v, x, prog.structure, train=False, masks=c.masks)[0]
+        return H.forward(v, x, prog.structure, train=False, masks=c.masks,
+                         depth=c.depth if prog.gated else None)[0]
 
     return _map_members(one, (variables, consts), prog.map_batch)
 
@@ -565,24 +586,32 @@ def _features(split: FeatureSplit, spec: HeadSpec, name: str) -> np.ndarray:
     return x
 
 
-def _group_members(members: Sequence[MemberSpec]) -> list[list[int]]:
+def _group_members(members: Sequence[MemberSpec], depth_grouping: str = "separate") -> list[list[int]]:
+    """Member indices per compiled group: equal structure (``HeadSpec.structure``), optimiser and batch size.
+    ``"gated"`` also merges members whose structures differ only in depth, when that depth is >= 1 (linear probes
+    stay in their own group: a gated layer 0 could not be an identity between different widths)."""
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
-        groups.setdefault((m.head.structure(), m.optimizer, m.batch_size), []).append(i)
+        structure: Any = m.head.structure()
+        if depth_grouping == "gated" and structure.hidden:
+            structure = (structure.replace(hidden=()), "any depth >= 1")
+        groups.setdefault((structure, m.optimizer, m.batch_size), []).append(i)
     return list(groups.values())
 
 
 @functools.lru_cache(maxsize=64)
 def _group_init(structure: HeadSpec, feature_shape: tuple[int, ...], padded: tuple[int, ...],
-                optimizer: str) -> Callable:
+                optimizer: str, gated: bool = False) -> Callable:
     """One jitted program that initialises a whole group under vmap: each member is its standalone head (true
-    widths and fan-in, see ``init_head(true_hidden=...)``) zero-padded to the group's widths, plus the optimiser
-    state with per-member hyper-parameters and the members' dropout keys."""
+    widths and fan-in, see ``init_head(true_hidden=...)``) zero-padded to the group's widths (and, ``gated``, its
+    depth: extra layers all zero, see ``init_head(true_depth=...)``), plus the optimiser state with per-member
+    hyper-parameters and the members' dropout keys."""
     spec = structure.replace(hidden=padded)
 
-    def one(seed: Array, true_hidden: Array, lr: Array, wd: Array) -> tuple[Any, Any, Array]:
+    def one(seed: Array, true_hidden: Array, depth: Array, lr: Array, wd: Array) -> tuple[Any, Any, Array]:
         words = jnp.stack([seed, jnp.uint32(0)])  # == heads.seed_words(seed)
-        variables = H.init_head(H.fold(words, 0), spec, feature_shape, true_hidden=true_hidden)
+        variables = H.init_head(H.fold(words, 0), spec, feature_shape, true_hidden=true_hidden,
+                                true_depth=depth if gated else None)
         opt_state = make_optimizer(optimizer, lr, wd).init(variables["params"])
         return variables, opt_state, H.fold(words, 1)
 
@@ -638,7 +667,7 @@ class _Group:
                  sweep: SweepSpec, mesh: Mesh | None):
         t0 = time.perf_counter()
         self.gid, self.ids = gid, ids
-        first = members[ids[0]]
+        first = max((members[i] for i in ids), key=lambda m: len(m.head.hidden))  # the deepest (gated groups)
         self.structure, self.optimizer = first.head.structure(), first.optimizer
         self.x = {k: _features(s, first.head, k) for k, s in splits.items()}
         self.feature_shape = tuple(self.x["train"].shape[1:])
@@ -651,18 +680,28 @@ class _Group:
         self.m_pad = parallel.padded_members(len(ids), self.mesh)
         specs = [members[i] for i in ids] + [members[ids[0]]] * (self.m_pad - len(ids))
         self.specs = specs
-        self.padded = tuple(max(s.head.hidden[i] for s in specs) for i in range(len(first.head.hidden)))
-        variables, opt_state, keys = _group_init(self.structure, self.feature_shape, self.padded, self.optimizer)(
-            np.asarray([sp.seed for sp in specs], np.uint32),
-            np.asarray([sp.head.hidden for sp in specs], np.int32).reshape(len(specs), len(self.padded)),
+        depths = [len(s.head.hidden) for s in specs]
+        # Gated: several depths share the group; every layer takes the widest width so that a gated layer can
+        # pass its input through unchanged, and a member's missing layers have true width 0.
+        self.gated = len(set(depths)) > 1
+        true_hidden = np.zeros((len(specs), max(depths)), np.int32)
+        for r, s in enumerate(specs):
+            true_hidden[r, :len(s.head.hidden)] = s.head.hidden
+        self.padded = ((int(true_hidden.max()),) * max(depths) if self.gated
+                       else tuple(int(w) for w in true_hidden.max(axis=0)))
+        self.depths = depths[:len(ids)]
+        variables, opt_state, keys = _group_init(self.structure, self.feature_shape, self.padded, self.optimizer,
+                                                 self.gated)(
+            np.asarray([sp.seed for sp in specs], np.uint32), true_hidden, np.asarray(depths, np.int32),
             np.asarray([sp.learning_rate for sp in specs], np.float32),
             np.asarray([sp.weight_decay for sp in specs], np.float32))
         consts = MemberConsts(
             dropout=np.asarray([s.head.dropout for s in specs], np.float32),
             input_dropout=np.asarray([s.head.input_dropout for s in specs], np.float32),
             keys=keys,
-            masks=tuple(np.stack([(np.arange(p) < s.head.hidden[i]).astype(np.float32) for s in specs])
-                        for i, p in enumerate(self.padded)))
+            masks=tuple(np.stack([(np.arange(p) < true_hidden[r, i]).astype(np.float32) for r in range(len(specs))])
+                        for i, p in enumerate(self.padded)),
+            depth=np.asarray(depths, np.int32))
         msh = parallel.member_sharding(self.mesh)
         rep = parallel.replicated(self.mesh)
         self.state = jax.device_put(GroupState(variables, opt_state, np.zeros(self.m_pad, bool)), msh)
@@ -683,7 +722,7 @@ class _Group:
         self.map_batch: int | str = "vmap"
 
     def program(self, map_batch: int | str) -> tuple[Callable, Callable]:
-        return _programs(_Program(self.structure, self.optimizer, self.batch, self.mesh, map_batch))
+        return _programs(_Program(self.structure, self.optimizer, self.batch, self.mesh, map_batch, self.gated))
 
     def epoch_args(self, idx: np.ndarray, step0: int) -> tuple:
         return (self.state, self.consts, jax.device_put(self.active, parallel.member_sharding(self.mesh)),
@@ -741,12 +780,13 @@ def run_sweep(
     records: list[dict[str, Any] | None] = [None] * len(members)
     variables: list[Any] = [None] * len(members)
     groups_json = []
-    for gid, ids in enumerate(_group_members(members)):
+    for gid, ids in enumerate(_group_members(members, sweep.depth_grouping)):
         g = _Group(gid, ids, members, splits, sweep, mesh)
         _train_group(g, sweep, splits, metric, task, records, variables, members, progress)
         groups_json.append({
             "group": gid, "structure": g.structure.to_dict(), "optimizer": g.optimizer, "batch_size": g.batch,
             "members": ids, "padded_members": g.m_pad, "padded_hidden": list(g.padded),
+            "gated_depths": g.depths if g.gated else None,
             "mesh": {k: int(v) for k, v in g.mesh.shape.items()}, "map_batch": g.map_batch,
             "map_batch_probe": g.probe, "steps_per_epoch": len(g.x["train"]) // g.batch, "epochs": sweep.epochs,
             "slots_per_epoch": g.slots_per_epoch,
