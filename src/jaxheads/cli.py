@@ -45,6 +45,8 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--seeds": ("seeds", int),
     "--patience": ("patience", int),
     "--sample": ("sample", int),
+    "--depth-grouping": ("depth_grouping", str),
+    "--map-batch": ("map_batch", lambda text: text if text in ("auto", "vmap") else int(text)),
 }
 
 
