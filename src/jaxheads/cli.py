@@ -46,7 +46,7 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--patience": ("patience", int),
     "--sample": ("sample", int),
     "--depth-grouping": ("depth_grouping", str),
-    "--map-batch": ("map_batch", lambda text: text if text in ("auto", "vmap") else int(text)),
+    "--map-batch": ("map_batch", lambda text: text if text in ("auto", "vmap") else int(text)),  # or an int k
 }
 
 
@@ -146,7 +146,7 @@ def sweep_spec_from_args(args: argparse.Namespace) -> Any:
             try:
                 changes[field] = parse(text)
             except ValueError:
-                raise ValueError(f"{flag} {text!r}: expected {parse.__name__.lstrip('_')}") from None
+                raise ValueError(f"{flag} {text!r}: not a valid value for SweepSpec.{field}") from None
     return SweepSpec.from_dict({**spec.to_dict(), **changes}) if changes else spec
 
 
