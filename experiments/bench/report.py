@@ -86,8 +86,10 @@ def markdown(results: dict[str, Any]) -> str:
                   + f" ({p1['keras']['backbone_images_per_s']:.0f} backbone images/s)."]
         proj = p1.get("projection")
         if proj:
-            lines += ["", f"Projected A / jaxheads on {proj['n_images']} images (linear model of the measured "
-                          f"costs, not a measurement): {proj['keras_over_jaxheads']:.0f}x."]
+            lines += ["", f"Projected A / jaxheads on {proj['n_images']} train+val images (a linear model of the "
+                          f"measured costs, not a measurement): {proj['keras_over_jaxheads']:.0f}x with A at Keras's "
+                          f"bare forward rate, {proj['keras_scaled_over_jaxheads']:.0f}x with A at its measured "
+                          "trial-loop rate."]
     p4 = results.get("quality")
     if p4:
         lines += ["", f"## Part 4: quality — {p4['dataset']} ({p4['images']} images, re-split 60/20/20 per seed), "

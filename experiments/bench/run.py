@@ -75,8 +75,9 @@ def _git_commit() -> str:
 def projection(p1: dict[str, Any], p3: dict[str, Any], n_images: int) -> dict[str, Any]:
     """A / jaxheads at ``n_images`` train+val images, from the measured costs (a model, not a measurement).
 
-    A >= designs x epochs x n / Keras forward images/s (part 3): forward passes only, no per-trial overhead and no
-    head training, so a lower bound. jaxheads = its measured fixed costs (feature pass less its images at the Flax
+    A, low: designs x epochs x n / Keras forward images/s (part 3): forward passes only, no per-trial start-up and
+    no head training. A, high: the measured trial loop scaled by n / measured n (its per-trial start-up scaled too).
+    jaxheads = its measured fixed costs (feature pass less its images at the Flax
     forward rate; the sweep less its train and eval time) + n / Flax forward images/s + the sweep's train and
     eval time scaled by n / measured n.
     """
@@ -84,11 +85,13 @@ def projection(p1: dict[str, Any], p3: dict[str, Any], n_images: int) -> dict[st
     flax_rate, keras_rate = p3["flax_images_per_s"], p3["keras_images_per_s"]
     jh, phases = p1["jaxheads"], p1["jaxheads"]["sweep_breakdown"]
     keras_s = p1["designs"] * p1["epochs"] * n_images / keras_rate
+    keras_scaled_s = p1["keras"]["wall_s"] * n_images / n_measured
     linear = phases["train_s"] + phases["eval_s"]
     fixed = max(0.0, jh["feature_s"] - n_measured / flax_rate) + jh["sweep_s"] - linear
     jaxheads_s = fixed + n_images / flax_rate + linear * n_images / n_measured
-    return {"n_images": n_images, "keras_s_lower_bound": keras_s, "jaxheads_s": jaxheads_s,
-            "keras_over_jaxheads": keras_s / jaxheads_s}
+    return {"n_images": n_images, "keras_s_lower_bound": keras_s, "keras_s_scaled": keras_scaled_s,
+            "jaxheads_s": jaxheads_s, "keras_over_jaxheads": keras_s / jaxheads_s,
+            "keras_scaled_over_jaxheads": keras_scaled_s / jaxheads_s}
 
 
 def run(size: BenchSize, parts: set[int], out_dir: Path, command: str, cache_dir: Path | None = None) -> dict:
