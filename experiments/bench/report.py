@@ -66,7 +66,8 @@ def markdown(results: dict[str, Any]) -> str:
     """The page: machine, command, headline, then the per-head and per-seed tables."""
     m = results["machine"]
     lines = [f"# jaxheads benchmark — size `{results['size']}`", "",
-             f"`{results['command']}` — {results['started']} — {m['device']}, {m['cpu_count']} CPU cores, "
+             f"`{results['command']}` — {results['started']} — {m['device']} ({m.get('cpu_model', '?')}), "
+             f"{m['cpu_count']} CPU cores, "
              f"jax {m['jax']}, keras {m['keras']}, tensorflow {m['tensorflow']}; load average before "
              f"{m['load_before']}, after {m['load_after']}; total {results['total_s']:.0f} s.", "",
              f"Backbone: {results.get('backbone', '?')}.", ""]

@@ -46,9 +46,21 @@ def machine() -> dict[str, Any]:
     import tensorflow as tf
 
     return {"device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}", "devices": jax.device_count(),
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "platform": platform.platform(),
+            "python": platform.python_version(),
             "jax": jax.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
             "load_before": load_average(), "uptime_before": _uptime()}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def _cpu_seconds() -> float:
