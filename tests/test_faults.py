@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,3 +173,26 @@ def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_pa
     a, b = finetune.load_model(want.model_dir), finetune.load_model(got.model_dir)
     for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigkill_during_the_sweep_resumes_to_identical_results(
+        colours: Path, reference: tuple[Path, Path], tmp_path: Path) -> None:
+    ref_out, ref_cache = reference
+    rng = random.Random(10)
+    kill_group, kill_epoch, delay = rng.randint(1, 3), rng.randint(1, SWEEP.epochs), rng.uniform(0.0, 0.1)
+    print(f"\nkilling the sweep in group {kill_group} after epoch {kill_epoch} + {delay:.2f}s")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    shutil.copytree(ref_cache, cache)  # features cached: the child goes straight to the sweep
+    args = [str(colours), str(out), str(cache), json.dumps(SWEEP.to_dict())]
+    _run_until(_JOB_CHILD, args, lambda l: l == f"sweep {kill_group} {kill_epoch}", delay)
+    state = out / job.SWEEP_STATE
+    finished = sorted(p.name for p in state.iterdir() if (p / "meta.json").exists())
+    assert finished[: kill_group] == [f"group-{g:04d}" for g in range(kill_group)]
+    events: list[dict] = []
+    job.sweep_job(colours, tiny.TINY, sweep=SWEEP, out_dir=out, cache_dir=cache, batch_size=2,
+                  sweep_progress=events.append)
+    trained = sorted({e["group"] for e in events})
+    assert trained == list(range(len(finished), 4))  # the finished groups were loaded, not trained again
+    assert _comparable(json.loads((out / "results.json").read_text())) == \
+        _comparable(json.loads((ref_out / "results.json").read_text()))
+    assert not state.exists()

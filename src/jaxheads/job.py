@@ -37,6 +37,10 @@ DEFAULT_SWEEP = SweepSpec(
 """The README's main job: pooling x depth x width x dropout x 2 seeds = 32 members, plus the ridge baseline."""
 
 
+SWEEP_STATE = "sweep_state"
+"""Under ``out_dir``: the finished sweep groups while the sweep runs (a killed job resumes from them)."""
+
+
 @dataclasses.dataclass
 class JobOutput:
     """What :func:`sweep_job` produced: the sweep's result and the files written (empty off process 0)."""
@@ -80,7 +84,7 @@ def sweep_job(
         progress=feature_progress, strict=strict,
     )  # fmt: skip
     result = run_sweep(sweep, splits, num_classes=ds.num_classes, task=ds.task, progress=sweep_progress,
-                       label_names=list(ds.classes))
+                       label_names=list(ds.classes), checkpoint_dir=Path(out_dir) / SWEEP_STATE)
     _add_confusion_matrices(result, splits)
     files: dict[str, Path] = {}
     if distributed.is_main_process():

@@ -98,8 +98,11 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
+import shutil
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
@@ -762,11 +765,17 @@ def run_sweep(
     mesh: Mesh | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     label_names: Sequence[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> SweepResult:
     """Train every member of ``sweep`` on ``splits["train"]``, select on ``splits["val"]``, report on
     ``splits["test"]`` (optional), and rank. ``mesh`` defaults to a per-group ``parallel.sweep_mesh`` over all
     devices; pass ``Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("members", "data"))`` for one device.
-    ``progress`` is called with a small dict after every epoch of every group."""
+    ``progress`` is called with a small dict after every epoch of every group.
+
+    ``checkpoint_dir`` (single-process runs): each finished group's records and variables are saved there, and a
+    re-run of the same sweep on the same features loads them instead of training the group again, so a killed
+    sweep resumes at its first unfinished group and ends with the same result (timings aside). The directory is
+    removed when the sweep completes."""
     t_start = time.perf_counter()
     if "train" not in splits or "val" not in splits:
         raise ValueError(f"run_sweep: splits need 'train' and 'val', got {sorted(splits)}")
@@ -780,7 +789,10 @@ def run_sweep(
     records: list[dict[str, Any] | None] = [None] * len(members)
     variables: list[Any] = [None] * len(members)
     groups_json = []
+    store = _GroupStore(checkpoint_dir, sweep, splits, num_classes, task, label_names)
     for gid, ids in enumerate(_group_members(members, sweep.depth_grouping)):
+        if store.restore(gid, ids, records, variables, groups_json):
+            continue
         g = _Group(gid, ids, members, splits, sweep, mesh)
         _train_group(g, sweep, splits, metric, task, records, variables, members, progress)
         groups_json.append({
@@ -791,6 +803,7 @@ def run_sweep(
             "map_batch_probe": g.probe, "steps_per_epoch": len(g.x["train"]) // g.batch, "epochs": sweep.epochs,
             "slots_per_epoch": g.slots_per_epoch,
             "timings": g.timings})
+        store.save(gid, ids, records, variables, groups_json[-1])
         del g
     t_ridge = time.perf_counter()
     ridge = _ridge_rows(sweep, splits, num_classes, metric)
@@ -798,11 +811,70 @@ def run_sweep(
     board, rec = leaderboard(records, metric)
     shapes = {k: (list(getattr(splits["train"], k).shape[1:]) if getattr(splits["train"], k) is not None
                   else None) for k in ("pooled", "maps")}
+    store.clear()
     return SweepResult(task=task, num_classes=num_classes, metric=metric, sweep=sweep, members=records,
                        leaderboard=board, recommended=rec, ridge=ridge, groups=groups_json,
                        timings={"total_s": time.perf_counter() - t_start, "ridge_s": ridge_s},
                        feature_shapes=shapes, label_names=list(label_names) if label_names else None,
                        variables=variables)
+
+
+class _GroupStore:
+    """Finished groups on disk (through :mod:`jaxheads.checkpoint`): ``<dir>/group-NNNN`` holds the group's
+    members' unpadded variables, and its meta the members' records, the group's JSON entry and the run key (a
+    hash of the sweep, the task and every feature array), so a checkpoint of another sweep or other features is
+    never read. Inactive without a directory, and in multi-process runs (every process would have to agree)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None, sweep: SweepSpec, splits: Mapping[str, FeatureSplit],
+                 num_classes: int, task: str, label_names: Sequence[str] | None):
+        self.root = Path(root) if root is not None and jax.process_count() == 1 else None
+        self.key = self._run_key(sweep, splits, num_classes, task, label_names) if self.root else ""
+
+    @staticmethod
+    def _run_key(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], num_classes: int, task: str,
+                 label_names: Sequence[str] | None) -> str:
+        h = hashlib.sha256(json.dumps([sweep.to_dict(), num_classes, task, list(label_names or []),
+                                       jax.device_count()], sort_keys=True).encode())
+        for name in sorted(splits):
+            for field in ("labels", "pooled", "maps"):
+                array = getattr(splits[name], field)
+                if array is not None:
+                    h.update(f"{name}/{field}{np.shape(array)}{np.asarray(array).dtype}".encode())
+                    for start in range(0, len(array), 4096):  # in slices: maps may be large and memory-mapped
+                        h.update(np.ascontiguousarray(array[start:start + 4096]).tobytes())
+        return h.hexdigest()[:24]
+
+    def _path(self, gid: int) -> Path:
+        assert self.root is not None
+        return self.root / f"group-{gid:04d}"
+
+    def save(self, gid: int, ids: Sequence[int], records: list, variables: list, group_json: dict) -> None:
+        if self.root is None:
+            return
+        from jaxheads import checkpoint
+
+        meta = {"run": self.key, "group": group_json, "records": [records[i] for i in ids]}
+        checkpoint.save(self._path(gid), {"variables": [variables[i] for i in ids]}, meta)
+
+    def restore(self, gid: int, ids: Sequence[int], records: list, variables: list, groups_json: list) -> bool:
+        """Fill in group ``gid`` from its checkpoint; False when there is none for this run."""
+        if self.root is None:
+            return False
+        from jaxheads import checkpoint
+
+        if not checkpoint.exists(self._path(gid)):
+            return False
+        tree, meta = checkpoint.load(self._path(gid))
+        if meta.get("run") != self.key or len(meta["records"]) != len(ids):
+            return False
+        for i, record, member_vars in zip(ids, meta["records"], tree["variables"], strict=True):
+            records[i], variables[i] = record, member_vars
+        groups_json.append(meta["group"])
+        return True
+
+    def clear(self) -> None:
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _evaluate(g: _Group, split: str, predict: Callable, variables: Any, task: str) -> tuple[dict, Array]:
