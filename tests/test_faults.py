@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxheads import data, finetune, job
+from jaxheads import data, finetuning, job
 from jaxheads.sweep import SweepSpec
 
 HERE = Path(__file__).parent
@@ -59,11 +59,11 @@ print("done", flush=True)
 
 _FINETUNE_CHILD = _PRELUDE + """
 import json
-from jaxheads import finetune
+from jaxheads import finetuning
 def progress(event):
     print("epoch", event["epoch"], flush=True)
     time.sleep(0.2)
-finetune.finetune(sys.argv[2], sys.argv[3], out_dir=sys.argv[4], progress=progress, **json.loads(sys.argv[5]))
+finetuning.finetune(sys.argv[2], sys.argv[3], out_dir=sys.argv[4], progress=progress, **json.loads(sys.argv[5]))
 print("done", flush=True)
 """
 
@@ -159,7 +159,7 @@ def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_pa
     ds = data.load_dataset(colours)
     head = tiny.save_tiny_head(tmp_path / "head", ds.classes)
     settings = {"unfreeze": 2, "epochs": 4, "batch_size": 6, "patience": None}
-    want = finetune.finetune(head, colours, out_dir=tmp_path / "ref", **settings)
+    want = finetuning.finetune(head, colours, out_dir=tmp_path / "ref", **settings)
     rng = random.Random(9)
     kill_epoch, delay = rng.randint(1, 3), rng.uniform(0.0, 0.4)
     print(f"\nkilling the fine-tune after epoch {kill_epoch} + {delay:.2f}s")
@@ -167,10 +167,10 @@ def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_pa
     _run_until(_FINETUNE_CHILD, [str(head), str(colours), str(out), json.dumps(settings)],
                lambda l: l == f"epoch {kill_epoch}", delay)
     assert not (out / "model").exists()
-    got = finetune.finetune(head, colours, out_dir=out, **settings)
+    got = finetuning.finetune(head, colours, out_dir=out, **settings)
     assert 0 <= got.resumed_from_epoch <= kill_epoch
     assert got.history == want.history and got.best_epoch == want.best_epoch
-    a, b = finetune.load_model(want.model_dir), finetune.load_model(got.model_dir)
+    a, b = finetuning.load_model(want.model_dir), finetuning.load_model(got.model_dir)
     for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxheads import backbones, cli, data, features, finetune, heads, heads_io
+from jaxheads import backbones, cli, data, features, finetuning, heads, heads_io
 from jaxheads.backbones import BackboneConfig, Preprocessing
 from jaxheads.sweep import SweepSpec, run_sweep
 
@@ -95,10 +95,10 @@ def colours(tmp_path_factory: pytest.TempPathFactory) -> data.Dataset:
     return data.load_dataset(root, val_fraction=0.25, test_fraction=0.0)
 
 
-def _tiny_run(colours: data.Dataset, tmp_path: Path, **kwargs: object) -> finetune.FinetuneResult:
+def _tiny_run(colours: data.Dataset, tmp_path: Path, **kwargs: object) -> finetuning.FinetuneResult:
     head = save_tiny_head(tmp_path / "head", colours.classes)
     settings = {"epochs": 2, "batch_size": 6, "patience": None, **kwargs}
-    return finetune.finetune(head, colours, out_dir=tmp_path / "ft", **settings)
+    return finetuning.finetune(head, colours, out_dir=tmp_path / "ft", **settings)
 
 
 # ------------------------------------------------------------------------------------- real backbone, real data
@@ -133,7 +133,7 @@ def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cach
     head_dir = heads_io.save_head(tmp_path / "head", spec, head_vars, (1280,), label_names=ds.classes, extra={
         "backbone": "efficientnet_lite0", "weights": "default", "weights_id": source.weights_id})
 
-    result = finetune.finetune(head_dir, ds, out_dir=tmp_path / "ft", unfreeze=1, image_size=size, epochs=2,
+    result = finetuning.finetune(head_dir, ds, out_dir=tmp_path / "ft", unfreeze=1, image_size=size, epochs=2,
                                batch_size=16, patience=None, learning_rate=1e-3, backbone_learning_rate=1e-3)
     print(f"\nLite0 top block ('head') fine-tune, val accuracy {result.before['accuracy']:.3f} -> "
           f"{result.best['accuracy']:.3f} (best epoch {result.best_epoch}; val loss {result.before['loss']:.4f} "
@@ -149,7 +149,7 @@ def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cach
     assert all(v == 0.0 for k, v in change.items() if k.startswith("batch_stats/"))
     assert all(change[f"params/{b}"] == 0.0 for b in backbones.get_config("efficientnet_lite0").blocks[:-1])
 
-    model = finetune.load_model(result.model_dir)
+    model = finetuning.load_model(result.model_dir)
     pretrained = backbones.load("efficientnet_lite0")
     saved, original = model.variables["backbone"]["params"], pretrained.variables["params"]
     for block in backbones.get_config("efficientnet_lite0").blocks[:-1]:
@@ -207,23 +207,23 @@ def test_interrupted_finetune_resumes_to_the_same_model(colours: data.Dataset, t
     head = save_tiny_head(tmp_path / "head", colours.classes)
     kwargs = {"out_dir": tmp_path / "run", "unfreeze": 2, "epochs": 3, "batch_size": 6, "patience": None}
     with pytest.raises(Stop):  # epoch 2 is trained but its checkpoint not yet written: resume from epoch 1
-        finetune.finetune(head, colours, progress=stop_after_epoch_2, **kwargs)
+        finetuning.finetune(head, colours, progress=stop_after_epoch_2, **kwargs)
     assert [p.name for p in (tmp_path / "run" / "finetune_state").iterdir()] == ["epoch-0001"]
     with pytest.raises(ValueError, match="other config"):  # a checkpoint of other settings is never mixed in
-        finetune.finetune(head, colours, **{**kwargs, "backbone_learning_rate": 0.5})
-    resumed = finetune.finetune(head, colours, **kwargs)
+        finetuning.finetune(head, colours, **{**kwargs, "backbone_learning_rate": 0.5})
+    resumed = finetuning.finetune(head, colours, **kwargs)
     assert resumed.resumed_from_epoch == 1
     assert resumed.history == reference.history and resumed.best_epoch == reference.best_epoch
-    a, b = finetune.load_model(reference.model_dir), finetune.load_model(resumed.model_dir)
+    a, b = finetuning.load_model(reference.model_dir), finetuning.load_model(resumed.model_dir)
     for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    again = finetune.finetune(head, colours, **kwargs)  # finished: returns the saved result, trains nothing
+    again = finetuning.finetune(head, colours, **kwargs)  # finished: returns the saved result, trains nothing
     assert again.history == resumed.history
 
 
 def test_load_model_predicts_files_and_matches_logits(colours: data.Dataset, tmp_path: Path) -> None:
     result = _tiny_run(colours, tmp_path, unfreeze=2, epochs=1)
-    model = finetune.load_model(result.model_dir)
+    model = finetuning.load_model(result.model_dir)
     assert model.label_names == colours.classes and model.image_size == 32
     paths = list(colours.split("val").sources[:3])
     top = model.predict_files(paths, top=2)
@@ -232,22 +232,22 @@ def test_load_model_predicts_files_and_matches_logits(colours: data.Dataset, tmp
     assert [t[0][0] for t in top] == [colours.classes[i] for i in probs.argmax(-1)]
     np.testing.assert_allclose([t[0][1] for t in top], probs.max(-1), rtol=1e-6)
     with pytest.raises(ValueError, match="not a jaxheads model"):
-        finetune.load_model(tmp_path / "head")
+        finetuning.load_model(tmp_path / "head")
 
 
 def test_bad_requests_name_what_is_wrong(colours: data.Dataset, tmp_path: Path) -> None:
     head = save_tiny_head(tmp_path / "head", colours.classes)
     with pytest.raises(ValueError, match=r"unfreeze=5: tiny_finetune_test has 4 blocks \(stem, block0"):
-        finetune.finetune(head, colours, out_dir=tmp_path / "a", unfreeze=5)
+        finetuning.finetune(head, colours, out_dir=tmp_path / "a", unfreeze=5)
     other = save_tiny_head(tmp_path / "other", ("cat", "dog"))
     with pytest.raises(data.DatasetError, match=r"classes \['blue', 'red'\] differ from the head's label_names"):
-        finetune.finetune(other, colours, out_dir=tmp_path / "b")
+        finetuning.finetune(other, colours, out_dir=tmp_path / "b")
     bare = heads_io.save_head(tmp_path / "bare", heads.HeadSpec(pooling="none"),
                               heads.init_head(0, heads.HeadSpec(pooling="none"), (16,)), (16,))
     with pytest.raises(ValueError, match="head meta has no 'backbone'"):
-        finetune.finetune(bare, colours, out_dir=tmp_path / "c")
+        finetuning.finetune(bare, colours, out_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="FinetuneConfig.crop_scale"):
-        finetune.finetune(head, colours, out_dir=tmp_path / "d", crop_scale=0.5)
+        finetuning.finetune(head, colours, out_dir=tmp_path / "d", crop_scale=0.5)
 
 
 def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -257,7 +257,7 @@ def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.Capt
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "unfrozen: block1, head" in out and "model:" in out
-    assert finetune.load_model(tmp_path / "ft" / "model").label_names == colours.classes
+    assert finetuning.load_model(tmp_path / "ft" / "model").label_names == colours.classes
     code = cli.main(["finetune", str(head), "--dataset", str(colours.root), "--out", str(tmp_path / "x"),
                      "--unfreeze", "9"])
     assert code == 2 and "unfreeze=9" in capsys.readouterr().err

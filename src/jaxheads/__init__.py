@@ -31,8 +31,8 @@ _EXPORTS = {
     "extract_all": "jaxheads.features",
     "ridge_probe": "jaxheads.probe",
     "write_report": "jaxheads.report",
-    "finetune": "jaxheads.finetune",
-    "load_model": "jaxheads.finetune",
+    "finetune": "jaxheads.finetuning",
+    "load_model": "jaxheads.finetuning",
 }
 
 __all__ = sorted(_EXPORTS)

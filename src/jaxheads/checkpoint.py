@@ -38,24 +38,39 @@ def save(path: str | Path, tree: Any, meta: dict[str, Any] | None = None) -> Pat
             checkpointer.save(staging / STATE, tree)
             checkpointer.wait_until_finished()
         write_json_atomic(staging / META, meta or {})
-        if path.exists():
-            shutil.rmtree(path)
+        old = _previous(path)
+        if path.exists():  # keep the old checkpoint readable until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
         os.replace(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
+def _previous(path: Path) -> Path:
+    """Where :func:`save` parks the checkpoint it replaces, for the instant between its two renames."""
+    return path.with_name(f".{path.name}.previous")
+
+
+def _complete(path: Path) -> bool:
+    return (path / META).is_file() and (path / STATE).is_dir()
+
+
 def exists(path: str | Path) -> bool:
-    """True when ``path`` holds a complete checkpoint."""
-    return (Path(path) / META).is_file() and (Path(path) / STATE).is_dir()
+    """True when ``path`` holds a complete checkpoint (or a kill during its replacement left the previous one)."""
+    path = Path(path).absolute()
+    return _complete(path) or _complete(_previous(path))
 
 
 def load(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """Read a checkpoint written by :func:`save`: (pytree of numpy arrays, meta dict)."""
     path = Path(path).absolute()
-    if not exists(path):
+    if not _complete(path) and _complete(_previous(path)):
+        path = _previous(path)  # killed between save's two renames: the old checkpoint is whole
+    if not _complete(path):
         raise FileNotFoundError(f"no complete jaxheads checkpoint at {path} (expected {STATE}/ and {META})")
     with _checkpointer() as checkpointer:
         tree = checkpointer.restore(path / STATE)

@@ -182,7 +182,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from jaxheads.finetune import finetune
+    from jaxheads.finetuning import finetune
 
     def show(event: dict[str, Any]) -> None:
         loss = "-" if event["train_loss"] is None else f"{event['train_loss']:.4f}"
