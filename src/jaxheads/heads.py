@@ -44,6 +44,14 @@ BN_MOMENTUM = 0.9
 NORM_EPS = 1e-5
 
 
+def from_known_fields(cls: type, d: Mapping[str, Any]) -> Any:
+    """``cls(**d)`` for a dataclass, refusing keys that are not its fields with an error naming them."""
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    return cls(**dict(d))
+
+
 def _fail(field: str, message: str) -> None:
     raise ValueError(f"HeadSpec.{field}: {message}")
 
@@ -147,10 +155,7 @@ class HeadSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HeadSpec":
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"HeadSpec: unknown field(s) {sorted(unknown)}")
-        return cls(**dict(d))
+        return from_known_fields(cls, d)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -256,10 +256,8 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SweepSpec":
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"SweepSpec: unknown field(s) {sorted(unknown)}")
-        return cls(**dict(d))
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        return H.from_known_fields(cls, d)
 
     def expand(self, num_classes: int, task: str) -> list[MemberSpec]:
         """Every member: explicit ``members``, else the (sampled) grid, each config repeated for every seed."""
