@@ -26,7 +26,7 @@ import numpy as np
 from jaxheads import checkpoint
 from jaxheads.backbones import register
 from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables
-from jaxheads.backbones.keras_layers import DepthwiseConv
+from jaxheads.backbones.keras_layers import Conv, DepthwiseConv
 from jaxheads.backbones import torch_pickle
 
 BN_EPS = 1e-3
@@ -115,13 +115,6 @@ def block_specs(width: float, depth: float, stages: tuple[Stage, ...] = BASE_STA
     return tuple(specs)
 
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TF "SAME" padding (low, high) on one axis: output ceil(size / stride), any odd pixel padded at the end."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 class ConvBN(nn.Module):
     """Conv (no bias, TF "SAME" padding computed from the input shape) -> batch norm -> optional ReLU6."""
 
@@ -133,12 +126,10 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        padding = [same_padding(x.shape[axis], self.kernel, self.stride) for axis in (1, 2)]
         if self.depthwise:
-            x = DepthwiseConv(self.kernel, self.stride, padding, name="conv")(x)
+            x = DepthwiseConv(self.kernel, self.stride, "same", name="conv")(x)
         else:
-            x = nn.Conv(self.features, (self.kernel, self.kernel), self.stride, padding=padding, use_bias=False,
-                        name="conv")(x)
+            x = Conv(self.features, self.kernel, self.stride, "same", use_bias=False, name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name="bn")(x)
         return jax.nn.relu6(x) if self.act else x
 
