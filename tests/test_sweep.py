@@ -135,18 +135,24 @@ def test_early_stopping_and_successive_halving():
         assert small.members[i]["val"] == pytest.approx(halved.members[i]["val"], abs=TOL)
 
 
-def test_lax_map_equals_vmap_and_auto_records_its_probe():
+def test_lax_map_equals_vmap_and_the_probe_records_its_timings():
     splits = _splits()
     base = run_sweep(_sweep(widths=(4, 8, 16, 32), epochs=2), splits, num_classes=3, mesh=_one_device_mesh())
     mapped = run_sweep(_sweep(widths=(4, 8, 16, 32), epochs=2, map_batch=2), splits, num_classes=3,
                        mesh=_one_device_mesh())
+    probed = run_sweep(_sweep(widths=(4, 8, 16, 32), epochs=1, map_batch="probe"), splits, num_classes=3,
+                       mesh=_one_device_mesh())
     auto = run_sweep(_sweep(widths=(4, 8, 16, 32), epochs=1, map_batch="auto"), splits, num_classes=3,
                      mesh=_one_device_mesh())
+    capped = run_sweep(_sweep(widths=(4, 8, 16, 32), epochs=1, map_batch="auto", member_memory_mb=1e-3), splits,
+                       num_classes=3, mesh=_one_device_mesh())
     assert mapped.groups[0]["map_batch"] == 2
     for i in range(4):
         np.testing.assert_allclose(_curve(mapped, i), _curve(base, i), atol=TOL)
-    g = auto.groups[0]
+    g = probed.groups[0]
     assert set(g["map_batch_probe"]) == {"1", "vmap"} and str(g["map_batch"]) in g["map_batch_probe"]
+    assert auto.groups[0]["map_batch"] == "vmap" and auto.groups[0]["map_batch_probe"] is None  # no timing
+    assert capped.groups[0]["map_batch"] == 1  # a tiny memory cap bounds the members batched together
 
 
 def test_multilabel_sweep_metrics_match_scikit_learn_and_ridge_row(tmp_path):
@@ -218,3 +224,22 @@ def test_map_heads_group_by_structure_and_learn():
     for m in result.members:
         losses = m["curves"]["train_loss"]
         assert losses[-1] < losses[0] and m["val"]["accuracy"] > 0.6, m["spec"]["head"]
+
+
+def test_poolings_of_conv_free_heads_share_one_group_and_train_as_alone():
+    rng = np.random.default_rng(1)
+
+    def one(n):
+        y = rng.integers(0, 3, n)
+        maps = rng.normal(size=(n, 3, 3, 5)).astype(np.float32) + np.eye(3, 5, dtype=np.float32)[y][:, None, None]
+        return FeatureSplit(labels=y, pooled=maps.mean(axis=(1, 2)), maps=maps)
+
+    splits = {"train": one(96), "val": one(48)}
+    both = run_sweep(_sweep(pooling=("avg", "max"), widths=(4, 8)), splits, num_classes=3)
+    assert len(both.groups) == 1 and both.groups[0]["poolings"] == ["avg", "max"]
+    for pooling in ("avg", "max"):
+        alone = run_sweep(_sweep(pooling=(pooling,), widths=(4, 8)), splits, num_classes=3)
+        assert alone.groups[0]["poolings"] == [pooling]
+        for a, m in enumerate(i for i, r in enumerate(both.members) if r["spec"]["head"]["pooling"] == pooling):
+            np.testing.assert_allclose(_curve(both, m), _curve(alone, a), atol=TOL)
+            assert both.members[m]["val"] == pytest.approx(alone.members[a]["val"], abs=TOL)

@@ -46,7 +46,7 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--patience": ("patience", int),
     "--sample": ("sample", int),
     "--depth-grouping": ("depth_grouping", str),
-    "--map-batch": ("map_batch", lambda text: text if text in ("auto", "vmap") else int(text)),  # or an int k
+    "--map-batch": ("map_batch", lambda text: text if text in ("auto", "probe", "vmap") else int(text)),  # or an int k
 }
 
 

@@ -408,7 +408,9 @@ def _activation(name: str, x: Array) -> Array:
     return {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu, "tanh": jnp.tanh}[name](x)
 
 
-def _pool(spec: HeadSpec, x: Array) -> Array:
+def pool(spec: HeadSpec, x: Array) -> Array:
+    """The vector each example's dense layers see when ``spec`` has no conv stages: ``spec.pooling`` of an
+    (N, H, W, C) map, or ``x`` unchanged for ``"none"``."""
     if spec.pooling == "none":
         return x
     if spec.pooling == "flatten":
@@ -471,7 +473,7 @@ def forward(
     words = seed_words(rng) if (train and rng is not None) else None
     for p, stage in zip(params.get("conv", ()), spec.conv):
         x = _conv_stage(p, x, stage, spec.activation)
-    h = _pool(spec, x)
+    h = pool(spec, x)
     if words is not None and (spec.input_dropout or input_dropout_rate is not None):
         h = dropout(h, p_in, words, salt=0, row_offset=row_offset)
     new_bn = []

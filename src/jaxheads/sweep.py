@@ -9,8 +9,8 @@ Public entry::
 ``splits`` needs ``"train"`` and ``"val"``; ``"test"`` is optional. Members are grouped by structure (pooling,
 conv stack, depth, normalisation, activation, loss options, optimiser, batch size); each group is one jitted
 program: an epoch is a ``lax.scan`` over shuffled index batches of the device-resident features, and each step
-updates every member of the group (``jax.vmap`` or ``lax.map(batch_size=k)`` over members, ``k`` picked per group by
-a timing probe) inside a ``shard_map`` over ``Mesh(("members", "data"))``: members are sharded first, the batch
+updates every member of the group (``jax.vmap`` or ``lax.map(batch_size=k)`` over members, ``k`` bounded per group by
+a memory cap, or picked by an optional timing probe) inside a ``shard_map`` over ``Mesh(("members", "data"))``: members are sharded first, the batch
 takes the devices left over (gradients and batch-norm statistics are summed over "data"). Hidden widths are padded
 to the group's widest and masked. With ``SweepSpec.depth_grouping="gated"`` members that differ only in depth (all
 depth >= 1) share a group too: every hidden layer is padded to the group's widest width and its deepest stack, and
@@ -126,6 +126,7 @@ DEPTH_GROUPINGS = ("separate", "gated")
 # only saves compilation (one program instead of three: cold first call 28 s vs 35 s at 4 epochs), which stops
 # paying after a handful of epochs.
 DEPTH_GROUPING_DEFAULT = "separate"
+MAP_BATCH_MODES = ("auto", "probe", "vmap")
 SCHEMA = "jaxheads.sweep_result/1"
 
 
@@ -187,7 +188,8 @@ class SweepSpec:
     that fraction of the still-training members, weakest first; None = off), ``sample`` (train a random subset of
     that many configs, drawn with ``sample_seed``), ``members`` (explicit MemberSpecs, used instead of the grid
     when given), ``ridge_l2`` (L2 strengths of the ridge-probe baseline; None = ``probe.DEFAULT_L2_GRID``, () = no baseline), ``map_batch``
-    ("auto" = timing probe, "vmap", or an int k for ``lax.map(batch_size=k)``), ``member_memory_mb`` (cap on the
+    ("auto" = vmap unless the memory cap bounds it, "probe" = the fastest of a few timed candidates, "vmap", or an
+    int k for ``lax.map(batch_size=k)``), ``member_memory_mb`` (cap on the
     activation memory of the members batched together on one device; bounds k), ``data_seed``.
     ``depth_grouping``: ``"separate"`` (one group per depth) or ``"gated"`` (members differing only in depth,
     depth >= 1, share one group padded to its maximum depth and width; shallower members' extra layers are an
@@ -246,8 +248,8 @@ class SweepSpec:
             raise ValueError(f"SweepSpec.halving_fraction: must be in (0, 1), got {self.halving_fraction!r}")
         if self.depth_grouping not in DEPTH_GROUPINGS:
             raise ValueError(f"SweepSpec.depth_grouping: {self.depth_grouping!r} is not one of {DEPTH_GROUPINGS}")
-        if not (self.map_batch in ("auto", "vmap") or (isinstance(self.map_batch, int) and self.map_batch >= 1)):
-            raise ValueError(f"SweepSpec.map_batch: 'auto', 'vmap' or an int >= 1, got {self.map_batch!r}")
+        if not (self.map_batch in MAP_BATCH_MODES or (isinstance(self.map_batch, int) and self.map_batch >= 1)):
+            raise ValueError(f"SweepSpec.map_batch: one of {MAP_BATCH_MODES} or an int >= 1, got {self.map_batch!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -322,6 +324,7 @@ class MemberConsts(NamedTuple):
     keys: Array  # (M, 2) uint32 raw key data
     masks: tuple[Array, ...]  # (M, W_i) per hidden layer
     depth: Array  # (M,) int32 true depth (used by depth-gated groups only)
+    source: Array  # (M,) int32 which of the group's input arrays the member reads (its pooling)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +337,11 @@ class _Program:
     mesh: Mesh
     map_batch: int | str
     gated: bool = False  # members of several depths: hidden layers beyond a member's depth are an identity
+    # Whether any member drops units (hidden layers / the input): when none does, the step has no dropout at all.
+    # Input dropout matters most: with it the shared input becomes a per-member array (M copies of every batch),
+    # and the first layer a batched product instead of one product of the shared input with every member.
+    dropout: bool = True
+    input_dropout: bool = True
 
 
 def _map_members(f: Callable, xs: Any, map_batch: int | str) -> Any:
@@ -348,6 +356,26 @@ def _tree_where(pred: Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
+def swap_first_kernel(params: Any, structure: HeadSpec) -> Any:
+    """``params`` with the first dense kernel's last two axes swapped, (in, out) <-> (out, in); an involution.
+
+    Inside a group the first dense layer (of a head without conv stages) reads the input every member shares, so
+    under vmap its forward is one product of the batch with all members' kernels side by side and its weight
+    gradient one product back. Stored (M, out, in) both are plain matrix products over (M·out, in); stored
+    (M, in, out), XLA copies the whole kernel into that order and back at every step (measured: ~0.3 GB of copies
+    per step for 64 members of 1280 -> 512)."""
+    if structure.conv:
+        return params
+    params = dict(params)
+    if structure.hidden:
+        hidden = list(params["hidden"])
+        hidden[0] = dict(hidden[0], kernel=jnp.swapaxes(hidden[0]["kernel"], -1, -2))
+        params["hidden"] = hidden
+    else:
+        params["out"] = dict(params["out"], kernel=jnp.swapaxes(params["out"]["kernel"], -1, -2))
+    return params
+
+
 def _member_step(prog: _Program, global_batch: int, xb: Array, yb: Array, step: Array, member: tuple) -> tuple:
     """One optimiser step of one member on its local slice of the batch (gradients summed over "data")."""
     spec, tx = prog.structure, make_optimizer(prog.optimizer)
@@ -356,9 +384,11 @@ def _member_step(prog: _Program, global_batch: int, xb: Array, yb: Array, step: 
     row_offset = lax.axis_index(parallel.DATA) * xb.shape[0]  # dropout masks follow global rows, not shards
 
     def loss_fn(params: Any) -> tuple[Array, Any]:
-        logits, stats = H.forward({"params": params, "batch_stats": variables["batch_stats"]}, xb, spec,
-                                  train=True, rng=rng, dropout_rate=consts.dropout,
-                                  input_dropout_rate=consts.input_dropout, masks=consts.masks,
+        logits, stats = H.forward({"params": swap_first_kernel(params, spec),
+                                   "batch_stats": variables["batch_stats"]}, xb, spec,
+                                  train=True, rng=rng, dropout_rate=consts.dropout if prog.dropout else None,
+                                  input_dropout_rate=consts.input_dropout if prog.input_dropout else None,
+                                  masks=consts.masks,
                                   axis_name=parallel.DATA, row_offset=row_offset,
                                   depth=consts.depth if prog.gated else None)
         return jnp.sum(H.example_losses(logits, yb, spec)) / global_batch, stats
@@ -396,7 +426,7 @@ def _local_epoch(prog: _Program, state: GroupState, consts: MemberConsts, active
 
         def body(carry: GroupState, inp: tuple[Array, Array]) -> tuple[GroupState, Array]:
             s, ids = inp
-            return _member_step(prog, global_batch, x[ids], y[ids], step0 + s,
+            return _member_step(prog, global_batch, _member_input(x, member_consts)[ids], y[ids], step0 + s,
                                 (carry, member_consts, member_active))
 
         return lax.scan(body, member_state, (steps, idx))
@@ -404,10 +434,17 @@ def _local_epoch(prog: _Program, state: GroupState, consts: MemberConsts, active
     return _map_members(member_epoch, (state, consts, active), prog.map_batch)  # losses: (M_local, S)
 
 
+def _member_input(x: Array, consts: MemberConsts) -> Array:
+    """The member's input array out of the group's stack ``x`` (S, N, ...). With one source every member reads
+    the same array (kept unbatched under vmap: the first layer is then one product for all members)."""
+    return x[0] if x.shape[0] == 1 else x[consts.source]
+
+
 def _local_predict(prog: _Program, variables: Any, consts: MemberConsts, x: Array) -> Array:
     def one(member: tuple) -> Array:
         v, c = member
-        return H.forward(v, x, prog.structure, train=False, masks=c.masks,
+        v = dict(v, params=swap_first_kernel(v["params"], prog.structure))
+        return H.forward(v, _member_input(x, c), prog.structure, train=False, masks=c.masks,
                          depth=c.depth if prog.gated else None)[0]
 
     return _map_members(one, (variables, consts), prog.map_batch)
@@ -587,16 +624,36 @@ def _features(split: FeatureSplit, spec: HeadSpec, name: str) -> np.ndarray:
     return x
 
 
-def _group_members(members: Sequence[MemberSpec], depth_grouping: str = "separate") -> list[list[int]]:
-    """Member indices per compiled group: equal structure (``HeadSpec.structure``), optimiser and batch size.
-    ``"gated"`` also merges members whose structures differ only in depth, when that depth is >= 1 (linear probes
-    stay in their own group: a gated layer 0 could not be an identity between different widths)."""
+def _program_structure(head: HeadSpec) -> HeadSpec:
+    """What a group's program computes: a head without conv stages reads features pooled once before training
+    (``heads.pool``, one array per pooling in the group), so its program starts at the dense layers."""
+    structure = head.structure()
+    return structure if structure.conv else structure.replace(pooling="none")
+
+
+def _program_input(split: FeatureSplit, head: HeadSpec, name: str) -> np.ndarray:
+    """float32 input of ``head``'s group program on ``split``: the cached features, pooled here once (conv-free
+    heads) instead of at every training step."""
+    x = np.asarray(_features(split, head, name), np.float32)
+    return x if head.conv else np.asarray(H.pool(head, jnp.asarray(x)))
+
+
+def _group_members(members: Sequence[MemberSpec], feature_shapes: Mapping[str, tuple[int, ...]],
+                   depth_grouping: str = "separate") -> list[list[int]]:
+    """Member indices per compiled group: equal program structure (``HeadSpec.structure`` without the pooling of
+    conv-free heads, whose pooled width must agree), optimiser and batch size. ``"gated"`` also merges members
+    whose structures differ only in depth, when that depth is >= 1 (linear probes stay in their own group: a gated
+    layer 0 could not be an identity between different widths)."""
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(members):
-        structure: Any = m.head.structure()
-        if depth_grouping == "gated" and structure.hidden:
-            structure = (structure.replace(hidden=()), "any depth >= 1")
-        groups.setdefault((structure, m.optimizer, m.batch_size), []).append(i)
+        structure = _program_structure(m.head)
+        depth: Any = len(m.head.hidden)
+        if depth_grouping == "gated" and m.head.hidden:
+            structure, depth = structure.replace(hidden=()), "any depth >= 1"
+        width = None
+        if not m.head.conv:
+            width = H.pooled_dim(m.head, feature_shapes["pooled" if m.head.pooling == "none" else "maps"])
+        groups.setdefault((structure, depth, width, m.optimizer, m.batch_size), []).append(i)
     return list(groups.values())
 
 
@@ -613,6 +670,7 @@ def _group_init(structure: HeadSpec, feature_shape: tuple[int, ...], padded: tup
         words = jnp.stack([seed, jnp.uint32(0)])  # == heads.seed_words(seed)
         variables = H.init_head(H.fold(words, 0), spec, feature_shape, true_hidden=true_hidden,
                                 true_depth=depth if gated else None)
+        variables = dict(variables, params=swap_first_kernel(variables["params"], structure))
         opt_state = make_optimizer(optimizer, lr, wd).init(variables["params"])
         return variables, opt_state, H.fold(words, 1)
 
@@ -669,10 +727,14 @@ class _Group:
         t0 = time.perf_counter()
         self.gid, self.ids = gid, ids
         first = max((members[i] for i in ids), key=lambda m: len(m.head.hidden))  # the deepest (gated groups)
-        self.structure, self.optimizer = first.head.structure(), first.optimizer
-        self.x = {k: _features(s, first.head, k) for k, s in splits.items()}
-        self.feature_shape = tuple(self.x["train"].shape[1:])
-        n_train = len(splits["train"])
+        self.structure, self.optimizer = _program_structure(first.head), first.optimizer
+        self.feature_shape = tuple(_features(splits["train"], first.head, "train").shape[1:])  # as cached
+        # One input array per pooling in the group (conv heads pool inside the program: their one "pooling" is
+        # the map itself); every member reads the array of its own pooling.
+        self.sources = tuple(dict.fromkeys(members[i].head.pooling for i in ids))
+        by_source = {members[i].head.pooling: members[i].head for i in ids}
+        self.x = {k: np.stack([_program_input(s, by_source[p], k) for p in self.sources]) for k, s in splits.items()}
+        self.n_train = n_train = len(splits["train"])
         self.batch = min(first.batch_size, n_train)
         self.mesh = mesh if mesh is not None else parallel.sweep_mesh(len(ids), self.batch)
         if self.batch % self.mesh.shape[parallel.DATA]:
@@ -691,8 +753,8 @@ class _Group:
         self.padded = ((int(true_hidden.max()),) * max(depths) if self.gated
                        else tuple(int(w) for w in true_hidden.max(axis=0)))
         self.depths = depths[:len(ids)]
-        variables, opt_state, keys = _group_init(self.structure, self.feature_shape, self.padded, self.optimizer,
-                                                 self.gated)(
+        variables, opt_state, keys = _group_init(self.structure, tuple(self.x["train"].shape[2:]), self.padded,
+                                                 self.optimizer, self.gated)(
             np.asarray([sp.seed for sp in specs], np.uint32), true_hidden, np.asarray(depths, np.int32),
             np.asarray([sp.learning_rate for sp in specs], np.float32),
             np.asarray([sp.weight_decay for sp in specs], np.float32))
@@ -702,13 +764,14 @@ class _Group:
             keys=keys,
             masks=tuple(np.stack([(np.arange(p) < true_hidden[r, i]).astype(np.float32) for r in range(len(specs))])
                         for i, p in enumerate(self.padded)),
-            depth=np.asarray(depths, np.int32))
+            depth=np.asarray(depths, np.int32),
+            source=np.asarray([self.sources.index(s.head.pooling) for s in specs], np.int32))
         msh = parallel.member_sharding(self.mesh)
         rep = parallel.replicated(self.mesh)
         self.state = jax.device_put(GroupState(variables, opt_state, np.zeros(self.m_pad, bool)), msh)
         self.consts = jax.device_put(consts, msh)
         self.best = jax.tree.map(jnp.copy, self.state.variables)
-        self.dev_x = {k: jax.device_put(np.asarray(v, np.float32), rep) for k, v in self.x.items()}
+        self.dev_x = {k: jax.device_put(v, rep) for k, v in self.x.items()}
         self.dev_y = {k: jax.device_put(np.asarray(s.labels), rep) for k, s in splits.items()}
         self.active = np.arange(self.m_pad) < len(ids)
         self.idx_sharding = NamedSharding(self.mesh, P(None, parallel.DATA))
@@ -723,7 +786,9 @@ class _Group:
         self.map_batch: int | str = "vmap"
 
     def program(self, map_batch: int | str) -> tuple[Callable, Callable]:
-        return _programs(_Program(self.structure, self.optimizer, self.batch, self.mesh, map_batch, self.gated))
+        return _programs(_Program(self.structure, self.optimizer, self.batch, self.mesh, map_batch, self.gated,
+                                  dropout=any(s.head.dropout for s in self.specs),
+                                  input_dropout=any(s.head.input_dropout for s in self.specs)))
 
     def epoch_args(self, idx: np.ndarray, step0: int) -> tuple:
         return (self.state, self.consts, jax.device_put(self.active, parallel.member_sharding(self.mesh)),
@@ -731,9 +796,15 @@ class _Group:
                 jnp.asarray(step0, jnp.int32))
 
     def choose_map_batch(self, setting: str | int, rng: np.random.Generator) -> None:
-        """Fix how members are batched on a device: the setting, or (``auto``) the fastest of a few candidates
-        timed on two steps of real data."""
-        if setting != "auto":
+        """Fix how members are batched on a device. ``auto``: all local members in one ``vmap`` when their
+        activations fit ``member_memory_mb``, else ``lax.map`` in chunks of as many as fit (no timing: on the
+        2-core CPU vmap and k=1 train within 2% of each other, while timing candidates costs several compiles,
+        see experiments/bench_sweep.py). ``probe``: the fastest of a few candidates timed on two steps of real data
+        (worth it only for long sweeps). An int is capped by the memory bound too."""
+        if setting == "auto":
+            self.map_batch = "vmap" if self.local_members <= self.cap else self.cap
+            return
+        if setting != "probe":
             self.map_batch = setting if setting == "vmap" else min(int(setting), self.cap)
             return
         cands = _candidates(self.local_members, self.cap)
@@ -741,8 +812,7 @@ class _Group:
             self.map_batch = cands[0]
             return
         t0 = time.perf_counter()
-        n = len(self.x["train"])
-        idx = _shuffled_batches(rng, n, self.batch)[:2]
+        idx = _shuffled_batches(rng, self.n_train, self.batch)[:2]
         self.probe = {}
         for k in cands:
             epoch_fn, _ = self.program(k)
@@ -788,17 +858,19 @@ def run_sweep(
     variables: list[Any] = [None] * len(members)
     groups_json = []
     store = _GroupStore(checkpoint_dir, sweep, splits, num_classes, task, label_names)
-    for gid, ids in enumerate(_group_members(members, sweep.depth_grouping)):
+    shapes = {k: getattr(splits["train"], k).shape[1:] for k in ("pooled", "maps")
+              if getattr(splits["train"], k) is not None}
+    for gid, ids in enumerate(_group_members(members, shapes, sweep.depth_grouping)):
         if store.restore(gid, ids, records, variables, groups_json):
             continue
         g = _Group(gid, ids, members, splits, sweep, mesh)
         _train_group(g, sweep, splits, metric, task, records, variables, members, progress)
         groups_json.append({
-            "group": gid, "structure": g.structure.to_dict(), "optimizer": g.optimizer, "batch_size": g.batch,
+            "group": gid, "structure": g.structure.to_dict(), "poolings": list(g.sources), "optimizer": g.optimizer, "batch_size": g.batch,
             "members": ids, "padded_members": g.m_pad, "padded_hidden": list(g.padded),
             "gated_depths": g.depths if g.gated else None,
             "mesh": {k: int(v) for k, v in g.mesh.shape.items()}, "map_batch": g.map_batch,
-            "map_batch_probe": g.probe, "steps_per_epoch": len(g.x["train"]) // g.batch, "epochs": sweep.epochs,
+            "map_batch_probe": g.probe, "steps_per_epoch": g.n_train // g.batch, "epochs": sweep.epochs,
             "slots_per_epoch": g.slots_per_epoch,
             "timings": g.timings})
         store.save(gid, ids, records, variables, groups_json[-1])
@@ -954,6 +1026,8 @@ def _finalize(g: _Group, predict: Callable, slots: np.ndarray, which: np.ndarray
                 t_scalars["macro_f1"] = float(f1t["macro_f1"])
                 t_per["f1"] = [float(a) for a in np.asarray(f1t["f1"])]
         member_vars = jax.tree.map(lambda a: a[w], host_best)
+        member_vars = dict(member_vars, params=jax.tree.map(np.asarray, swap_first_kernel(member_vars["params"],
+                                                                                      g.structure)))
         variables_out[i] = H.unpad_variables(member_vars, spec.head, g.feature_shape)
         records[i] = {
             "member": i, "config": spec.config_id(), "group": g.gid, "spec": spec.to_dict(),
@@ -973,7 +1047,7 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
     rng = np.random.default_rng([sweep.data_seed, g.gid])
     g.choose_map_batch(sweep.map_batch, rng)
     epoch_fn, predict = g.program(g.map_batch)
-    n_real, n = len(g.ids), len(g.x["train"])
+    n_real, n = len(g.ids), g.n_train
     slots = np.where(np.arange(g.m_pad) < n_real, np.arange(g.m_pad), -1)  # device slot -> member position
     book = _Book(n_real)
     step0 = 0
