@@ -32,9 +32,10 @@ if str(HERE) not in sys.path:  # pytest's default import mode puts it there alre
     sys.path.insert(0, str(HERE))
 import test_finetune as tiny  # noqa: E402  (the TINY backbone with named blocks; make_colour_folder; save_tiny_head)
 
-SWEEP = SweepSpec(pooling=("none", "avg"), widths=(8,), depth=(0, 1), dropout=(0.0,), learning_rate=(1e-2,),
+SWEEP = SweepSpec(pooling=("none", "catavgmax"), widths=(8,), depth=(0, 1), dropout=(0.0,), learning_rate=(1e-2,),
                   batch_size=(8,), epochs=6, seeds=2, patience=None, ridge_l2=(1.0,), map_batch="vmap")
-"""Four groups (pooling x depth), so that a kill can land between groups and inside one."""
+"""Four groups (pooling x depth: catavgmax is twice as wide as the pooled vector, so it cannot share a group with
+"none"), so that a kill can land between groups and inside one."""
 
 _PRELUDE = """
 import sys, time

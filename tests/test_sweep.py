@@ -243,3 +243,21 @@ def test_poolings_of_conv_free_heads_share_one_group_and_train_as_alone():
         for a, m in enumerate(i for i, r in enumerate(both.members) if r["spec"]["head"]["pooling"] == pooling):
             np.testing.assert_allclose(_curve(both, m), _curve(alone, a), atol=TOL)
             assert both.members[m]["val"] == pytest.approx(alone.members[a]["val"], abs=TOL)
+
+
+def test_heads_on_cached_pooled_vectors_and_on_pooled_maps_share_a_group():
+    rng = np.random.default_rng(2)
+
+    def one(n):
+        y = rng.integers(0, 3, n)
+        maps = rng.normal(size=(n, 2, 2, 4)).astype(np.float32) + np.eye(3, 4, dtype=np.float32)[y][:, None, None]
+        return FeatureSplit(labels=y, pooled=maps.max(axis=(1, 2)), maps=maps)
+
+    splits = {"train": one(64), "val": one(32), "test": one(32)}
+    result = run_sweep(_sweep(pooling=("none", "avg"), widths=(4,)), splits, num_classes=3)
+    assert len(result.groups) == 1 and result.groups[0]["poolings"] == ["none", "avg"]
+    for i, m in enumerate(result.members):
+        spec, variables = result.head(i)
+        x = splits["test"].pooled if spec.pooling == "none" else splits["test"].maps
+        accuracy = np.mean(np.argmax(np.asarray(apply_head(variables, x, spec)), -1) == splits["test"].labels)
+        assert m["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-6), spec.pooling

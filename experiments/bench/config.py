@@ -66,7 +66,6 @@ class BenchSize:
     batch_size: int = 32
     learning_rate: float = 1e-3
     feature_batch: int = 32
-    no_probe_variant: bool = True  # also time the sweep with map_batch="vmap" (what the timing probe costs)
     # Part 2: efficiency (wide heads, as in experiments/bench_sweep.py).
     eff_members: int = 64
     eff_width: int = 512
@@ -93,7 +92,7 @@ class BenchSize:
 SIZES: dict[str, BenchSize] = {
     "tiny": BenchSize(
         name="tiny", image_size=32, dataset="toy", n_train=128, n_val=64, designs=2, epochs=2, learning_rate=3e-3,
-        feature_batch=64, no_probe_variant=False, eff_members=4, eff_width=64, eff_batch=64, eff_train=256,
+        feature_batch=64, eff_members=4, eff_width=64, eff_batch=64, eff_train=256,
         eff_epochs=2, matmul_n=256, fwd_batch=8, fwd_repeats=1, fwd_micro_batch=4, q_images=120, q_seeds=2,
         q_sweep=TINY_SWEEP, q_logreg_c=(0.1, 1.0),
     ),

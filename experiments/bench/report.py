@@ -26,14 +26,9 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str, str]]:
              f"{jh['wall_s']:.1f} s ({jh['feature_s']:.1f} + {jh['sweep_s']:.1f})", ""),
             ("A / jaxheads", f"{r['keras_over_jaxheads']:.1f}x", ">= 30x"),
         ]
-        if r["keras_over_jaxheads_without_probe"] is not None:
-            rows.append(("A / jaxheads with map_batch='vmap' (no timing probe)",
-                         f"{r['keras_over_jaxheads_without_probe']:.1f}x", ""))
         rows += [
             ("B / jaxheads (end to end)", f"{r['jax_loop_over_jaxheads']:.2f}x", ""),
-            ("B loop / sweep (heads only)", f"{r['jax_loop_over_sweep_heads_only']:.2f}x"
-             + (f"; {p1['jax_loop']['loop_s'] / jh['without_probe']['sweep_s']:.2f}x without the probe"
-                if jh.get("without_probe") else ""), ""),
+            ("B loop / sweep (heads only)", f"{r['jax_loop_over_sweep_heads_only']:.2f}x", ""),
             ("val accuracy, Keras vs jaxheads: heads within 2 SE", _agree(a["keras"]), "all"),
             ("val accuracy, JAX loop vs jaxheads: heads within 2 SE", _agree(a["jax_loop"]), "all"),
         ]

@@ -148,16 +148,17 @@ def run_plain(splits: Mapping[str, FeatureSplit], designs: Sequence[HeadDesign],
 
 # -------------------------------------------------------------------------------------------- jaxheads
 def sweep_spec(designs: Sequence[HeadDesign], num_classes: int, size: BenchSize, seed: int = 0) -> SweepSpec:
-    """The designs as explicit sweep members, trained like the baselines (Adam, no early stopping)."""
+    """The designs as explicit sweep members, trained like the baselines (Adam, no early stopping). Depths share
+    one gated group: with a few short epochs one compiled program costs less than the padded layers do
+    (``experiments/bench_depth.py``), so the 16 designs are one program."""
     members = tuple(MemberSpec(d.head_spec(num_classes), learning_rate=size.learning_rate, optimizer="adam",
                                batch_size=size.batch_size, seed=seed) for d in designs)
-    return SweepSpec(members=members, epochs=size.epochs, patience=None, data_seed=seed)
+    return SweepSpec(members=members, epochs=size.epochs, patience=None, data_seed=seed, depth_grouping="gated")
 
 
 def run_jaxheads(pair: BackbonePair, ds: data.Dataset, designs: Sequence[HeadDesign], size: BenchSize,
                  seed: int = 0) -> tuple[dict[str, Any], dict[str, FeatureSplit], SweepResult]:
-    """One feature pass into a cold cache + one sweep (defaults: ``map_batch="auto"``, the timing probe); returns
-    timings, the features (for B) and the result."""
+    """One feature pass into a cold cache + one sweep; returns timings, the features (for B) and the result."""
     with tempfile.TemporaryDirectory(prefix="bench-features-") as cache:
         t = time.perf_counter()
         splits = features.extract_all(BackboneSource.of(pair.flax), ds, cache_dir=Path(cache), need_maps=True,
@@ -171,17 +172,6 @@ def run_jaxheads(pair: BackbonePair, ds: data.Dataset, designs: Sequence[HeadDes
     timing = {"wall_s": feature_s + sweep_s, "feature_s": feature_s, "sweep_s": sweep_s,
               "backbone_images": images, "sweep_breakdown": sweep_breakdown(result), "groups": _group_timings(result)}
     return timing, splits, result
-
-
-def sweep_without_probe(splits: Mapping[str, FeatureSplit], designs: Sequence[HeadDesign], num_classes: int,
-                        size: BenchSize, seed: int = 0) -> dict[str, Any]:
-    """The same sweep with ``map_batch="vmap"`` (no timing probe), compiled from scratch (``jax.clear_caches``):
-    how much of the sweep's time the probe takes at this size."""
-    jax.clear_caches()
-    spec = dataclasses.replace(sweep_spec(designs, num_classes, size, seed), map_batch="vmap")
-    t = time.perf_counter()
-    result = run_sweep(spec, splits, num_classes=num_classes)
-    return {"sweep_s": time.perf_counter() - t, "sweep_breakdown": sweep_breakdown(result)}
 
 
 def sweep_breakdown(result: SweepResult) -> dict[str, float]:
@@ -254,7 +244,6 @@ def run(pair: BackbonePair, ds: data.Dataset, size: BenchSize, seed: int = 0) ->
     """Part 1 end to end: jaxheads, then B on its features, then A; wall times, ratios and per-head accuracy."""
     designs = size.design_list()
     jh, splits, result = run_jaxheads(pair, ds, designs, size, seed)
-    no_probe = sweep_without_probe(splits, designs, ds.num_classes, size, seed) if size.no_probe_variant else None
     plain = run_plain(splits, designs, ds.num_classes, size, seed)
     keras_run = run_keras(pair, ds, designs, size, seed)
     rows, agreement = compare_heads(designs, keras_run, plain, result, len(ds.split("val")))
@@ -267,11 +256,9 @@ def run(pair: BackbonePair, ds: data.Dataset, size: BenchSize, seed: int = 0) ->
             "per_trial_s": [t["wall_s"] for t in keras_run["trials"]]},
         "jax_loop": {"loop_s": plain["loop_s"], "wall_s": b_wall,
                      "per_trial_s": [t["wall_s"] for t in plain["trials"]]},
-        "jaxheads": jh | {"sweep_flops": sweep_useful_flops(result), "without_probe": no_probe},
+        "jaxheads": jh | {"sweep_flops": sweep_useful_flops(result)},
         "ratios": {"keras_over_jaxheads": keras_run["wall_s"] / jh["wall_s"],
                    "jax_loop_over_jaxheads": b_wall / jh["wall_s"],
-                   "jax_loop_over_sweep_heads_only": plain["loop_s"] / jh["sweep_s"],
-                   "keras_over_jaxheads_without_probe": (
-                       keras_run["wall_s"] / (jh["feature_s"] + no_probe["sweep_s"]) if no_probe else None)},
+                   "jax_loop_over_sweep_heads_only": plain["loop_s"] / jh["sweep_s"]},
         "heads": rows, "agreement": agreement,
     }

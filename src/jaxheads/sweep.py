@@ -728,7 +728,10 @@ class _Group:
         self.gid, self.ids = gid, ids
         first = max((members[i] for i in ids), key=lambda m: len(m.head.hidden))  # the deepest (gated groups)
         self.structure, self.optimizer = _program_structure(first.head), first.optimizer
-        self.feature_shape = tuple(_features(splits["train"], first.head, "train").shape[1:])  # as cached
+        # The cached features each pooling reads ("none": pooled vectors; the others: maps), for the members' own
+        # shapes (unpadding, parameter counts).
+        self.feature_shapes = {m.head.pooling: tuple(_features(splits["train"], m.head, "train").shape[1:])
+                               for m in (members[i] for i in ids)}
         # One input array per pooling in the group (conv heads pool inside the program: their one "pooling" is
         # the map itself); every member reads the array of its own pooling.
         self.sources = tuple(dict.fromkeys(members[i].head.pooling for i in ids))
@@ -777,7 +780,7 @@ class _Group:
         self.idx_sharding = NamedSharding(self.mesh, P(None, parallel.DATA))
         local = self.m_pad // self.mesh.shape[parallel.MEMBERS]
         cap = max(1, int(sweep.member_memory_mb * 2**20 // max(1, _member_bytes(
-            first.head, self.feature_shape, self.batch // self.mesh.shape[parallel.DATA], self.padded))))
+            first.head, self.feature_shapes[first.head.pooling], self.batch // self.mesh.shape[parallel.DATA], self.padded))))
         self.local_members, self.cap = local, cap
         self.timings = {"init_s": time.perf_counter() - t0, "compile_s": 0.0, "probe_s": 0.0, "train_s": 0.0,
                         "eval_s": 0.0}
@@ -1028,10 +1031,11 @@ def _finalize(g: _Group, predict: Callable, slots: np.ndarray, which: np.ndarray
         member_vars = jax.tree.map(lambda a: a[w], host_best)
         member_vars = dict(member_vars, params=jax.tree.map(np.asarray, swap_first_kernel(member_vars["params"],
                                                                                       g.structure)))
-        variables_out[i] = H.unpad_variables(member_vars, spec.head, g.feature_shape)
+        shape = g.feature_shapes[spec.head.pooling]
+        variables_out[i] = H.unpad_variables(member_vars, spec.head, shape)
         records[i] = {
             "member": i, "config": spec.config_id(), "group": g.gid, "spec": spec.to_dict(),
-            "params": H.param_count(spec.head, g.feature_shape), "epochs_run": int(book.epochs_run[j]),
+            "params": H.param_count(spec.head, shape), "epochs_run": int(book.epochs_run[j]),
             "best_epoch": int(book.best_epoch[j]), "diverged": book.stopped[j] == "diverged",
             "stopped": book.stopped[j], "curves": book.curves[j], "val": v_scalars, "test": t_scalars,
             "per_class": {"val": v_per if task == "multilabel" else {},
