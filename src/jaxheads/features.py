@@ -40,9 +40,11 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from jaxheads import backbones, checkpoint, data, parallel
 from jaxheads.backbones import Backbone, Preprocessing
+from jaxheads.backbones.base import feature_maps
 from jaxheads.checkpoint import write_bytes_atomic, write_json_atomic
 from jaxheads.splits import FeatureSplit
 
@@ -260,8 +262,8 @@ def _compute_chunks(
     backbone = source.load()
     mesh = parallel.make_mesh(1, devices)
     forward = functools.partial(
-        _forward, module=backbone.module, preprocessing=backbone.config.preprocessing, need_maps=need_maps
-    )
+        _forward, module=backbone.module, preprocessing=backbone.config.preprocessing, need_maps=need_maps,
+        mesh=mesh)
     variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
     padded_batch = math.ceil(batch_size / mesh.size) * mesh.size
     total = len(dataset.split(split))
@@ -290,16 +292,22 @@ def _compute_chunks(
         report(Progress(split, finished, total, skipped))
 
 
-@functools.partial(jax.jit, static_argnames=("module", "preprocessing", "need_maps"))
+@functools.partial(jax.jit, static_argnames=("module", "preprocessing", "need_maps", "mesh"))
 def _forward(
-    variables: Any, images: jax.Array, *, module: Any, preprocessing: Preprocessing, need_maps: bool
+    variables: Any, images: jax.Array, *, module: Any, preprocessing: Preprocessing, need_maps: bool,
+    mesh: jax.sharding.Mesh,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """uint8 images -> (pooled (N, C), maps (N, h, w, C) or None), both float16. The batch's sharding (set by
-    the caller) carries through; module and preprocessing are static (hashable), so every split of a pass and
-    every pass in a process with the same backbone reuses one compilation."""
-    maps = module.apply(variables, preprocessing(images), train=False)["features"].astype(jnp.float32)
-    pooled = maps.mean(axis=(1, 2))
-    return pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None
+    """uint8 images -> (pooled (N, C), maps (N, h, w, C) or None), both float16. Each device runs its rows of the
+    batch in micro-batches (``backbones.base.feature_maps``). Module, preprocessing and mesh are static (hashable),
+    so every split of a pass and every pass in a process with the same backbone reuses one compilation."""
+
+    def local(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        maps = feature_maps(module, variables, images, preprocessing)
+        pooled = maps.mean(axis=(1, 2))
+        return pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None
+
+    rows = P(parallel.DATA)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows), out_specs=rows, check_vma=False)(variables, images)
 
 
 def _run_batch(

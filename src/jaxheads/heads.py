@@ -24,6 +24,7 @@ decay: they stay zero), and their batch-norm statistics are left unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from typing import Any, Mapping, Sequence
@@ -216,9 +217,15 @@ def pooled_dim(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
     return 2 * c if spec.pooling == "catavgmax" else c
 
 
+@functools.lru_cache(maxsize=256)
+def _variable_shapes(spec: HeadSpec, feature_shape: tuple[int, ...]) -> Any:
+    """Shapes of ``init_head``'s variables (traced once per spec and feature shape: a sweep asks per member)."""
+    return jax.eval_shape(lambda k: init_head(k, spec, feature_shape), jax.random.key(0))
+
+
 def param_count(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
     """Trainable parameters of ``spec`` on features of ``feature_shape`` (a function of the spec alone)."""
-    shapes = jax.eval_shape(lambda k: init_head(k, spec, feature_shape), jax.random.key(0))
+    shapes = _variable_shapes(spec, tuple(feature_shape))
     return int(sum(math.prod(s.shape) for s in jax.tree.leaves(shapes["params"])))
 
 
@@ -380,7 +387,7 @@ def unpad_variables(variables: Variables, spec: HeadSpec, feature_shape: Sequenc
     """Inverse of :func:`pad_variables`: slice a padded member back to the shapes of ``spec``'s standalone head.
     A member of a depth-gated group carries more hidden layers than ``spec``: the gated (identity) ones are
     dropped, so the result holds only the true depth's layers."""
-    shapes = jax.eval_shape(lambda k: init_head(k, spec, feature_shape), jax.random.key(0))
+    shapes = _variable_shapes(spec, tuple(feature_shape))
     depth = len(spec.hidden)
     variables = {coll: {name: (list(v)[:depth] if name in ("hidden", "norm") else v) for name, v in tree.items()}
                  for coll, tree in variables.items()}

@@ -92,6 +92,7 @@ Replicas (``seeds``) differ in initialisation and dropout noise; all members of 
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -635,7 +636,13 @@ def _program_input(split: FeatureSplit, head: HeadSpec, name: str) -> np.ndarray
     """float32 input of ``head``'s group program on ``split``: the cached features, pooled here once (conv-free
     heads) instead of at every training step."""
     x = np.asarray(_features(split, head, name), np.float32)
-    return x if head.conv else np.asarray(H.pool(head, jnp.asarray(x)))
+    return x if head.conv else np.asarray(_pool_program(head.pooling)(x))
+
+
+@functools.lru_cache(maxsize=8)
+def _pool_program(pooling: str) -> Callable[[np.ndarray], Array]:
+    spec = HeadSpec(num_classes=2, pooling=pooling)
+    return jax.jit(lambda x: H.pool(spec, x))
 
 
 def _group_members(members: Sequence[MemberSpec], feature_shapes: Mapping[str, tuple[int, ...]],
@@ -861,6 +868,10 @@ def run_sweep(
     variables: list[Any] = [None] * len(members)
     groups_json = []
     store = _GroupStore(checkpoint_dir, sweep, splits, num_classes, task, label_names)
+    # The ridge baseline is independent of the heads: on one process it is computed (mostly compiled: XLA
+    # compiles on one core) in a thread while the groups train; across processes it runs after them.
+    ridge_job = _Deferred(_timed_ridge_rows, sweep, splits, num_classes, metric,
+                          background=jax.process_count() == 1)
     shapes = {k: getattr(splits["train"], k).shape[1:] for k in ("pooled", "maps")
               if getattr(splits["train"], k) is not None}
     for gid, ids in enumerate(_group_members(members, shapes, sweep.depth_grouping)):
@@ -878,9 +889,7 @@ def run_sweep(
             "timings": g.timings})
         store.save(gid, ids, records, variables, groups_json[-1])
         del g
-    t_ridge = time.perf_counter()
-    ridge = _ridge_rows(sweep, splits, num_classes, metric)
-    ridge_s = time.perf_counter() - t_ridge
+    ridge, ridge_s = ridge_job.result()
     board, rec = leaderboard(records, metric)
     shapes = {k: (list(getattr(splits["train"], k).shape[1:]) if getattr(splits["train"], k) is not None
                   else None) for k in ("pooled", "maps")}
@@ -1110,6 +1119,32 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
 def _unfinished(slots: np.ndarray, g: _Group, records: list) -> np.ndarray:
     """Slots of real members without a final record yet."""
     return np.asarray([s for s, j in enumerate(slots) if j >= 0 and records[g.ids[j]] is None], int)
+
+
+class _Deferred:
+    """``fn(*args)`` run in a background thread (``background``) or on demand; :meth:`result` returns its value
+    (re-raising its exception)."""
+
+    def __init__(self, fn: Callable, *args: Any, background: bool):
+        self._fn, self._args, self._pool = fn, args, None
+        if background:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxheads-ridge")
+            self._future = self._pool.submit(fn, *args)
+
+    def result(self) -> Any:
+        if self._pool is None:
+            return self._fn(*self._args)
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+
+
+def _timed_ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], num_classes: int,
+                      metric: str) -> tuple[list[dict[str, Any]], float]:
+    t = time.perf_counter()
+    rows = _ridge_rows(sweep, splits, num_classes, metric)
+    return rows, time.perf_counter() - t
 
 
 def _ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], num_classes: int,

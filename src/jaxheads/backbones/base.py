@@ -83,6 +83,26 @@ class Backbone(NamedTuple):
         return self.module.apply(self.variables, x, train=False)
 
 
+# Images per backbone call inside one forward pass. On XLA's CPU backend a whole batch of 32 at 224 px runs
+# 1.1-1.35x slower than the same batch as lax.map over chunks of 8 (activations stay in cache), measured side by
+# side in experiments/bench_backbones.py (VGG16 4.1 vs 5.2, MobileNetV2 90 vs 121, EfficientNetB0 74 vs 85 img/s).
+MICRO_BATCH = 8
+
+
+def feature_maps(module: nn.Module, variables: Variables, images: jax.Array, preprocessing: Preprocessing,
+                 micro_batch: int = MICRO_BATCH) -> jax.Array:
+    """(N, h, w, C) float32 last feature map of RGB ``images`` in [0, 255], computed ``micro_batch`` images at a
+    time (``lax.map``; the whole batch when N does not divide). Pure: jit, shard_map and vmap compose."""
+    n = images.shape[0]
+    k = micro_batch if 0 < micro_batch < n and n % micro_batch == 0 else n
+
+    def one(chunk: jax.Array) -> jax.Array:
+        return module.apply(variables, preprocessing(chunk), train=False)["features"].astype(jnp.float32)
+
+    maps = jax.lax.map(one, images.reshape(n // k, k, *images.shape[1:]))
+    return maps.reshape(n, *maps.shape[2:])
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
