@@ -8,12 +8,14 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxheads import backbones, data, features
 from jaxheads.backbones import BackboneConfig, Preprocessing
+from jaxheads.backbones.base import feature_maps
 
 TINY = "tiny_features_test"
 
@@ -223,3 +225,12 @@ def test_a_cache_whose_meta_disagrees_with_its_key_is_rebuilt_not_read(folder: d
     again = features.extract_features(counted, folder, "val", cache_dir=tmp_path)
     assert calls == [1]
     np.testing.assert_array_equal(again.pooled, first.pooled)
+
+
+def test_micro_batched_forward_equals_the_whole_batch() -> None:
+    built = backbones.load(TINY, None, seed=0)
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)), jnp.float32)
+    whole = feature_maps(built.module, built.variables, images, built.config.preprocessing, micro_batch=6)
+    chunked = feature_maps(built.module, built.variables, images, built.config.preprocessing, micro_batch=2)
+    np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(whole), np.asarray(built.apply(images)["features"]), atol=1e-5)
