@@ -122,6 +122,16 @@ def test_vgg_parity(name, builder, size):
     assert_parity(name, kmodel, size)
 
 
+@pytest.mark.parametrize(("name", "builder"), [("vgg16", A.VGG16), ("resnet50", A.ResNet50)])
+def test_parity_with_every_3x3_convolution_through_winograd(name, builder, monkeypatch):
+    """With the thresholds at 0 every 3x3 stride-1 conv takes Winograd (3-channel inputs and 2x2 maps too)."""
+    from jaxheads.backbones import keras_layers
+
+    monkeypatch.setattr(keras_layers, "WINOGRAD_MIN_CHANNELS", 0)
+    monkeypatch.setattr(keras_layers, "WINOGRAD_MIN_SIZE", 0)
+    assert_parity(name, keras_model(builder, 64), 64)
+
+
 # ---------------------------------------------------------------------------------------------- MobileNet
 
 
