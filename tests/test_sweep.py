@@ -153,6 +153,9 @@ def test_lax_map_equals_vmap_and_the_probe_records_its_timings():
     assert set(g["map_batch_probe"]) == {"1", "vmap"} and str(g["map_batch"]) in g["map_batch_probe"]
     assert auto.groups[0]["map_batch"] == "vmap" and auto.groups[0]["map_batch_probe"] is None  # no timing
     assert capped.groups[0]["map_batch"] == 1  # a tiny memory cap bounds the members batched together
+    large = run_sweep(_sweep(widths=(2048,), seeds=2, epochs=1, map_batch="auto"), _splits(d=128), num_classes=3,
+                      mesh=_one_device_mesh())
+    assert large.groups[0]["map_batch"] == 1  # 270k parameters per member: one after another on a CPU
 
 
 def test_multilabel_sweep_metrics_match_scikit_learn_and_ridge_row(tmp_path):

@@ -128,6 +128,13 @@ DEPTH_GROUPINGS = ("separate", "gated")
 # paying after a handful of epochs.
 DEPTH_GROUPING_DEFAULT = "separate"
 MAP_BATCH_MODES = ("auto", "probe", "vmap")
+# Parameters per member from which map_batch="auto" trains a CPU's members one after another inside the program
+# (lax.map, k=1: a member's weights and optimiser state stay in cache through its steps, and its products are as
+# large as a standalone head's) instead of vmapped (all members' state streams through memory at every step).
+# Jitted epochs of 64 members of 1280 -> w -> 10 on the idle 2-core CPU (/ = batch), k=1 vs vmap: w 512/256
+# 0.96x vs 0.82x the sequential loop (experiments/bench_sweep.py); seconds per epoch: 512/64 3.9 vs 5.0,
+# 256/128 1.6 vs 1.9, 128/64 1.42 vs 1.39, 64/256 0.44 vs 0.36, 64/64 vmap 1.40x vs k=1 1.07x the loop.
+CPU_MEMBER_MAJOR_PARAMS = 250_000
 SCHEMA = "jaxheads.sweep_result/1"
 
 
@@ -807,12 +814,15 @@ class _Group:
 
     def choose_map_batch(self, setting: str | int, rng: np.random.Generator) -> None:
         """Fix how members are batched on a device. ``auto``: all local members in one ``vmap`` when their
-        activations fit ``member_memory_mb``, else ``lax.map`` in chunks of as many as fit (no timing: on the
-        2-core CPU vmap and k=1 train within 2% of each other, while timing candidates costs several compiles,
-        see experiments/bench_sweep.py). ``probe``: the fastest of a few candidates timed on two steps of real data
+        activations fit ``member_memory_mb``, else ``lax.map`` in chunks of as many as fit; on a CPU, members of at
+        least ``CPU_MEMBER_MAJOR_PARAMS`` parameters run one after another (``lax.map``, k=1). No timing: timing
+        candidates costs several compiles (5-28 s per group here, see experiments/bench_sweep.py). ``probe``: the fastest of a few candidates timed on two steps of real data
         (worth it only for long sweeps). An int is capped by the memory bound too."""
         if setting == "auto":
             self.map_batch = "vmap" if self.local_members <= self.cap else self.cap
+            params = H.param_count(self.structure.replace(hidden=self.padded), self.x["train"].shape[2:])
+            if self.mesh.devices.flat[0].platform == "cpu" and params >= CPU_MEMBER_MAJOR_PARAMS:
+                self.map_batch = 1
             return
         if setting != "probe":
             self.map_batch = setting if setting == "vmap" else min(int(setting), self.cap)
