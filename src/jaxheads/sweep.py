@@ -9,8 +9,8 @@ Public entry::
 ``splits`` needs ``"train"`` and ``"val"``; ``"test"`` is optional. Members are grouped by structure (pooling,
 conv stack, depth, normalisation, activation, loss options, optimiser, batch size); each group is one jitted
 program: an epoch is a ``lax.scan`` over shuffled index batches of the device-resident features, and each step
-updates every member of the group (``jax.vmap`` or ``lax.map(batch_size=k)`` over members, ``k`` bounded per group by
-a memory cap, or picked by an optional timing probe) inside a ``shard_map`` over ``Mesh(("members", "data"))``: members are sharded first, the batch
+updates every member of the group (``jax.vmap`` or ``lax.map(batch_size=k)`` over members, see
+``SweepSpec.map_batch``) inside a ``shard_map`` over ``Mesh(("members", "data"))``: members are sharded first, the batch
 takes the devices left over (gradients and batch-norm statistics are summed over "data"). Hidden widths are padded
 to the group's widest and masked. With ``SweepSpec.depth_grouping="gated"`` members that differ only in depth (all
 depth >= 1) share a group too: every hidden layer is padded to the group's widest width and its deepest stack, and
@@ -72,7 +72,9 @@ SweepResult JSON schema (``SweepResult.to_json()``; version 1, stable — add fi
          "best": bool (the L2 chosen on val by "select_metric"), "select_metric": str}
       ],                              # [] when the sweep has no pooled features or ridge_l2 == ()
       "groups": [
-        {"group": int, "structure": {...HeadSpec of the structure...}, "optimizer": str, "batch_size": int,
+        {"group": int, "structure": {...HeadSpec of the program...},  # conv-free heads: pooling "none" (pre-pooled)
+         "poolings": [str],           # the members' poolings; each reads its own pre-pooled input
+         "optimizer": str, "batch_size": int,
          "members": [int], "padded_members": int (slots at the start), "padded_hidden": [int],
          "gated_depths": [int] | null,  # depth_grouping="gated" with several depths: the members' true depths
          "mesh": {"members": int, "data": int},
@@ -195,9 +197,11 @@ class SweepSpec:
     member stops; None = never), ``halving_every``/``halving_fraction`` (successive halving: every k epochs drop
     that fraction of the still-training members, weakest first; None = off), ``sample`` (train a random subset of
     that many configs, drawn with ``sample_seed``), ``members`` (explicit MemberSpecs, used instead of the grid
-    when given), ``ridge_l2`` (L2 strengths of the ridge-probe baseline; None = ``probe.DEFAULT_L2_GRID``, () = no baseline), ``map_batch``
-    ("auto" = vmap unless the memory cap bounds it, "probe" = the fastest of a few timed candidates, "vmap", or an
-    int k for ``lax.map(batch_size=k)``), ``member_memory_mb`` (cap on the
+    when given), ``ridge_l2`` (L2 strengths of the ridge-probe baseline; None = ``probe.DEFAULT_L2_GRID``, () = no
+    baseline), ``map_batch``
+    ("auto" = vmap unless the memory cap bounds it or, on a CPU, members are large (``CPU_MEMBER_MAJOR_PARAMS``);
+    "probe" = the fastest of a few timed candidates; "vmap"; or an int k for ``lax.map(batch_size=k)``),
+    ``member_memory_mb`` (cap on the
     activation memory of the members batched together on one device; bounds k), ``data_seed``.
     ``depth_grouping``: ``"separate"`` (one group per depth) or ``"gated"`` (members differing only in depth,
     depth >= 1, share one group padded to its maximum depth and width; shallower members' extra layers are an
@@ -368,10 +372,9 @@ def swap_first_kernel(params: Any, structure: HeadSpec) -> Any:
     """``params`` with the first dense kernel's last two axes swapped, (in, out) <-> (out, in); an involution.
 
     Inside a group the first dense layer (of a head without conv stages) reads the input every member shares, so
-    under vmap its forward is one product of the batch with all members' kernels side by side and its weight
-    gradient one product back. Stored (M, out, in) both are plain matrix products over (M·out, in); stored
-    (M, in, out), XLA copies the whole kernel into that order and back at every step (measured: ~0.3 GB of copies
-    per step for 64 members of 1280 -> 512)."""
+    under vmap its weight gradient is one product of the batch with all members' output gradients, which XLA
+    lays out (M·out, in). Stored (M, out, in) the kernel takes that result as it is; stored (M, in, out) XLA
+    transposes it at every step (0.17 GB per step for 64 members of 1280 -> 512, seen in the compiled HLO)."""
     if structure.conv:
         return params
     params = dict(params)
@@ -794,7 +797,8 @@ class _Group:
         self.idx_sharding = NamedSharding(self.mesh, P(None, parallel.DATA))
         local = self.m_pad // self.mesh.shape[parallel.MEMBERS]
         cap = max(1, int(sweep.member_memory_mb * 2**20 // max(1, _member_bytes(
-            first.head, self.feature_shapes[first.head.pooling], self.batch // self.mesh.shape[parallel.DATA], self.padded))))
+            first.head, self.feature_shapes[first.head.pooling], self.batch // self.mesh.shape[parallel.DATA],
+            self.padded))))
         self.local_members, self.cap = local, cap
         self.timings = {"init_s": time.perf_counter() - t0, "compile_s": 0.0, "probe_s": 0.0, "train_s": 0.0,
                         "eval_s": 0.0}
@@ -816,8 +820,9 @@ class _Group:
         """Fix how members are batched on a device. ``auto``: all local members in one ``vmap`` when their
         activations fit ``member_memory_mb``, else ``lax.map`` in chunks of as many as fit; on a CPU, members of at
         least ``CPU_MEMBER_MAJOR_PARAMS`` parameters run one after another (``lax.map``, k=1). No timing: timing
-        candidates costs several compiles (5-28 s per group here, see experiments/bench_sweep.py). ``probe``: the fastest of a few candidates timed on two steps of real data
-        (worth it only for long sweeps). An int is capped by the memory bound too."""
+        candidates costs several compiles (5-28 s per group here, see experiments/bench_sweep.py). ``probe``: the
+        fastest of a few candidates timed on two steps of real data (worth it only for long sweeps). An int is
+        capped by the memory bound too."""
         if setting == "auto":
             self.map_batch = "vmap" if self.local_members <= self.cap else self.cap
             params = H.param_count(self.structure.replace(hidden=self.padded), self.x["train"].shape[2:])
@@ -890,7 +895,8 @@ def run_sweep(
         g = _Group(gid, ids, members, splits, sweep, mesh)
         _train_group(g, sweep, splits, metric, task, records, variables, members, progress)
         groups_json.append({
-            "group": gid, "structure": g.structure.to_dict(), "poolings": list(g.sources), "optimizer": g.optimizer, "batch_size": g.batch,
+            "group": gid, "structure": g.structure.to_dict(), "poolings": list(g.sources), "optimizer": g.optimizer,
+            "batch_size": g.batch,
             "members": ids, "padded_members": g.m_pad, "padded_hidden": list(g.padded),
             "gated_depths": g.depths if g.gated else None,
             "mesh": {k: int(v) for k, v in g.mesh.shape.items()}, "map_batch": g.map_batch,
