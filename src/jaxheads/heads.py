@@ -217,9 +217,15 @@ def pooled_dim(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
     return 2 * c if spec.pooling == "catavgmax" else c
 
 
-@functools.lru_cache(maxsize=256)
 def _variable_shapes(spec: HeadSpec, feature_shape: tuple[int, ...]) -> Any:
-    """Shapes of ``init_head``'s variables (traced once per spec and feature shape: a sweep asks per member)."""
+    """Shapes of ``init_head``'s variables: a function of the spec's layers alone (not its rates), traced once
+    per distinct layout (a sweep asks for every member)."""
+    return _traced_shapes(dataclasses.replace(spec, dropout=0.0, input_dropout=0.0, label_smoothing=0.0),
+                          feature_shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _traced_shapes(spec: HeadSpec, feature_shape: tuple[int, ...]) -> Any:
     return jax.eval_shape(lambda k: init_head(k, spec, feature_shape), jax.random.key(0))
 
 
@@ -415,16 +421,16 @@ def _activation(name: str, x: Array) -> Array:
     return {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu, "tanh": jnp.tanh}[name](x)
 
 
-def pool(spec: HeadSpec, x: Array) -> Array:
+def pool(spec: HeadSpec, x: Array, xp: Any = jnp) -> Array:
     """The vector each example's dense layers see when ``spec`` has no conv stages: ``spec.pooling`` of an
-    (N, H, W, C) map, or ``x`` unchanged for ``"none"``."""
+    (N, H, W, C) map, or ``x`` unchanged for ``"none"``. ``xp=numpy`` pools on the host (no compilation)."""
     if spec.pooling == "none":
         return x
     if spec.pooling == "flatten":
         return x.reshape(x.shape[0], -1)
-    avg, mx = jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))
+    avg, mx = xp.mean(x, axis=(1, 2)), xp.max(x, axis=(1, 2))
     return {"avg": avg, "max": mx, "avgmax": 0.5 * (avg + mx),
-            "catavgmax": jnp.concatenate([avg, mx], axis=-1)}[spec.pooling]
+            "catavgmax": xp.concatenate([avg, mx], axis=-1)}[spec.pooling]
 
 
 def _conv_stage(p: dict[str, Array], x: Array, stage: ConvStage, activation: str) -> Array:

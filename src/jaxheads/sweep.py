@@ -643,16 +643,10 @@ def _program_structure(head: HeadSpec) -> HeadSpec:
 
 
 def _program_input(split: FeatureSplit, head: HeadSpec, name: str) -> np.ndarray:
-    """float32 input of ``head``'s group program on ``split``: the cached features, pooled here once (conv-free
-    heads) instead of at every training step."""
+    """float32 input of ``head``'s group program on ``split``: the cached features, pooled here once on the host
+    (conv-free heads) instead of at every training step."""
     x = np.asarray(_features(split, head, name), np.float32)
-    return x if head.conv else np.asarray(_pool_program(head.pooling)(x))
-
-
-@functools.lru_cache(maxsize=8)
-def _pool_program(pooling: str) -> Callable[[np.ndarray], Array]:
-    spec = HeadSpec(num_classes=2, pooling=pooling)
-    return jax.jit(lambda x: H.pool(spec, x))
+    return x if head.conv else np.asarray(H.pool(head, x, xp=np), np.float32)
 
 
 def _group_members(members: Sequence[MemberSpec], feature_shapes: Mapping[str, tuple[int, ...]],
