@@ -4,7 +4,7 @@ so every count is one group and one compiled program; the ideal on a parallel de
 
     python experiments/bench_scaling.py [--members 1,8,64,256] [--epochs 3] [--out experiments/results/bench_scaling.json]
 
-Reports per count: the whole ``run_sweep`` call (init, compile, probe, epochs, evaluation), the jitted training
+Reports per count: the whole ``run_sweep`` call (init, compile, epochs, evaluation), the jitted training
 time alone, and the ratios to the 1-member run (target on a GPU: 256 members ≤ 16x one member's wall time).
 """
 

@@ -5,11 +5,12 @@ Measured in one process (prints a table, writes JSON):
   (a) wall time of a 64-member sweep vs the same 64 members run one after another with the same code
       (``run_sweep`` on one member at a time; compiled programs are cached, so the loop compiles once), for small
       heads (1280→64→10, batch 64) and wide heads (1280→512→10, batch 256): training time (the jitted epochs) and
-      the whole call (init, compile, probe, per-epoch validation);
+      the whole call (init, compile, the timing probe when asked for, per-epoch validation);
   (b) the sweep's useful FLOP/s (FLOPs of the unpadded heads' training steps: 2·B·(2·C·W + 3·W·K), the first
       layer needing no input gradient) as a
       fraction of a large float32 matmul's FLOP/s measured in the same process;
-  (c) the lax.map batch size the timing probe chose for each, with its per-step timings;
+  (c) the lax.map batch size ``map_batch`` chose for each (with the probe's per-step timings under
+      ``--map-batch probe``);
   (d) the state memory per member of pooled and Flatten heads (up to 8x8x1792 → 512 → 10): how many fit in 24 GiB.
 
     python experiments/bench_sweep.py --out experiments/results/bench_sweep.json [--quick]
@@ -80,7 +81,8 @@ def _sweep(ms: tuple[MemberSpec, ...], splits: dict, epochs: int, map_batch: str
 def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: float, map_batch: str | int,
          rounds: int) -> dict:
     """The sweep and the sequential loop, alternated ``rounds`` times (the CPU is shared: the best round of each
-    is compared). Round 1 of the sweep runs the timing probe (``map_batch``); later rounds reuse its choice."""
+    is compared). Round 1 of the sweep chooses ``map_batch`` (timing candidates under "probe"); later rounds reuse
+    its choice."""
     splits = make_splits(n_train)
     ms = members(width, batch)
     sweep_train, sweep_wall, seq_train, seq_wall, mm = [], [], [], [], []
@@ -145,10 +147,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="experiments/results/bench_sweep.json")
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not a measurement)")
-    parser.add_argument("--map-batch", default="auto", help="'auto' (probe), 'vmap' or an int")
+    parser.add_argument("--map-batch", default="auto", help="'auto', 'probe', 'vmap' or an int")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of sweep and sequential loop")
     args = parser.parse_args()
-    map_batch = args.map_batch if args.map_batch in ("auto", "vmap") else int(args.map_batch)
+    map_batch = args.map_batch if args.map_batch in ("auto", "probe", "vmap") else int(args.map_batch)
 
     peak = peak_before = matmul_flops()
     scale, rounds = (1, 1) if args.quick else (2, args.rounds)
@@ -176,9 +178,9 @@ def main() -> None:
               f"{r['speedup_train']:7.2f}x {r['speedup_wall_first_round']:7.2f}x {r['speedup_wall_best']:6.2f}x "
               f"{r['useful_gflops']:8.1f} {r['sequential_useful_gflops']:8.1f} {r['fraction_of_matmul']:6.0%} "
               f"{r['fraction_of_adjacent_matmul_median']:9.0%}")
-    print("sweep s / seq s: best round's jitted-epoch time (epochs 2..E); wall x1: whole calls incl. compile and the"
-          " map_batch probe (round 1); wall x: best rounds; of mm: best round vs the best matmul rate seen; of adj mm: median"
-          " over rounds of the sweep's rate vs the matmul measured just before it")
+    print("sweep s / seq s: best round's jitted-epoch time (epochs 2..E); wall x1: whole calls incl. compile (and"
+          " the map_batch probe, if asked for) (round 1); wall x: best rounds; of mm: best round vs the best matmul"
+          " rate seen; of adj mm: median over rounds of the sweep's rate vs the matmul measured just before it")
     for mem in result["memory"]:
         print(f"memory: {mem['head']:30} {mem['params'] / 1e6:6.1f}M params "
               f"{mem['state_bytes_per_member'] / 2**30:6.3f} GiB/member -> {mem['members_that_fit']} members in "

@@ -210,15 +210,22 @@ def test_bad_sweep_input_names_the_field():
         _sweep(dropout=(1.0,)).expand(3, "multiclass")
 
 
-def test_map_heads_group_by_structure_and_learn():
-    rng = np.random.default_rng(0)
+def _map_splits(seed: int, sizes: dict, hw: int, channels: int, shift: float = 1.0, pooled=np.mean):
+    """Splits of 3-class (N, hw, hw, channels) maps, class c shifted up by ``shift`` in channel c, and their
+    ``pooled`` vectors (the backbone's cached pooling)."""
+    rng = np.random.default_rng(seed)
 
     def one(n):
         y = rng.integers(0, 3, n)
-        maps = rng.normal(size=(n, 4, 4, 3)).astype(np.float32) + 1.5 * np.eye(3, dtype=np.float32)[y][:, None, None]
-        return FeatureSplit(labels=y, pooled=maps.mean(axis=(1, 2)), maps=maps)
+        maps = rng.normal(size=(n, hw, hw, channels)).astype(np.float32)
+        maps += shift * np.eye(3, channels, dtype=np.float32)[y][:, None, None]
+        return FeatureSplit(labels=y, pooled=pooled(maps, axis=(1, 2)), maps=maps)
 
-    splits = {"train": one(128), "val": one(64)}
+    return {name: one(n) for name, n in sizes.items()}
+
+
+def test_map_heads_group_by_structure_and_learn():
+    splits = _map_splits(0, {"train": 128, "val": 64}, hw=4, channels=3, shift=1.5)
     # (conv-free map poolings are covered in test_heads; here the sweep's maps path, with a conv stage)
     sweep = _sweep(pooling=("avg", "flatten"), conv=(({"features": 4, "kernel": 3, "pool": 2},),),
                    widths=(8,), epochs=2, learning_rate=(3e-2,))
@@ -230,14 +237,7 @@ def test_map_heads_group_by_structure_and_learn():
 
 
 def test_poolings_of_conv_free_heads_share_one_group_and_train_as_alone():
-    rng = np.random.default_rng(1)
-
-    def one(n):
-        y = rng.integers(0, 3, n)
-        maps = rng.normal(size=(n, 3, 3, 5)).astype(np.float32) + np.eye(3, 5, dtype=np.float32)[y][:, None, None]
-        return FeatureSplit(labels=y, pooled=maps.mean(axis=(1, 2)), maps=maps)
-
-    splits = {"train": one(96), "val": one(48)}
+    splits = _map_splits(1, {"train": 96, "val": 48}, hw=3, channels=5)
     both = run_sweep(_sweep(pooling=("avg", "max"), widths=(4, 8)), splits, num_classes=3)
     assert len(both.groups) == 1 and both.groups[0]["poolings"] == ["avg", "max"]
     for pooling in ("avg", "max"):
@@ -249,14 +249,7 @@ def test_poolings_of_conv_free_heads_share_one_group_and_train_as_alone():
 
 
 def test_heads_on_cached_pooled_vectors_and_on_pooled_maps_share_a_group():
-    rng = np.random.default_rng(2)
-
-    def one(n):
-        y = rng.integers(0, 3, n)
-        maps = rng.normal(size=(n, 2, 2, 4)).astype(np.float32) + np.eye(3, 4, dtype=np.float32)[y][:, None, None]
-        return FeatureSplit(labels=y, pooled=maps.max(axis=(1, 2)), maps=maps)
-
-    splits = {"train": one(64), "val": one(32), "test": one(32)}
+    splits = _map_splits(2, {"train": 64, "val": 32, "test": 32}, hw=2, channels=4, pooled=np.max)
     result = run_sweep(_sweep(pooling=("none", "avg"), widths=(4,)), splits, num_classes=3)
     assert len(result.groups) == 1 and result.groups[0]["poolings"] == ["none", "avg"]
     for i, m in enumerate(result.members):

@@ -881,8 +881,8 @@ def run_sweep(
     # compiles on one core) in a thread while the groups train; across processes it runs after them.
     ridge_job = _Deferred(_timed_ridge_rows, sweep, splits, num_classes, metric,
                           background=jax.process_count() == 1)
-    shapes = {k: getattr(splits["train"], k).shape[1:] for k in ("pooled", "maps")
-              if getattr(splits["train"], k) is not None}
+    cached = {k: getattr(splits["train"], k) for k in ("pooled", "maps")}
+    shapes = {k: None if a is None else tuple(a.shape[1:]) for k, a in cached.items()}
     for gid, ids in enumerate(_group_members(members, shapes, sweep.depth_grouping)):
         if store.restore(gid, ids, records, variables, groups_json):
             continue
@@ -901,13 +901,12 @@ def run_sweep(
         del g
     ridge, ridge_s = ridge_job.result()
     board, rec = leaderboard(records, metric)
-    shapes = {k: (list(getattr(splits["train"], k).shape[1:]) if getattr(splits["train"], k) is not None
-                  else None) for k in ("pooled", "maps")}
     store.clear()
     return SweepResult(task=task, num_classes=num_classes, metric=metric, sweep=sweep, members=records,
                        leaderboard=board, recommended=rec, ridge=ridge, groups=groups_json,
                        timings={"total_s": time.perf_counter() - t_start, "ridge_s": ridge_s},
-                       feature_shapes=shapes, label_names=list(label_names) if label_names else None,
+                       feature_shapes={k: None if v is None else list(v) for k, v in shapes.items()},
+                       label_names=list(label_names) if label_names else None,
                        variables=variables)
 
 
