@@ -75,11 +75,13 @@ def test_macro_f1_leaves_out_absent_classes():
     assert float(ours["macro_f1"]) == pytest.approx(skm.f1_score(labels, preds, average="macro"))
 
 
-def test_confusion_matrix_matches_sklearn():
+@pytest.mark.parametrize("num_classes", [C, M.ONE_HOT_CONFUSION_MAX_CLASSES + 1])  # one-hot and scatter paths
+def test_confusion_matrix_matches_sklearn(num_classes):
     logits, labels, mask = _multiclass_data(1)
     preds = logits.argmax(1)
-    ours = jax.jit(M.confusion_matrix, static_argnums=2)(preds, labels, C, mask)
-    np.testing.assert_array_equal(ours, skm.confusion_matrix(labels[:N], preds[:N], labels=np.arange(C)))
+    labels[:3] = num_classes - 1  # the largest class id is counted in both paths
+    ours = jax.jit(M.confusion_matrix, static_argnums=2)(preds, labels, num_classes, mask)
+    np.testing.assert_array_equal(ours, skm.confusion_matrix(labels[:N], preds[:N], labels=np.arange(num_classes)))
     assert ours.dtype == jnp.int32
 
 

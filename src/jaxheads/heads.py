@@ -219,7 +219,10 @@ def pooled_dim(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
 
 def _variable_shapes(spec: HeadSpec, feature_shape: tuple[int, ...]) -> Any:
     """Shapes of ``init_head``'s variables: a function of the spec's layers alone (not its rates), traced once
-    per distinct layout (a sweep asks for every member)."""
+    per distinct layout (a sweep asks for every member). A conv-free head's shapes depend on its input only through
+    the pooled width, so every pooling of the same width shares one trace."""
+    if not spec.conv:
+        feature_shape, spec = (pooled_dim(spec, feature_shape),), spec.replace(pooling="none")
     return _traced_shapes(dataclasses.replace(spec, dropout=0.0, input_dropout=0.0, label_smoothing=0.0),
                           feature_shape)
 

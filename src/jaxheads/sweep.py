@@ -83,7 +83,8 @@ SweepResult JSON schema (``SweepResult.to_json()``; version 1, stable — add fi
          "steps_per_epoch": int, "epochs": int,
          "slots_per_epoch": [int],     # member slots computed each epoch: shrinks as stopped members are
                                        #   compacted away (halving / early stopping / divergence)
-         "timings": {"init_s", "compile_s", "probe_s", "train_s", "eval_s"}}
+         "timings": {"init_s", "compile_s", "probe_s", "train_s", "eval_s"}}  # main-thread wall seconds:
+                                       #   init and the evaluation compiles overlap compile_s in threads
       ],
       "timings": {"total_s": float, "ridge_s": float}
     }
@@ -354,6 +355,7 @@ class _Program:
     # and the first layer a batched product instead of one product of the shared input with every member.
     dropout: bool = True
     input_dropout: bool = True
+    task: str = "multiclass"  # which metrics the evaluation program computes
 
 
 def _map_members(f: Callable, xs: Any, map_batch: int | str) -> Any:
@@ -380,10 +382,10 @@ def swap_first_kernel(params: Any, structure: HeadSpec) -> Any:
     params = dict(params)
     if structure.hidden:
         hidden = list(params["hidden"])
-        hidden[0] = dict(hidden[0], kernel=jnp.swapaxes(hidden[0]["kernel"], -1, -2))
+        hidden[0] = dict(hidden[0], kernel=hidden[0]["kernel"].swapaxes(-1, -2))  # numpy stays on the host
         params["hidden"] = hidden
     else:
-        params["out"] = dict(params["out"], kernel=jnp.swapaxes(params["out"]["kernel"], -1, -2))
+        params["out"] = dict(params["out"], kernel=params["out"]["kernel"].swapaxes(-1, -2))
     return params
 
 
@@ -461,16 +463,30 @@ def _local_predict(prog: _Program, variables: Any, consts: MemberConsts, x: Arra
     return _map_members(one, (variables, consts), prog.map_batch)
 
 
+def _local_evaluate(prog: _Program, variables: Any, consts: MemberConsts, x: Array, y: Array,
+                    mask: Array) -> tuple[dict[str, Array], Array]:
+    """Per-member metrics and logits of one evaluation split (rows where ``mask`` is false are padding)."""
+    logits = _local_predict(prog, variables, consts, x)
+    return jax.vmap(functools.partial(_member_metrics, prog.task), in_axes=(0, None, None))(logits, y, mask), logits
+
+
 @functools.lru_cache(maxsize=64)
 def _programs(prog: _Program) -> tuple[Callable, Callable]:
-    """The jitted (train_epoch, predict) of a group, sharded over ``prog.mesh``; cached so that identical groups
-    (and the sequential baseline in the benchmark) compile once."""
+    """The jitted (train_epoch, evaluate) of a group, sharded over ``prog.mesh``; cached so that identical groups
+    (and the sequential baseline in the benchmark) compile once. ``evaluate(variables, consts, x, y, mask)``
+    returns (metrics, logits) per member; val and test are padded to one length, so it compiles once."""
     mesh, m, d = prog.mesh, P(parallel.MEMBERS), parallel.DATA
     epoch = jax.shard_map(functools.partial(_local_epoch, prog), mesh=mesh,
                           in_specs=(m, m, m, P(), P(), P(None, d), P()), out_specs=(m, m), check_vma=False)
-    predict = jax.shard_map(functools.partial(_local_predict, prog), mesh=mesh,
-                            in_specs=(m, m, P()), out_specs=m, check_vma=False)
-    return jax.jit(epoch, donate_argnums=(0,)), jax.jit(predict)
+    evaluate = jax.shard_map(functools.partial(_local_evaluate, prog), mesh=mesh,
+                             in_specs=(m, m, P(), P(), P()), out_specs=(m, m), check_vma=False)
+    return jax.jit(epoch, donate_argnums=(0,)), jax.jit(evaluate)
+
+
+@jax.jit
+def _copy_tree(tree: Any) -> Any:
+    """A copy of every leaf in one program (the epoch donates the state, the kept-best weights must not alias it)."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 @jax.jit
@@ -479,28 +495,22 @@ def _keep_best(best: Any, current: Any, improved: Array) -> Any:
 
 
 # ================================================================================================= metrics
-def _metric_fns(task: str) -> Callable[[Array, Array], dict[str, Array]]:
-    """Per-member metrics of (M, N, K) logits: the shared jaxheads.metrics functions, vmapped over members."""
+def _member_metrics(task: str, logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
+    """One member's metrics of (N, K) logits (the shared jaxheads.metrics functions) and its unsmoothed loss, over
+    the rows where ``mask`` is true."""
     from jaxheads import metrics
 
-    def one(logits: Array, labels: Array) -> dict[str, Array]:
-        mask = jnp.ones((logits.shape[0],), bool)
-        if task == "multiclass":
-            out = metrics.multiclass_metrics(logits, labels, mask)
-            out["loss"] = jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1))
-            return out
-        scores = jax.nn.sigmoid(logits)
-        out = metrics.multilabel_metrics(scores, labels, mask)
-        y = labels.astype(logits.dtype)
-        out["loss"] = jnp.mean(-(y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits)))
+    valid = mask.astype(logits.dtype)
+    if task == "multiclass":
+        out = metrics.multiclass_metrics(logits, labels, mask)
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1)[:, 0]
+        out["loss"] = jnp.sum(nll * valid) / jnp.sum(valid)
         return out
-
-    return jax.jit(jax.vmap(one, in_axes=(0, None)))
-
-
-@functools.lru_cache(maxsize=4)
-def _metrics_jit(task: str) -> Callable:
-    return _metric_fns(task)
+    out = metrics.multilabel_metrics(jax.nn.sigmoid(logits), labels, mask)
+    y = labels.astype(logits.dtype)
+    bce = -(y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits))
+    out["loss"] = jnp.sum(bce * valid[:, None]) / (jnp.sum(valid) * logits.shape[1])
+    return out
 
 
 def _thresholded(scores_val: Array, y_val: Array, scores_test: Array | None, y_test: Array | None) -> tuple:
@@ -515,10 +525,11 @@ def _thresholded(scores_val: Array, y_val: Array, scores_test: Array | None, y_t
     return thr, f1_val, f1_test
 
 
-def _split_scalars(m: Mapping[str, Any], i: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+def _split_scalars(m: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """One member's metrics split into scalars and per-class lists."""
     scalars, per_class = {}, {}
     for k, v in m.items():
-        v = np.asarray(v[i])
+        v = np.asarray(v)
         if v.ndim == 0:
             scalars[k] = float(v)
         else:
@@ -734,8 +745,9 @@ class _Group:
     """One structure group being trained: device state, host-side bookkeeping, and its compiled program."""
 
     def __init__(self, gid: int, ids: list[int], members: Sequence[MemberSpec], splits: Mapping[str, FeatureSplit],
-                 sweep: SweepSpec, mesh: Mesh | None):
+                 sweep: SweepSpec, mesh: Mesh | None, pool: concurrent.futures.Executor):
         t0 = time.perf_counter()
+        self.pool = pool
         self.gid, self.ids = gid, ids
         first = max((members[i] for i in ids), key=lambda m: len(m.head.hidden))  # the deepest (gated groups)
         self.structure, self.optimizer = _program_structure(first.head), first.optimizer
@@ -767,26 +779,39 @@ class _Group:
         self.padded = ((int(true_hidden.max()),) * max(depths) if self.gated
                        else tuple(int(w) for w in true_hidden.max(axis=0)))
         self.depths = depths[:len(ids)]
-        variables, opt_state, keys = _group_init(self.structure, tuple(self.x["train"].shape[2:]), self.padded,
-                                                 self.optimizer, self.gated)(
-            np.asarray([sp.seed for sp in specs], np.uint32), true_hidden, np.asarray(depths, np.int32),
-            np.asarray([sp.learning_rate for sp in specs], np.float32),
-            np.asarray([sp.weight_decay for sp in specs], np.float32))
-        consts = MemberConsts(
+        init_args = (np.asarray([sp.seed for sp in specs], np.uint32), true_hidden, np.asarray(depths, np.int32),
+                     np.asarray([sp.learning_rate for sp in specs], np.float32),
+                     np.asarray([sp.weight_decay for sp in specs], np.float32))
+        # Traced here once; compiled and run in the background while this thread compiles the epoch program
+        # from the traced shapes (``compile_epoch``); ``wait_init`` collects the result.
+        traced = _group_init(self.structure, tuple(self.x["train"].shape[2:]), self.padded, self.optimizer,
+                             self.gated).trace(*init_args)
+        self._init: concurrent.futures.Future | None = pool.submit(lambda: traced.lower().compile()(*init_args))
+        abstract_variables, abstract_opt_state, abstract_keys = traced.out_info
+        self._host_consts = MemberConsts(
             dropout=np.asarray([s.head.dropout for s in specs], np.float32),
             input_dropout=np.asarray([s.head.input_dropout for s in specs], np.float32),
-            keys=keys,
+            keys=abstract_keys,  # the init program's output: filled in by wait_init
             masks=tuple(np.stack([(np.arange(p) < true_hidden[r, i]).astype(np.float32) for r in range(len(specs))])
                         for i, p in enumerate(self.padded)),
             depth=np.asarray(depths, np.int32),
             source=np.asarray([self.sources.index(s.head.pooling) for s in specs], np.int32))
-        msh = parallel.member_sharding(self.mesh)
+        self.msh = msh = parallel.member_sharding(self.mesh)
+        shaped = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=msh),  # noqa: E731
+                                           tree)
+        self.abstract_state = shaped(GroupState(abstract_variables, abstract_opt_state,
+                                                jax.ShapeDtypeStruct((self.m_pad,), np.dtype(bool))))
+        self.abstract_consts = shaped(self._host_consts)
         rep = parallel.replicated(self.mesh)
-        self.state = jax.device_put(GroupState(variables, opt_state, np.zeros(self.m_pad, bool)), msh)
-        self.consts = jax.device_put(consts, msh)
-        self.best = jax.tree.map(jnp.copy, self.state.variables)
-        self.dev_x = {k: jax.device_put(v, rep) for k, v in self.x.items()}
-        self.dev_y = {k: jax.device_put(np.asarray(s.labels), rep) for k, s in splits.items()}
+        # Evaluation splits are padded to one length (padding rows masked out of the metrics): one compile.
+        self.n_eval = {k: len(s) for k, s in splits.items() if k != "train"}
+        rows = max(self.n_eval.values())
+        self.dev_x = {k: jax.device_put(v if k == "train" else parallel.pad_to(v, rows, axis=1)[0], rep)
+                      for k, v in self.x.items()}
+        self.dev_y = {k: jax.device_put(np.asarray(s.labels) if k == "train"
+                                        else parallel.pad_to(np.asarray(s.labels), rows)[0], rep)
+                      for k, s in splits.items()}
+        self.dev_mask = {k: jax.device_put(np.arange(rows) < n, rep) for k, n in self.n_eval.items()}
         self.active = np.arange(self.m_pad) < len(ids)
         self.idx_sharding = NamedSharding(self.mesh, P(None, parallel.DATA))
         local = self.m_pad // self.mesh.shape[parallel.MEMBERS]
@@ -800,10 +825,51 @@ class _Group:
         self.slots_per_epoch: list[int] = []
         self.map_batch: int | str = "vmap"
 
-    def program(self, map_batch: int | str) -> tuple[Callable, Callable]:
+    def describe(self, epochs: int) -> dict[str, Any]:
+        """The group's entry in ``SweepResult.groups`` (schema in the module docstring)."""
+        return {"group": self.gid, "structure": self.structure.to_dict(), "poolings": list(self.sources),
+                "optimizer": self.optimizer, "batch_size": self.batch, "members": self.ids,
+                "padded_members": self.m_pad, "padded_hidden": list(self.padded),
+                "gated_depths": self.depths if self.gated else None,
+                "mesh": {k: int(v) for k, v in self.mesh.shape.items()}, "map_batch": self.map_batch,
+                "map_batch_probe": self.probe, "steps_per_epoch": self.n_train // self.batch, "epochs": epochs,
+                "slots_per_epoch": self.slots_per_epoch, "timings": self.timings}
+
+    def wait_init(self) -> None:
+        """Place the background init program's result on the mesh (state, constants, the kept-best copy)."""
+        if self._init is None:
+            return
+        variables, opt_state, keys = self._init.result()
+        self._init = None
+        self.state = jax.device_put(GroupState(variables, opt_state, np.zeros(self.m_pad, bool)), self.msh)
+        self.consts = jax.device_put(self._host_consts._replace(keys=keys), self.msh)
+        self.best = _copy_tree(self.state.variables)
+
+    def program(self, map_batch: int | str, task: str) -> tuple[Callable, Callable]:
         return _programs(_Program(self.structure, self.optimizer, self.batch, self.mesh, map_batch, self.gated,
                                   dropout=any(s.head.dropout for s in self.specs),
-                                  input_dropout=any(s.head.input_dropout for s in self.specs)))
+                                  input_dropout=any(s.head.input_dropout for s in self.specs), task=task))
+
+    def compile_epoch(self, epoch_fn: Callable) -> None:
+        """Compile the epoch program from the traced shapes (no need to wait for the init program)."""
+        idx = jax.ShapeDtypeStruct((self.n_train // self.batch, self.batch), np.dtype(np.int32),
+                                   sharding=self.idx_sharding)
+        active = jax.ShapeDtypeStruct((self.m_pad,), np.dtype(bool), sharding=self.msh)
+        epoch_fn.lower(self.abstract_state, self.abstract_consts, active, self.dev_x["train"], self.dev_y["train"],
+                       idx, jnp.asarray(0, jnp.int32)).compile()
+
+    def compile_evaluation(self, evaluate: Callable) -> concurrent.futures.Future:
+        """Compile the evaluation, keep-best and copy programs in the background (they wait for the first epoch)."""
+        variables = self.abstract_state.variables
+        improved = jax.ShapeDtypeStruct((self.m_pad,), np.dtype(bool), sharding=self.msh)
+
+        def compile_all() -> None:
+            evaluate.lower(variables, self.abstract_consts, self.dev_x["val"], self.dev_y["val"],
+                           self.dev_mask["val"]).compile()
+            _keep_best.lower(variables, variables, improved).compile()
+            _copy_tree.lower(variables).compile()
+
+        return self.pool.submit(compile_all)
 
     def epoch_args(self, idx: np.ndarray, step0: int) -> tuple:
         return (self.state, self.consts, jax.device_put(self.active, parallel.member_sharding(self.mesh)),
@@ -826,6 +892,7 @@ class _Group:
         if setting != "probe":
             self.map_batch = setting if setting == "vmap" else min(int(setting), self.cap)
             return
+        self.wait_init()
         cands = _candidates(self.local_members, self.cap)
         if len(cands) == 1:
             self.map_batch = cands[0]
@@ -834,7 +901,7 @@ class _Group:
         idx = _shuffled_batches(rng, self.n_train, self.batch)[:2]
         self.probe = {}
         for k in cands:
-            epoch_fn, _ = self.program(k)
+            epoch_fn, _ = self.program(k, "multiclass")
             self.probe[str(k)] = _time_epoch(epoch_fn, self.epoch_args(idx, 0)) / len(idx)
         fastest = min(cands, key=lambda k: self.probe[str(k)])
         # Timings on a shared machine are noisy: keep vmap (no per-chunk loop) unless beaten by more than 10%.
@@ -883,22 +950,16 @@ def run_sweep(
                           background=jax.process_count() == 1)
     cached = {k: getattr(splits["train"], k) for k in ("pooled", "maps")}
     shapes = {k: None if a is None else tuple(a.shape[1:]) for k, a in cached.items()}
-    for gid, ids in enumerate(_group_members(members, shapes, sweep.depth_grouping)):
-        if store.restore(gid, ids, records, variables, groups_json):
-            continue
-        g = _Group(gid, ids, members, splits, sweep, mesh)
-        _train_group(g, sweep, splits, metric, task, records, variables, members, progress)
-        groups_json.append({
-            "group": gid, "structure": g.structure.to_dict(), "poolings": list(g.sources), "optimizer": g.optimizer,
-            "batch_size": g.batch,
-            "members": ids, "padded_members": g.m_pad, "padded_hidden": list(g.padded),
-            "gated_depths": g.depths if g.gated else None,
-            "mesh": {k: int(v) for k, v in g.mesh.shape.items()}, "map_batch": g.map_batch,
-            "map_batch_probe": g.probe, "steps_per_epoch": g.n_train // g.batch, "epochs": sweep.epochs,
-            "slots_per_epoch": g.slots_per_epoch,
-            "timings": g.timings})
-        store.save(gid, ids, records, variables, groups_json[-1])
-        del g
+    # Compiles (and each group's init) run on this pool while the main thread compiles the epoch program.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
+        for gid, ids in enumerate(_group_members(members, shapes, sweep.depth_grouping)):
+            if store.restore(gid, ids, records, variables, groups_json):
+                continue
+            g = _Group(gid, ids, members, splits, sweep, mesh, pool)
+            _train_group(g, sweep, splits, metric, task, records, variables, members, progress)
+            groups_json.append(g.describe(sweep.epochs))
+            store.save(gid, ids, records, variables, groups_json[-1])
+            del g
     ridge, ridge_s = ridge_job.result()
     board, rec = leaderboard(records, metric)
     store.clear()
@@ -968,10 +1029,11 @@ class _GroupStore:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _evaluate(g: _Group, split: str, predict: Callable, variables: Any, task: str) -> tuple[dict, Array]:
-    """Per-member metrics of ``split`` as host arrays (gathered across processes), and the device logits."""
-    logits = predict(variables, g.consts, g.dev_x[split])
-    return jax.tree.map(parallel.to_host, _metrics_jit(task)(logits, g.dev_y[split])), logits
+def _evaluate(g: _Group, split: str, evaluate: Callable, variables: Any) -> tuple[dict, Array]:
+    """Per-member metrics of ``split`` as host arrays (gathered across processes), and the device logits (padded
+    to the longest evaluation split: the first ``g.n_eval[split]`` rows are real)."""
+    metrics, logits = evaluate(variables, g.consts, g.dev_x[split], g.dev_y[split], g.dev_mask[split])
+    return jax.tree.map(parallel.to_host, metrics), logits
 
 
 class _Book:
@@ -985,6 +1047,7 @@ class _Book:
         self.active = np.ones(n, bool)
         self.stopped = ["completed"] * n
         self.curves: list[dict[str, Any]] = [{"train_loss": [], "val": {}} for _ in range(n)]
+        self.best_val: list[dict[str, np.ndarray] | None] = [None] * n  # val metrics at best_epoch
 
     def stop(self, js: np.ndarray, why: str) -> None:
         for j in js:
@@ -1016,37 +1079,44 @@ def _compact(g: _Group, slots: np.ndarray, book: _Book) -> np.ndarray:
     return new_slots
 
 
-def _finalize(g: _Group, predict: Callable, slots: np.ndarray, which: np.ndarray, book: _Book,
+def _finalize(g: _Group, evaluate: Callable, slots: np.ndarray, which: np.ndarray, book: _Book,
               splits: Mapping[str, FeatureSplit], task: str, records: list, variables_out: list,
               members: Sequence[MemberSpec]) -> None:
-    """Final val/test metrics (kept best-epoch weights) and unpadded variables of the members in slots ``which``."""
+    """Final val/test metrics (kept best-epoch weights) and unpadded variables of the members in slots ``which``.
+    Val metrics are those recorded at each member's best epoch (the same weights and program); val is evaluated
+    again only for multilabel thresholds or a member that never improved on its initial weights."""
     if len(which) == 0:
         return
     t = time.perf_counter()
-    val, val_logits = _evaluate(g, "val", predict, g.best, task)
-    test, test_logits = (_evaluate(g, "test", predict, g.best, task) if "test" in splits else (None, None))
+    val = val_logits = None
+    if task == "multilabel" or any(book.best_val[slots[s]] is None for s in which):
+        val, val_logits = _evaluate(g, "val", evaluate, g.best)
+    test, test_logits = (_evaluate(g, "test", evaluate, g.best) if "test" in splits else (None, None))
+    n_val, n_test = g.n_eval["val"], g.n_eval.get("test", 0)
     if task == "multilabel":  # thresholds are tuned per member on the host's copy of its scores
-        val_logits = parallel.to_host(val_logits)
-        test_logits = None if test_logits is None else parallel.to_host(test_logits)
-    host_best = jax.tree.map(lambda a: parallel.to_host(a)[which], g.best)
+        val_logits = parallel.to_host(val_logits)[:, :n_val]
+        test_logits = None if test_logits is None else parallel.to_host(test_logits)[:, :n_test]
+    host_best = jax.tree.map(parallel.to_host, g.best)
     g.timings["eval_s"] += time.perf_counter() - t
-    for w, slot in enumerate(which):
+    for slot in which:
         j = int(slots[slot])
         i = g.ids[j]
         spec = members[i]
-        v_scalars, v_per = _split_scalars(val, slot)
-        t_scalars, t_per = _split_scalars(test, slot) if test is not None else (None, None)
+        recorded = book.best_val[j]
+        v_scalars, v_per = _split_scalars(recorded if val is None else {k: v[slot] for k, v in val.items()})
+        t_scalars, t_per = (_split_scalars({k: v[slot] for k, v in test.items()}) if test is not None
+                            else (None, None))
         thresholds = None
         if task == "multilabel":
-            thr, f1v, f1t = _thresholded(jax.nn.sigmoid(val_logits[slot]), g.dev_y["val"],
+            thr, f1v, f1t = _thresholded(jax.nn.sigmoid(val_logits[slot]), g.dev_y["val"][:n_val],
                                          None if test is None else jax.nn.sigmoid(test_logits[slot]),
-                                         None if test is None else g.dev_y["test"])
+                                         None if test is None else g.dev_y["test"][:n_test])
             thresholds = [float(a) for a in np.asarray(thr)]
             v_scalars["macro_f1"], v_per["f1"] = float(f1v["macro_f1"]), [float(a) for a in np.asarray(f1v["f1"])]
             if f1t is not None:
                 t_scalars["macro_f1"] = float(f1t["macro_f1"])
                 t_per["f1"] = [float(a) for a in np.asarray(f1t["f1"])]
-        member_vars = jax.tree.map(lambda a: a[w], host_best)
+        member_vars = jax.tree.map(lambda a: a[slot], host_best)
         member_vars = dict(member_vars, params=jax.tree.map(np.asarray, swap_first_kernel(member_vars["params"],
                                                                                       g.structure)))
         shape = g.feature_shapes[spec.head.pooling]
@@ -1068,7 +1138,14 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
     flags, early stopping, successive halving, and compaction of the device arrays to the live members."""
     rng = np.random.default_rng([sweep.data_seed, g.gid])
     g.choose_map_batch(sweep.map_batch, rng)
-    epoch_fn, predict = g.program(g.map_batch)
+    epoch_fn, evaluate = g.program(g.map_batch, task)
+    # Compilation overlaps: init runs and the evaluation programs compile in the pool while this thread compiles
+    # the epoch; each phase's timing is this thread's wall time (compile_s includes waiting for init).
+    evaluation_compiled = g.compile_evaluation(evaluate)
+    t = time.perf_counter()
+    g.compile_epoch(epoch_fn)
+    g.wait_init()
+    g.timings["compile_s"] += time.perf_counter() - t
     n_real, n = len(g.ids), g.n_train
     slots = np.where(np.arange(g.m_pad) < n_real, np.arange(g.m_pad), -1)  # device slot -> member position
     book = _Book(n_real)
@@ -1082,14 +1159,15 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
         was_active = g.active.copy()
         idx = _shuffled_batches(rng, n, g.batch)
         t = time.perf_counter()
-        first = g.timings["compile_s"] == 0.0
+        first = epoch == 1  # booked as compile_s: the benchmarks time epochs 2.. as training
         g.state, losses = epoch_fn(*g.epoch_args(idx, step0))
         g.slots_per_epoch.append(g.m_pad)
         losses = parallel.to_host(losses)
         g.timings["compile_s" if first else "train_s"] += time.perf_counter() - t
         step0 += len(idx)
         t = time.perf_counter()
-        val, _ = _evaluate(g, "val", predict, g.state.variables, task)
+        evaluation_compiled.result()
+        val, _ = _evaluate(g, "val", evaluate, g.state.variables)
         g.timings["eval_s"] += time.perf_counter() - t
         score = np.nan_to_num(np.asarray(val[metric], np.float64), nan=-np.inf)
         diverged = parallel.to_host(g.state.diverged)
@@ -1103,6 +1181,7 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
                     book.curves[j]["val"].setdefault(k, []).append(float(v[slot]))
             if improved[slot]:
                 book.best[j], book.best_epoch[j], book.since[j] = score[slot], epoch, 0
+                book.best_val[j] = {k: v[slot] for k, v in val.items()}
             else:
                 book.since[j] += 1
         g.best = _keep_best(g.best, g.state.variables, jax.device_put(improved, parallel.member_sharding(g.mesh)))
@@ -1119,9 +1198,9 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
         # Free the compute of stopped members once they hold at least half of the device slots.
         if book.active.any() and np.sum(real & ~book.active[js]) >= g.m_pad // 2:
             stopped = np.asarray([s for s in _unfinished(slots, g, records) if not book.active[slots[s]]], int)
-            _finalize(g, predict, slots, stopped, book, splits, task, records, variables_out, members)
+            _finalize(g, evaluate, slots, stopped, book, splits, task, records, variables_out, members)
             slots = _compact(g, slots, book)
-    _finalize(g, predict, slots, _unfinished(slots, g, records), book, splits, task, records, variables_out,
+    _finalize(g, evaluate, slots, _unfinished(slots, g, records), book, splits, task, records, variables_out,
               members)
 
 
