@@ -854,14 +854,13 @@ class _Group:
         """Compile the epoch program from the traced shapes (no need to wait for the init program)."""
         idx = jax.ShapeDtypeStruct((self.n_train // self.batch, self.batch), np.dtype(np.int32),
                                    sharding=self.idx_sharding)
-        active = jax.ShapeDtypeStruct((self.m_pad,), np.dtype(bool), sharding=self.msh)
-        epoch_fn.lower(self.abstract_state, self.abstract_consts, active, self.dev_x["train"], self.dev_y["train"],
-                       idx, jnp.asarray(0, jnp.int32)).compile()
+        member_flags = self.abstract_state.diverged  # (M,) bool on the members' sharding, like `active`
+        epoch_fn.lower(self.abstract_state, self.abstract_consts, member_flags, self.dev_x["train"],
+                       self.dev_y["train"], idx, jnp.asarray(0, jnp.int32)).compile()
 
     def compile_evaluation(self, evaluate: Callable) -> concurrent.futures.Future:
         """Compile the evaluation, keep-best and copy programs in the background (they wait for the first epoch)."""
-        variables = self.abstract_state.variables
-        improved = jax.ShapeDtypeStruct((self.m_pad,), np.dtype(bool), sharding=self.msh)
+        variables, improved = self.abstract_state.variables, self.abstract_state.diverged  # (M,) bool flags
 
         def compile_all() -> None:
             evaluate.lower(variables, self.abstract_consts, self.dev_x["val"], self.dev_y["val"],
@@ -872,7 +871,7 @@ class _Group:
         return self.pool.submit(compile_all)
 
     def epoch_args(self, idx: np.ndarray, step0: int) -> tuple:
-        return (self.state, self.consts, jax.device_put(self.active, parallel.member_sharding(self.mesh)),
+        return (self.state, self.consts, jax.device_put(self.active, self.msh),
                 self.dev_x["train"], self.dev_y["train"], jax.device_put(idx, self.idx_sharding),
                 jnp.asarray(step0, jnp.int32))
 
@@ -1069,8 +1068,7 @@ def _compact(g: _Group, slots: np.ndarray, book: _Book) -> np.ndarray:
     if len(live) == 0 or m_new >= g.m_pad:
         return slots
     sel = np.concatenate([live, np.full(m_new - len(live), live[0])])
-    msh = parallel.member_sharding(g.mesh)
-    take = lambda tree: jax.device_put(_gather_members(tree, jnp.asarray(sel)), msh)  # noqa: E731
+    take = lambda tree: jax.device_put(_gather_members(tree, jnp.asarray(sel)), g.msh)  # noqa: E731
     g.state, g.consts, g.best = take(g.state), take(g.consts), take(g.best)
     g.m_pad = m_new
     g.local_members = m_new // g.mesh.shape[parallel.MEMBERS]
@@ -1184,7 +1182,7 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
                 book.best_val[j] = {k: v[slot] for k, v in val.items()}
             else:
                 book.since[j] += 1
-        g.best = _keep_best(g.best, g.state.variables, jax.device_put(improved, parallel.member_sharding(g.mesh)))
+        g.best = _keep_best(g.best, g.state.variables, jax.device_put(improved, g.msh))
         book.stop(slots[was_active & diverged], "diverged")
         if sweep.patience is not None:
             book.stop(np.flatnonzero(book.active & (book.since >= sweep.patience)), "early_stopping")
