@@ -234,3 +234,26 @@ def test_micro_batched_forward_equals_the_whole_batch() -> None:
     chunked = feature_maps(built.module, built.variables, images, built.config.preprocessing, micro_batch=2)
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
     np.testing.assert_allclose(np.asarray(whole), np.asarray(built.apply(images)["features"]), atol=1e-5)
+
+
+def test_features_for_sweep_reports_shapes_before_the_backbone_runs_and_compiles_the_sweep(
+        folder: data.Dataset, tmp_path: Path) -> None:
+    from jaxheads import job
+    from jaxheads.sweep import SweepSpec, run_sweep
+
+    source = features.backbone_source(TINY, None, seed=0)
+    shapes: list[dict] = []
+    computed = features.extract_all(source, folder, cache_dir=tmp_path / "a", need_maps=True, batch_size=4,
+                                    on_shapes=shapes.append)
+    assert shapes and all(s == {"pooled": (16,), "maps": (8, 8, 16)} for s in shapes)  # the features' own shapes
+    assert computed["train"].maps.shape[1:] == shapes[0]["maps"]
+    shapes.clear()
+    features.extract_all(dataclasses.replace(source, load=_never), folder, cache_dir=tmp_path / "a",
+                         need_maps=True, on_shapes=shapes.append)
+    assert not shapes  # a cache hit runs nothing and reports nothing
+    sweep = SweepSpec(pooling=("avg", "flatten"), widths=(8,), epochs=2, batch_size=(6,), patience=None)
+    splits = job.features_for_sweep(source, folder, sweep, cache_dir=tmp_path / "b", batch_size=4)
+    for name, split in computed.items():
+        np.testing.assert_array_equal(splits[name].maps, split.maps)
+    result = run_sweep(sweep, splits, num_classes=folder.num_classes)
+    assert len(result.members) == 2 and all(np.isfinite(m["val"]["loss"]) for m in result.members)

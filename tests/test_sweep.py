@@ -2,6 +2,7 @@
 successive halving, lax.map choice, multilabel metrics against scikit-learn, the leaderboard rule, JSON."""
 
 import json
+import logging
 
 import jax
 import numpy as np
@@ -12,7 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from jaxheads import heads_io
 from jaxheads.heads import HeadSpec, apply_head, param_count
 from jaxheads.splits import FeatureSplit
-from jaxheads.sweep import MemberSpec, SweepSpec, leaderboard, run_sweep
+from jaxheads.sweep import MemberSpec, SweepSpec, abstract_splits, compile_sweep, leaderboard, run_sweep
 
 TOL = 1e-5
 
@@ -257,3 +258,26 @@ def test_heads_on_cached_pooled_vectors_and_on_pooled_maps_share_a_group():
         x = splits["test"].pooled if spec.pooling == "none" else splits["test"].maps
         accuracy = np.mean(np.argmax(np.asarray(apply_head(variables, x, spec)), -1) == splits["test"].labels)
         assert m["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-6), spec.pooling
+
+
+def _compiled_programs(caplog, fn):
+    """Names of the programs XLA compiled while ``fn`` ran (``jax.log_compiles``)."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        out = fn()
+    return out, [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+
+
+def test_compile_sweep_from_shapes_leaves_run_sweep_nothing_to_compile(caplog):
+    sweep = _sweep(widths=(4, 8), depth=(1, 2), dropout=(0.0, 0.5), ridge_l2=(0.1, 10.0), map_batch="auto")
+    splits = _splits(n=96, d=13)  # shapes no other test compiles
+    shapes = abstract_splits({k: len(s) for k, s in splits.items()}, pooled=(13,),
+                             label_dtype=splits["train"].labels.dtype)
+    info = compile_sweep(sweep, shapes, num_classes=3)
+    result, compiled = _compiled_programs(caplog, lambda: run_sweep(sweep, splits, num_classes=3))
+    assert not [name for name in compiled if "_local" in name or "init" in name or "ridge" in name], compiled
+    assert [g["map_batch"] for g in info["groups"]] == [g["map_batch"] for g in result.groups]
+    assert len(info["groups"]) == 2 and len(result.ridge) == 2
+    # The check can fail: features of another length compile the epoch program again.
+    _, compiled = _compiled_programs(caplog, lambda: run_sweep(sweep, _splits(n=80, d=13), num_classes=3))
+    assert any("_local_epoch" in name for name in compiled), compiled

@@ -7,8 +7,9 @@
 * **B, plain JAX loop**: the features cached once (the jaxheads feature pass, same arrays), then for every design
   a hand-written loop: ``init_head``, ``optax.adam``, one jitted step per batch called from Python, validation
   accuracy after every epoch. One compilation per design, one dispatch per step.
-* **jaxheads**: ``features.extract_all`` into a cold cache (decoding included) + one ``run_sweep`` of the same
-  designs as explicit members.
+* **jaxheads**: what ``jaxheads sweep`` does: ``job.features_for_sweep`` into a cold cache (decoding included; the
+  sweep's programs compile in a thread while the backbone runs) + one ``run_sweep`` of the same designs as
+  explicit members.
 
 All three: Adam at the same learning rate, the same batch size and epochs, softmax cross-entropy, ReLU, dropout
 after each hidden layer, and the best validation accuracy over the epochs (what keep-best-weights reports).
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxheads import data, features
+from jaxheads import data, job
 from jaxheads import heads as H
 from jaxheads.features import BackboneSource
 from jaxheads.splits import FeatureSplit
@@ -161,12 +162,12 @@ def run_jaxheads(pair: BackbonePair, ds: data.Dataset, designs: Sequence[HeadDes
     """One feature pass into a cold cache + one sweep; returns timings, the features (for B) and the result."""
     with tempfile.TemporaryDirectory(prefix="bench-features-") as cache:
         t = time.perf_counter()
-        splits = features.extract_all(BackboneSource.of(pair.flax), ds, cache_dir=Path(cache), need_maps=True,
-                                      batch_size=size.feature_batch)
+        sweep = sweep_spec(designs, ds.num_classes, size, seed)
+        splits = job.features_for_sweep(BackboneSource.of(pair.flax), ds, sweep, cache_dir=Path(cache),
+                                        batch_size=size.feature_batch)
         feature_s = time.perf_counter() - t
     t = time.perf_counter()
-    result = run_sweep(sweep_spec(designs, ds.num_classes, size, seed), splits, num_classes=ds.num_classes,
-                       label_names=list(ds.classes))
+    result = run_sweep(sweep, splits, num_classes=ds.num_classes, label_names=list(ds.classes))
     sweep_s = time.perf_counter() - t
     images = sum(len(s) for s in splits.values())
     timing = {"wall_s": feature_s + sweep_s, "feature_s": feature_s, "sweep_s": sweep_s,

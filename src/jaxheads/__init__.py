@@ -23,6 +23,8 @@ _EXPORTS = {
     "MemberSpec": "jaxheads.sweep",
     "SweepResult": "jaxheads.sweep",
     "run_sweep": "jaxheads.sweep",
+    "compile_sweep": "jaxheads.sweep",
+    "abstract_splits": "jaxheads.sweep",
     "save_head": "jaxheads.heads_io",
     "load_head": "jaxheads.heads_io",
     "export_head": "jaxheads.heads_io",

@@ -77,6 +77,9 @@ class Progress(NamedTuple):
 
 
 ProgressFn = Callable[[Progress], None]
+ShapesFn = Callable[[dict[str, "tuple[int, ...] | None"]], None]
+"""Called with ``{"pooled": (C,), "maps": (h, w, C) or None}`` once the backbone's forward is traced, before it runs:
+what a sweep needs to compile its programs while the features are computed (``jaxheads.job``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +169,7 @@ def extract_features(
     strict: bool = False,
     devices: Sequence[jax.Device] | None = None,
     num_workers: int | None = None,
+    on_shapes: ShapesFn | None = None,
 ) -> FeatureSplit:
     """Features of ``dataset``'s ``split`` under ``backbone``: from the cache when a complete one with this key
     exists (and has maps if ``need_maps``), else computed and cached under ``cache_dir`` (default
@@ -175,7 +179,8 @@ def extract_features(
     every batch is padded to the same multiple of the device count so there is one compilation, and the padding
     is dropped. Chunks of ``chunk_size`` images (default ``8 * batch_size``, rounded to whole batches) are written
     as they finish, so an interrupted pass resumes at the first unfinished chunk. Unreadable images are skipped
-    with a warning (``strict=True`` raises); the returned labels are those of the images kept.
+    with a warning (``strict=True`` raises); the returned labels are those of the images kept. ``on_shapes`` (see
+    :data:`ShapesFn`) is called when the backbone has to run, never on a cache hit.
     """
     source = _as_source(backbone)
     total = len(dataset.split(split))
@@ -206,7 +211,7 @@ def extract_features(
         _compute_chunks(
             source, dataset, split, folder / CHUNKS, todo, done,
             need_maps=need_maps, batch_size=batch_size, report=report, strict=strict,
-            devices=devices, num_workers=num_workers,
+            devices=devices, num_workers=num_workers, on_shapes=on_shapes,
         )  # fmt: skip
     if processes == 1:
         return _assemble(folder, source, dataset, split, plan, need_maps)
@@ -257,6 +262,7 @@ def _compute_chunks(
     strict: bool,
     devices: Sequence[jax.Device] | None,
     num_workers: int | None,
+    on_shapes: ShapesFn | None = None,
 ) -> None:
     """Run the backbone over the images of the chunks in ``todo`` and write each chunk as it completes."""
     backbone = source.load()
@@ -266,6 +272,12 @@ def _compute_chunks(
         mesh=mesh)
     variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
     padded_batch = math.ceil(batch_size / mesh.size) * mesh.size
+    if on_shapes is not None:  # the trace is cached: the first batch reuses it
+        size = source.preprocessing.input_size
+        images = jax.ShapeDtypeStruct((padded_batch, size, size, 3), np.uint8,
+                                      sharding=parallel.data_sharding(mesh))
+        pooled, maps = forward.func.trace(variables, images, **forward.keywords).out_info
+        on_shapes({"pooled": tuple(pooled.shape[1:]), "maps": None if maps is None else tuple(maps.shape[1:])})
     total = len(dataset.split(split))
     finished = sum(b - a for a, b in done)
     report(Progress(split, finished, total))

@@ -7,6 +7,7 @@ writes the report, ``results.json`` and the head.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -18,7 +19,7 @@ import numpy as np
 
 from jaxheads import checkpoint, data, distributed, features, heads_io, metrics, report
 from jaxheads.splits import FeatureSplit
-from jaxheads.sweep import SweepResult, SweepSpec, run_sweep
+from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep
 
 DEFAULT_DATASET = "elpv"
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -76,13 +77,9 @@ def sweep_job(
         dataset, data_dir=data_dir, task=task, seed=seed)  # fmt: skip
     if "train" not in ds.splits or "val" not in ds.splits:
         raise data.DatasetError(f"dataset {ds.name}: needs 'train' and 'val' splits, has {sorted(ds.splits)}")
-    members = sweep.expand(ds.num_classes, ds.task)
-    need_maps = any(m.head.pooling != "none" for m in members)
     source = features.backbone_source(backbone, weights, seed=seed)
-    splits = features.extract_all(
-        source, ds, cache_dir=cache_dir, need_maps=need_maps, batch_size=batch_size,
-        progress=feature_progress, strict=strict,
-    )  # fmt: skip
+    splits = features_for_sweep(source, ds, sweep, cache_dir=cache_dir, batch_size=batch_size,
+                                progress=feature_progress, strict=strict)
     result = run_sweep(sweep, splits, num_classes=ds.num_classes, task=ds.task, progress=sweep_progress,
                        label_names=list(ds.classes), checkpoint_dir=Path(out_dir) / SWEEP_STATE)
     _add_confusion_matrices(result, splits)
@@ -91,6 +88,37 @@ def sweep_job(
         files = write_outputs(result, out_dir, backbone=backbone, weights="none" if weights is None else str(weights),
                               weights_id=source.weights_id, dataset=ds.name)
     return JobOutput(result, splits, ds, files)
+
+
+def features_for_sweep(
+    source: features.BackboneSource,
+    ds: data.Dataset,
+    sweep: SweepSpec,
+    **extract_kwargs: Any,
+) -> dict[str, FeatureSplit]:
+    """``features.extract_all`` of every split ``sweep`` needs (maps only if some head pools them). While the
+    backbone runs, the sweep's programs compile in a thread from the features' shapes (``sweep.compile_sweep``),
+    so ``run_sweep`` on the result starts training at once. Single-process only; on a cache hit nothing compiles
+    early (there is nothing to overlap)."""
+    need_maps = any(m.head.pooling != "none" for m in sweep.expand(ds.num_classes, ds.task))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxheads-sweep-compile")
+    compiled: list[concurrent.futures.Future] = []
+
+    def compile_early(shapes: dict[str, Any]) -> None:
+        if compiled or jax.process_count() > 1:
+            return
+        labels = ds.split("train").labels
+        abstract = abstract_splits({name: len(ds.split(name)) for name in ds.splits}, pooled=shapes["pooled"],
+                                   maps=shapes["maps"], label_shape=labels.shape[1:], label_dtype=labels.dtype)
+        compiled.append(pool.submit(compile_sweep, sweep, abstract, num_classes=ds.num_classes, task=ds.task))
+
+    try:
+        splits = features.extract_all(source, ds, need_maps=need_maps, on_shapes=compile_early, **extract_kwargs)
+        for future in compiled:
+            future.result()
+    finally:
+        pool.shutdown(wait=True)
+    return splits
 
 
 def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], **provenance: Any) -> dict[str, Path]:

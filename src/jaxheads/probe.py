@@ -229,6 +229,35 @@ def ridge_probe(
     return result
 
 
+def compile_ridge_probe(train: FeatureSplit, val: FeatureSplit, test: FeatureSplit | None = None, *,
+                        grid_size: int = len(DEFAULT_L2_GRID), standardize: bool = True,
+                        num_classes: int | None = None) -> None:
+    """Compile what :func:`ridge_probe` runs, from splits whose arrays are ``jax.ShapeDtypeStruct`` (pooled (N, C)
+    or maps (N, H, W, C); labels (N,) multiclass or (N, K) multilabel), so that it can compile while the features
+    are computed. ``num_classes`` is needed for multiclass labels."""
+    def pooled(split: FeatureSplit) -> jax.ShapeDtypeStruct:
+        x = split.pooled if split.pooled is not None else split.maps
+        return jax.ShapeDtypeStruct((x.shape[0], x.shape[-1]), np.float32)
+
+    multilabel = len(train.labels.shape) == 2
+    k = train.labels.shape[1] if multilabel else num_classes
+    if k is None:
+        raise ValueError("compile_ridge_probe: num_classes is needed for multiclass labels")
+    labels = lambda split: jax.ShapeDtypeStruct(  # noqa: E731  (what jnp.asarray makes of the host labels)
+        split.labels.shape, jax.dtypes.canonicalize_dtype(split.labels.dtype))
+    fit = fit_ridge_eig.trace(pooled(train), jax.ShapeDtypeStruct((len(train), k), np.float32),
+                              standardize=standardize)
+    fit.lower().compile()
+    cache, l2s = fit.out_info, jax.ShapeDtypeStruct((grid_size,), np.float32)
+    if multilabel:
+        evaluation = test if test is not None else val
+        _multilabel_path.lower(cache, pooled(val), labels(val), pooled(evaluation), labels(evaluation),
+                               l2s).compile()
+        return
+    for split in (val, test) if test is not None else (val,):
+        _multiclass_path.lower(cache, pooled(split), labels(split), l2s).compile()
+
+
 def sweep_rows(splits: dict[str, FeatureSplit], *, l2: Sequence[float], task: str, num_classes: int,
                metric: str) -> list[dict]:
     """The ridge baseline in the sweep's schema: one row per λ (ascending),

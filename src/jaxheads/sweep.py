@@ -5,6 +5,8 @@ Public entry::
     run_sweep(sweep: SweepSpec, splits: dict[str, FeatureSplit], *, num_classes: int, task: str = "multiclass",
               mesh: Mesh | None = None, progress: Callable[[dict], None] | None = None,
               label_names: Sequence[str] | None = None) -> SweepResult
+    compile_sweep(sweep, abstract_splits(sizes, pooled=..., maps=...), *, num_classes, task, mesh) -> dict
+                                      # the same programs, compiled from shapes before the features exist
 
 ``splits`` needs ``"train"`` and ``"val"``; ``"test"`` is optional. Members are grouped by structure (pooling,
 conv stack, depth, normalisation, activation, loss options, optimiser, batch size); each group is one jitted
@@ -653,11 +655,36 @@ def _program_structure(head: HeadSpec) -> HeadSpec:
     return structure if structure.conv else structure.replace(pooling="none")
 
 
-def _program_input(split: FeatureSplit, head: HeadSpec, name: str) -> np.ndarray:
+def _program_input(split: FeatureSplit, head: HeadSpec, name: str) -> np.ndarray | jax.ShapeDtypeStruct:
     """float32 input of ``head``'s group program on ``split``: the cached features, pooled here once on the host
-    (conv-free heads) instead of at every training step."""
-    x = np.asarray(_features(split, head, name), np.float32)
+    (conv-free heads) instead of at every training step. Abstract features give the input's shape."""
+    x = _features(split, head, name)
+    if isinstance(x, jax.ShapeDtypeStruct):
+        pooled = x if head.conv else jax.eval_shape(functools.partial(H.pool, head), x)
+        return jax.ShapeDtypeStruct(pooled.shape, np.float32)
+    x = np.asarray(x, np.float32)
     return x if head.conv else np.asarray(H.pool(head, x, xp=np), np.float32)
+
+
+def _stack(arrays: Sequence[Any]) -> Any:
+    """``np.stack`` of the group's input arrays (or of their shapes)."""
+    if isinstance(arrays[0], jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(arrays),) + arrays[0].shape, arrays[0].dtype)
+    return np.stack(arrays)
+
+
+def _pad_rows(x: Any, rows: int, axis: int) -> Any:
+    """``x`` zero-padded to ``rows`` along ``axis`` (or its shape)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape[:axis] + (rows,) + x.shape[axis + 1:], x.dtype)
+    return parallel.pad_to(np.asarray(x), rows, axis=axis)[0]
+
+
+def _put(x: Any, sharding: NamedSharding) -> Any:
+    """``jax.device_put``, or for a shape the abstract array the program will be given (same dtype rules)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, jax.dtypes.canonicalize_dtype(x.dtype), sharding=sharding)
+    return jax.device_put(np.asarray(x), sharding)
 
 
 def _group_members(members: Sequence[MemberSpec], feature_shapes: Mapping[str, tuple[int, ...]],
@@ -742,7 +769,10 @@ def _candidates(local_members: int, cap: int) -> list[int | str]:
 
 
 class _Group:
-    """One structure group being trained: device state, host-side bookkeeping, and its compiled program."""
+    """One structure group being trained: device state, host-side bookkeeping, and its compiled program.
+
+    Built from abstract splits (arrays given as ``jax.ShapeDtypeStruct``) it only holds shapes: enough to compile
+    its programs (``compile_sweep``), nothing to train."""
 
     def __init__(self, gid: int, ids: list[int], members: Sequence[MemberSpec], splits: Mapping[str, FeatureSplit],
                  sweep: SweepSpec, mesh: Mesh | None, pool: concurrent.futures.Executor):
@@ -759,7 +789,8 @@ class _Group:
         # the map itself); every member reads the array of its own pooling.
         self.sources = tuple(dict.fromkeys(members[i].head.pooling for i in ids))
         by_source = {members[i].head.pooling: members[i].head for i in ids}
-        self.x = {k: np.stack([_program_input(s, by_source[p], k) for p in self.sources]) for k, s in splits.items()}
+        self.x = {k: _stack([_program_input(s, by_source[p], k) for p in self.sources]) for k, s in splits.items()}
+        self.abstract = isinstance(self.x["train"], jax.ShapeDtypeStruct)
         self.n_train = n_train = len(splits["train"])
         self.batch = min(first.batch_size, n_train)
         self.mesh = mesh if mesh is not None else parallel.sweep_mesh(len(ids), self.batch)
@@ -786,7 +817,9 @@ class _Group:
         # from the traced shapes (``compile_epoch``); ``wait_init`` collects the result.
         traced = _group_init(self.structure, tuple(self.x["train"].shape[2:]), self.padded, self.optimizer,
                              self.gated).trace(*init_args)
-        self._init: concurrent.futures.Future | None = pool.submit(lambda: traced.lower().compile()(*init_args))
+        compiled = (lambda: traced.lower().compile()) if self.abstract else (
+            lambda: traced.lower().compile()(*init_args))
+        self._init: concurrent.futures.Future | None = pool.submit(compiled)
         abstract_variables, abstract_opt_state, abstract_keys = traced.out_info
         self._host_consts = MemberConsts(
             dropout=np.asarray([s.head.dropout for s in specs], np.float32),
@@ -806,12 +839,10 @@ class _Group:
         # Evaluation splits are padded to one length (padding rows masked out of the metrics): one compile.
         self.n_eval = {k: len(s) for k, s in splits.items() if k != "train"}
         rows = max(self.n_eval.values())
-        self.dev_x = {k: jax.device_put(v if k == "train" else parallel.pad_to(v, rows, axis=1)[0], rep)
-                      for k, v in self.x.items()}
-        self.dev_y = {k: jax.device_put(np.asarray(s.labels) if k == "train"
-                                        else parallel.pad_to(np.asarray(s.labels), rows)[0], rep)
+        self.dev_x = {k: _put(v if k == "train" else _pad_rows(v, rows, axis=1), rep) for k, v in self.x.items()}
+        self.dev_y = {k: _put(s.labels if k == "train" else _pad_rows(s.labels, rows, axis=0), rep)
                       for k, s in splits.items()}
-        self.dev_mask = {k: jax.device_put(np.arange(rows) < n, rep) for k, n in self.n_eval.items()}
+        self.dev_mask = {k: _put(np.arange(rows) < n, rep) for k, n in self.n_eval.items()}
         self.active = np.arange(self.m_pad) < len(ids)
         self.idx_sharding = NamedSharding(self.mesh, P(None, parallel.DATA))
         local = self.m_pad // self.mesh.shape[parallel.MEMBERS]
@@ -839,8 +870,10 @@ class _Group:
         """Place the background init program's result on the mesh (state, constants, the kept-best copy)."""
         if self._init is None:
             return
-        variables, opt_state, keys = self._init.result()
-        self._init = None
+        result, self._init = self._init.result(), None
+        if self.abstract:  # only compiled
+            return
+        variables, opt_state, keys = result
         self.state = jax.device_put(GroupState(variables, opt_state, np.zeros(self.m_pad, bool)), self.msh)
         self.consts = jax.device_put(self._host_consts._replace(keys=keys), self.msh)
         self.best = _copy_tree(self.state.variables)
@@ -935,9 +968,7 @@ def run_sweep(
     members = sweep.expand(num_classes, task)
     if not members:
         raise ValueError("run_sweep: the sweep has no members")
-    for m in members:
-        for name, split in splits.items():
-            H.check_input(m.head, _features(split, m.head, name).shape[1:])
+    _check_inputs(members, splits)
     metric = "accuracy" if task == "multiclass" else "macro_average_precision"
     records: list[dict[str, Any] | None] = [None] * len(members)
     variables: list[Any] = [None] * len(members)
@@ -968,6 +999,64 @@ def run_sweep(
                        feature_shapes={k: None if v is None else list(v) for k, v in shapes.items()},
                        label_names=list(label_names) if label_names else None,
                        variables=variables)
+
+
+def abstract_splits(sizes: Mapping[str, int], *, pooled: Sequence[int] | None = None,
+                    maps: Sequence[int] | None = None, label_shape: Sequence[int] = (),
+                    label_dtype: Any = np.int32) -> dict[str, FeatureSplit]:
+    """The shapes of the features a sweep will get, as :class:`FeatureSplit`s of ``jax.ShapeDtypeStruct``:
+    ``sizes`` examples per split, pooled (C,) and/or map (H, W, C) feature shapes, and per-example label shape
+    (``()`` multiclass, ``(K,)`` multilabel). What :func:`compile_sweep` takes."""
+
+    def one(n: int) -> FeatureSplit:
+        sds = lambda shape, dtype: None if shape is None else jax.ShapeDtypeStruct((n, *shape), dtype)  # noqa: E731
+        return FeatureSplit(labels=sds(tuple(label_shape), label_dtype), pooled=sds(pooled, np.float32),
+                            maps=sds(maps, np.float32))
+
+    return {name: one(n) for name, n in sizes.items()}
+
+
+def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_classes: int,
+                  task: str = "multiclass", mesh: Mesh | None = None) -> dict[str, Any]:
+    """Compile every group program :func:`run_sweep` will run, from the features' shapes alone (``splits`` from
+    :func:`abstract_splits`), so that they compile while the features are still being computed: the later
+    ``run_sweep`` on features of these shapes finds them compiled. Features of other shapes (e.g. unreadable
+    images left out) only make this wasted work. Returns what was compiled and how long it took.
+
+    Not for ``map_batch="probe"`` (it times candidates on real data): such a sweep compiles nothing here."""
+    t0 = time.perf_counter()
+    members = sweep.expand(num_classes, task)
+    _check_inputs(members, splits)
+    shapes = {k: None if a is None else tuple(a.shape[1:])
+              for k, a in (("pooled", splits["train"].pooled), ("maps", splits["train"].maps))}
+    groups, ridge = [], None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
+        if sweep.ridge_l2 != () and (shapes["pooled"] or shapes["maps"]):
+            from jaxheads import probe
+
+            grid = len(probe.DEFAULT_L2_GRID if sweep.ridge_l2 is None else sweep.ridge_l2)
+            ridge = pool.submit(probe.compile_ridge_probe, splits["train"], splits["val"], splits.get("test"),
+                                grid_size=grid, num_classes=num_classes)
+        if sweep.map_batch != "probe":
+            for gid, ids in enumerate(_group_members(members, shapes, sweep.depth_grouping)):
+                g = _Group(gid, ids, members, splits, sweep, mesh, pool)
+                g.choose_map_batch(sweep.map_batch, np.random.default_rng(0))
+                epoch_fn, evaluate = g.program(g.map_batch, task)
+                evaluation = g.compile_evaluation(evaluate)
+                g.compile_epoch(epoch_fn)
+                evaluation.result()
+                g.wait_init()
+                groups.append({"group": gid, "members": len(ids), "map_batch": g.map_batch})
+        if ridge is not None:
+            ridge.result()
+    return {"groups": groups, "compile_s": time.perf_counter() - t0}
+
+
+def _check_inputs(members: Sequence[MemberSpec], splits: Mapping[str, FeatureSplit]) -> None:
+    """Every member's head fits the features of every split (an error naming the field otherwise)."""
+    for m in members:
+        for name, split in splits.items():
+            H.check_input(m.head, _features(split, m.head, name).shape[1:])
 
 
 class _GroupStore:
