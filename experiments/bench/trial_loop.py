@@ -142,7 +142,9 @@ def _head_inputs(splits: Mapping[str, FeatureSplit]) -> tuple[dict[str, np.ndarr
 
 def run_plain(pair: BackbonePair, ds: data.Dataset, designs: Sequence[HeadDesign], size: BenchSize,
               seed: int = 0) -> tuple[dict[str, Any], dict[str, FeatureSplit]]:
-    """Baseline B: its own feature pass into a cold cache (the arrays jaxheads gets), then every design's loop."""
+    """Baseline B: its own feature pass into a cold cache (the arrays jaxheads gets), then every design's loop.
+    Compilation caches are cleared first: B compiles the backbone as a process of its own would."""
+    jax.clear_caches()
     with tempfile.TemporaryDirectory(prefix="bench-features-b-") as cache:
         t = time.perf_counter()
         splits = features.extract_all(BackboneSource.of(pair.flax), ds, cache_dir=Path(cache), need_maps=True,
