@@ -13,7 +13,11 @@ Measured in one process (prints a table, writes JSON):
       ``--map-batch probe``);
   (d) the state memory per member of pooled and Flatten heads (up to 8x8x1792 → 512 → 10): how many fit in 24 GiB.
 
-    python experiments/bench_sweep.py --out experiments/results/bench_sweep.json [--quick]
+``--cpu-devices N`` splits a CPU host into N JAX devices (``jax_num_cpu_devices``, set before JAX starts): the
+sweep shards its members over all of them (independent members run side by side), while the sequential loop keeps
+one device, its fastest layout (one member split over several host devices only adds collectives).
+
+    python experiments/bench_sweep.py --out experiments/results/bench_sweep.json [--quick] [--cpu-devices 2]
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax.sharding import Mesh
 
 from jaxheads.heads import HeadSpec, param_count
 from jaxheads.splits import FeatureSplit
@@ -71,10 +77,11 @@ def members(width: int, batch: int, n: int = 64) -> tuple[MemberSpec, ...]:
     return tuple(MemberSpec(head, float(lrs[i % 8]), batch_size=batch, seed=i // 8) for i in range(n))
 
 
-def _sweep(ms: tuple[MemberSpec, ...], splits: dict, epochs: int, map_batch: str | int) -> tuple[float, float, dict]:
+def _sweep(ms: tuple[MemberSpec, ...], splits: dict, epochs: int, map_batch: str | int,
+           mesh: Mesh | None = None) -> tuple[float, float, dict]:
     t = time.perf_counter()
     result = run_sweep(SweepSpec(members=ms, epochs=epochs, patience=None, ridge_l2=(), map_batch=map_batch),
-                       splits, num_classes=10)
+                       splits, num_classes=10, mesh=mesh)
     return time.perf_counter() - t, result.groups[0]["timings"]["train_s"], result.groups[0]
 
 
@@ -85,6 +92,7 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
     its choice."""
     splits = make_splits(n_train)
     ms = members(width, batch)
+    one_device = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("members", "data"))
     sweep_train, sweep_wall, seq_train, seq_wall, mm = [], [], [], [], []
     first_group = None
     for r in range(rounds):
@@ -95,7 +103,7 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
         sweep_train.append(train)
         walls, trains = 0.0, 0.0
         for m in ms:
-            wall, train, _ = _sweep((m,), splits, epochs, "vmap")
+            wall, train, _ = _sweep((m,), splits, epochs, "vmap", one_device)
             walls, trains = walls + wall, trains + train
         seq_wall.append(walls)
         seq_train.append(trains)
@@ -106,7 +114,7 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
     best_sweep, best_seq = min(sweep_train), min(seq_train)
     fractions = [useful / t / m for t, m in zip(sweep_train, mm)]
     return {
-        "case": name, "hidden": width, "batch": batch, "members": len(ms), "epochs": epochs, "rounds": rounds,
+        "case": name, "sweep_mesh": g["mesh"], "sequential_mesh": {"members": 1, "data": 1}, "hidden": width, "batch": batch, "members": len(ms), "epochs": epochs, "rounds": rounds,
         "steps_per_epoch": g["steps_per_epoch"], "timed_steps": steps,
         "params_per_head": param_count(ms[0].head, (1280,)),
         "map_batch": g["map_batch"], "map_batch_probe_s_per_step": g["map_batch_probe"],
@@ -149,7 +157,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not a measurement)")
     parser.add_argument("--map-batch", default="auto", help="'auto', 'probe', 'vmap' or an int")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of sweep and sequential loop")
+    parser.add_argument("--cpu-devices", type=int, default=0,
+                        help="split the CPU into this many JAX devices (0: JAX's default, one)")
     args = parser.parse_args()
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     map_batch = args.map_batch if args.map_batch in ("auto", "probe", "vmap") else int(args.map_batch)
 
     peak = peak_before = matmul_flops()
