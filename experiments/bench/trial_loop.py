@@ -5,8 +5,9 @@
   through the backbone every epoch of every trial (train and val) — that is the cost jaxheads removes. Keras gets
   the images already decoded in memory (its best case; decoding is timed apart and not charged to A).
 * **B, plain JAX loop**: its own feature pass into a cold cache (``features.extract_all``; the same arrays
-  jaxheads gets), then for every design a hand-written loop: ``init_head``, ``optax.adam``, one jitted step per batch called from Python, validation
-  accuracy after every epoch. One compilation per design, one dispatch per step.
+  jaxheads gets), then for every design a hand-written loop: ``init_head``, ``optax.adam``, one jitted step per
+  batch called from Python, validation accuracy after every epoch. One compilation per design, one dispatch per
+  step.
 * **jaxheads**: what ``jaxheads sweep`` does: ``job.features_for_sweep`` into a cold cache (decoding included; the
   sweep's programs compile in a thread while the backbone runs) + one ``run_sweep`` of the same designs as
   explicit members. The heads-only ratio compares B's loop with the same sweep run again with every compilation
@@ -261,7 +262,8 @@ def compare_heads(designs: Sequence[HeadDesign], keras_run: dict, plain_run: dic
 
 
 def run(pair: BackbonePair, ds: data.Dataset, size: BenchSize, seed: int = 0) -> dict[str, Any]:
-    """Part 1 end to end: jaxheads, then B on its features, then A; wall times, ratios and per-head accuracy."""
+    """Part 1 end to end: jaxheads, then B (its own feature pass), jaxheads' sweep again from cleared caches (the
+    heads-only figure), then A; wall times, ratios and per-head accuracy."""
     designs = size.design_list()
     jh, splits, result = run_jaxheads(pair, ds, designs, size, seed)
     plain, plain_splits = run_plain(pair, ds, designs, size, seed)
