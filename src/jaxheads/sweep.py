@@ -903,6 +903,16 @@ class _Group:
 
         return self.pool.submit(compile_all)
 
+    def compile(self, task: str) -> tuple[Callable, Callable, concurrent.futures.Future]:
+        """Compile the group's programs for its chosen ``map_batch``: the epoch on this thread while init runs and
+        the evaluation programs compile in the pool; returns (epoch_fn, evaluate, the evaluation compile's future).
+        Waits for the init program (a real group's state is then on the mesh)."""
+        epoch_fn, evaluate = self.program(self.map_batch, task)
+        evaluation_compiled = self.compile_evaluation(evaluate)
+        self.compile_epoch(epoch_fn)
+        self.wait_init()
+        return epoch_fn, evaluate, evaluation_compiled
+
     def epoch_args(self, idx: np.ndarray, step0: int) -> tuple:
         return (self.state, self.consts, jax.device_put(self.active, self.msh),
                 self.dev_x["train"], self.dev_y["train"], jax.device_put(idx, self.idx_sharding),
@@ -978,8 +988,7 @@ def run_sweep(
     # compiles on one core) in a thread while the groups train; across processes it runs after them.
     ridge_job = _Deferred(_timed_ridge_rows, sweep, splits, num_classes, metric,
                           background=jax.process_count() == 1)
-    cached = {k: getattr(splits["train"], k) for k in ("pooled", "maps")}
-    shapes = {k: None if a is None else tuple(a.shape[1:]) for k, a in cached.items()}
+    shapes = _feature_shapes(splits["train"])
     # Compiles (and each group's init) run on this pool while the main thread compiles the epoch program.
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
         for gid, ids in enumerate(_group_members(members, shapes, sweep.depth_grouping)):
@@ -1027,8 +1036,7 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
     t0 = time.perf_counter()
     members = sweep.expand(num_classes, task)
     _check_inputs(members, splits)
-    shapes = {k: None if a is None else tuple(a.shape[1:])
-              for k, a in (("pooled", splits["train"].pooled), ("maps", splits["train"].maps))}
+    shapes = _feature_shapes(splits["train"])
     groups, ridge = [], None
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
         if sweep.ridge_l2 != () and (shapes["pooled"] or shapes["maps"]):
@@ -1041,15 +1049,16 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
             for gid, ids in enumerate(_group_members(members, shapes, sweep.depth_grouping)):
                 g = _Group(gid, ids, members, splits, sweep, mesh, pool)
                 g.choose_map_batch(sweep.map_batch, np.random.default_rng(0))
-                epoch_fn, evaluate = g.program(g.map_batch, task)
-                evaluation = g.compile_evaluation(evaluate)
-                g.compile_epoch(epoch_fn)
-                evaluation.result()
-                g.wait_init()
+                g.compile(task)[2].result()
                 groups.append({"group": gid, "members": len(ids), "map_batch": g.map_batch})
         if ridge is not None:
             ridge.result()
     return {"groups": groups, "compile_s": time.perf_counter() - t0}
+
+
+def _feature_shapes(split: FeatureSplit) -> dict[str, tuple[int, ...] | None]:
+    """Per-example shapes of a split's cached features: {"pooled": (C,) or None, "maps": (H, W, C) or None}."""
+    return {k: None if a is None else tuple(a.shape[1:]) for k, a in (("pooled", split.pooled), ("maps", split.maps))}
 
 
 def _check_inputs(members: Sequence[MemberSpec], splits: Mapping[str, FeatureSplit]) -> None:
@@ -1225,13 +1234,9 @@ def _train_group(g: _Group, sweep: SweepSpec, splits: Mapping[str, FeatureSplit]
     flags, early stopping, successive halving, and compaction of the device arrays to the live members."""
     rng = np.random.default_rng([sweep.data_seed, g.gid])
     g.choose_map_batch(sweep.map_batch, rng)
-    epoch_fn, evaluate = g.program(g.map_batch, task)
-    # Compilation overlaps: init runs and the evaluation programs compile in the pool while this thread compiles
-    # the epoch; each phase's timing is this thread's wall time (compile_s includes waiting for init).
-    evaluation_compiled = g.compile_evaluation(evaluate)
+    # Each phase's timing is this thread's wall time (compile_s includes waiting for init).
     t = time.perf_counter()
-    g.compile_epoch(epoch_fn)
-    g.wait_init()
+    epoch_fn, evaluate, evaluation_compiled = g.compile(task)
     g.timings["compile_s"] += time.perf_counter() - t
     n_real, n = len(g.ids), g.n_train
     slots = np.where(np.arange(g.m_pad) < n_real, np.arange(g.m_pad), -1)  # device slot -> member position
