@@ -14,7 +14,6 @@ MobileNetV2 at 160 px, 288 elpv images, the 16 designs as one sweep):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -30,7 +29,7 @@ from experiments.bench import trial_loop
 from experiments.bench.backbone_pair import make_pair
 from experiments.bench.config import SIZES
 from experiments.bench.datasets import trial_dataset
-from jaxheads import features, job
+from jaxheads import checkpoint, features, job
 from jaxheads.features import BackboneSource
 from jaxheads.sweep import run_sweep
 
@@ -107,8 +106,7 @@ def main() -> None:
     print(f"two compiles: {compiles['sequential_s']:.2f} s one after the other, {compiles['threads_s']:.2f} s in "
           "two threads")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    checkpoint.write_json_atomic(out, result)
     print(f"wrote {out}")
 
 

@@ -16,7 +16,6 @@ the whole ``run_sweep`` call. Compiled programs are cached in the process, so on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxheads import checkpoint
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import DEPTH_GROUPING_DEFAULT, SweepSpec, run_sweep
 
@@ -119,8 +119,7 @@ def main() -> None:
           f"{summary['gated_speedup_train_s_median']:.2f}x (median); wall {summary['gated_speedup_wall_s_best']:.2f}x "
           f"(best) {summary['gated_speedup_wall_s_median']:.2f}x (median)  (>1: gated faster)")
     path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    checkpoint.write_json_atomic(path, out)
     print(f"wrote {path}")
 
 

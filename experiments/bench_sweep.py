@@ -23,7 +23,6 @@ one device, its fastest layout (one member split over several host devices only 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxheads import checkpoint
 from jaxheads.heads import HeadSpec, param_count
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepSpec, run_sweep
@@ -197,8 +197,7 @@ def main() -> None:
               f"{mem['state_bytes_per_member'] / 2**30:6.3f} GiB/member -> {mem['members_that_fit']} members in "
               f"{mem['budget_gib']:.0f} GiB (with 10k train examples resident)")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    checkpoint.write_json_atomic(out, result)
     print(f"wrote {out}")
 
 

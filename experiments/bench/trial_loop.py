@@ -19,7 +19,6 @@ after each hidden layer, and the best validation accuracy over the epochs (what 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
 import time
