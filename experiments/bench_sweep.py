@@ -13,11 +13,12 @@ Measured in one process (prints a table, writes JSON):
       ``--map-batch probe``);
   (d) the state memory per member of pooled and Flatten heads (up to 8x8x1792 → 512 → 10): how many fit in 24 GiB.
 
-``--cpu-devices N`` splits a CPU host into N JAX devices (``jax_num_cpu_devices``, set before JAX starts): the
-sweep shards its members over all of them (independent members run side by side), while the sequential loop keeps
-one device, its fastest layout (one member split over several host devices only adds collectives).
+The sweep runs as ``jaxheads sweep`` runs it: a CPU-only host is split into one JAX device per core
+(``distributed.split_cpu_host``; ``--cpu-devices N`` sets N instead, 1 = JAX's single device) and the sweep shards
+its members over all of them (independent members run side by side), while the sequential loop keeps one device,
+its fastest layout (one member split over several host devices only adds collectives).
 
-    python experiments/bench_sweep.py --out experiments/results/bench_sweep.json [--quick] [--cpu-devices 2]
+    python experiments/bench_sweep.py --out experiments/results/bench_sweep.json [--quick] [--cpu-devices 1]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxheads import checkpoint
+from jaxheads import checkpoint, distributed
 from jaxheads.heads import HeadSpec, param_count
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepSpec, run_sweep
@@ -121,6 +122,11 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
         "sweep_train_s_rounds": sweep_train, "sequential_train_s_rounds": seq_train,
         "sweep_wall_s_rounds": sweep_wall, "sequential_wall_s_rounds": seq_wall,
         "speedup_wall_first_round": seq_wall[0] / sweep_wall[0], "speedup_wall_best": min(seq_wall) / min(sweep_wall),
+        # per round (sweep and loop measured back to back): the spread the shared CPU puts on one comparison
+        "speedup_train_rounds": [q / w for q, w in zip(seq_train, sweep_train)],
+        "speedup_train_median": float(np.median([q / w for q, w in zip(seq_train, sweep_train)])),
+        "speedup_train_worst_round": min(q / w for q, w in zip(seq_train, sweep_train)),
+        "speedup_wall_worst_round": min(q / w for q, w in zip(seq_wall, sweep_wall)),
         "sweep_compile_s": g["timings"]["compile_s"], "sweep_probe_s": g["timings"]["probe_s"],
         "useful_gflops": useful / best_sweep / 1e9, "fraction_of_matmul": useful / best_sweep / peak,
         "matmul_gflops_rounds": [m / 1e9 for m in mm],
@@ -156,10 +162,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not a measurement)")
     parser.add_argument("--map-batch", default="auto", help="'auto', 'probe', 'vmap' or an int")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of sweep and sequential loop")
-    parser.add_argument("--cpu-devices", type=int, default=0,
-                        help="split the CPU into this many JAX devices (0: JAX's default, one)")
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="split a CPU host into this many JAX devices (default: one per core, as jaxheads sweep "
+                             "does; 1: JAX's single device)")
     args = parser.parse_args()
-    if args.cpu_devices:
+    if args.cpu_devices is None:
+        distributed.split_cpu_host()
+    else:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     map_batch = args.map_batch if args.map_batch in ("auto", "probe", "vmap") else int(args.map_batch)
 
@@ -181,17 +190,21 @@ def main() -> None:
     print(f"matmul 2048² f32: best {peak / 1e9:.0f} GFLOP/s, {peak_before / 1e9:.0f} before, "
           f"{peak_after / 1e9:.0f} after "
           f"({result['device']}, {result['devices']} device(s))")
-    header = (f"{'case':24} {'k':>5} {'sweep s':>8} {'seq s':>8} {'speedup':>8} {'wall x1':>8} {'wall x':>7} "
-              f"{'GFLOP/s':>8} {'seq GF/s':>8} {'of mm':>6} {'of adj mm':>9}")
+    header = (f"{'case':24} {'k':>5} {'sweep s':>8} {'seq s':>8} {'speedup':>8} {'median':>7} {'worst':>6} "
+              f"{'wall x1':>8} {'wall x':>7} {'wall wst':>8} {'GFLOP/s':>8} {'seq GF/s':>8} {'of mm':>6} "
+              f"{'of adj mm':>9}")
     print(header)
     for r in rows:
         print(f"{r['case']:24} {str(r['map_batch']):>5} {r['sweep_train_s']:8.2f} {r['sequential_train_s']:8.2f} "
-              f"{r['speedup_train']:7.2f}x {r['speedup_wall_first_round']:7.2f}x {r['speedup_wall_best']:6.2f}x "
+              f"{r['speedup_train']:7.2f}x {r['speedup_train_median']:6.2f}x {r['speedup_train_worst_round']:5.2f}x "
+              f"{r['speedup_wall_first_round']:7.2f}x {r['speedup_wall_best']:6.2f}x "
+              f"{r['speedup_wall_worst_round']:7.2f}x "
               f"{r['useful_gflops']:8.1f} {r['sequential_useful_gflops']:8.1f} {r['fraction_of_matmul']:6.0%} "
               f"{r['fraction_of_adjacent_matmul_median']:9.0%}")
-    print("sweep s / seq s: best round's jitted-epoch time (epochs 2..E); wall x1: whole calls incl. compile (and"
-          " the map_batch probe, if asked for) (round 1); wall x: best rounds; of mm: best round vs the best matmul"
-          " rate seen; of adj mm: median over rounds of the sweep's rate vs the matmul measured just before it")
+    print("sweep s / seq s / speedup: best round's jitted-epoch time (epochs 2..E); median / worst: of the per-round"
+          " training ratios; wall x1: whole calls incl. compile (and the map_batch probe, if asked for) (round 1);"
+          " wall x: best rounds; wall wst: worst round; of mm: best round vs the best matmul rate seen; of adj mm:"
+          " median over rounds of the sweep's rate vs the matmul measured just before it")
     for mem in result["memory"]:
         print(f"memory: {mem['head']:30} {mem['params'] / 1e6:6.1f}M params "
               f"{mem['state_bytes_per_member'] / 2**30:6.3f} GiB/member -> {mem['members_that_fit']} members in "

@@ -2,12 +2,16 @@
 predict, a CSV multilabel run, and one-line errors for bad input."""
 
 import json
+import os
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxheads import backbones, cli, heads_io
+from jaxheads import backbones, cli, distributed, heads_io
 
 SWEEP_FLAGS = ["--pooling", "avg,none", "--widths", "16", "--depths", "0,1", "--dropouts", "0",
                "--epochs", "4", "--seeds", "2", "--batch-size", "8", "--feature-batch-size", "16"]
@@ -121,3 +125,38 @@ def test_backbones_list_and_compare(image_folder, capsys, jaxheads_cache):
     assert code == 0, err
     row = [line for line in stdout.splitlines() if line.startswith("efficientnet_lite0")][0].split()
     assert int(row[1]) == 1280 and 0.6 < float(row[2]) <= 1.0  # pooled width; ridge val accuracy on 3 colours
+
+
+@pytest.mark.parametrize("env, cores, expected", [
+    ({}, 2, 2),
+    ({}, 64, 8),                                                           # capped at CPU_SPLIT_MAX
+    ({}, 1, None),                                                         # nothing to split
+    ({"JAX_NUM_CPU_DEVICES": "1"}, 16, None),                              # the user's choice stands
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, 16, None),
+    ({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}, 4, 4),             # other XLA flags do not count
+])
+def test_cpu_device_count_is_one_per_core_unless_the_user_chose(env, cores, expected):
+    assert distributed.cpu_device_count(env, cores) == expected
+
+
+def test_split_cpu_host_before_jax_starts_gives_one_device_per_core():
+    """In a fresh interpreter (JAX not started) the split takes effect; the user's JAX_NUM_CPU_DEVICES wins."""
+    code = ("import jax, jaxheads; from jaxheads import distributed; n = jaxheads.split_cpu_host(); "
+            "print(n, jax.local_device_count(), distributed.cpu_device_count({}, distributed.usable_cores()))")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    split, devices, expected = out.split()
+    assert split == expected and int(devices) == (1 if expected == "None" else int(expected))
+    env["JAX_NUM_CPU_DEVICES"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[:2] == ["None", "1"]
+
+
+def test_split_cpu_host_after_jax_started_changes_nothing(monkeypatch):
+    """In-process callers whose JAX already runs keep their devices (JAX cannot re-split a started backend)."""
+    jax.devices()
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+    before = jax.device_count()
+    assert distributed.split_cpu_host() is None
+    assert jax.device_count() == before

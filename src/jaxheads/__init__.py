@@ -35,6 +35,7 @@ _EXPORTS = {
     "write_report": "jaxheads.report",
     "finetune": "jaxheads.finetuning",
     "load_model": "jaxheads.finetuning",
+    "split_cpu_host": "jaxheads.distributed",
 }
 
 __all__ = sorted(_EXPORTS)

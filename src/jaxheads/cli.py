@@ -153,7 +153,8 @@ def sweep_spec_from_args(args: argparse.Namespace) -> Any:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from jaxheads import distributed
 
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
+        distributed.split_cpu_host()  # CPU-only hosts: members run side by side, one JAX device per core
     from jaxheads import job, progress, report
 
     spec = sweep_spec_from_args(args)
