@@ -147,9 +147,12 @@ def test_lax_map_equals_vmap_and_the_probe_records_its_timings():
                      mesh=_one_device_mesh())
     capped = run_sweep(_sweep(widths=(4, 8, 16, 32), epochs=1, map_batch="auto", member_memory_mb=1e-3), splits,
                        num_classes=3, mesh=_one_device_mesh())
-    assert mapped.groups[0]["map_batch"] == 2
+    ragged = run_sweep(_sweep(widths=(4, 8, 16, 32), epochs=2, map_batch=3), splits, num_classes=3,
+                       mesh=_one_device_mesh())  # a chunk of 3 members, then the last one alone
+    assert mapped.groups[0]["map_batch"] == 2 and ragged.groups[0]["map_batch"] == 3
     for i in range(4):
         np.testing.assert_allclose(_curve(mapped, i), _curve(base, i), atol=TOL)
+        np.testing.assert_allclose(_curve(ragged, i), _curve(base, i), atol=TOL)
     g = probed.groups[0]
     assert set(g["map_batch_probe"]) == {"1", "vmap"} and str(g["map_batch"]) in g["map_batch_probe"]
     assert auto.groups[0]["map_batch"] == "vmap" and auto.groups[0]["map_batch_probe"] is None  # no timing
