@@ -18,7 +18,6 @@ backbone): the fast way to check a cluster's set-up, and what the multi-process 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

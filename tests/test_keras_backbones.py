@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 

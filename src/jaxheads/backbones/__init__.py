@@ -14,7 +14,8 @@ import jax
 
 from jaxheads.backbones.base import Backbone, BackboneConfig, Preprocessing, sha256_file
 
-__all__ = ["Backbone", "BackboneConfig", "Preprocessing", "get_config", "list_backbones", "load", "register"]
+__all__ = ["Backbone", "BackboneConfig", "Preprocessing", "get_config", "list_backbones", "load", "register",
+           "sha256_file"]
 
 # Family module -> the names it registers. Kept as data so that asking for a name imports one module.
 _FAMILIES: dict[str, tuple[str, ...]] = {

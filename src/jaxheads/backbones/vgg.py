@@ -11,7 +11,6 @@ import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxheads.backbones import register
 from jaxheads.backbones import keras_layers as kl
