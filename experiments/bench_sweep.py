@@ -16,7 +16,8 @@ Measured in one process (prints a table, writes JSON):
 The sweep runs as ``jaxheads sweep`` runs it: a CPU-only host is split into one JAX device per core
 (``distributed.split_cpu_host``; ``--cpu-devices N`` sets N instead, 1 = JAX's single device) and the sweep shards
 its members over all of them (independent members run side by side), while the sequential loop keeps one device,
-its fastest layout (one member split over several host devices only adds collectives).
+its fastest layout (one member split over several host devices only adds collectives; each run checks this on
+8 members, ``sequential_layout_check_8_members``).
 
     python experiments/bench_sweep.py --out experiments/results/bench_sweep.json [--quick] [--cpu-devices 1]
 """
@@ -108,6 +109,14 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
         seq_wall.append(walls)
         seq_train.append(trains)
 
+    layout_check = None
+    if jax.device_count() > 1 and batch % jax.device_count() == 0:
+        # Is one device really the loop's fastest layout? The first 8 members with each batch split over all
+        # devices ("data" axis) against the same 8 on one device.
+        all_data = Mesh(np.asarray(jax.devices()).reshape(1, -1), ("members", "data"))
+        layout_check = {name: sum(_sweep((m,), splits, epochs, "vmap", mesh)[1] for m in ms[:8])
+                        for name, mesh in [("one_device_train_s", one_device), ("data_split_train_s", all_data)]}
+
     g = first_group
     steps = g["steps_per_epoch"] * (epochs - 1)  # the first epoch includes compilation and is booked as compile_s
     useful = train_flops(width, batch) * steps * len(ms)
@@ -133,6 +142,7 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
         "fraction_of_adjacent_matmul_rounds": fractions,
         "fraction_of_adjacent_matmul_median": float(np.median(fractions)),
         "sequential_useful_gflops": useful / best_seq / 1e9,
+        "sequential_layout_check_8_members": layout_check,
     }
 
 
@@ -205,6 +215,11 @@ def main() -> None:
           " training ratios; wall x1: whole calls incl. compile (and the map_batch probe, if asked for) (round 1);"
           " wall x: best rounds; wall wst: worst round; of mm: best round vs the best matmul rate seen; of adj mm:"
           " median over rounds of the sweep's rate vs the matmul measured just before it")
+    for r in rows:
+        if r["sequential_layout_check_8_members"]:
+            c = r["sequential_layout_check_8_members"]
+            print(f"loop layout, {r['case']}, 8 members: one device {c['one_device_train_s']:.2f} s, batch split "
+                  f"over {result['devices']} devices {c['data_split_train_s']:.2f} s")
     for mem in result["memory"]:
         print(f"memory: {mem['head']:30} {mem['params'] / 1e6:6.1f}M params "
               f"{mem['state_bytes_per_member'] / 2**30:6.3f} GiB/member -> {mem['members_that_fit']} members in "
