@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxheads import checkpoint, distributed
+from jaxheads import checkpoint, distributed, parallel
 from jaxheads.heads import HeadSpec, param_count
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepSpec, run_sweep
@@ -93,7 +93,7 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
     its choice."""
     splits = make_splits(n_train)
     ms = members(width, batch)
-    one_device = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("members", "data"))
+    one_device = parallel.make_mesh(1, jax.devices()[:1])
     sweep_train, sweep_wall, seq_train, seq_wall, mm = [], [], [], [], []
     first_group = None
     for r in range(rounds):
@@ -113,7 +113,7 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
     if jax.device_count() > 1 and batch % jax.device_count() == 0:
         # Is one device really the loop's fastest layout? The first 8 members with each batch split over all
         # devices ("data" axis) against the same 8 on one device.
-        all_data = Mesh(np.asarray(jax.devices()).reshape(1, -1), ("members", "data"))
+        all_data = parallel.make_mesh(1)  # one member: every device on the data axis
         layout_check = {name: sum(_sweep((m,), splits, epochs, "vmap", mesh)[1] for m in ms[:8])
                         for name, mesh in [("one_device_train_s", one_device), ("data_split_train_s", all_data)]}
 
@@ -122,8 +122,11 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
     useful = train_flops(width, batch) * steps * len(ms)
     best_sweep, best_seq = min(sweep_train), min(seq_train)
     fractions = [useful / t / m for t, m in zip(sweep_train, mm)]
+    # per round (sweep and loop measured back to back): the spread the shared CPU puts on one comparison
+    train_ratios = [q / w for q, w in zip(seq_train, sweep_train)]
     return {
-        "case": name, "sweep_mesh": g["mesh"], "sequential_mesh": {"members": 1, "data": 1}, "hidden": width, "batch": batch, "members": len(ms), "epochs": epochs, "rounds": rounds,
+        "case": name, "sweep_mesh": g["mesh"], "sequential_mesh": {"members": 1, "data": 1}, "hidden": width,
+        "batch": batch, "members": len(ms), "epochs": epochs, "rounds": rounds,
         "steps_per_epoch": g["steps_per_epoch"], "timed_steps": steps,
         "params_per_head": param_count(ms[0].head, (1280,)),
         "map_batch": g["map_batch"], "map_batch_probe_s_per_step": g["map_batch_probe"],
@@ -131,10 +134,8 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
         "sweep_train_s_rounds": sweep_train, "sequential_train_s_rounds": seq_train,
         "sweep_wall_s_rounds": sweep_wall, "sequential_wall_s_rounds": seq_wall,
         "speedup_wall_first_round": seq_wall[0] / sweep_wall[0], "speedup_wall_best": min(seq_wall) / min(sweep_wall),
-        # per round (sweep and loop measured back to back): the spread the shared CPU puts on one comparison
-        "speedup_train_rounds": [q / w for q, w in zip(seq_train, sweep_train)],
-        "speedup_train_median": float(np.median([q / w for q, w in zip(seq_train, sweep_train)])),
-        "speedup_train_worst_round": min(q / w for q, w in zip(seq_train, sweep_train)),
+        "speedup_train_rounds": train_ratios, "speedup_train_median": float(np.median(train_ratios)),
+        "speedup_train_worst_round": min(train_ratios),
         "speedup_wall_worst_round": min(q / w for q, w in zip(seq_wall, sweep_wall)),
         "sweep_compile_s": g["timings"]["compile_s"], "sweep_probe_s": g["timings"]["probe_s"],
         "useful_gflops": useful / best_sweep / 1e9, "fraction_of_matmul": useful / best_sweep / peak,

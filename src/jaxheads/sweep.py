@@ -360,10 +360,14 @@ class _Program:
     task: str = "multiclass"  # which metrics the evaluation program computes
 
 
+def _one_vmap(map_batch: int | str, members: int) -> bool:
+    """Whether ``map_batch`` batches all ``members`` in one vmap (no chunking)."""
+    return map_batch == "vmap" or map_batch >= members
+
+
 def _map_members(f: Callable, xs: Any, map_batch: int | str) -> Any:
     """Apply ``f`` to every member of ``xs``: vmap, or lax.map with ``batch_size=map_batch`` (bounded memory)."""
-    m = jax.tree.leaves(xs)[0].shape[0]
-    if map_batch == "vmap" or map_batch >= m:
+    if _one_vmap(map_batch, jax.tree.leaves(xs)[0].shape[0]):
         return jax.vmap(f)(xs)
     return lax.map(f, xs, batch_size=int(map_batch))
 
@@ -377,7 +381,7 @@ def _update_members(f: Callable, state: Any, rest: Any, map_batch: int | str) ->
     an epoch. A ``fori_loop`` over chunks that slices the carry and writes each chunk back in place copies nothing
     (the epoch donates ``state``)."""
     m = jax.tree.leaves(state)[0].shape[0]
-    if map_batch == "vmap" or map_batch >= m:
+    if _one_vmap(map_batch, m):
         return jax.vmap(f)(state, rest)
     k, chunk_f = int(map_batch), jax.vmap(f)
 
