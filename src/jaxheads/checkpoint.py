@@ -13,11 +13,12 @@ process holds whole, so reads and writes are process-local: orbax is told that o
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -83,6 +84,24 @@ def _checkpointer() -> ocp.StandardCheckpointer:
     me = jax.process_index()
     options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     return ocp.StandardCheckpointer(multiprocessing_options=options)
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` as it reads back from strict JSON: mappings with str keys, tuples as lists, numpy values as Python
+    numbers, non-finite floats as None (so stored and fresh values compare equal)."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return json.loads(json.dumps(obj, default=str))
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -28,6 +28,15 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+# The validation metric each task ranks by unless told otherwise (higher is better).
+DEFAULT_METRIC = {"multiclass": "accuracy", "multilabel": "macro_average_precision"}
+
+
+def metric_for_task(task: str) -> str:
+    """The default ranking metric of ``task`` ("multiclass" | "multilabel")."""
+    if task not in DEFAULT_METRIC:
+        raise ValueError(f"task: {task!r} is not one of {sorted(DEFAULT_METRIC)}")
+    return DEFAULT_METRIC[task]
 
 
 def _valid(mask: Array) -> Array:
