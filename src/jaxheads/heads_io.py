@@ -8,22 +8,30 @@
   size) with ``jax.export``; :func:`load_exported` needs only ``jax`` — the file runs without jaxheads::
 
       exp = jax.export.deserialize(open(path, "rb").read()); logits = exp.call(x)
+
+* ``read_swept_head(path) -> SweptHead`` and ``load_backbone_of(head)``: a head written by ``jaxheads sweep``
+  together with the backbone its meta records (name, weights, weights id); ``load_swept_head(path)`` does both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxheads import checkpoint
+from jaxheads import backbones, checkpoint
 from jaxheads.heads import HeadSpec, Variables, apply_head, check_input
 
 KIND = "jaxheads.head"
+PROVENANCE_FIELDS = ("backbone", "weights", "weights_id")
+"""The meta fields `jaxheads sweep` writes so that a head's backbone can be rebuilt."""
+RANDOM_INIT_PREFIX = "random-seed"
+"""``backbones.load(name, None, seed=N)`` names its weights ``random-seed{N}``."""
 
 
 def save_head(path: str | Path, spec: HeadSpec, variables: Variables, feature_shape: Sequence[int], *,
@@ -79,3 +87,56 @@ def load_exported(path: str | Path) -> Callable[[Any], jax.Array]:
     """``x -> logits`` from a file written by :func:`export_head` (what a jaxheads-free user does)."""
     exported = jax.export.deserialize(bytearray(Path(path).read_bytes()))
     return lambda x: exported.call(np.asarray(x, np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweptHead:
+    """A head written by ``jaxheads sweep``: its spec, variables (host arrays), meta and directory."""
+
+    path: Path
+    spec: HeadSpec
+    variables: Variables
+    meta: dict[str, Any]
+
+    @property
+    def label_names(self) -> list[str]:
+        """The saved class names, or "0", "1", ... when the head was saved without them."""
+        return list(self.meta.get("label_names") or [str(i) for i in range(self.spec.num_classes)])
+
+
+def read_swept_head(path: str | Path) -> SweptHead:
+    """The head in ``path``; its meta must name the backbone it was trained on (as `jaxheads sweep` writes)."""
+    spec, variables, _ = load_head(path)
+    meta = load_meta(path)
+    for field in PROVENANCE_FIELDS:
+        if field not in meta:
+            raise ValueError(f"{path}: head meta has no {field!r} (was it written by `jaxheads sweep`?)")
+    return SweptHead(Path(path), spec, jax.tree.map(np.asarray, variables), meta)
+
+
+def backbone_load_args(meta: Mapping[str, Any]) -> tuple[Any, int]:
+    """``(weights, seed)`` for ``backbones.load`` as the meta records them: a random init's seed is in its weights
+    id (``random-seedN``), since the sweep's ``--seed`` also seeds ``--weights none``."""
+    weights = None if meta["weights"] == "none" else meta["weights"]
+    weights_id = str(meta["weights_id"])
+    seed = 0
+    if weights is None and weights_id.startswith(RANDOM_INIT_PREFIX):
+        seed = int(weights_id[len(RANDOM_INIT_PREFIX):])
+    return weights, seed
+
+
+def load_backbone_of(head: SweptHead) -> backbones.Backbone:
+    """The backbone ``head`` was trained on, refused if its weights are not those (features would differ)."""
+    meta = head.meta
+    weights, seed = backbone_load_args(meta)
+    backbone = backbones.load(meta["backbone"], weights, seed=seed)
+    if backbone.weights_id != meta["weights_id"]:
+        raise ValueError(f"{head.path}: head was trained on {meta['backbone']} weights {meta['weights_id']}, but "
+                         f"these weights are {backbone.weights_id}")
+    return backbone
+
+
+def load_swept_head(path: str | Path) -> tuple[SweptHead, backbones.Backbone]:
+    """:func:`read_swept_head` and :func:`load_backbone_of` in one call."""
+    head = read_swept_head(path)
+    return head, load_backbone_of(head)
