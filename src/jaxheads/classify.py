@@ -17,7 +17,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from jaxheads import backbones
+from jaxheads import backbones, data
+from jaxheads.predict import top_k
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 Prediction = tuple[int, str, float]
@@ -71,19 +72,14 @@ def load_image(image: ImageLike) -> np.ndarray:
 
 
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the shorter side is ``size`` (bicubic), then crop the central size x size square."""
-    h, w = image.shape[:2]
-    scale = size / min(h, w)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[top:top + size, left:left + size]
+    """:func:`jaxheads.data.resize_center_crop` of an RGB array: the one resize that features, fine-tuning and
+    predict use, so the check of a weight port sees what a head sees."""
+    return data.resize_center_crop(Image.fromarray(image), size)
 
 
 def top_predictions(probs: np.ndarray, k: int, names: Sequence[str]) -> list[list[Prediction]]:
     """Per row of class probabilities, the k most probable (class id, name, probability), best first."""
-    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-    return [[(int(c), names[c], float(p[c])) for c in row] for p, row in zip(probs, order)]
+    return [[(int(c), names[c], float(p[c])) for c in row] for p, row in zip(probs, top_k(probs, k))]
 
 
 def classify(images_or_paths: ImageLike | Sequence[ImageLike], backbone: str = "efficientnet_lite0",
