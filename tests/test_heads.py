@@ -12,7 +12,7 @@ import pytest
 
 from jaxheads import heads_io
 from jaxheads.heads import (ConvStage, HeadSpec, apply_head, dropout, example_losses, forward, init_head,
-                            pad_variables, param_count, unpad_variables)
+                            param_count, unpad_variables)
 
 MAP_SHAPE = (4, 4, 3)
 
@@ -124,10 +124,11 @@ def test_padded_masked_head_equals_the_narrow_head_and_padding_gets_no_gradient(
     wide = spec.replace(hidden=(12, 9))
     x, y = _problem("multiclass", pooled=True)
     narrow = init_head(jax.random.key(3), spec, (6,))
-    padded = pad_variables(narrow, init_head(jax.random.key(0), wide, (6,)))
-    # the sweep's in-group init (padded shapes, true widths) draws the standalone head exactly
-    in_group = init_head(jax.random.key(3), wide, (6,), true_hidden=jnp.asarray(spec.hidden))
-    jax.tree.map(np.testing.assert_array_equal, in_group["params"], padded["params"])
+    # the sweep's in-group init (padded shapes, true widths) draws the standalone head exactly, zero-padded
+    padded = init_head(jax.random.key(3), wide, (6,), true_hidden=jnp.asarray(spec.hidden))
+    assert jax.tree.map(jnp.shape, padded) == jax.tree.map(jnp.shape, init_head(jax.random.key(0), wide, (6,)))
+    jax.tree.map(np.testing.assert_array_equal, unpad_variables(padded, spec, (6,)), narrow)
+    _assert_zero_outside(padded["params"], narrow["params"])
     masks = tuple((jnp.arange(p) < w).astype(jnp.float32) for w, p in zip(spec.hidden, wide.hidden))
 
     def loss(params, variables, s, m):
@@ -143,9 +144,14 @@ def test_padded_masked_head_equals_the_narrow_head_and_padding_gets_no_gradient(
     # Gradients of the real units match; every padded entry gets exactly zero.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), unpad_variables(
         {"params": g1, "batch_stats": {}}, spec, (6,))["params"], g0)
-    for g, narrow_g in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
-        outside = g.copy()
-        outside[tuple(slice(0, n) for n in narrow_g.shape)] = 0.0
+    _assert_zero_outside(g1, g0)
+
+
+def _assert_zero_outside(padded, narrow) -> None:
+    """Every entry of ``padded``'s leaves beyond the shapes of ``narrow``'s (the padding) is exactly zero."""
+    for p, n in zip(jax.tree.leaves(padded), jax.tree.leaves(narrow), strict=True):
+        outside = np.array(p)
+        outside[tuple(slice(0, k) for k in np.shape(n))] = 0.0
         assert np.max(np.abs(outside)) == 0.0
 
 

@@ -19,204 +19,41 @@ common width, and ``depth`` (may be traced) gates layers ``i >= depth`` to an ex
 (``h = where(i < depth, layer(h), h)``), so the output layer sees the last active layer's activations. The
 gated layers' parameters are initialised to zero and get exactly zero gradient (hence no Adam step and no weight
 decay: they stay zero), and their batch-norm statistics are left unchanged.
+
+This module is the heads' public face. The spec and its shapes live in :mod:`jaxheads.head_spec`, the hash-based
+random numbers in :mod:`jaxheads.head_rng`; both are re-exported here, so ``jaxheads.heads.X`` keeps working.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
+
+from jaxheads.head_rng import fold, hash_uniform, seed_words, truncated_normal
+from jaxheads.head_spec import (ACTIVATIONS, NORMS, POOLINGS, TASKS, ConvStage, HeadSpec, check_input,
+                                flops_per_example, from_known_fields, pooled_dim)
+
+__all__ = [
+    "ACTIVATIONS", "BN_MOMENTUM", "NORMS", "NORM_EPS", "POOLINGS", "TASKS", "ConvStage", "HeadSpec", "Variables",
+    "apply_head", "check_input", "dropout", "example_losses", "flops_per_example", "fold", "forward",
+    "from_known_fields", "hash_uniform", "init_head", "param_count", "pool", "pooled_dim", "seed_words",
+    "unpad_variables",
+]
 
 Array = jax.Array
 Variables = dict[str, Any]
 
-POOLINGS = ("avg", "max", "avgmax", "catavgmax", "flatten", "none")
-ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
-NORMS = ("none", "batch", "layer")
-TASKS = ("multiclass", "multilabel")
 BN_MOMENTUM = 0.9
 NORM_EPS = 1e-5
 
 
-def from_known_fields(cls: type, d: Mapping[str, Any]) -> Any:
-    """``cls(**d)`` for a dataclass, refusing keys that are not its fields with an error naming them."""
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
-    return cls(**dict(d))
-
-
-def _fail(field: str, message: str) -> None:
-    raise ValueError(f"HeadSpec.{field}: {message}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvStage:
-    """One conv stage on the feature map: ``kernel``×``kernel`` conv with ``features`` outputs and ``stride``
-    ("SAME" padding), the head's activation, then an optional ``pool``×``pool`` max pool (stride ``pool``)."""
-
-    features: int
-    kernel: int = 1
-    stride: int = 1
-    pool: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("features", "kernel", "stride", "pool"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                _fail(f"conv.{name}", f"must be an integer >= 1, got {value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadSpec:
-    """One head, as data. Validated at construction; a bad value raises ``ValueError`` naming its field.
-
-    pooling: ``avg`` | ``max`` | ``avgmax`` (mean of avg and max) | ``catavgmax`` (concatenation) | ``flatten`` |
-        ``none`` (the input is already pooled, shape (N, C); no conv stages possible).
-    conv: conv stages applied to the (N, H, W, C) map before pooling.
-    hidden: dense widths (``()`` = linear probe). ``activation`` follows each hidden layer (and each conv stage).
-    dropout: rate after each hidden activation; ``input_dropout``: rate on the pooled input. Both in [0, 1).
-    norm: ``none`` | ``batch`` | ``layer`` between each hidden dense layer and its activation.
-    num_classes, task: ``multiclass`` (softmax cross-entropy with ``label_smoothing``) or ``multilabel`` (sigmoid
-        binary cross-entropy with ``pos_weight``, a scalar or one per class).
-    class_weights: optional per-class loss weights (imbalance).
-    """
-
-    num_classes: int = 2
-    task: str = "multiclass"
-    pooling: str = "avg"
-    conv: tuple[ConvStage, ...] = ()
-    hidden: tuple[int, ...] = ()
-    activation: str = "relu"
-    dropout: float = 0.0
-    input_dropout: float = 0.0
-    norm: str = "none"
-    label_smoothing: float = 0.0
-    pos_weight: float | tuple[float, ...] | None = None
-    class_weights: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        # Normalise containers so that specs read from JSON/YAML compare and hash equal to those built in code.
-        object.__setattr__(self, "conv", tuple(c if isinstance(c, ConvStage) else ConvStage(**c) for c in self.conv))
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        if isinstance(self.pos_weight, (list, tuple)):
-            object.__setattr__(self, "pos_weight", tuple(float(v) for v in self.pos_weight))
-        if self.class_weights is not None:
-            object.__setattr__(self, "class_weights", tuple(float(v) for v in self.class_weights))
-        self._validate()
-
-    def _validate(self) -> None:
-        if not isinstance(self.num_classes, (int, np.integer)) or self.num_classes < 2:
-            _fail("num_classes", f"need at least 2 classes, got {self.num_classes!r}")
-        if self.task not in TASKS:
-            _fail("task", f"{self.task!r} is not one of {TASKS}")
-        if self.pooling not in POOLINGS:
-            _fail("pooling", f"{self.pooling!r} is not one of {POOLINGS}")
-        if self.pooling == "none" and self.conv:
-            _fail("conv", "conv stages need a spatial feature map, but pooling='none' takes pooled features")
-        for i, w in enumerate(self.hidden):
-            if not isinstance(w, (int, np.integer)) or isinstance(w, bool) or w < 1:
-                _fail("hidden", f"width {i} must be an integer >= 1, got {w!r}")
-        if self.activation not in ACTIVATIONS:
-            _fail("activation", f"{self.activation!r} is not one of {ACTIVATIONS}")
-        for name in ("dropout", "input_dropout", "label_smoothing"):
-            value = getattr(self, name)
-            if not (0.0 <= float(value) < 1.0):
-                _fail(name, f"must be in [0, 1), got {value!r}")
-        if self.norm not in NORMS:
-            _fail("norm", f"{self.norm!r} is not one of {NORMS}")
-        if self.label_smoothing and self.task != "multiclass":
-            _fail("label_smoothing", "only applies to multiclass heads")
-        if self.pos_weight is not None:
-            if self.task != "multilabel":
-                _fail("pos_weight", "only applies to multilabel heads")
-            weights = self.pos_weight if isinstance(self.pos_weight, tuple) else (self.pos_weight,)
-            if isinstance(self.pos_weight, tuple) and len(weights) != self.num_classes:
-                _fail("pos_weight", f"needs {self.num_classes} values, got {len(weights)}")
-            if any(w <= 0 for w in weights):
-                _fail("pos_weight", "must be > 0")
-        if self.class_weights is not None:
-            if len(self.class_weights) != self.num_classes:
-                _fail("class_weights", f"needs {self.num_classes} values, got {len(self.class_weights)}")
-            if any(w < 0 for w in self.class_weights):
-                _fail("class_weights", "must be >= 0")
-
-    # ---- serialisation -------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-able dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "HeadSpec":
-        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
-        return from_known_fields(cls, d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "HeadSpec":
-        return cls.from_dict(json.loads(text))
-
-    def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_yaml(cls, text: str) -> "HeadSpec":
-        import yaml
-
-        return cls.from_dict(yaml.safe_load(text))
-
-    def replace(self, **changes: Any) -> "HeadSpec":
-        return dataclasses.replace(self, **changes)
-
-    # ---- grouping ------------------------------------------------------------------------------------------
-    def structure(self) -> "HeadSpec":
-        """The spec with everything that may vary inside one compiled group blanked out (widths → 1, dropout
-        rates → 0): two members share a program iff their structures are equal."""
-        return dataclasses.replace(self, hidden=(1,) * len(self.hidden), dropout=0.0, input_dropout=0.0)
-
-
-# ---- shapes ----------------------------------------------------------------------------------------------------
-def check_input(spec: HeadSpec, feature_shape: Sequence[int]) -> None:
-    """Raise ``ValueError`` naming ``pooling`` when the features do not fit the spec (e.g. flatten on pooled)."""
-    shape = tuple(feature_shape)
-    if spec.pooling == "none" and len(shape) != 1:
-        _fail("pooling", f"'none' takes pooled features (C,), got a map of shape {shape}")
-    if spec.pooling != "none" and len(shape) != 3:
-        _fail("pooling", f"{spec.pooling!r} needs a spatial map (H, W, C), got already-pooled features {shape}")
-
-
-def _conv_out_hw(h: int, w: int, stage: ConvStage) -> tuple[int, int]:
-    h, w = math.ceil(h / stage.stride), math.ceil(w / stage.stride)
-    return h // stage.pool, w // stage.pool
-
-
-def pooled_dim(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
-    """Width of the vector the first dense layer sees."""
-    check_input(spec, feature_shape)
-    if spec.pooling == "none":
-        return int(feature_shape[0])
-    h, w, c = feature_shape
-    for stage in spec.conv:
-        h, w = _conv_out_hw(h, w, stage)
-        c = stage.features
-        if h < 1 or w < 1:
-            _fail("conv", f"stages shrink the {tuple(feature_shape)} map to nothing")
-    if spec.pooling == "flatten":
-        return h * w * c
-    return 2 * c if spec.pooling == "catavgmax" else c
-
-
+# ---- shapes of the variables -------------------------------------------------------------------------------------
 def _variable_shapes(spec: HeadSpec, feature_shape: tuple[int, ...]) -> Any:
     """Shapes of ``init_head``'s variables: a function of the spec's layers alone (not its rates), traced once
     per distinct layout (a sweep asks for every member). A conv-free head's shapes depend on its input only through
@@ -238,75 +75,7 @@ def param_count(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
     return int(sum(math.prod(s.shape) for s in jax.tree.leaves(shapes["params"])))
 
 
-def flops_per_example(spec: HeadSpec, feature_shape: Sequence[int]) -> int:
-    """Multiply-add FLOPs (2 per MAC) of one forward pass of one example through the head's conv and dense layers."""
-    total = 0
-    if spec.pooling != "none":
-        h, w, c = feature_shape
-        for stage in spec.conv:
-            ho, wo = math.ceil(h / stage.stride), math.ceil(w / stage.stride)
-            total += 2 * ho * wo * stage.kernel * stage.kernel * c * stage.features
-            h, w, c = ho // stage.pool, wo // stage.pool, stage.features
-    dims = (pooled_dim(spec, feature_shape), *spec.hidden, spec.num_classes)
-    return total + sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
-
-
 # ---- init ------------------------------------------------------------------------------------------------------
-# ---- randomness ------------------------------------------------------------------------------------------------
-# Heads draw random numbers from a counter-based hash of (seed words, salt, row, column) instead of jax.random:
-# a value depends on its coordinates only, never on the array's shape, so a member padded to a wider group draws
-# exactly the numbers its standalone head draws (init and dropout), and a batch split over devices draws what the
-# whole batch draws. It is also cheap to compile: jax.random's threefry costs ~0.5 s of XLA compile per call site
-# on a small CPU, and a sweep has one per layer per program.
-_GOLDEN = 0x9E3779B9
-
-
-def _mix(x: Array) -> Array:
-    """A 32-bit integer finaliser (xorshift-multiply; full avalanche): uint32 -> uint32."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def seed_words(rng: Array | int) -> Array:
-    """(2,) uint32 seed words of a jax PRNG key (typed, or its raw data), of (2,) words, or of an int seed."""
-    if isinstance(rng, (int, np.integer)):
-        return jnp.asarray([int(rng) & 0xFFFFFFFF, 0], jnp.uint32)
-    if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        rng = jax.random.key_data(rng)
-    words = jnp.asarray(rng).astype(jnp.uint32).reshape(-1)
-    if words.shape[0] == 1:
-        return jnp.stack([words[0], jnp.uint32(0)])
-    return words if words.shape[0] == 2 else jnp.stack([words[0], words[-1]])
-
-
-def fold(words: Array, data: Array | int) -> Array:
-    """New (2,) seed words from ``words`` and an integer (e.g. the step): independent streams per value."""
-    data = jnp.asarray(data).astype(jnp.uint32)
-    return jnp.stack([_mix(words[0] ^ _mix(data + jnp.uint32(_GOLDEN))), _mix(words[1] + data)])
-
-
-def hash_uniform(words: Array, salt: Array | int, shape: tuple[int, int], row_offset: Array | int = 0) -> Array:
-    """Uniform [0, 1) float32 of ``shape`` whose (i, j) entry depends only on (words, salt, row_offset + i, j).
-    ``salt`` may be traced (a depth-gated member's output layer salt depends on its true depth)."""
-    h = _mix(_mix(words[0] + jnp.asarray(salt).astype(jnp.uint32) * jnp.uint32(_GOLDEN)) ^ words[1])
-    rows = lax.broadcasted_iota(jnp.uint32, shape, 0) + jnp.asarray(row_offset).astype(jnp.uint32)
-    cols = lax.broadcasted_iota(jnp.uint32, shape, 1)
-    bits = _mix(_mix(h ^ _mix(rows + jnp.uint32(0x632BE5AB))) ^ cols)
-    return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
-
-
-_TRUNC = 0.9544997361036416  # erf(2 / sqrt(2)): the mass of a unit normal within ±2σ
-
-
-def _truncated_normal(words: Array, salt: Array | int, shape: tuple[int, int]) -> Array:
-    """Unit normal truncated to [-2, 2] by inverting its CDF on :func:`hash_uniform` draws."""
-    u = hash_uniform(words, salt, shape)
-    return jnp.sqrt(2.0).astype(jnp.float32) * lax.erf_inv((2.0 * u - 1.0) * _TRUNC)
-
-
 def _dense_init(words: Array, salt: Array | int, fan_in: int, fan_out: int, true_in: Array | int | None = None,
                 true_out: Array | int | None = None) -> dict[str, Array]:
     """LeCun-normal kernel (variance 1/fan_in, truncated at 2σ as Flax does) and zero bias.
@@ -317,8 +86,20 @@ def _dense_init(words: Array, salt: Array | int, fan_in: int, fan_out: int, true
     true_out = fan_out if true_out is None else true_out
     std = lax.rsqrt(jnp.asarray(true_in, jnp.float32)) / 0.87962566103423978  # stddev of the ±2σ truncated normal
     keep = (jnp.arange(fan_in)[:, None] < true_in) & (jnp.arange(fan_out)[None, :] < true_out)
-    kernel = jnp.where(keep, _truncated_normal(words, salt, (fan_in, fan_out)) * std, 0.0)
+    kernel = jnp.where(keep, truncated_normal(words, salt, (fan_in, fan_out)) * std, 0.0)
     return {"kernel": kernel.astype(jnp.float32), "bias": jnp.zeros((fan_out,), jnp.float32)}
+
+
+def _init_convs(words: Array, salts: Any, spec: HeadSpec, channels: int) -> list[dict[str, Array]]:
+    """The conv stages' kernels (k, k, in, out) and biases, drawing one salt of ``salts`` per stage."""
+    convs = []
+    for stage in spec.conv:
+        fan_in = stage.kernel * stage.kernel * channels
+        d = _dense_init(words, next(salts), fan_in, stage.features)
+        convs.append({"kernel": d["kernel"].reshape(stage.kernel, stage.kernel, channels, stage.features),
+                      "bias": d["bias"]})
+        channels = stage.features
+    return convs
 
 
 def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int], *,
@@ -341,15 +122,7 @@ def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int], *,
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}
     if spec.conv:
-        c = feature_shape[-1]
-        convs = []
-        for stage in spec.conv:
-            fan_in = stage.kernel * stage.kernel * c
-            d = _dense_init(words, next(salts), fan_in, stage.features)
-            convs.append({"kernel": d["kernel"].reshape(stage.kernel, stage.kernel, c, stage.features),
-                          "bias": d["bias"]})
-            c = stage.features
-        params["conv"] = convs
+        params["conv"] = _init_convs(words, salts, spec, feature_shape[-1])
     fan_in = pooled_dim(spec, feature_shape)
     true_in: Any = fan_in
     dense, norms, bn = [], [], []
@@ -381,31 +154,15 @@ def init_head(key: Array, spec: HeadSpec, feature_shape: Sequence[int], *,
     return {"params": params, "batch_stats": stats}
 
 
-def pad_variables(variables: Variables, like: Variables) -> Variables:
-    """Zero-pad every leaf of a member's ``variables`` at the end of each axis to the shapes of ``like`` (the
-    group's widest member). Padding is only ever at the end of hidden-width axes, so this is exact."""
-
-    def pad(x: Array, ref: Any) -> Array:
-        x = jnp.asarray(x)
-        return jnp.pad(x, [(0, r - s) for s, r in zip(x.shape, ref.shape)])
-
-    return jax.tree.map(pad, variables, like)
-
-
 def unpad_variables(variables: Variables, spec: HeadSpec, feature_shape: Sequence[int]) -> Variables:
-    """Inverse of :func:`pad_variables`: slice a padded member back to the shapes of ``spec``'s standalone head.
-    A member of a depth-gated group carries more hidden layers than ``spec``: the gated (identity) ones are
-    dropped, so the result holds only the true depth's layers."""
+    """Slice a member padded to its group's shapes (zeros at the end of each hidden-width axis) back to the shapes
+    of ``spec``'s standalone head. A member of a depth-gated group carries more hidden layers than ``spec``: the
+    gated (identity) ones are dropped, so the result holds only the true depth's layers."""
     shapes = _variable_shapes(spec, tuple(feature_shape))
     depth = len(spec.hidden)
     variables = {coll: {name: (list(v)[:depth] if name in ("hidden", "norm") else v) for name, v in tree.items()}
                  for coll, tree in variables.items()}
     return jax.tree.map(lambda x, s: x[tuple(slice(0, n) for n in s.shape)], variables, shapes)
-
-
-def width_masks(widths: Sequence[int], padded: Sequence[int]) -> tuple[Array, ...]:
-    """One float mask per hidden layer: 1 for the member's ``widths[i]`` units, 0 for the padding."""
-    return tuple((jnp.arange(p) < w).astype(jnp.float32) for w, p in zip(widths, padded))
 
 
 # ---- forward ---------------------------------------------------------------------------------------------------
@@ -459,6 +216,31 @@ def _masked_moments(x: Array, mask: Array, axis: int, axis_name: str | None) -> 
     return mean, sq / jnp.maximum(count, 1.0)
 
 
+def _normalise(h: Array, i: int, spec: HeadSpec, params: Any, stats: Any, mask: Array, *, train: bool,
+               axis_name: str | None, depth: Array | int | None) -> tuple[Array, dict[str, Array] | None]:
+    """Hidden layer ``i``'s normalisation (``spec.norm``) and its affine; returns ``h`` and, when training with
+    batch norm, the layer's updated running statistics (left unchanged for a gated layer ``i >= depth``)."""
+    updated = None
+    if spec.norm == "layer":
+        mean, var = _masked_moments(h, mask, axis=-1, axis_name=None)
+        h = (h - mean) * lax.rsqrt(var + NORM_EPS)
+    elif spec.norm == "batch":
+        bn = stats["norm"][i]
+        if train:
+            rows = jnp.ones((h.shape[0], 1), h.dtype)
+            mean, var = _masked_moments(h, rows, axis=0, axis_name=axis_name)
+            updated = {"mean": BN_MOMENTUM * bn["mean"] + (1 - BN_MOMENTUM) * mean[0] * mask[0],
+                       "var": BN_MOMENTUM * bn["var"] + (1 - BN_MOMENTUM) * var[0]}
+            if depth is not None and i > 0:
+                updated = jax.tree.map(lambda a, b: jnp.where(i < depth, a, b), updated, bn)
+        else:
+            mean, var = bn["mean"][None, :], bn["var"][None, :]
+        h = (h - mean) * lax.rsqrt(var + NORM_EPS)
+    if spec.norm != "none":
+        h = h * params["norm"][i]["scale"][None, :] + params["norm"][i]["bias"][None, :]
+    return h, updated
+
+
 def forward(
     variables: Variables,
     x: Array,
@@ -499,24 +281,9 @@ def forward(
         if "bias" in layer:
             h = h + layer["bias"][None, :]
         mask = masks[i][None, :] if masks is not None else jnp.ones((1, h.shape[-1]), h.dtype)
-        if spec.norm == "layer":
-            mean, var = _masked_moments(h, mask, axis=-1, axis_name=None)
-            h = (h - mean) * lax.rsqrt(var + NORM_EPS)
-        elif spec.norm == "batch":
-            bn = stats["norm"][i]
-            if train:
-                rows = jnp.ones((h.shape[0], 1), h.dtype)
-                mean, var = _masked_moments(h, rows, axis=0, axis_name=axis_name)
-                updated = {"mean": BN_MOMENTUM * bn["mean"] + (1 - BN_MOMENTUM) * mean[0] * mask[0],
-                           "var": BN_MOMENTUM * bn["var"] + (1 - BN_MOMENTUM) * var[0]}
-                if depth is not None and i > 0:
-                    updated = jax.tree.map(lambda a, b: jnp.where(i < depth, a, b), updated, bn)
-                new_bn.append(updated)
-            else:
-                mean, var = bn["mean"][None, :], bn["var"][None, :]
-            h = (h - mean) * lax.rsqrt(var + NORM_EPS)
-        if spec.norm != "none":
-            h = h * params["norm"][i]["scale"][None, :] + params["norm"][i]["bias"][None, :]
+        h, updated = _normalise(h, i, spec, params, stats, mask, train=train, axis_name=axis_name, depth=depth)
+        if updated is not None:
+            new_bn.append(updated)
         h = _activation(spec.activation, h) * mask
         if words is not None and (spec.dropout or dropout_rate is not None):
             h = dropout(h, p_drop, words, salt=i + 1, row_offset=row_offset)
