@@ -241,3 +241,14 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(data.DatasetError, match=r"tfds:mnist: not prepared in .*tfds build mnist"):
         data.load_dataset("mnist", data_dir=tmp_path)
+
+
+def test_data_re_exports_its_modules_and_split_is_image_split():
+    from jaxheads import dataset, images, loaders
+
+    assert data.Split is data.ImageSplit is dataset.ImageSplit
+    for name in data.__all__:
+        if name != "load_dataset":  # the one function data.py defines itself
+            assert any(getattr(m, name, None) is getattr(data, name) for m in (dataset, images, loaders)), name
+    split = data.Split(["a.png", "b.png", "c.png"], np.asarray([0, 1, 0], np.int32))
+    assert isinstance(split.subset(np.asarray([2, 0])), data.ImageSplit) and split.subset([2, 0]).name(0) == "c.png"
