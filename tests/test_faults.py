@@ -64,7 +64,8 @@ from jaxheads import finetuning
 def progress(event):
     print("epoch", event["epoch"], flush=True)
     time.sleep(0.2)
-finetuning.finetune(sys.argv[2], sys.argv[3], out_dir=sys.argv[4], progress=progress, **json.loads(sys.argv[5]))
+config = finetuning.FinetuneConfig(**json.loads(sys.argv[5]))
+finetuning.finetune(sys.argv[2], sys.argv[3], config, out_dir=sys.argv[4], progress=progress)
 print("done", flush=True)
 """
 
@@ -160,7 +161,7 @@ def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_pa
     ds = data.load_dataset(colours)
     head = tiny.save_tiny_head(tmp_path / "head", ds.classes)
     settings = {"unfreeze": 2, "epochs": 4, "batch_size": 6, "patience": None}
-    want = finetuning.finetune(head, colours, out_dir=tmp_path / "ref", **settings)
+    want = finetuning.finetune(head, colours, finetuning.FinetuneConfig(**settings), out_dir=tmp_path / "ref")
     rng = random.Random(9)
     kill_epoch, delay = rng.randint(1, 3), rng.uniform(0.0, 0.4)
     print(f"\nkilling the fine-tune after epoch {kill_epoch} + {delay:.2f}s")
@@ -168,7 +169,7 @@ def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_pa
     _run_until(_FINETUNE_CHILD, [str(head), str(colours), str(out), json.dumps(settings)],
                lambda l: l == f"epoch {kill_epoch}", delay)
     assert not (out / "model").exists()
-    got = finetuning.finetune(head, colours, out_dir=out, **settings)
+    got = finetuning.finetune(head, colours, finetuning.FinetuneConfig(**settings), out_dir=out)
     assert 0 <= got.resumed_from_epoch <= kill_epoch
     assert got.history == want.history and got.best_epoch == want.best_epoch
     a, b = finetuning.load_model(want.model_dir), finetuning.load_model(got.model_dir)

@@ -98,7 +98,7 @@ def colours(tmp_path_factory: pytest.TempPathFactory) -> data.Dataset:
 def _tiny_run(colours: data.Dataset, tmp_path: Path, **kwargs: object) -> finetuning.FinetuneResult:
     head = save_tiny_head(tmp_path / "head", colours.classes)
     settings = {"epochs": 2, "batch_size": 6, "patience": None, **kwargs}
-    return finetuning.finetune(head, colours, out_dir=tmp_path / "ft", **settings)
+    return finetuning.finetune(head, colours, finetuning.FinetuneConfig(**settings), out_dir=tmp_path / "ft")
 
 
 # ------------------------------------------------------------------------------------- real backbone, real data
@@ -133,8 +133,9 @@ def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cach
     head_dir = heads_io.save_head(tmp_path / "head", spec, head_vars, (1280,), label_names=ds.classes, extra={
         "backbone": "efficientnet_lite0", "weights": "default", "weights_id": source.weights_id})
 
-    result = finetuning.finetune(head_dir, ds, out_dir=tmp_path / "ft", unfreeze=1, image_size=size, epochs=2,
-                               batch_size=16, patience=None, learning_rate=1e-3, backbone_learning_rate=1e-3)
+    config = finetuning.FinetuneConfig(unfreeze=1, image_size=size, epochs=2, batch_size=16, patience=None,
+                                       learning_rate=1e-3, backbone_learning_rate=1e-3)
+    result = finetuning.finetune(head_dir, ds, config, out_dir=tmp_path / "ft")
     print(f"\nLite0 top block ('head') fine-tune, val accuracy {result.before['accuracy']:.3f} -> "
           f"{result.best['accuracy']:.3f} (best epoch {result.best_epoch}; val loss {result.before['loss']:.4f} "
           f"-> {[round(h['val']['loss'], 4) for h in result.history[1:]]}); improved={result.improved}; "
@@ -205,19 +206,20 @@ def test_interrupted_finetune_resumes_to_the_same_model(colours: data.Dataset, t
             raise Stop
 
     head = save_tiny_head(tmp_path / "head", colours.classes)
-    kwargs = {"out_dir": tmp_path / "run", "unfreeze": 2, "epochs": 3, "batch_size": 6, "patience": None}
+    config = finetuning.FinetuneConfig(unfreeze=2, epochs=3, batch_size=6, patience=None)
+    out = tmp_path / "run"
     with pytest.raises(Stop):  # epoch 2 is trained but its checkpoint not yet written: resume from epoch 1
-        finetuning.finetune(head, colours, progress=stop_after_epoch_2, **kwargs)
+        finetuning.finetune(head, colours, config, out_dir=out, progress=stop_after_epoch_2)
     assert [p.name for p in (tmp_path / "run" / "finetune_state").iterdir()] == ["epoch-0001"]
     with pytest.raises(ValueError, match="other config"):  # a checkpoint of other settings is never mixed in
-        finetuning.finetune(head, colours, **{**kwargs, "backbone_learning_rate": 0.5})
-    resumed = finetuning.finetune(head, colours, **kwargs)
+        finetuning.finetune(head, colours, dataclasses.replace(config, backbone_learning_rate=0.5), out_dir=out)
+    resumed = finetuning.finetune(head, colours, config, out_dir=out)
     assert resumed.resumed_from_epoch == 1
     assert resumed.history == reference.history and resumed.best_epoch == reference.best_epoch
     a, b = finetuning.load_model(reference.model_dir), finetuning.load_model(resumed.model_dir)
     for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    again = finetuning.finetune(head, colours, **kwargs)  # finished: returns the saved result, trains nothing
+    again = finetuning.finetune(head, colours, config, out_dir=out)  # finished: returns the saved result, no training
     assert again.history == resumed.history
 
 
@@ -238,7 +240,7 @@ def test_load_model_predicts_files_and_matches_logits(colours: data.Dataset, tmp
 def test_bad_requests_name_what_is_wrong(colours: data.Dataset, tmp_path: Path) -> None:
     head = save_tiny_head(tmp_path / "head", colours.classes)
     with pytest.raises(ValueError, match=r"unfreeze=5: tiny_finetune_test has 4 blocks \(stem, block0"):
-        finetuning.finetune(head, colours, out_dir=tmp_path / "a", unfreeze=5)
+        finetuning.finetune(head, colours, finetuning.FinetuneConfig(unfreeze=5), out_dir=tmp_path / "a")
     other = save_tiny_head(tmp_path / "other", ("cat", "dog"))
     with pytest.raises(data.DatasetError, match=r"classes \['blue', 'red'\] differ from the head's label_names"):
         finetuning.finetune(other, colours, out_dir=tmp_path / "b")
@@ -247,7 +249,7 @@ def test_bad_requests_name_what_is_wrong(colours: data.Dataset, tmp_path: Path) 
     with pytest.raises(ValueError, match="head meta has no 'backbone'"):
         finetuning.finetune(bare, colours, out_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="FinetuneConfig.crop_scale"):
-        finetuning.finetune(head, colours, out_dir=tmp_path / "d", crop_scale=0.5)
+        finetuning.finetune(head, colours, finetuning.FinetuneConfig(crop_scale=0.5), out_dir=tmp_path / "d")
 
 
 def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -261,3 +263,15 @@ def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.Capt
     code = cli.main(["finetune", str(head), "--dataset", str(colours.root), "--out", str(tmp_path / "x"),
                      "--unfreeze", "9"])
     assert code == 2 and "unfreeze=9" in capsys.readouterr().err
+
+
+def test_cli_finetune_flags_map_to_config_fields_and_state_their_defaults() -> None:
+    parse = cli._parser().parse_args
+    assert cli.finetune_config_from_args(parse(["finetune", "head"])) == finetuning.FinetuneConfig()
+    defaults = {field.name: field.default for field in dataclasses.fields(finetuning.FinetuneConfig)}
+    for flag in cli.FINETUNE_FLAGS:
+        if flag.parse is not bool and defaults[flag.field] is not None:
+            assert f"(default {defaults[flag.field]})" in flag.help, flag.name
+    args = parse(["finetune", "head", "--train-bn", "--lr", "0.01", "--unfreeze", "0", "--patience", "2"])
+    assert cli.finetune_config_from_args(args) == finetuning.FinetuneConfig(
+        freeze_bn=False, learning_rate=0.01, unfreeze=0, patience=2)

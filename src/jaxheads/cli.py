@@ -8,11 +8,15 @@ field, the name) and exit with status 2; ``--debug`` shows the traceback instead
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+
+if TYPE_CHECKING:
+    from jaxheads.finetune_config import FinetuneConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (tf.data / TFDS) start-up chatter
 
@@ -50,6 +54,30 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 
+class ConfigFlag(NamedTuple):
+    """A command-line flag that sets one FinetuneConfig field; ``parse`` is ``bool`` for a switch (no value)."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+# Fine-tune settings settable from the command line; an absent flag leaves FinetuneConfig's default.
+FINETUNE_FLAGS: tuple[ConfigFlag, ...] = (
+    ConfigFlag("--unfreeze", "unfreeze", int, "how many top backbone blocks train, 0: head only (default 1)"),
+    ConfigFlag("--train-bn", "freeze_bn", bool, "let batch-norm statistics train (default: frozen)"),
+    ConfigFlag("--lr", "learning_rate", float, "head learning rate (default 0.001)"),
+    ConfigFlag("--backbone-lr", "backbone_learning_rate", float, "unfrozen blocks' learning rate (default 0.0001)"),
+    ConfigFlag("--weight-decay", "weight_decay", float, "AdamW weight decay of head and blocks (default 0.0)"),
+    ConfigFlag("--epochs", "epochs", int, "most epochs to train (default 10)"),
+    ConfigFlag("--batch-size", "batch_size", int, "images per step (default 32)"),
+    ConfigFlag("--patience", "patience", int, "epochs without val improvement before stopping (default 3)"),
+    ConfigFlag("--image-size", "image_size", int, "input size (default: the backbone's)"),
+    ConfigFlag("--seed", "seed", int, "seed of shuffles, crops, flips and dropout (default 0)"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxheads", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -83,16 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--dataset", default="elpv", help="the dataset the head was swept on (same forms as sweep)")
     ft.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory (model/, "
                     "finetune.json); re-running with the same arguments resumes a killed run")
-    ft.add_argument("--unfreeze", type=int, default=1, help="how many top backbone blocks train (0: head only)")
-    ft.add_argument("--train-bn", action="store_true", help="let batch-norm statistics train (default: frozen)")
-    ft.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
-    ft.add_argument("--backbone-lr", type=float, default=1e-4, help="learning rate of the unfrozen blocks")
-    ft.add_argument("--weight-decay", type=float, default=0.0)
-    ft.add_argument("--epochs", type=int, default=10)
-    ft.add_argument("--batch-size", type=int, default=32)
-    ft.add_argument("--patience", type=int, default=3, help="epochs without val improvement before stopping")
-    ft.add_argument("--image-size", type=int, help="input size (default: the backbone's)")
-    ft.add_argument("--seed", type=int, default=0, help="shuffles, crops, flips, dropout")
+    for flag in FINETUNE_FLAGS:
+        if flag.parse is bool:  # a switch: present means the opposite of the field's default
+            ft.add_argument(flag.name, dest=f"config_{flag.field}", action="store_true", default=None,
+                            help=flag.help)
+        else:
+            ft.add_argument(flag.name, dest=f"config_{flag.field}", type=flag.parse, default=None,
+                            metavar=flag.field.upper(), help=flag.help)
     ft.add_argument("--split-seed", type=int, default=0, help="dataset split seed (the sweep's --seed)")
     ft.add_argument("--data-dir", type=Path, help="TFDS data_dir")
     ft.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
@@ -182,6 +207,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def finetune_config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    """The FinetuneConfig of the finetune flags given; the others keep their defaults."""
+    from jaxheads.finetune_config import FinetuneConfig
+
+    defaults = {field.name: field.default for field in dataclasses.fields(FinetuneConfig)}
+    changes = {}
+    for flag in FINETUNE_FLAGS:
+        value = getattr(args, f"config_{flag.field}")
+        if value is not None:
+            changes[flag.field] = (not defaults[flag.field]) if flag.parse is bool else value
+    return FinetuneConfig(**changes)
+
+
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from jaxheads.finetuning import finetune
 
@@ -190,12 +228,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"epoch {event['epoch']}/{event['epochs']}  train loss {loss}  val {event['metric']} "
               f"{event['val'][event['metric']]:.4f}  val loss {event['val']['loss']:.4f}", flush=True)
 
-    result = finetune(
-        args.head, args.dataset, out_dir=args.out, unfreeze=args.unfreeze, freeze_bn=not args.train_bn,
-        learning_rate=args.lr, backbone_learning_rate=args.backbone_lr, weight_decay=args.weight_decay,
-        epochs=args.epochs, batch_size=args.batch_size, patience=args.patience, image_size=args.image_size,
-        seed=args.seed, split_seed=args.split_seed, data_dir=args.data_dir, strict=args.strict, progress=show,
-    )  # fmt: skip
+    result = finetune(args.head, args.dataset, finetune_config_from_args(args), out_dir=args.out,
+                      split_seed=args.split_seed, data_dir=args.data_dir, strict=args.strict, progress=show)
     before, best = result.before[result.metric], result.best[result.metric]
     verdict = f"improved at epoch {result.best_epoch}" if result.improved else "no epoch beat the starting model"
     print(f"val {result.metric}: {before:.4f} -> {best:.4f} ({verdict})")
