@@ -89,7 +89,7 @@ class EpochLoop:
             raise data.DatasetError(f"dataset {self.ds.name}: no readable image in the val split")
         return val_metrics(np.concatenate(logits), np.concatenate(labels), self.setup.spec)
 
-    def _batches(self, split: data.Split, order: np.ndarray,
+    def _batches(self, split: data.ImageSplit, order: np.ndarray,
                  size: int) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
         """Sharded (images, labels, mask) batches of the compiled size. A short batch (the last one, or one with
         unreadable images, which are skipped with a warning) is padded with copies of its own images — so that
