@@ -10,12 +10,8 @@ Key (:func:`cache_key`): backbone name + weights id + dataset fingerprint + spli
 key, so a cache built with another backbone or preprocessing is never read (nor overwritten: it has another
 directory).
 
-On disk, one directory per key under ``cache_dir``::
-
-    <key>/chunks/<start>-<stop>.npz   finished chunks while a pass runs (each written atomically)
-    <key>/{labels,indices,pooled,maps}.npy   the assembled split (float16 features), each written atomically
-    <key>/meta.json                   written last: its presence marks the cache complete
-
+On disk, one directory per key under ``cache_dir``, laid out and written by :mod:`jaxheads.feature_store`
+(chunks while a pass runs, then the assembled arrays, then ``meta.json``, whose presence marks the cache complete).
 A killed pass leaves finished chunks behind; the next call computes only the missing chunks and ends with the
 same arrays as an uninterrupted pass (the backbone is deterministic per image; batches are padded to one shape).
 """
@@ -25,15 +21,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import math
 import os
 import re
-import shutil
-import tempfile
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -45,8 +36,10 @@ from jax.sharding import PartitionSpec as P
 from jaxheads import backbones, checkpoint, data, parallel
 from jaxheads.backbones import Backbone, Preprocessing
 from jaxheads.backbones.base import feature_maps
-from jaxheads.checkpoint import write_bytes_atomic, write_json_atomic
+from jaxheads.feature_store import (CHUNKS, META, assemble, finished_chunks, load_complete, read_meta,
+                                    write_chunk)
 from jaxheads.splits import FeatureSplit
+
 
 __all__ = [
     "CACHE_FORMAT",
@@ -61,8 +54,6 @@ __all__ = [
 
 CACHE_FORMAT = 1
 """Bump when the on-disk layout or the way features are computed changes (it is part of every key)."""
-META = "meta.json"
-CHUNKS = "chunks"
 
 
 class Progress(NamedTuple):
@@ -186,21 +177,18 @@ def extract_features(
     total = len(dataset.split(split))
     folder = Path(cache_dir or default_cache_dir()) / cache_key(source, dataset, split)
     report = progress or (lambda _: None)
-    meta = _read_meta(folder, _identity(source, dataset, split))
+    meta = read_meta(folder, _identity(source, dataset, split))
     if meta is not None and (meta["has_maps"] or not need_maps):
-        if strict and meta["skipped"]:  # a cache built without strict must not let a strict run pass
-            raise data.BadImageError(
-                f"{folder.name}: {meta['skipped']} unreadable image(s) were left out when this cache was built "
-                f"(first: {', '.join(meta['skipped_names'][:3])}); strict=True fails on them"
-            )
+        if strict:
+            _refuse_skipped(folder, meta)
         report(Progress(split, total, total, meta["skipped"], cached=True))
-        return _load_complete(folder, meta, need_maps)
+        return load_complete(folder, meta, need_maps)
     if (folder / META).exists():  # without the maps now needed (or foreign): recompute, chunks carry both
         (folder / META).unlink()
     batch_size = max(1, batch_size)
     chunk = max(1, math.ceil((chunk_size or 8 * batch_size) / batch_size)) * batch_size
     plan = [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
-    done = _finished_chunks(folder / CHUNKS, plan, need_maps)
+    done = finished_chunks(folder / CHUNKS, plan, need_maps)
     # Multi-host: process p decodes and runs only chunks p, p+P, ... on its own devices; the chunks meet in the
     # shared cache directory, process 0 assembles them, and the others read the result after a barrier.
     processes, rank = jax.process_count(), jax.process_index()
@@ -214,18 +202,36 @@ def extract_features(
             devices=devices, num_workers=num_workers, on_shapes=on_shapes,
         )  # fmt: skip
     if processes == 1:
-        return _assemble(folder, source, dataset, split, plan, need_maps)
+        return assemble(folder, _identity(source, dataset, split), dataset, split, plan, need_maps)
+    return load_complete(folder, _assemble_across_hosts(folder, source, dataset, split, plan, need_maps), need_maps)
+
+
+def _refuse_skipped(folder: Path, meta: Mapping[str, Any]) -> None:
+    """A cache built without ``strict`` that left images out must not let a strict run pass."""
+    if meta["skipped"]:
+        raise data.BadImageError(
+            f"{folder.name}: {meta['skipped']} unreadable image(s) were left out when this cache was built "
+            f"(first: {', '.join(meta['skipped_names'][:3])}); strict=True fails on them"
+        )
+
+
+def _assemble_across_hosts(
+    folder: Path, source: BackboneSource, dataset: data.Dataset, split: str, plan: list[tuple[int, int]],
+    need_maps: bool,
+) -> dict[str, Any]:
+    """After every process wrote its chunks: process 0 assembles them, the others wait; returns the cache's meta."""
     from jax.experimental import multihost_utils
 
+    identity = _identity(source, dataset, split)
     multihost_utils.sync_global_devices(f"jaxheads features {folder.name}: chunks written")
-    if rank == 0:
-        _assemble(folder, source, dataset, split, plan, need_maps)
+    if jax.process_index() == 0:
+        assemble(folder, identity, dataset, split, plan, need_maps)
     multihost_utils.sync_global_devices(f"jaxheads features {folder.name}: assembled")
-    meta = _read_meta(folder, _identity(source, dataset, split))
+    meta = read_meta(folder, identity)
     if meta is None:
         raise RuntimeError(f"{folder}: process 0 assembled no cache here; multi-host runs need a cache_dir "
                            "on a filesystem every host shares")
-    return _load_complete(folder, meta, need_maps)
+    return meta
 
 
 def extract_all(
@@ -298,10 +304,11 @@ def _compute_chunks(
         skipped += len(batch.skipped)
         start, stop = todo[current]
         if seen == stop - start:
-            _write_chunk(chunk_dir, start, stop, parts, need_maps)
+            write_chunk(chunk_dir, start, stop, parts, need_maps)
             parts, seen, current = [], 0, current + 1
         finished += len(batch.indices) + len(batch.skipped)
         report(Progress(split, finished, total, skipped))
+
 
 
 @functools.partial(jax.jit, static_argnames=("module", "preprocessing", "need_maps", "mesh"))
@@ -338,145 +345,3 @@ def _run_batch(
     pooled, maps = forward(variables, jax.device_put(padded, parallel.data_sharding(mesh)))
     return np.asarray(pooled)[:n], (np.asarray(maps)[:n] if need_maps else None)
 
-
-def _chunk_path(chunk_dir: Path, start: int, stop: int) -> Path:
-    return chunk_dir / f"{start:010d}-{stop:010d}.npz"
-
-
-def _write_chunk(
-    chunk_dir: Path,
-    start: int,
-    stop: int,
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-    has_maps: bool,
-) -> None:
-    """Write one finished chunk (kept indices, pooled, maps) atomically."""
-    kept = [p for p in parts if len(p[0])]
-    arrays: dict[str, np.ndarray] = {
-        "indices": np.concatenate([p[0] for p in parts]).astype(np.int64),
-        "pooled": np.concatenate([p[1] for p in kept]) if kept else np.zeros((0, 0), np.float16),
-        "has_maps": np.asarray(has_maps),
-    }
-    if has_maps:
-        arrays["maps"] = np.concatenate([p[2] for p in kept]) if kept else np.zeros((0, 0, 0, 0), np.float16)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_bytes_atomic(_chunk_path(chunk_dir, start, stop), buffer.getvalue())
-
-
-def _finished_chunks(chunk_dir: Path, plan: list[tuple[int, int]], need_maps: bool) -> dict[tuple[int, int], Path]:
-    """Chunks of this plan already on disk (with maps when needed). Files are whole or absent (atomic writes)."""
-    found: dict[tuple[int, int], Path] = {}
-    for start, stop in plan:
-        path = _chunk_path(chunk_dir, start, stop)
-        try:
-            with np.load(path) as chunk:
-                if bool(chunk["has_maps"]) or not need_maps:
-                    found[(start, stop)] = path
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            continue  # absent, or damaged by something other than a kill: computed again
-    return found
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Assembling and reading
-
-
-def _assemble(
-    folder: Path,
-    source: BackboneSource,
-    dataset: data.Dataset,
-    split: str,
-    plan: list[tuple[int, int]],
-    need_maps: bool,
-) -> FeatureSplit:
-    """Concatenate the chunks into the final arrays, write them and meta.json (last), drop the chunks."""
-    chunk_dir = folder / CHUNKS
-    paths = [_chunk_path(chunk_dir, a, b) for a, b in plan]
-    loaded = [np.load(p) for p in paths]
-    try:
-        indices = np.concatenate([c["indices"] for c in loaded]) if loaded else np.zeros(0, np.int64)
-        nonempty = [c for c in loaded if c["pooled"].shape[0]]
-        channels = nonempty[0]["pooled"].shape[1] if nonempty else 0
-        pooled = np.concatenate([c["pooled"] for c in nonempty]) if nonempty else np.zeros((0, channels), np.float16)
-        _save_npy_atomic(folder / "pooled.npy", pooled)
-        if need_maps:
-            _save_maps_atomic(folder / "maps.npy", nonempty, len(pooled))
-    finally:
-        for chunk in loaded:
-            chunk.close()
-    labels = dataset.split(split).labels[indices]
-    _save_npy_atomic(folder / "indices.npy", indices)
-    _save_npy_atomic(folder / "labels.npy", labels)
-    all_indices = np.arange(len(dataset.split(split)))
-    skipped = np.setdiff1d(all_indices, indices)
-    meta = {
-        **_identity(source, dataset, split),
-        "dataset_name": dataset.name,
-        "classes": list(dataset.classes),
-        "task": dataset.task,
-        "count": int(len(indices)),
-        "skipped": int(len(skipped)),
-        "skipped_names": [dataset.split(split).name(int(i)) for i in skipped[:100]],
-        "has_maps": bool(need_maps),
-        "pooled_shape": list(pooled.shape),
-    }
-    write_json_atomic(folder / META, meta)
-    shutil.rmtree(chunk_dir, ignore_errors=True)
-    for stale in folder.glob(".*"):  # temporary files of writes killed before their rename
-        stale.unlink(missing_ok=True)
-    return _load_complete(folder, meta, need_maps)
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def _save_maps_atomic(path: Path, chunks: Sequence[Any], count: int) -> None:
-    """Stream the (possibly large) maps of ``chunks`` (open .npz files, read one at a time) into a temporary
-    .npy, fsync, rename."""
-    shape = (count, *(chunks[0]["maps"].shape[1:] if chunks else (0, 0, 0)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        row = 0
-        for chunk in chunks:
-            part = chunk["maps"]
-            out[row : row + len(part)] = part
-            row += len(part)
-        out.flush()
-        del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_meta(folder: Path, identity: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The meta of a complete cache in ``folder`` built from exactly ``identity``, or None (absent, unreadable
-    or built from other inputs: then it is rebuilt, never mixed)."""
-    try:
-        meta = json.loads((folder / META).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if all(meta.get(k) == v for k, v in identity.items()) else None
-
-
-def _load_complete(folder: Path, meta: Mapping[str, Any], need_maps: bool) -> FeatureSplit:
-    """Read a complete cache; maps are memory-mapped (they can be large)."""
-    if meta["skipped"]:
-        warnings.warn(
-            f"{folder.name}: {meta['skipped']} unreadable image(s) were left out when this cache was built "
-            f"(first: {', '.join(meta['skipped_names'][:3])})",
-            data.BadImageWarning,
-            stacklevel=3,
-        )
-    labels = np.load(folder / "labels.npy")
-    pooled = np.load(folder / "pooled.npy")
-    maps = np.load(folder / "maps.npy", mmap_mode="r") if need_maps else None
-    return FeatureSplit(labels=labels, pooled=pooled, maps=maps)
