@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -184,12 +184,12 @@ def ridge_probe(
     if multilabel:
         num_classes = int(np.shape(train.labels)[1])
         y_train = np.asarray(train.labels, np.float32)
-        select = select_metric or "macro_average_precision"
+        select = select_metric or metrics.metric_for_task("multilabel")
     else:
         seen = [np.asarray(s.labels) for s in (train, val, test) if s is not None]
         num_classes = num_classes or int(max(int(s.max()) for s in seen)) + 1
         y_train = np.eye(num_classes, dtype=np.float32)[np.asarray(train.labels, np.int64)]
-        select = select_metric or "accuracy"
+        select = select_metric or metrics.metric_for_task("multiclass")
 
     cache = fit_ridge_eig(x_train, y_train, standardize=standardize)
     if multilabel:
@@ -258,18 +258,21 @@ def compile_ridge_probe(train: FeatureSplit, val: FeatureSplit, test: FeatureSpl
         _multiclass_path.lower(cache, pooled(split), labels(split), l2s).compile()
 
 
-def sweep_rows(splits: dict[str, FeatureSplit], *, l2: Sequence[float], task: str, num_classes: int,
-               metric: str) -> list[dict]:
-    """The ridge baseline in the sweep's schema: one row per λ (ascending),
-    ``{"l2", "val": {metric: value}, "test": {metric: value} | None, "best": bool}``, λ chosen by val ``metric``.
-    Scalar metrics only; per-class values stay in :func:`ridge_probe`'s ``best`` entry."""
-    result = ridge_probe(splits["train"], splits["val"], splits.get("test"), l2_grid=l2, num_classes=num_classes,
-                         select_metric=metric)
-    if result["task"] != task:
+def sweep_rows(splits: Mapping[str, FeatureSplit], *, l2: Sequence[float] | None = None, num_classes: int,
+               metric: str | None = None, task: str | None = None) -> list[dict]:
+    """The ridge baseline in the sweep's schema: one row per λ (ascending), ``{"l2", "params", "val": {metric:
+    value}, "test": {metric: value} | None, "best": bool, "select_metric"}``, λ chosen by val ``metric`` (default:
+    the task's) over ``l2`` (default :data:`DEFAULT_L2_GRID`). Scalar metrics only; per-class values stay in
+    :func:`ridge_probe`'s ``best`` entry. ``task``, when given, must match the labels."""
+    grid = {} if l2 is None else {"l2_grid": l2}
+    result = ridge_probe(splits["train"], splits["val"], splits.get("test"), num_classes=num_classes,
+                         select_metric=metric, **grid)
+    if task is not None and result["task"] != task:
         raise ValueError(f"sweep_rows: task {task!r}, but the labels are {result['task']}")
     rows = []
     for i, value in enumerate(result["l2_grid"]):
-        rows.append({"l2": value, "val": {k: v[i] for k, v in result["val"].items()},
-                     "test": {k: v[i] for k, v in result["test"].items()} if "test" in result else None,
-                     "best": i == result["best"]["index"]})
+        rows.append({"l2": float(value), "params": result["params"],
+                     "val": {k: float(v[i]) for k, v in result["val"].items()},
+                     "test": {k: float(v[i]) for k, v in result["test"].items()} if "test" in result else None,
+                     "best": i == result["best"]["index"], "select_metric": result["select_metric"]})
     return rows

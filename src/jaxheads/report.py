@@ -1,7 +1,7 @@
 """Render a sweep's results: terminal leaderboard, Markdown/HTML report, plots, and the head questions answered.
 
 Input is the plain JSON dict of ``SweepResult.to_json()`` (schema ``jaxheads.sweep_result/1``, documented in
-``jaxheads/sweep.py``), so a report can be rebuilt from ``results.json`` long after the sweep ran. Non-finite
+``jaxheads/sweep/schema.py``), so a report can be rebuilt from ``results.json`` long after the sweep ran. Non-finite
 numbers arrive as ``null`` there; every reader below maps them back to NaN.
 
 The head questions ("avg vs flatten", "1 vs 2 vs 3 dense layers", "width 256 vs 512 vs 1024", "dropout 0 vs 0.5",

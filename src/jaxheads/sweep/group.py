@@ -1,0 +1,155 @@
+"""A group on the devices: its init program run in the background, its programs compiled, its ``map_batch`` chosen.
+
+The init program (every member's padded head and optimiser state, under vmap) is traced on the calling thread and
+compiled and run in a pool, while the calling thread compiles the epoch program from the traced shapes; the
+evaluation programs compile in the pool too. Nothing here trains: :mod:`.loop` owns the training state.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+
+from jaxheads import parallel
+
+from . import plan as planning
+from .inputs import GroupInputs
+from .plan import GroupPlan
+from .program import GroupState, MemberConsts, compiled_programs, copy_tree, group_init_program, keep_best
+
+
+class LiveMembers(NamedTuple):
+    """The training state of a group's device slots (member axis first on every array)."""
+
+    state: GroupState
+    consts: MemberConsts
+    best: Any  # the kept best-epoch variables
+    slots: np.ndarray  # device slot -> the member's position in the group (-1: padding)
+
+
+class PendingInit(NamedTuple):
+    """The init program, running; the abstract state and constants the other programs compile against."""
+
+    future: concurrent.futures.Future
+    plan: GroupPlan
+    abstract_state: GroupState
+    abstract_consts: MemberConsts
+    sharding: NamedSharding  # the member axis over "members"
+    abstract: bool  # compile only: there is no data
+
+
+class Programs(NamedTuple):
+    epoch: Callable  # (state, consts, active, x, y, idx, step0) -> (state, losses); donates the state
+    evaluate: Callable  # (variables, consts, x, y, mask) -> (metrics, logits) per member
+    evaluation_compiled: concurrent.futures.Future
+    map_batch: int | str
+
+
+def start_init(plan: GroupPlan, pool: concurrent.futures.Executor, abstract: bool) -> PendingInit:
+    """Trace the group's init program here; compile (and, with data, run) it in ``pool``."""
+    args = plan.init_args()
+    traced = group_init_program(plan.structure, plan.input_shape, plan.padded, plan.optimizer, plan.gated).trace(*args)
+    run = (lambda: traced.lower().compile()) if abstract else (lambda: traced.lower().compile()(*args))
+    future = pool.submit(run)
+    abstract_variables, abstract_opt_state, abstract_keys = traced.out_info
+    sharding = parallel.member_sharding(plan.mesh)
+    shaped = lambda tree: jax.tree.map(  # noqa: E731
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree)
+    state = GroupState(abstract_variables, abstract_opt_state, jax.ShapeDtypeStruct((plan.slots,), np.dtype(bool)))
+    return PendingInit(future, plan, shaped(state), shaped(plan.host_consts(abstract_keys)), sharding, abstract)
+
+
+def collect_init(pending: PendingInit) -> LiveMembers | None:
+    """The init program's result placed on the mesh (None when compiling only)."""
+    result = pending.future.result()
+    if pending.abstract:
+        return None
+    variables, opt_state, keys = result
+    plan = pending.plan
+    state = jax.device_put(GroupState(variables, opt_state, np.zeros(plan.slots, bool)), pending.sharding)
+    consts = jax.device_put(plan.host_consts(keys), pending.sharding)
+    slots = np.where(np.arange(plan.slots) < len(plan.ids), np.arange(plan.slots), -1)
+    return LiveMembers(state, consts, copy_tree(state.variables), slots)
+
+
+def _compile_evaluation(pending: PendingInit, inputs: GroupInputs, evaluate: Callable,
+                        pool: concurrent.futures.Executor) -> concurrent.futures.Future:
+    """Compile the evaluation, keep-best and copy programs in ``pool`` (they wait for the first epoch)."""
+    variables, improved = pending.abstract_state.variables, pending.abstract_state.diverged  # (M,) bool flags
+
+    def compile_all() -> None:
+        evaluate.lower(variables, pending.abstract_consts, inputs.x["val"], inputs.y["val"],
+                       inputs.mask["val"]).compile()
+        keep_best.lower(variables, variables, improved).compile()
+        copy_tree.lower(variables).compile()
+
+    return pool.submit(compile_all)
+
+
+def compile_programs(pending: PendingInit, inputs: GroupInputs, map_batch: int | str, task: str,
+                     pool: concurrent.futures.Executor) -> Programs:
+    """The group's programs for ``map_batch``: the epoch compiled on this thread from the traced shapes while the
+    init program runs and the evaluation programs compile in ``pool``."""
+    plan = pending.plan
+    epoch, evaluate = compiled_programs(plan.program_key(map_batch, task))
+    evaluation_compiled = _compile_evaluation(pending, inputs, evaluate, pool)
+    idx = jax.ShapeDtypeStruct((plan.steps_per_epoch, plan.batch), np.dtype(np.int32), sharding=inputs.idx_sharding)
+    member_flags = pending.abstract_state.diverged  # (M,) bool on the members' sharding, like `active`
+    epoch.lower(pending.abstract_state, pending.abstract_consts, member_flags, inputs.x["train"],
+                inputs.y["train"], idx, jnp.asarray(0, jnp.int32)).compile()
+    return Programs(epoch, evaluate, evaluation_compiled, map_batch)
+
+
+def epoch_args(plan: GroupPlan, live: LiveMembers, inputs: GroupInputs, active: np.ndarray, idx: np.ndarray,
+               step0: int) -> tuple:
+    """The epoch program's arguments: ``active`` flags per slot, ``idx`` the epoch's batches from step ``step0``."""
+    flags = jax.device_put(active, parallel.member_sharding(plan.mesh))
+    return (live.state, live.consts, flags, inputs.x["train"], inputs.y["train"],
+            jax.device_put(idx, inputs.idx_sharding), jnp.asarray(step0, jnp.int32))
+
+
+def shuffled_batches(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
+    """(steps, batch) int32 indices of one shuffled epoch; the last partial batch is dropped (BN sees full
+    batches; every example is seen within two epochs on average)."""
+    batch = min(batch, n)
+    steps = n // batch
+    return rng.permutation(n)[: steps * batch].reshape(steps, batch).astype(np.int32)
+
+
+def _time_epoch(epoch: Callable, args: tuple, repeats: int = 1) -> float:
+    """Seconds per call after a warm-up (compile) call. The epoch donates its state, so every call gets a copy
+    and the probe leaves the live state untouched."""
+    best = math.inf
+    for r in range(repeats + 1):
+        fresh = (jax.tree.map(jnp.copy, args[0]),) + args[1:]
+        jax.block_until_ready(fresh)
+        t = time.perf_counter()
+        jax.block_until_ready(epoch(*fresh))
+        if r:
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def probe_map_batch(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers,
+                    rng: np.random.Generator) -> tuple[int | str, dict[str, float] | None]:
+    """``map_batch="probe"``: the fastest candidate timed on two steps of real data, and the timings. Timings on
+    a shared machine are noisy, so vmap (no per-chunk loop) is kept unless beaten by more than 10%."""
+    candidates = planning.probe_candidates(plan)
+    if len(candidates) == 1:
+        return candidates[0], None
+    idx = shuffled_batches(rng, plan.n_train, plan.batch)[:2]
+    active = np.arange(plan.slots) < len(plan.ids)
+    seconds = {}
+    for k in candidates:
+        epoch, _ = compiled_programs(plan.program_key(k, "multiclass"))  # the epoch does not depend on the task
+        seconds[str(k)] = _time_epoch(epoch, epoch_args(plan, live, inputs, active, idx, 0)) / len(idx)
+    fastest = min(candidates, key=lambda k: seconds[str(k)])
+    keep_vmap = "vmap" in candidates and seconds["vmap"] <= 1.1 * seconds[str(fastest)]
+    return ("vmap" if keep_vmap else fastest), seconds

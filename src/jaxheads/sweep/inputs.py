@@ -1,0 +1,119 @@
+"""A group's inputs: the cached features each program reads, pooled once on the host and placed on the mesh.
+
+Every split's array is stacked over the group's poolings (sources) to (sources, N, ...). Evaluation splits are
+padded to one length with masked rows, so one evaluation program serves val and test. Given abstract splits
+(``jax.ShapeDtypeStruct`` arrays, see :func:`abstract_splits`) the same functions return shapes only.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxheads import heads, parallel
+from jaxheads.heads import HeadSpec
+from jaxheads.splits import FeatureSplit
+
+from .plan import GroupPlan
+from .spec import MemberSpec
+
+
+class GroupInputs(NamedTuple):
+    """A group's device-resident data (or its shapes)."""
+
+    x: dict[str, Any]  # split -> (sources, N, ...) float32, eval splits padded to one length
+    y: dict[str, Any]  # split -> labels, eval splits padded like x
+    mask: dict[str, Any]  # eval split -> (rows,) bool, false on padding rows
+    n_eval: dict[str, int]  # eval split -> its real number of rows
+    idx_sharding: NamedSharding  # of an epoch's (steps, batch) index array: the batch over "data"
+
+
+def feature_shapes(split: FeatureSplit) -> dict[str, tuple[int, ...] | None]:
+    """Per-example shapes of a split's cached features: {"pooled": (C,) or None, "maps": (H, W, C) or None}."""
+    return {k: None if a is None else tuple(a.shape[1:]) for k, a in (("pooled", split.pooled), ("maps", split.maps))}
+
+
+def split_features(split: FeatureSplit, spec: HeadSpec, name: str) -> Any:
+    """The cached features ``spec`` reads from ``split``: pooled vectors for pooling "none", else the maps."""
+    x = split.pooled if spec.pooling == "none" else split.maps
+    if x is None:
+        kind = "pooled" if spec.pooling == "none" else "maps"
+        raise ValueError(f"HeadSpec.pooling: {spec.pooling!r} needs split {name!r} to carry `{kind}` features")
+    return x
+
+
+def check_inputs(members: Sequence[MemberSpec], splits: Mapping[str, FeatureSplit]) -> None:
+    """Every member's head fits the features of every split (an error naming the field otherwise)."""
+    for m in members:
+        for name, split in splits.items():
+            heads.check_input(m.head, split_features(split, m.head, name).shape[1:])
+
+
+def _program_input(split: FeatureSplit, head: HeadSpec, name: str) -> np.ndarray | jax.ShapeDtypeStruct:
+    """float32 input of ``head``'s group program on ``split``: the cached features, pooled here once on the host
+    (conv-free heads) instead of at every training step."""
+    x = split_features(split, head, name)
+    if isinstance(x, jax.ShapeDtypeStruct):
+        pooled = x if head.conv else jax.eval_shape(functools.partial(heads.pool, head), x)
+        return jax.ShapeDtypeStruct(pooled.shape, np.float32)
+    x = np.asarray(x, np.float32)
+    return x if head.conv else np.asarray(heads.pool(head, x, xp=np), np.float32)
+
+
+def _stack(arrays: Sequence[Any]) -> Any:
+    if isinstance(arrays[0], jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(arrays),) + arrays[0].shape, arrays[0].dtype)
+    return np.stack(arrays)
+
+
+def _pad_rows(x: Any, rows: int, axis: int) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape[:axis] + (rows,) + x.shape[axis + 1:], x.dtype)
+    return parallel.pad_to(np.asarray(x), rows, axis=axis)[0]
+
+
+def _put(x: Any, sharding: NamedSharding) -> Any:
+    """``jax.device_put``, or for a shape the abstract array the program will be given (same dtype rules)."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, jax.dtypes.canonicalize_dtype(x.dtype), sharding=sharding)
+    return jax.device_put(np.asarray(x), sharding)
+
+
+def host_inputs(plan: GroupPlan, members: Sequence[MemberSpec],
+                splits: Mapping[str, FeatureSplit]) -> dict[str, Any]:
+    """split -> the group's stacked program input on the host (one array per source)."""
+    by_source = {members[i].head.pooling: members[i].head for i in plan.ids}
+    return {k: _stack([_program_input(s, by_source[p], k) for p in plan.sources]) for k, s in splits.items()}
+
+
+def place_inputs(plan: GroupPlan, x: Mapping[str, Any], splits: Mapping[str, FeatureSplit]) -> GroupInputs:
+    """The group's inputs replicated on its mesh, evaluation splits padded to one length."""
+    rep = parallel.replicated(plan.mesh)
+    n_eval = {k: len(s) for k, s in splits.items() if k != "train"}
+    rows = max(n_eval.values())
+    return GroupInputs(
+        x={k: _put(v if k == "train" else _pad_rows(v, rows, axis=1), rep) for k, v in x.items()},
+        y={k: _put(s.labels if k == "train" else _pad_rows(s.labels, rows, axis=0), rep) for k, s in splits.items()},
+        mask={k: _put(np.arange(rows) < n, rep) for k, n in n_eval.items()},
+        n_eval=n_eval,
+        idx_sharding=NamedSharding(plan.mesh, P(None, parallel.DATA)))
+
+
+def abstract_splits(sizes: Mapping[str, int], *, pooled: Sequence[int] | None = None,
+                    maps: Sequence[int] | None = None, label_shape: Sequence[int] = (),
+                    label_dtype: Any = np.int32) -> dict[str, FeatureSplit]:
+    """The shapes of the features a sweep will get, as :class:`FeatureSplit`s of ``jax.ShapeDtypeStruct``:
+    ``sizes`` examples per split, pooled (C,) and/or map (H, W, C) feature shapes, and per-example label shape
+    (``()`` multiclass, ``(K,)`` multilabel). What ``compile_sweep`` takes."""
+
+    def one(n: int) -> FeatureSplit:
+        sds = lambda shape, dtype: None if shape is None else jax.ShapeDtypeStruct((n, *shape), dtype)  # noqa: E731
+        return FeatureSplit(labels=sds(tuple(label_shape), label_dtype), pooled=sds(pooled, np.float32),
+                            maps=sds(maps, np.float32))
+
+    return {name: one(n) for name, n in sizes.items()}

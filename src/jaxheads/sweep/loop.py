@@ -1,0 +1,165 @@
+"""The epoch loop of one group: run the jitted epoch, score val, then decide on the host from (M,) arrays.
+
+Between epochs: the NaN guard's flags, early stopping (patience on the val metric, best weights kept) and
+successive halving; once stopped members hold half of the device slots, they are finalised and the device arrays
+are compacted to the live ones. The decisions are pure functions on arrays; the loop alone owns the mutable state
+(:class:`MemberBook` on the host, :class:`~.group.LiveMembers` on the devices).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxheads import parallel
+
+from . import records
+from .group import LiveMembers, Programs, epoch_args, shuffled_batches
+from .inputs import GroupInputs
+from .plan import GroupPlan
+from .program import keep_best
+from .spec import MemberSpec, SweepSpec
+
+
+class MemberBook:
+    """Host bookkeeping of a group's members, indexed by member position j (not by device slot); only its own
+    methods change it."""
+
+    def __init__(self, n: int):
+        self.best = np.full(n, -np.inf)
+        self.best_epoch = np.zeros(n, int)
+        self.epochs_run = np.zeros(n, int)
+        self.since = np.zeros(n, int)  # epochs since the last improvement
+        self.active = np.ones(n, bool)
+        self.stopped = ["completed"] * n
+        self.curves: list[dict[str, Any]] = [{"train_loss": [], "val": {}} for _ in range(n)]
+        self.best_val: list[dict[str, np.ndarray] | None] = [None] * n  # val metrics at best_epoch
+
+    def record_epoch(self, epoch: int, slots: np.ndarray, was_active: np.ndarray, improved: np.ndarray,
+                     score: np.ndarray, losses: np.ndarray, val: Mapping[str, np.ndarray]) -> None:
+        """Book one epoch of the slots that trained in it."""
+        for slot in np.flatnonzero(was_active):
+            j = slots[slot]
+            self.epochs_run[j] = epoch
+            self.curves[j]["train_loss"].append(float(np.mean(losses[slot])))
+            for k, v in val.items():
+                if v[slot].ndim == 0:
+                    self.curves[j]["val"].setdefault(k, []).append(float(v[slot]))
+            if improved[slot]:
+                self.best[j], self.best_epoch[j], self.since[j] = score[slot], epoch, 0
+                self.best_val[j] = {k: v[slot] for k, v in val.items()}
+            else:
+                self.since[j] += 1
+
+    def stop(self, js: np.ndarray, why: str) -> None:
+        for j in js:
+            self.stopped[j] = why
+        self.active[js] = False
+
+
+def patience_exhausted(active: np.ndarray, since: np.ndarray, patience: int | None) -> np.ndarray:
+    """Members to stop early: still active and ``patience`` epochs without improvement (None: never)."""
+    if patience is None:
+        return np.zeros(0, int)
+    return np.flatnonzero(active & (since >= patience))
+
+
+def halving_victims(active: np.ndarray, best: np.ndarray, fraction: float) -> np.ndarray:
+    """Successive halving: the weakest ``fraction`` of the active members by best score (stable on ties)."""
+    alive = np.flatnonzero(active)
+    return alive[np.argsort(best[alive], kind="stable")][: int(len(alive) * fraction)]
+
+
+def compaction(slots: np.ndarray, active: np.ndarray, mesh: Any) -> tuple[np.ndarray, int] | None:
+    """(the slots to keep, how many of them are live) when the live members fit fewer padded slots than now; the
+    live slots come first, padded with inactive copies of the first. None when nothing shrinks. ``active`` is
+    indexed by member position."""
+    live = np.flatnonzero((slots >= 0) & active[np.maximum(slots, 0)])
+    size = parallel.padded_members(len(live), mesh)
+    if len(live) == 0 or size >= len(slots):
+        return None
+    return np.concatenate([live, np.full(size - len(live), live[0])]), len(live)
+
+
+@jax.jit
+def _gather_members(tree: Any, sel: jax.Array) -> Any:
+    return jax.tree.map(lambda a: a[sel], tree)
+
+
+def _compact(plan: GroupPlan, live: LiveMembers, keep: np.ndarray, n_live: int) -> LiveMembers:
+    """``live`` reduced to the slots ``keep`` (the first ``n_live`` real); the group program retraces for it."""
+    sharding = parallel.member_sharding(plan.mesh)
+    take = lambda tree: jax.device_put(_gather_members(tree, jnp.asarray(keep)), sharding)  # noqa: E731
+    slots = live.slots[keep].copy()
+    slots[n_live:] = -1
+    return LiveMembers(take(live.state), take(live.consts), take(live.best), slots)
+
+
+def _unfinished(plan: GroupPlan, slots: np.ndarray, done: Mapping[int, Any]) -> np.ndarray:
+    """Slots of real members without a final record yet."""
+    return np.asarray([s for s, j in enumerate(slots) if j >= 0 and plan.ids[j] not in done], int)
+
+
+def _train_epoch(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, programs: Programs,
+                 active: np.ndarray, idx: np.ndarray, step0: int, timings: dict[str, float],
+                 first: bool) -> tuple[LiveMembers, np.ndarray, dict[str, np.ndarray]]:
+    """One jitted epoch and the val metrics after it: (live with the new state, losses, val metrics)."""
+    t = time.perf_counter()
+    state, losses = programs.epoch(*epoch_args(plan, live, inputs, active, idx, step0))
+    losses = parallel.to_host(losses)
+    timings["compile_s" if first else "train_s"] += time.perf_counter() - t  # the benchmarks time epochs 2..
+    t = time.perf_counter()
+    programs.evaluation_compiled.result()
+    val = records.evaluate(programs.evaluate, live.consts, inputs, "val", state.variables)[0]
+    timings["eval_s"] += time.perf_counter() - t
+    return live._replace(state=state), losses, val
+
+
+def _decide(book: MemberBook, slots: np.ndarray, was_active: np.ndarray, diverged: np.ndarray, epoch: int,
+            sweep: SweepSpec) -> None:
+    """Stop the diverged, the patient-out and (on halving epochs) the weakest members."""
+    book.stop(slots[was_active & diverged], "diverged")
+    book.stop(patience_exhausted(book.active, book.since, sweep.patience), "early_stopping")
+    if sweep.halving_every and epoch % sweep.halving_every == 0 and epoch < sweep.epochs:
+        book.stop(halving_victims(book.active, book.best, sweep.halving_fraction), "halving")
+
+
+def train_group(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, programs: Programs, sweep: SweepSpec,
+                metric: str, task: str, members: list[MemberSpec], rng: np.random.Generator,
+                timings: dict[str, float], progress: Callable | None) -> tuple[dict[int, tuple], list[int]]:
+    """Train the group; returns ({member index: (record, unpadded variables)}, slots computed per epoch)."""
+    book, done, slots_per_epoch, step0 = MemberBook(len(plan.ids)), {}, [], 0
+    finish = lambda lv, which: done.update(records.finalize(  # noqa: E731
+        plan, inputs, programs.evaluate, lv, which, book, task, members, timings))
+    for epoch in range(1, sweep.epochs + 1):
+        if not book.active.any():
+            break
+        real, js = live.slots >= 0, np.maximum(live.slots, 0)
+        was_active = real & book.active[js]
+        idx = shuffled_batches(rng, plan.n_train, plan.batch)
+        live, losses, val = _train_epoch(plan, inputs, live, programs, was_active, idx, step0, timings, epoch == 1)
+        slots_per_epoch.append(len(live.slots))
+        step0 += len(idx)
+        score = np.nan_to_num(np.asarray(val[metric], np.float64), nan=-np.inf)
+        diverged = parallel.to_host(live.state.diverged)
+        improved = was_active & ~diverged & (score > book.best[js])
+        book.record_epoch(epoch, live.slots, was_active, improved, score, losses, val)
+        best = keep_best(live.best, live.state.variables, jax.device_put(improved, parallel.member_sharding(plan.mesh)))
+        live = live._replace(best=best)
+        _decide(book, live.slots, was_active, diverged, epoch, sweep)
+        if progress is not None:
+            progress({"group": plan.gid, "epoch": epoch, "epochs": sweep.epochs, "active": int(book.active.sum()),
+                      "members": len(plan.ids), "best": float(np.max(book.best))})
+        # Free the compute of stopped members once they hold at least half of the device slots.
+        if book.active.any() and np.sum(real & ~book.active[js]) >= len(live.slots) // 2:
+            finish(live, np.asarray([s for s in _unfinished(plan, live.slots, done)
+                                     if not book.active[live.slots[s]]], int))
+            shrink = compaction(live.slots, book.active, plan.mesh)
+            if shrink is not None:
+                live = _compact(plan, live, *shrink)
+    finish(live, _unfinished(plan, live.slots, done))
+    return done, slots_per_epoch

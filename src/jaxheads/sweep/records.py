@@ -1,0 +1,123 @@
+"""Each member's final record: val/test metrics of its kept (best-epoch) weights, and its unpadded variables.
+
+Val metrics are those recorded at the member's best epoch (the same weights and program); val is evaluated again
+only for multilabel thresholds (tuned per member on val) or a member that never improved on its initial weights.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from jaxheads import heads, metrics, parallel
+
+from .inputs import GroupInputs
+from .plan import GroupPlan
+from .program import MemberConsts, swap_first_kernel
+from .spec import MemberSpec
+
+if TYPE_CHECKING:
+    from .group import LiveMembers
+    from .loop import MemberBook
+
+
+def evaluate(evaluate_fn: Callable, consts: MemberConsts, inputs: GroupInputs, split: str,
+             variables: Any) -> tuple[dict[str, np.ndarray], jax.Array]:
+    """Per-member metrics of ``split`` as host arrays (gathered across processes), and the device logits (padded
+    to the longest evaluation split: the first ``inputs.n_eval[split]`` rows are real)."""
+    values, logits = evaluate_fn(variables, consts, inputs.x[split], inputs.y[split], inputs.mask[split])
+    return jax.tree.map(parallel.to_host, values), logits
+
+
+def _thresholded(scores_val: Any, y_val: Any, scores_test: Any | None, y_test: Any | None) -> tuple:
+    """Multilabel decision thresholds tuned on val, and the macro-F1 they give on val and test."""
+    mask_v = np.ones((scores_val.shape[0],), bool)
+    thr = metrics.tune_thresholds(scores_val, y_val, mask_v)
+    f1_val = metrics.multilabel_f1(scores_val, y_val, mask_v, thr)
+    f1_test = None
+    if scores_test is not None:
+        f1_test = metrics.multilabel_f1(scores_test, y_test, np.ones((scores_test.shape[0],), bool), thr)
+    return thr, f1_val, f1_test
+
+
+def _split_scalars(m: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """One member's metrics split into scalars and per-class lists."""
+    scalars, per_class = {}, {}
+    for k, v in m.items():
+        v = np.asarray(v)
+        if v.ndim == 0:
+            scalars[k] = float(v)
+        else:
+            per_class[k] = [float(a) for a in v]
+    return scalars, per_class
+
+
+class _Final:
+    """The evaluation of a set of slots at their kept weights (host arrays)."""
+
+    def __init__(self, inputs: GroupInputs, evaluate_fn: Callable, live: LiveMembers, need_val: bool, task: str):
+        self.val = self.val_logits = None
+        if need_val:
+            self.val, self.val_logits = evaluate(evaluate_fn, live.consts, inputs, "val", live.best)
+        self.test, self.test_logits = (evaluate(evaluate_fn, live.consts, inputs, "test", live.best)
+                                       if "test" in inputs.n_eval else (None, None))
+        if task == "multilabel":  # thresholds are tuned per member on the host's copy of its scores
+            self.val_logits = parallel.to_host(self.val_logits)[:, :inputs.n_eval["val"]]
+            if self.test_logits is not None:
+                self.test_logits = parallel.to_host(self.test_logits)[:, :inputs.n_eval["test"]]
+        self.host_best = jax.tree.map(parallel.to_host, live.best)
+
+
+def _member_metrics(final: _Final, slot: int, recorded: Mapping[str, Any] | None, inputs: GroupInputs,
+                    task: str) -> tuple[dict, dict, dict | None, dict | None, list[float] | None]:
+    """(val scalars, val per-class, test scalars, test per-class, thresholds) of the member in ``slot``."""
+    v_scalars, v_per = _split_scalars(recorded if final.val is None else {k: v[slot] for k, v in final.val.items()})
+    t_scalars, t_per = ((None, None) if final.test is None
+                        else _split_scalars({k: v[slot] for k, v in final.test.items()}))
+    if task != "multilabel":
+        return v_scalars, {}, t_scalars, None if final.test is None else {}, None
+    n_val, n_test = inputs.n_eval["val"], inputs.n_eval.get("test", 0)
+    has_test = final.test is not None
+    thr, f1v, f1t = _thresholded(jax.nn.sigmoid(final.val_logits[slot]), inputs.y["val"][:n_val],
+                                 jax.nn.sigmoid(final.test_logits[slot]) if has_test else None,
+                                 inputs.y["test"][:n_test] if has_test else None)
+    v_scalars["macro_f1"], v_per["f1"] = float(f1v["macro_f1"]), [float(a) for a in np.asarray(f1v["f1"])]
+    if f1t is not None:
+        t_scalars["macro_f1"] = float(f1t["macro_f1"])
+        t_per["f1"] = [float(a) for a in np.asarray(f1t["f1"])]
+    return v_scalars, v_per, t_scalars, t_per, [float(a) for a in np.asarray(thr)]
+
+
+def _unpadded(final: _Final, slot: int, plan: GroupPlan, head: heads.HeadSpec) -> Any:
+    member_vars = jax.tree.map(lambda a: a[slot], final.host_best)
+    params = jax.tree.map(np.asarray, swap_first_kernel(member_vars["params"], plan.structure))
+    return heads.unpad_variables(dict(member_vars, params=params), head, plan.feature_shapes[head.pooling])
+
+
+def finalize(plan: GroupPlan, inputs: GroupInputs, evaluate_fn: Callable, live: LiveMembers, which: np.ndarray,
+             book: MemberBook, task: str, members: Sequence[MemberSpec],
+             timings: dict[str, float]) -> dict[int, tuple[dict[str, Any], Any]]:
+    """{member index: (record, unpadded variables)} of the members in slots ``which``."""
+    if len(which) == 0:
+        return {}
+    t = time.perf_counter()
+    need_val = task == "multilabel" or any(book.best_val[live.slots[s]] is None for s in which)
+    final = _Final(inputs, evaluate_fn, live, need_val, task)
+    timings["eval_s"] += time.perf_counter() - t
+    out = {}
+    for slot in which:
+        j = int(live.slots[slot])
+        i, spec = plan.ids[j], members[plan.ids[j]]
+        v_scalars, v_per, t_scalars, t_per, thresholds = _member_metrics(final, slot, book.best_val[j], inputs, task)
+        record = {
+            "member": i, "config": spec.config_id(), "group": plan.gid, "spec": spec.to_dict(),
+            "params": heads.param_count(spec.head, plan.feature_shapes[spec.head.pooling]),
+            "epochs_run": int(book.epochs_run[j]), "best_epoch": int(book.best_epoch[j]),
+            "diverged": book.stopped[j] == "diverged", "stopped": book.stopped[j], "curves": book.curves[j],
+            "val": v_scalars, "test": t_scalars, "per_class": {"val": v_per, "test": t_per},
+            "thresholds": thresholds}
+        out[i] = (record, _unpadded(final, slot, plan, spec.head))
+    return out
