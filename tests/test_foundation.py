@@ -32,6 +32,15 @@ def test_mesh_puts_members_first():
     assert padded.shape == (8, 2) and n == 5 and padded[5:].sum() == 0
 
 
+def test_sweep_mesh_is_make_mesh_with_a_data_axis_that_divides_the_batch():
+    assert parallel.sweep_mesh(3, 8) == parallel.make_mesh(3)  # 4 data shards divide 8
+    assert parallel.sweep_mesh(64, 1) == parallel.make_mesh(64)
+    assert dict(parallel.sweep_mesh(3, 6).shape) == {"members": 4, "data": 2}  # 4 does not divide 6: move devices
+    assert dict(parallel.sweep_mesh(1, 3).shape) == {"members": 8, "data": 1}
+    for mesh in (parallel.sweep_mesh(3, 6), parallel.sweep_mesh(1, 3, jax.devices()[:4])):
+        assert list(mesh.devices.flat) == jax.devices()[: mesh.size]  # the devices keep their order
+
+
 def test_public_api_names_resolve():
     import jaxheads
 

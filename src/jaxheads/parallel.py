@@ -59,12 +59,13 @@ def sweep_mesh(num_members: int, batch_size: int, devices: Sequence[jax.Device] 
     """The mesh one sweep group trains on: :func:`make_mesh`, except that the data axis must divide the batch
     size (each data shard takes an equal slice of every batch); when it does not, devices move to the member
     axis (more member padding, never a ragged batch)."""
-    devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
-    member_devices = max(d for d in _divisors(n) if d <= max(1, num_members))
+    mesh = make_mesh(num_members, devices)
+    n, member_devices = mesh.size, mesh.shape[MEMBERS]
     while batch_size % (n // member_devices):
         member_devices = min(d for d in _divisors(n) if d > member_devices)
-    return Mesh(np.asarray(devices).reshape(member_devices, n // member_devices), (MEMBERS, DATA))
+    if member_devices == mesh.shape[MEMBERS]:
+        return mesh
+    return Mesh(mesh.devices.reshape(member_devices, n // member_devices), (MEMBERS, DATA))  # same device order
 
 
 def padded_members(num_members: int, mesh: Mesh) -> int:
