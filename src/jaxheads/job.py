@@ -161,8 +161,3 @@ def _add_confusion_matrices(result: SweepResult, splits: Mapping[str, FeatureSpl
             matrices[name] = np.asarray(metrics.confusion_matrix(
                 preds, labels, result.num_classes, np.ones(labels.shape, bool))).astype(int).tolist()
         record["confusion_matrix"] = matrices
-
-
-def local_devices_note() -> str:
-    """One line on the devices this process sees (for logs)."""
-    return f"{jax.process_count()} process(es), {jax.device_count()} device(s): {jax.devices()[0].platform}"
