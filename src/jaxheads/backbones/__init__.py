@@ -1,7 +1,9 @@
 """Backbone registry: names -> :class:`BackboneConfig`, and :func:`load` to build one with its weights.
 
-Families register themselves when their module is imported; the registry imports a family module only when
-one of its names is asked for (no start-up cost for models you do not use).
+Each family module registers its names where it defines them (:func:`register` at import, as timm does); that is
+the only list of names. The registry knows only which modules hold families: asking for a name imports them in
+order until one has registered it (the default, EfficientNet-Lite, comes first, so a sweep on it imports no
+other family), and :func:`list_backbones` imports them all.
 """
 
 from __future__ import annotations
@@ -17,18 +19,14 @@ from jaxheads.backbones.base import Backbone, BackboneConfig, Preprocessing, sha
 __all__ = ["Backbone", "BackboneConfig", "Preprocessing", "get_config", "list_backbones", "load", "register",
            "sha256_file"]
 
-# Family module -> the names it registers. Kept as data so that asking for a name imports one module.
-_FAMILIES: dict[str, tuple[str, ...]] = {
-    "jaxheads.backbones.efficientnet_lite": ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
-    "jaxheads.backbones.vgg": ("vgg16", "vgg19"),
-    "jaxheads.backbones.mobilenet": (
-        "mobilenet_v1", "mobilenet_v1_075", "mobilenet_v1_050", "mobilenet_v1_025",
-        "mobilenet_v2", "mobilenet_v2_035", "mobilenet_v2_050", "mobilenet_v2_075", "mobilenet_v2_130",
-        "mobilenet_v2_140",
-    ),
-    "jaxheads.backbones.resnet": ("resnet50", "resnet101", "resnet152"),
-    "jaxheads.backbones.efficientnet": tuple(f"efficientnet_b{i}" for i in range(8)),
-}
+# The modules that define backbone families, in the order a name is looked for.
+_FAMILY_MODULES = (
+    "jaxheads.backbones.efficientnet_lite",
+    "jaxheads.backbones.vgg",
+    "jaxheads.backbones.mobilenet",
+    "jaxheads.backbones.resnet",
+    "jaxheads.backbones.efficientnet",
+)
 _REGISTRY: dict[str, BackboneConfig] = {}
 
 
@@ -38,18 +36,26 @@ def register(config: BackboneConfig) -> BackboneConfig:
     return config
 
 
+def _import_families(until: str | None = None) -> None:
+    """Import the family modules (each registers its names), stopping once ``until`` is registered."""
+    for module in _FAMILY_MODULES:
+        if until is not None and until in _REGISTRY:
+            return
+        importlib.import_module(module)
+
+
 def list_backbones() -> list[str]:
-    """Every registered backbone name."""
-    return sorted(name for names in _FAMILIES.values() for name in names)
+    """Every registered backbone name (every family's, and any registered by the caller)."""
+    _import_families()
+    return sorted(_REGISTRY)
 
 
 def get_config(name: str) -> BackboneConfig:
     """The config registered under ``name``; a clear error lists the known names otherwise."""
     if name not in _REGISTRY:
-        family = next((mod for mod, names in _FAMILIES.items() if name in names), None)
-        if family is None:
-            raise KeyError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
-        importlib.import_module(family)
+        _import_families(until=name)
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
     return _REGISTRY[name]
 
 
