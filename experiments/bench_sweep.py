@@ -15,11 +15,14 @@ Measured in one process (prints a table, writes JSON):
 
 The sweep runs as ``jaxheads sweep`` runs it: a CPU-only host is split into one JAX device per core
 (``distributed.split_cpu_host``; ``--cpu-devices N`` sets N instead, 1 = JAX's single device) and the sweep shards
-its members over all of them (independent members run side by side), while the sequential loop keeps one device,
-its fastest layout (one member split over several host devices only adds collectives; each run checks this on
-8 members, ``sequential_layout_check_8_members``).
+its members over all of them (independent members run side by side). The sequential loop is the baseline at its
+fastest layout measured in the same run: one device, or each member's batch split over all devices. Each case
+first times its first 8 members on every layout (alternated member by member; ``sequential_layout_check_8_members``)
+and runs the loop on the faster one (``sequential_layout``, ``sequential_mesh``); the table names it.
 
     python experiments/bench_sweep.py --out experiments/results/bench_sweep.json [--quick] [--cpu-devices 1]
+
+``--quick`` is a smoke run (8 members, one round, fewer steps), not a measurement.
 """
 
 from __future__ import annotations
@@ -86,14 +89,39 @@ def _sweep(ms: tuple[MemberSpec, ...], splits: dict, epochs: int, map_batch: str
     return time.perf_counter() - t, result.groups[0]["timings"]["train_s"], result.groups[0]
 
 
+def loop_layouts(batch: int) -> dict[str, Mesh]:
+    """The layouts the sequential loop can take: one device, and (when the batch divides over them) one member's
+    batch split over every device (its "data" axis)."""
+    layouts = {"one_device": parallel.make_mesh(1, jax.devices()[:1])}
+    if jax.device_count() > 1 and batch % jax.device_count() == 0:
+        layouts["data_split"] = parallel.make_mesh(1)
+    return layouts
+
+
+def fastest_loop_layout(ms: tuple[MemberSpec, ...], splits: dict, epochs: int,
+                        layouts: dict[str, Mesh]) -> tuple[str, dict[str, float] | None]:
+    """The layout whose training time over the first 8 members is least, and those times (None when there is
+    only one layout). Layouts alternate member by member, so a change in the shared CPU's load hits both."""
+    if len(layouts) == 1:
+        return next(iter(layouts)), None
+    seconds = dict.fromkeys(layouts, 0.0)
+    for m in ms[:8]:
+        for layout, mesh in layouts.items():
+            seconds[layout] += _sweep((m,), splits, epochs, "vmap", mesh)[1]
+    return min(seconds, key=seconds.__getitem__), {f"{k}_train_s": v for k, v in seconds.items()}
+
+
 def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: float, map_batch: str | int,
-         rounds: int) -> dict:
-    """The sweep and the sequential loop, alternated ``rounds`` times (the CPU is shared: the best round of each
-    is compared). Round 1 of the sweep chooses ``map_batch`` (timing candidates under "probe"); later rounds reuse
-    its choice."""
+         rounds: int, n_members: int = 64) -> dict:
+    """The sweep and the sequential loop on its fastest layout, alternated ``rounds`` times (the CPU is shared: the
+    best round of each is compared). Round 1 of the sweep chooses ``map_batch`` (timing candidates under "probe");
+    later rounds reuse its choice."""
     splits = make_splits(n_train)
-    ms = members(width, batch)
-    one_device = parallel.make_mesh(1, jax.devices()[:1])
+    ms = members(width, batch, n_members)
+    layouts = loop_layouts(batch)
+    loop_layout, layout_check = fastest_loop_layout(ms, splits, epochs, layouts)
+    loop_mesh = layouts[loop_layout]
+    jax.clear_caches()  # so round 1 of the loop pays its compilation, as round 1 of the sweep does
     sweep_train, sweep_wall, seq_train, seq_wall, mm = [], [], [], [], []
     first_group = None
     for r in range(rounds):
@@ -104,18 +132,10 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
         sweep_train.append(train)
         walls, trains = 0.0, 0.0
         for m in ms:
-            wall, train, _ = _sweep((m,), splits, epochs, "vmap", one_device)
+            wall, train, _ = _sweep((m,), splits, epochs, "vmap", loop_mesh)
             walls, trains = walls + wall, trains + train
         seq_wall.append(walls)
         seq_train.append(trains)
-
-    layout_check = None
-    if jax.device_count() > 1 and batch % jax.device_count() == 0:
-        # Is one device really the loop's fastest layout? The first 8 members with each batch split over all
-        # devices ("data" axis) against the same 8 on one device.
-        all_data = parallel.make_mesh(1)  # one member: every device on the data axis
-        layout_check = {name: sum(_sweep((m,), splits, epochs, "vmap", mesh)[1] for m in ms[:8])
-                        for name, mesh in [("one_device_train_s", one_device), ("data_split_train_s", all_data)]}
 
     g = first_group
     steps = g["steps_per_epoch"] * (epochs - 1)  # the first epoch includes compilation and is booked as compile_s
@@ -125,7 +145,8 @@ def case(name: str, width: int, batch: int, n_train: int, epochs: int, peak: flo
     # per round (sweep and loop measured back to back): the spread the shared CPU puts on one comparison
     train_ratios = [q / w for q, w in zip(seq_train, sweep_train)]
     return {
-        "case": name, "sweep_mesh": g["mesh"], "sequential_mesh": {"members": 1, "data": 1}, "hidden": width,
+        "case": name, "sweep_mesh": g["mesh"], "sequential_layout": loop_layout,
+        "sequential_mesh": {k: int(v) for k, v in loop_mesh.shape.items()}, "hidden": width,
         "batch": batch, "members": len(ms), "epochs": epochs, "rounds": rounds,
         "steps_per_epoch": g["steps_per_epoch"], "timed_steps": steps,
         "params_per_head": param_count(ms[0].head, (1280,)),
@@ -170,7 +191,8 @@ def memory_fit(budget_gib: float = 24.0, n_train: int = 10_000) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="experiments/results/bench_sweep.json")
-    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, not a measurement)")
+    parser.add_argument("--quick", action="store_true", help="8 members, one round, fewer steps (a smoke run, "
+                                                             "not a measurement)")
     parser.add_argument("--map-batch", default="auto", help="'auto', 'probe', 'vmap' or an int")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of sweep and sequential loop")
     parser.add_argument("--cpu-devices", type=int, default=None,
@@ -184,10 +206,10 @@ def main() -> None:
     map_batch = args.map_batch if args.map_batch in ("auto", "probe", "vmap") else int(args.map_batch)
 
     peak = peak_before = matmul_flops()
-    scale, rounds = (1, 1) if args.quick else (2, args.rounds)
+    scale, rounds, n_members = (1, 1, 8) if args.quick else (2, args.rounds, 64)
     rows = [
-        case("small 1280-64-10 b64", 64, 64, 1024 * scale, 3, peak, map_batch, rounds),
-        case("wide 1280-512-10 b256", 512, 256, 1024 * scale, 3, peak, map_batch, rounds),
+        case("small 1280-64-10 b64", 64, 64, 1024 * scale, 3, peak, map_batch, rounds, n_members),
+        case("wide 1280-512-10 b256", 512, 256, 1024 * scale, 3, peak, map_batch, rounds, n_members),
     ]
     peak_after = matmul_flops()
     peak = max([peak, peak_after] + [m * 1e9 for r in rows for m in r["matmul_gflops_rounds"]])
@@ -198,14 +220,22 @@ def main() -> None:
               "matmul_gflops_best": peak / 1e9, "matmul_gflops_before": peak_before / 1e9,
               "matmul_gflops_after": peak_after / 1e9, "cases": rows,
               "memory": memory_fit()}
-    print(f"matmul 2048² f32: best {peak / 1e9:.0f} GFLOP/s, {peak_before / 1e9:.0f} before, "
-          f"{peak_after / 1e9:.0f} after "
+    print_result(result)
+    out = Path(args.out)
+    checkpoint.write_json_atomic(out, result)
+    print(f"wrote {out}")
+
+
+def print_result(result: dict) -> None:
+    """The table of cases, the loop's layout per case, and the memory fit."""
+    print(f"matmul 2048² f32: best {result['matmul_gflops_best']:.0f} GFLOP/s, "
+          f"{result['matmul_gflops_before']:.0f} before, {result['matmul_gflops_after']:.0f} after "
           f"({result['device']}, {result['devices']} device(s))")
     header = (f"{'case':24} {'k':>5} {'sweep s':>8} {'seq s':>8} {'speedup':>8} {'median':>7} {'worst':>6} "
               f"{'wall x1':>8} {'wall x':>7} {'wall wst':>8} {'GFLOP/s':>8} {'seq GF/s':>8} {'of mm':>6} "
               f"{'of adj mm':>9}")
     print(header)
-    for r in rows:
+    for r in result["cases"]:
         print(f"{r['case']:24} {str(r['map_batch']):>5} {r['sweep_train_s']:8.2f} {r['sequential_train_s']:8.2f} "
               f"{r['speedup_train']:7.2f}x {r['speedup_train_median']:6.2f}x {r['speedup_train_worst_round']:5.2f}x "
               f"{r['speedup_wall_first_round']:7.2f}x {r['speedup_wall_best']:6.2f}x "
@@ -216,19 +246,19 @@ def main() -> None:
           " training ratios; wall x1: whole calls incl. compile (and the map_batch probe, if asked for) (round 1);"
           " wall x: best rounds; wall wst: worst round; of mm: best round vs the best matmul rate seen; of adj mm:"
           " median over rounds of the sweep's rate vs the matmul measured just before it")
-    for r in rows:
+    for r in result["cases"]:
+        mesh = r["sequential_mesh"]
+        line = (f"loop layout, {r['case']}: {r['sequential_layout']} (members {mesh['members']} x data "
+                f"{mesh['data']}), the baseline above")
         if r["sequential_layout_check_8_members"]:
             c = r["sequential_layout_check_8_members"]
-            print(f"loop layout, {r['case']}, 8 members: one device {c['one_device_train_s']:.2f} s, batch split "
-                  f"over {result['devices']} devices {c['data_split_train_s']:.2f} s")
+            line += (f"; first 8 members: one device {c['one_device_train_s']:.2f} s, batch split over "
+                     f"{result['devices']} devices {c['data_split_train_s']:.2f} s")
+        print(line)
     for mem in result["memory"]:
         print(f"memory: {mem['head']:30} {mem['params'] / 1e6:6.1f}M params "
               f"{mem['state_bytes_per_member'] / 2**30:6.3f} GiB/member -> {mem['members_that_fit']} members in "
               f"{mem['budget_gib']:.0f} GiB (with 10k train examples resident)")
-    out = Path(args.out)
-    checkpoint.write_json_atomic(out, result)
-    print(f"wrote {out}")
-
 
 if __name__ == "__main__":
     main()
