@@ -2,8 +2,9 @@
 
 A value depends on its coordinates only, never on the array's shape, so a member padded to a wider group draws
 exactly the numbers its standalone head draws (init and dropout), and a batch split over devices draws what the
-whole batch draws. It is also cheap to compile: jax.random's threefry costs ~0.5 s of XLA compile per call site
-on a small CPU, and a sweep has one per layer per program. :mod:`jaxheads.heads` re-exports the public names.
+whole batch draws. It is also cheap to compile, where jax.random's threefry adds XLA compile time at every call
+site and a sweep has one per layer per program (figure: experiments/README.md, "Hash-based random numbers").
+:mod:`jaxheads.heads` re-exports the public names.
 """
 
 from __future__ import annotations

@@ -83,9 +83,9 @@ class Backbone(NamedTuple):
         return self.module.apply(self.variables, x, train=False)
 
 
-# Images per backbone call inside one forward pass. On XLA's CPU backend a whole batch of 32 at 224 px runs
-# 1.1-1.35x slower than the same batch as lax.map over chunks of 8 (activations stay in cache), measured side by
-# side in experiments/bench_backbones.py (VGG16 4.1 vs 5.2, MobileNetV2 90 vs 121, EfficientNetB0 74 vs 85 img/s).
+# Images per backbone call inside one forward pass: on XLA's CPU backend lax.map over micro-batches of 8 beats the
+# whole batch (activations stay in cache). Figures: experiments/README.md, "Backbone forward"
+# (experiments/bench_backbones.py -> experiments/results/bench_backbones.json).
 MICRO_BATCH = 8
 
 

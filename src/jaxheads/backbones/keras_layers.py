@@ -48,11 +48,10 @@ WINOGRAD_MIN_SIZE = 14
 
 
 def winograd_pays(x: jax.Array, pads: Pads) -> bool:
-    """Whether a 3x3 stride-1 convolution of ``x`` runs faster as Winograd F(2x2, 3x3) on XLA's CPU backend.
-
-    Measured on a 2-core AVX-512 CPU (VGG16 at 224 px, batch 32 and micro-batches of 8): it pays from 128
-    input channels on output maps of at least 14x14. With 64 input channels it is 1.5x slower at batch 32
-    (the 16 products have only 64-deep sums); on 7x7 maps it is slower even at batch 32 (products too short).
+    """Whether a 3x3 stride-1 convolution of ``x`` runs faster as Winograd F(2x2, 3x3) on XLA's CPU backend: from
+    128 input channels on output maps of at least 14x14; with fewer channels or smaller maps its 16 products are
+    too short to pay. Figures: experiments/README.md, "Convolutions on XLA's CPU backend" (end to end:
+    experiments/bench_backbones.py -> experiments/results/bench_backbones.json).
     """
     out_h, out_w = x.shape[1] + sum(pads[0]) - 2, x.shape[2] + sum(pads[1]) - 2
     return x.shape[3] >= WINOGRAD_MIN_CHANNELS and min(out_h, out_w) >= WINOGRAD_MIN_SIZE
@@ -61,9 +60,9 @@ def winograd_pays(x: jax.Array, pads: Pads) -> bool:
 class Conv(nn.Module):
     """Keras ``Conv2D`` (square kernel, NHWC). Params: ``kernel`` (k, k, in, out), Keras's layout, and ``bias``.
 
-    A 1x1 convolution is computed as a matrix product over channels (after striding, when strided): on XLA's
-    CPU backend that is 1.2-3x faster than the equivalent convolution (MobileNet/EfficientNet/ResNet shapes).
-    A 3x3 stride-1 convolution is computed as Winograd F(2x2, 3x3) where :func:`winograd_pays`.
+    A 1x1 convolution is computed as a matrix product over channels (after striding, when strided), which XLA's
+    CPU backend runs faster than the equivalent convolution; a 3x3 stride-1 convolution as Winograd F(2x2, 3x3)
+    where :func:`winograd_pays` (figures: experiments/README.md, "Convolutions on XLA's CPU backend").
     """
 
     features: int
@@ -108,7 +107,7 @@ class DepthwiseConv(nn.Module):
 
     The kernel is stored as Flax's grouped-conv kernel (k, k, 1, C) (Keras stores (k, k, C, 1); the converter
     reshapes), and computed by :func:`jaxheads.backbones.depthwise.depthwise_conv2d` (fused shifted
-    multiply-adds: XLA's CPU grouped conv is 3-8x slower on MobileNetV2 shapes).
+    multiply-adds, which XLA's CPU backend runs faster than its grouped conv; figures in experiments/README.md).
     """
 
     kernel_size: int
