@@ -61,7 +61,8 @@ def get_config(name: str) -> BackboneConfig:
 
 def load(name: str, weights: Any = "default", *, num_classes: int = 0, seed: int = 0) -> Backbone:
     """Build backbone ``name`` with ``weights``: ``"default"``/``"imagenet"``/another named source, a file path,
-    a source object where the family has an ``"object"`` loader (a Keras model), or ``None`` for a random init. ``num_classes > 0`` keeps the pretrained classifier (if the source has one).
+    a source object where the family has an ``"object"`` loader (a Keras model), or ``None`` for a random init.
+    ``num_classes > 0`` keeps the pretrained classifier (if the source has one).
     """
     config = get_config(name)
     module = config.build(num_classes=num_classes)
