@@ -41,17 +41,63 @@ def test_sweep_mesh_is_make_mesh_with_a_data_axis_that_divides_the_batch():
         assert list(mesh.devices.flat) == jax.devices()[: mesh.size]  # the devices keep their order
 
 
-def test_public_api_names_resolve():
+def test_public_api_names_resolve_to_their_home_modules():
+    import importlib
+
     import jaxheads
 
+    assert jaxheads.__all__ == sorted(jaxheads._EXPORTS)
     for name in jaxheads.__all__:
-        assert callable(getattr(jaxheads, name)), name
+        obj = getattr(jaxheads, name)
+        assert obj is getattr(importlib.import_module(jaxheads._EXPORTS[name]), name), name
+        assert callable(obj) and obj.__module__.startswith("jaxheads."), name  # ours, not a third-party object
     import jaxheads.finetuning  # noqa: F401  (importing the module must not shadow the function)
 
     assert callable(jaxheads.finetune) and jaxheads.finetune is jaxheads.finetuning.finetune
     with pytest.raises(AttributeError):
         jaxheads.no_such_name  # noqa: B018
 
+
+def test_public_api_does_what_it_claims_on_a_tiny_input(tmp_path):
+    """The exported names a user starts from, through ``jaxheads.X`` only: a dataset from a folder, a head built,
+    applied, saved, loaded and exported, a ridge probe and a sweep's abstract shapes (no training)."""
+    import jaxheads
+    from PIL import Image
+
+    for c, colour in enumerate([(250, 0, 0), (0, 0, 250)]):
+        (tmp_path / "imgs" / f"class{c}").mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (8 + i, 8), colour).save(tmp_path / "imgs" / f"class{c}" / f"{i}.png")
+    ds = jaxheads.load_dataset(tmp_path / "imgs", val_fraction=0.2, test_fraction=0.2)
+    assert ds.classes == ("class0", "class1") and sum(len(s) for s in ds.splits.values()) == 10
+
+    spec = jaxheads.HeadSpec(num_classes=2, pooling="avg", conv=(jaxheads.ConvStage(3),), hidden=(4,))
+    variables = jaxheads.init_head(jax.random.key(0), spec, (2, 2, 5))
+    x = np.random.default_rng(0).normal(size=(6, 2, 2, 5)).astype(np.float32)
+    logits = np.asarray(jaxheads.apply_head(variables, x, spec))
+    assert logits.shape == (6, 2) and np.isfinite(logits).all()
+    jaxheads.save_head(tmp_path / "head", spec, variables, (2, 2, 5), label_names=["a", "b"])
+    spec2, variables2, apply_fn = jaxheads.load_head(tmp_path / "head")
+    assert spec2 == spec
+    np.testing.assert_allclose(apply_fn(variables2, x), logits, atol=1e-6)
+    exported = jaxheads.export_head(tmp_path / "head.jaxexport", spec, variables, (2, 2, 5))
+    restored = jax.export.deserialize(bytearray(exported.read_bytes()))
+    np.testing.assert_allclose(restored.call(x), logits, atol=1e-5)
+
+    rng = np.random.default_rng(1)
+    y = np.arange(40) % 2
+    features = (y[:, None] * 3.0 + rng.normal(size=(40, 6))).astype(np.float32)
+    train, val = (jaxheads.FeatureSplit(labels=y[s], pooled=features[s]) for s in (slice(0, 30), slice(30, 40)))
+    assert len(train) == 30
+    probe = jaxheads.ridge_probe(train, val, num_classes=2)
+    assert probe["best"]["val"]["accuracy"] >= 0.9 and probe["params"] == 6 * 2 + 2
+
+    shapes = jaxheads.abstract_splits({"train": 30, "val": 10}, pooled=(6,))
+    assert shapes["train"].pooled.shape == (30, 6) and shapes["val"].labels.shape == (10,)
+    sweep = jaxheads.SweepSpec(pooling=("none",), depth=(1,), widths=(4, 8), seeds=2)
+    members = sweep.expand(2, "multiclass")
+    assert len(members) == 4 and all(isinstance(m, jaxheads.MemberSpec) for m in members)
+    assert sorted(m.head.hidden for m in members) == [(4,), (4,), (8,), (8,)]
 
 
 def test_a_kill_between_the_renames_leaves_the_old_checkpoint_readable(tmp_path):
