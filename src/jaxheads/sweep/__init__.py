@@ -20,7 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from jaxheads import metrics, probe
 from jaxheads.splits import FeatureSplit
 
+from . import folds, verdicts
 from . import group as groups
 from .inputs import abstract_splits, check_inputs, feature_shapes, host_inputs, place_inputs
 from .loop import train_group
@@ -39,6 +40,8 @@ from .resume import GroupStore
 from .schema import SCHEMA
 from .spec import DEPTH_GROUPING_DEFAULT, MemberSpec, SweepSpec
 
+RANKING_METRICS = {"multiclass": ("accuracy", "balanced_accuracy", "macro_f1"),
+                   "multilabel": ("macro_average_precision", "macro_roc_auc")}
 __all__ = ["CPU_MEMBER_MAJOR_PARAMS", "DEPTH_GROUPING_DEFAULT", "SCHEMA", "MemberSpec", "SweepResult", "SweepSpec",
            "abstract_splits", "compile_sweep", "leaderboard", "make_optimizer", "run_sweep"]
 
@@ -73,16 +76,19 @@ def _ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], num_classe
     return rows, time.perf_counter() - t
 
 
-def _train_one_group(plan: Any, splits: Mapping[str, FeatureSplit], members: list[MemberSpec], sweep: SweepSpec,
-                     task: str, metric: str, pool: concurrent.futures.Executor,
+def _train_one_group(plan: Any, splits: Mapping[str, FeatureSplit], fold_of: np.ndarray | None,
+                     members: list[MemberSpec], sweep: SweepSpec, task: str, metric: str,
+                     pool: concurrent.futures.Executor,
                      progress: Callable | None) -> tuple[dict[int, tuple], dict[str, Any]]:
-    """Place, initialise, compile and train one group: ({member: (record, variables)}, the group's record)."""
+    """Place, initialise, compile and train one group: ({member: (record, variables, predictions)}, its record)."""
     t0 = time.perf_counter()
     host_x = host_inputs(plan, members, splits)
     pending = groups.start_init(plan, pool, abstract=False)
-    inputs = place_inputs(plan, host_x, splits)
+    inputs = place_inputs(plan, host_x, splits, fold_of)
     timings = {"init_s": time.perf_counter() - t0, "compile_s": 0.0, "probe_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
     rng = np.random.default_rng([sweep.data_seed, plan.gid])
+    rngs = [rng] if fold_of is None else [np.random.default_rng([sweep.data_seed, plan.gid]) for _ in range(
+        sweep.folds)]
     live, probed = None, None
     if sweep.map_batch == "probe":
         live = groups.collect_init(pending)
@@ -95,7 +101,7 @@ def _train_one_group(plan: Any, splits: Mapping[str, FeatureSplit], members: lis
     programs = groups.compile_programs(pending, inputs, map_batch, task, pool)
     live = live if live is not None else groups.collect_init(pending)
     timings["compile_s"] += time.perf_counter() - t  # includes waiting for the init program
-    done, slots_per_epoch = train_group(plan, inputs, live, programs, sweep, metric, task, members, rng, timings,
+    done, slots_per_epoch = train_group(plan, inputs, live, programs, sweep, metric, task, members, rngs, timings,
                                         progress)
     return done, group_record(plan, sweep.epochs, map_batch, probed, slots_per_epoch, timings)
 
@@ -127,33 +133,87 @@ def run_sweep(
     if not members:
         raise ValueError("run_sweep: the sweep has no members")
     check_inputs(members, splits)
-    metric = metrics.metric_for_task(task)
-    records: list[Any] = [None] * len(members)
-    variables: list[Any] = [None] * len(members)
-    groups_json: list[dict[str, Any]] = []
+    metric = _ranking_metric(sweep, task)
     store = GroupStore(checkpoint_dir, sweep, splits, num_classes, task, label_names)
     # The ridge baseline is independent of the heads: on one process it runs in a thread while the groups train.
     ridge_job = _Background(_ridge_rows, sweep, splits, num_classes, metric, background=jax.process_count() == 1)
+    train_splits, fold_of = _cross_validation(sweep, splits, label_names)
+    trained = _train_groups(sweep, train_splits, fold_of, members, task, metric, mesh, store, progress)
+    ridge, ridge_s = ridge_job.result()
+    board, recommended = leaderboard(trained.records, metric)
+    store.clear()
     shapes = feature_shapes(splits["train"])
+    result = SweepResult(task=task, num_classes=num_classes, metric=metric, sweep=sweep, members=trained.records,
+                         leaderboard=board, recommended=recommended, ridge=ridge, groups=trained.groups,
+                         timings={"total_s": time.perf_counter() - t_start, "ridge_s": ridge_s},
+                         feature_shapes={k: None if v is None else list(v) for k, v in shapes.items()},
+                         label_names=list(label_names) if label_names else None, variables=trained.variables,
+                         predictions=_stack_predictions(trained.predictions, train_splits, fold_of))
+    return verdicts.analyse(result)
+
+
+class _Trained(NamedTuple):
+    records: list[Any]
+    variables: list[Any]
+    predictions: list[Any]
+    groups: list[dict[str, Any]]
+
+
+def _ranking_metric(sweep: SweepSpec, task: str) -> str:
+    metric = sweep.metric or metrics.metric_for_task(task)
+    allowed = RANKING_METRICS[task]
+    if metric not in allowed:
+        raise ValueError(f"--metric: {metric!r} is not one of {allowed} for a {task} task")
+    return metric
+
+
+def _cross_validation(sweep: SweepSpec, splits: Mapping[str, FeatureSplit],
+                      label_names: Sequence[str] | None) -> tuple[Mapping[str, FeatureSplit], np.ndarray | None]:
+    """The splits the heads train on, and the fold of every pooled row (None without folds)."""
+    if not sweep.folds:
+        return splits, None
+    pool = folds.pooled_splits(splits)
+    folds.check_folds(pool["train"].labels, sweep.folds, label_names)
+    return pool, folds.assign_folds(pool["train"].labels, sweep.folds, sweep.data_seed)
+
+
+def _train_groups(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], fold_of: np.ndarray | None,
+                  members: list[MemberSpec], task: str, metric: str, mesh: Mesh | None, store: GroupStore,
+                  progress: Callable | None) -> _Trained:
+    """Every group, restored from ``store`` when it finished in an earlier run, else trained and saved."""
+    out = _Trained([None] * len(members), [None] * len(members), [None] * len(members), [])
+    shapes = feature_shapes(splits["train"])
+    n_train = len(splits["train"]) if fold_of is None else min(int(np.sum(fold_of != f)) for f in range(sweep.folds))
     # Compiles (and each group's init) run on this pool while the main thread compiles the epoch program.
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
         for gid, ids in enumerate(group_members(members, shapes, sweep.depth_grouping)):
-            if store.restore(gid, ids, records, variables, groups_json):
+            if store.restore(gid, ids, out.records, out.variables, out.predictions, out.groups):
                 continue
-            plan = make_plan(gid, ids, members, shapes, len(splits["train"]), sweep, mesh)
-            done, group_json = _train_one_group(plan, splits, members, sweep, task, metric, pool, progress)
-            for i, (record, member_vars) in done.items():
-                records[i], variables[i] = record, member_vars
-            groups_json.append(group_json)
-            store.save(gid, ids, records, variables, group_json)
-    ridge, ridge_s = ridge_job.result()
-    board, recommended = leaderboard(records, metric)
-    store.clear()
-    return SweepResult(task=task, num_classes=num_classes, metric=metric, sweep=sweep, members=records,
-                       leaderboard=board, recommended=recommended, ridge=ridge, groups=groups_json,
-                       timings={"total_s": time.perf_counter() - t_start, "ridge_s": ridge_s},
-                       feature_shapes={k: None if v is None else list(v) for k, v in shapes.items()},
-                       label_names=list(label_names) if label_names else None, variables=variables)
+            plan = make_plan(gid, ids, members, shapes, n_train, sweep, mesh)
+            done, group_json = _train_one_group(plan, splits, fold_of, members, sweep, task, metric, pool, progress)
+            for i, (record, member_vars, predictions) in done.items():
+                out.records[i], out.variables[i], out.predictions[i] = record, member_vars, predictions
+            out.groups.append(group_json)
+            store.save(gid, ids, out.records, out.variables, out.predictions, group_json)
+    return out
+
+
+def _stack_predictions(per_member: list[dict[str, Any]], splits: Mapping[str, FeatureSplit],
+                       fold_of: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Every member's per-example probabilities at its kept epoch, stacked (see ``SweepResult.predictions``)."""
+    out = {"val": np.stack([p["val"] for p in per_member]), "val_labels": np.asarray(splits["val"].labels)}
+    if fold_of is not None:
+        out["val_fold"] = np.asarray(fold_of)
+    if "test" in per_member[0]:
+        out["test"] = np.stack([p["test"] for p in per_member])
+        out["test_labels"] = np.asarray(splits["test"].labels)
+    return out
+
+
+def _abstract_rows(split: FeatureSplit, rows: int) -> FeatureSplit:
+    """An abstract split with ``rows`` examples."""
+    resize = lambda a: None if a is None else jax.ShapeDtypeStruct((rows, *a.shape[1:]), a.dtype)  # noqa: E731
+    return FeatureSplit(*(resize(a) for a in split))
 
 
 def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_classes: int,
@@ -168,6 +228,11 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
     members = sweep.expand(num_classes, task)
     check_inputs(members, splits)
     shapes = feature_shapes(splits["train"])
+    n_train = len(splits["train"])
+    if sweep.folds:  # the pool's folds differ in size by at most one row (folds.assign_folds deals round-robin)
+        pool = _abstract_rows(splits["train"], len(splits["train"]) + len(splits["val"]))
+        splits = {"train": pool, "val": pool, **({"test": splits["test"]} if "test" in splits else {})}
+        n_train = len(pool) - -(-len(pool) // sweep.folds)
     compiled, ridge = [], None
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
         if sweep.ridge_l2 != () and (shapes["pooled"] or shapes["maps"]):
@@ -176,7 +241,7 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
                                 grid_size=grid, num_classes=num_classes)
         if sweep.map_batch != "probe":
             for gid, ids in enumerate(group_members(members, shapes, sweep.depth_grouping)):
-                plan = make_plan(gid, ids, members, shapes, len(splits["train"]), sweep, mesh)
+                plan = make_plan(gid, ids, members, shapes, n_train, sweep, mesh)
                 pending = groups.start_init(plan, pool, abstract=True)
                 inputs = place_inputs(plan, host_inputs(plan, members, splits), splits)
                 map_batch = fixed_map_batch(plan, sweep.map_batch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -83,10 +83,12 @@ def _compile_evaluation(pending: PendingInit, inputs: GroupInputs, evaluate: Cal
                         pool: concurrent.futures.Executor) -> concurrent.futures.Future:
     """Compile the evaluation, keep-best and copy programs in ``pool`` (they wait for the first epoch)."""
     variables, improved = pending.abstract_state.variables, pending.abstract_state.diverged  # (M,) bool flags
+    plan = pending.plan
+    mask = jax.ShapeDtypeStruct((plan.slots, len(inputs.mask["val"])), np.dtype(bool),
+                                sharding=parallel.member_sharding(plan.mesh))
 
     def compile_all() -> None:
-        evaluate.lower(variables, pending.abstract_consts, inputs.x["val"], inputs.y["val"],
-                       inputs.mask["val"]).compile()
+        evaluate.lower(variables, pending.abstract_consts, inputs.x["val"], inputs.y["val"], mask).compile()
         keep_best.lower(variables, variables, improved).compile()
         copy_tree.lower(variables).compile()
 
@@ -100,7 +102,8 @@ def compile_programs(pending: PendingInit, inputs: GroupInputs, map_batch: int |
     plan = pending.plan
     epoch, evaluate = compiled_programs(plan.program_key(map_batch, task))
     evaluation_compiled = _compile_evaluation(pending, inputs, evaluate, pool)
-    idx = jax.ShapeDtypeStruct((plan.steps_per_epoch, plan.batch), np.dtype(np.int32), sharding=inputs.idx_sharding)
+    shape = ((plan.slots,) if plan.per_member_batches else ()) + (plan.steps_per_epoch, plan.batch)
+    idx = jax.ShapeDtypeStruct(shape, np.dtype(np.int32), sharding=inputs.idx_sharding)
     member_flags = pending.abstract_state.diverged  # (M,) bool on the members' sharding, like `active`
     epoch.lower(pending.abstract_state, pending.abstract_consts, member_flags, inputs.x["train"],
                 inputs.y["train"], idx, jnp.asarray(0, jnp.int32)).compile()
@@ -113,6 +116,19 @@ def epoch_args(plan: GroupPlan, live: LiveMembers, inputs: GroupInputs, active: 
     flags = jax.device_put(active, parallel.member_sharding(plan.mesh))
     return (live.state, live.consts, flags, inputs.x["train"], inputs.y["train"],
             jax.device_put(idx, inputs.idx_sharding), jnp.asarray(step0, jnp.int32))
+
+
+def epoch_batches(plan: GroupPlan, inputs: GroupInputs, rngs: Sequence[np.random.Generator],
+                  slots: np.ndarray) -> np.ndarray:
+    """One epoch's batch indices: (steps, batch) shared by every member, or with folds (slots, steps, batch), each
+    slot drawing from its fold's training rows. Every fold shuffles with its own copy of the group's generator,
+    so a fold member sees the batches a standalone sweep on that fold's rows would see."""
+    if inputs.train_rows is None:
+        return shuffled_batches(rngs[0], plan.n_train, plan.batch)
+    steps, batch = plan.steps_per_epoch, plan.batch
+    per_fold = [rows[rng.permutation(len(rows))[: steps * batch]].reshape(steps, batch)
+                for rows, rng in zip(inputs.train_rows, rngs, strict=True)]
+    return np.stack([per_fold[plan.specs[max(j, 0)].fold] for j in slots]).astype(np.int32)
 
 
 def shuffled_batches(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:
@@ -144,12 +160,13 @@ def probe_map_batch(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers,
     candidates = planning.probe_candidates(plan)
     if len(candidates) == 1:
         return candidates[0], None
-    idx = shuffled_batches(rng, plan.n_train, plan.batch)[:2]
-    active = np.arange(plan.slots) < len(plan.ids)
+    slots = np.where(np.arange(plan.slots) < len(plan.ids), np.arange(plan.slots), -1)
+    idx = epoch_batches(plan, inputs, [rng] * len(inputs.train_rows or [0]), slots)[..., :2, :]
+    active = slots >= 0
     seconds = {}
     for k in candidates:
         epoch, _ = compiled_programs(plan.program_key(k, "multiclass"))  # the epoch does not depend on the task
-        seconds[str(k)] = _time_epoch(epoch, epoch_args(plan, live, inputs, active, idx, 0)) / len(idx)
+        seconds[str(k)] = _time_epoch(epoch, epoch_args(plan, live, inputs, active, idx, 0)) / 2
     fastest = min(candidates, key=lambda k: seconds[str(k)])
     keep_vmap = "vmap" in candidates and seconds["vmap"] <= 1.1 * seconds[str(fastest)]
     return ("vmap" if keep_vmap else fastest), seconds

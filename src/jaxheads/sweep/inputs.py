@@ -30,7 +30,9 @@ class GroupInputs(NamedTuple):
     y: dict[str, Any]  # split -> labels, eval splits padded like x
     mask: dict[str, Any]  # eval split -> (rows,) bool, false on padding rows
     n_eval: dict[str, int]  # eval split -> its real number of rows
-    idx_sharding: NamedSharding  # of an epoch's (steps, batch) index array: the batch over "data"
+    idx_sharding: NamedSharding  # of an epoch's index array: the batch over "data" (and members, with folds)
+    row_fold: np.ndarray | None = None  # folds: (rows,) fold of each "val" row (-1 on padding)
+    train_rows: tuple[np.ndarray, ...] | None = None  # folds: the "train" rows each fold trains on
 
 
 def feature_shapes(split: FeatureSplit) -> dict[str, tuple[int, ...] | None]:
@@ -88,20 +90,51 @@ def host_inputs(plan: GroupPlan, members: Sequence[MemberSpec],
                 splits: Mapping[str, FeatureSplit]) -> dict[str, Any]:
     """split -> the group's stacked program input on the host (one array per source)."""
     by_source = {members[i].head.pooling: members[i].head for i in plan.ids}
-    return {k: _stack([_program_input(s, by_source[p], k) for p in plan.sources]) for k, s in splits.items()}
+    stacked = lambda k: _stack([_program_input(splits[k], by_source[p], k) for p in plan.sources])  # noqa: E731
+    out = {"train": stacked("train")}
+    for k, s in splits.items():  # folds: "val" is the same pool as "train", pooled once
+        if k != "train":
+            out[k] = out["train"] if s is splits["train"] else stacked(k)
+    return out
 
 
-def place_inputs(plan: GroupPlan, x: Mapping[str, Any], splits: Mapping[str, FeatureSplit]) -> GroupInputs:
-    """The group's inputs replicated on its mesh, evaluation splits padded to one length."""
+def place_inputs(plan: GroupPlan, x: Mapping[str, Any], splits: Mapping[str, FeatureSplit],
+                 fold_of: np.ndarray | None = None) -> GroupInputs:
+    """The group's inputs replicated on its mesh, evaluation splits padded to one length. ``fold_of`` (folds): the
+    fold of every row of the pooled split that is both "train" and "val"."""
     rep = parallel.replicated(plan.mesh)
     n_eval = {k: len(s) for k, s in splits.items() if k != "train"}
     rows = max(n_eval.values())
+    shared = splits["val"] is splits["train"] and rows == len(splits["train"])  # folds: one copy of the pool
+    placed = {k: _put(v if k == "train" else _pad_rows(v, rows, axis=1), rep)
+              for k, v in x.items() if not (shared and k == "val")}
+    if shared:
+        placed["val"] = placed["train"]
+    per_member = P(parallel.MEMBERS, None, parallel.DATA) if plan.per_member_batches else P(None, parallel.DATA)
+    row_fold = train_rows = None
+    if fold_of is not None:
+        row_fold = np.full(rows, -1, np.int64)
+        row_fold[:len(fold_of)] = fold_of
+        train_rows = tuple(np.flatnonzero(fold_of != f) for f in range(int(fold_of.max()) + 1))
     return GroupInputs(
-        x={k: _put(v if k == "train" else _pad_rows(v, rows, axis=1), rep) for k, v in x.items()},
+        x=placed,
         y={k: _put(s.labels if k == "train" else _pad_rows(s.labels, rows, axis=0), rep) for k, s in splits.items()},
-        mask={k: _put(np.arange(rows) < n, rep) for k, n in n_eval.items()},
-        n_eval=n_eval,
-        idx_sharding=NamedSharding(plan.mesh, P(None, parallel.DATA)))
+        mask={k: np.arange(rows) < n for k, n in n_eval.items()},
+        n_eval=n_eval, idx_sharding=NamedSharding(plan.mesh, per_member), row_fold=row_fold, train_rows=train_rows)
+
+
+def eval_mask(plan: GroupPlan, inputs: GroupInputs, split: str, slots: np.ndarray) -> Any:
+    """(slots, rows) bool: the rows each device slot is scored on in ``split`` (its own fold of the pool, with
+    folds), on the members' sharding; for a shape-only group, its abstract array."""
+    sharding = parallel.member_sharding(plan.mesh)
+    rows = len(inputs.mask[split])
+    if isinstance(inputs.x["train"], jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(slots), rows), np.dtype(bool), sharding=sharding)
+    mask = np.broadcast_to(inputs.mask[split], (len(slots), rows))
+    if split == "val" and inputs.row_fold is not None:
+        folds = np.asarray([plan.specs[max(j, 0)].fold for j in slots])
+        mask = mask & (inputs.row_fold[None, :] == folds[:, None])
+    return jax.device_put(np.ascontiguousarray(mask), sharding)
 
 
 def abstract_splits(sizes: Mapping[str, int], *, pooled: Sequence[int] | None = None,

@@ -18,7 +18,7 @@ import numpy as np
 from jaxheads import parallel
 
 from . import records
-from .group import LiveMembers, Programs, epoch_args, shuffled_batches
+from .group import LiveMembers, Programs, epoch_args, epoch_batches
 from .inputs import GroupInputs
 from .plan import GroupPlan
 from .program import keep_best
@@ -114,7 +114,7 @@ def _train_epoch(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, progra
     timings["compile_s" if first else "train_s"] += time.perf_counter() - t  # the benchmarks time epochs 2..
     t = time.perf_counter()
     programs.evaluation_compiled.result()
-    val = records.evaluate(programs.evaluate, live.consts, inputs, "val", state.variables)[0]
+    val = records.evaluate(programs.evaluate, plan, inputs, live.consts, live.slots, "val", state.variables)[0]
     timings["eval_s"] += time.perf_counter() - t
     return live._replace(state=state), losses, val
 
@@ -129,9 +129,10 @@ def _decide(book: MemberBook, slots: np.ndarray, was_active: np.ndarray, diverge
 
 
 def train_group(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, programs: Programs, sweep: SweepSpec,
-                metric: str, task: str, members: list[MemberSpec], rng: np.random.Generator,
+                metric: str, task: str, members: list[MemberSpec], rngs: list[np.random.Generator],
                 timings: dict[str, float], progress: Callable | None) -> tuple[dict[int, tuple], list[int]]:
-    """Train the group; returns ({member index: (record, unpadded variables)}, slots computed per epoch)."""
+    """Train the group; returns ({member index: (record, unpadded variables, predictions)}, slots computed per
+    epoch). ``rngs``: the batch-order generator, one copy per fold with folds."""
     book, done, slots_per_epoch, step0 = MemberBook(len(plan.ids)), {}, [], 0
     finish = lambda lv, which: done.update(records.finalize(  # noqa: E731
         plan, inputs, programs.evaluate, lv, which, book, task, members, timings))
@@ -140,10 +141,10 @@ def train_group(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, program
             break
         real, js = live.slots >= 0, np.maximum(live.slots, 0)
         was_active = real & book.active[js]
-        idx = shuffled_batches(rng, plan.n_train, plan.batch)
+        idx = epoch_batches(plan, inputs, rngs, live.slots)
         live, losses, val = _train_epoch(plan, inputs, live, programs, was_active, idx, step0, timings, epoch == 1)
         slots_per_epoch.append(len(live.slots))
-        step0 += len(idx)
+        step0 += plan.steps_per_epoch
         score = np.nan_to_num(np.asarray(val[metric], np.float64), nan=-np.inf)
         diverged = parallel.to_host(live.state.diverged)
         improved = was_active & ~diverged & (score > book.best[js])

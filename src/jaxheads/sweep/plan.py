@@ -82,7 +82,7 @@ class GroupPlan:
     structure: HeadSpec  # the program's structure (module docstring)
     optimizer: str
     batch: int  # global batch: the members' batch size, at most the training examples
-    n_train: int
+    n_train: int  # training rows (folds: of the fold with the fewest, so every fold runs the same steps)
     sources: tuple[str, ...]  # the group's poolings: one input array each, every member reads its own
     feature_shapes: Mapping[str, tuple[int, ...]]  # pooling -> per-example shape of the cached features it reads
     input_shape: tuple[int, ...]  # per-example shape of the program's input
@@ -106,13 +106,19 @@ class GroupPlan:
         return [len(s.head.hidden) for s in self.specs[:len(self.ids)]]
 
     @property
+    def per_member_batches(self) -> bool:
+        """Folds: every member trains on its own fold's rows, so it gathers its own batches."""
+        return any(s.fold is not None for s in self.specs)
+
+    @property
     def steps_per_epoch(self) -> int:
         return self.n_train // self.batch
 
     def program_key(self, map_batch: int | str, task: str) -> ProgramKey:
         return ProgramKey(self.structure, self.optimizer, self.batch, self.mesh, map_batch, self.gated,
                           dropout=any(s.head.dropout for s in self.specs),
-                          input_dropout=any(s.head.input_dropout for s in self.specs), task=task)
+                          input_dropout=any(s.head.input_dropout for s in self.specs), task=task,
+                          per_member_batches=self.per_member_batches)
 
     def init_args(self) -> tuple[np.ndarray, ...]:
         """Arguments of :func:`program.group_init_program`, one row per slot."""

@@ -87,6 +87,7 @@ class ProgramKey:
     dropout: bool = True
     input_dropout: bool = True
     task: str = "multiclass"  # which metrics the evaluation program computes
+    per_member_batches: bool = False  # folds: every member gathers its own batches (its fold's training rows)
 
 
 def _one_vmap(map_batch: int | str, members: int) -> bool:
@@ -191,23 +192,25 @@ def _local_epoch(prog: ProgramKey, state: GroupState, consts: MemberConsts, acti
 
     Members are independent for a whole epoch (early stopping and halving look at epoch ends), so a chunk of k
     members can run every step before the next chunk starts: its weights and optimiser state stay in cache for
-    the epoch instead of the whole group's state streaming through memory at every step. Every member sees the
-    same batches (gathered from the device-resident features inside the scan)."""
+    the epoch instead of the whole group's state streaming through memory at every step. Batches are gathered
+    from the device-resident features inside the scan: ``idx`` is (steps, batch), the same for every member, or
+    with ``per_member_batches`` (members, steps, batch), each member's own (its fold's training rows)."""
     data_shards = prog.mesh.shape[parallel.DATA]
-    global_batch = idx.shape[1] * data_shards
-    steps = jnp.arange(idx.shape[0], dtype=jnp.int32)
+    global_batch = idx.shape[-1] * data_shards
+    steps = jnp.arange(idx.shape[-2], dtype=jnp.int32)
 
     def member_epoch(member_state: GroupState, member: tuple) -> tuple[GroupState, Array]:
-        member_consts, member_active = member
+        member_consts, member_active, member_idx = member
 
         def body(carry: GroupState, inp: tuple[Array, Array]) -> tuple[GroupState, Array]:
             s, ids = inp
             return _member_step(prog, global_batch, _member_input(x, member_consts)[ids], y[ids], step0 + s,
                                 (carry, member_consts, member_active))
 
-        return lax.scan(body, member_state, (steps, idx))
+        return lax.scan(body, member_state, (steps, idx if member_idx is None else member_idx))
 
-    return _update_members(member_epoch, state, (consts, active), prog.map_batch)  # losses: (M_local, S)
+    member_idx = idx if prog.per_member_batches else None
+    return _update_members(member_epoch, state, (consts, active, member_idx), prog.map_batch)  # losses: (M, S)
 
 
 def _member_input(x: Array, consts: MemberConsts) -> Array:
@@ -228,21 +231,24 @@ def _local_predict(prog: ProgramKey, variables: Any, consts: MemberConsts, x: Ar
 
 def _local_evaluate(prog: ProgramKey, variables: Any, consts: MemberConsts, x: Array, y: Array,
                     mask: Array) -> tuple[dict[str, Array], Array]:
-    """Per-member metrics and logits of one evaluation split (rows where ``mask`` is false are padding)."""
+    """Per-member metrics and logits of one evaluation split; ``mask`` (members, rows) says which rows each member
+    is scored on (false on padding rows, and with folds on the rows of the member's training folds)."""
     logits = _local_predict(prog, variables, consts, x)
-    return jax.vmap(functools.partial(member_metrics, prog.task), in_axes=(0, None, None))(logits, y, mask), logits
+    return jax.vmap(functools.partial(member_metrics, prog.task), in_axes=(0, None, 0))(logits, y, mask), logits
 
 
 @functools.lru_cache(maxsize=64)
 def compiled_programs(prog: ProgramKey) -> tuple[Callable, Callable]:
     """The jitted (train_epoch, evaluate) of a group, sharded over ``prog.mesh``; cached so that identical groups
     (and the sequential baseline in the benchmark) compile once. ``evaluate(variables, consts, x, y, mask)``
-    returns (metrics, logits) per member; val and test are padded to one length, so it compiles once."""
+    returns (metrics, logits) per member, ``mask`` being (members, rows); val and test are padded to one length,
+    so it compiles once."""
     mesh, m, d = prog.mesh, P(parallel.MEMBERS), parallel.DATA
+    idx = P(parallel.MEMBERS, None, d) if prog.per_member_batches else P(None, d)
     epoch = jax.shard_map(functools.partial(_local_epoch, prog), mesh=mesh,
-                          in_specs=(m, m, m, P(), P(), P(None, d), P()), out_specs=(m, m), check_vma=False)
+                          in_specs=(m, m, m, P(), P(), idx, P()), out_specs=(m, m), check_vma=False)
     evaluate = jax.shard_map(functools.partial(_local_evaluate, prog), mesh=mesh,
-                             in_specs=(m, m, P(), P(), P()), out_specs=(m, m), check_vma=False)
+                             in_specs=(m, m, P(), P(), m), out_specs=(m, m), check_vma=False)
     return jax.jit(epoch, donate_argnums=(0,)), jax.jit(evaluate)
 
 
@@ -257,12 +263,22 @@ def keep_best(best: Any, current: Any, improved: Array) -> Any:
     return jax.tree.map(lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), best, current)
 
 
+def _balanced_accuracy(logits: Array, labels: Array, mask: Array) -> Array:
+    """Mean recall over the classes present among the valid rows (scikit-learn's balanced_accuracy_score)."""
+    truth = jax.nn.one_hot(labels, logits.shape[-1]) * mask[:, None]
+    hits = jnp.sum(truth * jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1]), axis=0)
+    count = jnp.sum(truth, axis=0)
+    present = count > 0
+    return jnp.sum(jnp.where(present, hits / jnp.maximum(count, 1), 0.0)) / jnp.maximum(jnp.sum(present), 1)
+
+
 def member_metrics(task: str, logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
     """One member's metrics of (N, K) logits (the shared jaxheads.metrics functions) and its unsmoothed loss, over
     the rows where ``mask`` is true."""
     valid = mask.astype(logits.dtype)
     if task == "multiclass":
         out = metrics.multiclass_metrics(logits, labels, mask)
+        out["balanced_accuracy"] = _balanced_accuracy(logits, labels, mask)
         nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1)[:, 0]
         out["loss"] = jnp.sum(nll * valid) / jnp.sum(valid)
         return out

@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxheads import heads, metrics, parallel
 
-from .inputs import GroupInputs
+from .inputs import GroupInputs, eval_mask
 from .plan import GroupPlan
 from .program import MemberConsts, swap_first_kernel
 from .spec import MemberSpec
@@ -24,11 +24,13 @@ if TYPE_CHECKING:
     from .loop import MemberBook
 
 
-def evaluate(evaluate_fn: Callable, consts: MemberConsts, inputs: GroupInputs, split: str,
-             variables: Any) -> tuple[dict[str, np.ndarray], jax.Array]:
-    """Per-member metrics of ``split`` as host arrays (gathered across processes), and the device logits (padded
-    to the longest evaluation split: the first ``inputs.n_eval[split]`` rows are real)."""
-    values, logits = evaluate_fn(variables, consts, inputs.x[split], inputs.y[split], inputs.mask[split])
+def evaluate(evaluate_fn: Callable, plan: GroupPlan, inputs: GroupInputs, consts: MemberConsts, slots: np.ndarray,
+             split: str, variables: Any) -> tuple[dict[str, np.ndarray], jax.Array]:
+    """Per-slot metrics of ``split`` as host arrays (gathered across processes), each slot scored on its own rows
+    (:func:`.inputs.eval_mask`), and the device logits (padded to the longest evaluation split: the first
+    ``inputs.n_eval[split]`` rows are real)."""
+    mask = eval_mask(plan, inputs, split, slots)
+    values, logits = evaluate_fn(variables, consts, inputs.x[split], inputs.y[split], mask)
     return jax.tree.map(parallel.to_host, values), logits
 
 
@@ -56,24 +58,24 @@ def _split_scalars(m: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, li
 
 
 class _Final:
-    """The evaluation of a set of slots at their kept weights (host arrays)."""
+    """The evaluation of a set of slots at their kept weights (host arrays). Val metrics are evaluated again only
+    when ``need_val``; the logits of both splits are always kept (the per-example predictions)."""
 
-    def __init__(self, inputs: GroupInputs, evaluate_fn: Callable, live: LiveMembers, need_val: bool, task: str):
-        self.val = self.val_logits = None
-        if need_val:
-            self.val, self.val_logits = evaluate(evaluate_fn, live.consts, inputs, "val", live.best)
-        self.test, self.test_logits = (evaluate(evaluate_fn, live.consts, inputs, "test", live.best)
-                                       if "test" in inputs.n_eval else (None, None))
-        if task == "multilabel":  # thresholds are tuned per member on the host's copy of its scores
-            self.val_logits = parallel.to_host(self.val_logits)[:, :inputs.n_eval["val"]]
-            if self.test_logits is not None:
-                self.test_logits = parallel.to_host(self.test_logits)[:, :inputs.n_eval["test"]]
+    def __init__(self, plan: GroupPlan, inputs: GroupInputs, evaluate_fn: Callable, live: LiveMembers,
+                 need_val: bool):
+        run = lambda split: evaluate(evaluate_fn, plan, inputs, live.consts, live.slots, split, live.best)  # noqa: E731
+        val, val_logits = run("val")
+        self.val = val if need_val else None
+        self.test, test_logits = run("test") if "test" in inputs.n_eval else (None, None)
+        self.val_logits = parallel.to_host(val_logits)[:, :inputs.n_eval["val"]]
+        self.test_logits = None if test_logits is None else parallel.to_host(test_logits)[:, :inputs.n_eval["test"]]
         self.host_best = jax.tree.map(parallel.to_host, live.best)
 
 
 def _member_metrics(final: _Final, slot: int, recorded: Mapping[str, Any] | None, inputs: GroupInputs,
-                    task: str) -> tuple[dict, dict, dict | None, dict | None, list[float] | None]:
-    """(val scalars, val per-class, test scalars, test per-class, thresholds) of the member in ``slot``."""
+                    task: str, fold: int | None) -> tuple[dict, dict, dict | None, dict | None, list[float] | None]:
+    """(val scalars, val per-class, test scalars, test per-class, thresholds) of the member in ``slot``; with
+    folds, multilabel thresholds are tuned on the member's own fold."""
     v_scalars, v_per = _split_scalars(recorded if final.val is None else {k: v[slot] for k, v in final.val.items()})
     t_scalars, t_per = ((None, None) if final.test is None
                         else _split_scalars({k: v[slot] for k, v in final.test.items()}))
@@ -81,7 +83,8 @@ def _member_metrics(final: _Final, slot: int, recorded: Mapping[str, Any] | None
         return v_scalars, {}, t_scalars, None if final.test is None else {}, None
     n_val, n_test = inputs.n_eval["val"], inputs.n_eval.get("test", 0)
     has_test = final.test is not None
-    thr, f1v, f1t = _thresholded(jax.nn.sigmoid(final.val_logits[slot]), inputs.y["val"][:n_val],
+    rows = np.arange(n_val) if fold is None else np.flatnonzero(inputs.row_fold[:n_val] == fold)
+    thr, f1v, f1t = _thresholded(jax.nn.sigmoid(final.val_logits[slot][rows]), np.asarray(inputs.y["val"])[rows],
                                  jax.nn.sigmoid(final.test_logits[slot]) if has_test else None,
                                  inputs.y["test"][:n_test] if has_test else None)
     v_scalars["macro_f1"], v_per["f1"] = float(f1v["macro_f1"]), [float(a) for a in np.asarray(f1v["f1"])]
@@ -97,21 +100,33 @@ def _unpadded(final: _Final, slot: int, plan: GroupPlan, head: heads.HeadSpec) -
     return heads.unpad_variables(dict(member_vars, params=params), head, plan.feature_shapes[head.pooling])
 
 
+def _probabilities(final: _Final, slot: int, task: str) -> dict[str, np.ndarray]:
+    link = (lambda z: jax.nn.softmax(z, -1)) if task == "multiclass" else jax.nn.sigmoid
+    probs = lambda logits: np.asarray(link(np.asarray(logits, np.float32)), np.float32)  # noqa: E731
+    out = {"val": probs(final.val_logits[slot])}
+    if final.test_logits is not None:
+        out["test"] = probs(final.test_logits[slot])
+    return out
+
+
 def finalize(plan: GroupPlan, inputs: GroupInputs, evaluate_fn: Callable, live: LiveMembers, which: np.ndarray,
              book: MemberBook, task: str, members: Sequence[MemberSpec],
-             timings: dict[str, float]) -> dict[int, tuple[dict[str, Any], Any]]:
-    """{member index: (record, unpadded variables)} of the members in slots ``which``."""
+             timings: dict[str, float]) -> dict[int, tuple[dict[str, Any], Any, dict[str, np.ndarray]]]:
+    """{member index: (record, unpadded variables, predictions)} of the members in slots ``which``; predictions
+    are {"val", "test" (with a test split)} probabilities (rows, classes) float32 of the kept weights on every row
+    of the split."""
     if len(which) == 0:
         return {}
     t = time.perf_counter()
     need_val = task == "multilabel" or any(book.best_val[live.slots[s]] is None for s in which)
-    final = _Final(inputs, evaluate_fn, live, need_val, task)
+    final = _Final(plan, inputs, evaluate_fn, live, need_val)
     timings["eval_s"] += time.perf_counter() - t
     out = {}
     for slot in which:
         j = int(live.slots[slot])
         i, spec = plan.ids[j], members[plan.ids[j]]
-        v_scalars, v_per, t_scalars, t_per, thresholds = _member_metrics(final, slot, book.best_val[j], inputs, task)
+        v_scalars, v_per, t_scalars, t_per, thresholds = _member_metrics(final, slot, book.best_val[j], inputs, task,
+                                                                        spec.fold)
         record = {
             "member": i, "config": spec.config_id(), "group": plan.gid, "spec": spec.to_dict(),
             "params": heads.param_count(spec.head, plan.feature_shapes[spec.head.pooling]),
@@ -119,5 +134,5 @@ def finalize(plan: GroupPlan, inputs: GroupInputs, evaluate_fn: Callable, live: 
             "diverged": book.stopped[j] == "diverged", "stopped": book.stopped[j], "curves": book.curves[j],
             "val": v_scalars, "test": t_scalars, "per_class": {"val": v_per, "test": t_per},
             "thresholds": thresholds}
-        out[i] = (record, _unpadded(final, slot, plan, spec.head))
+        out[i] = (record, _unpadded(final, slot, plan, spec.head), _probabilities(final, slot, task))
     return out

@@ -47,13 +47,19 @@ class SweepResult:
     feature_shapes: dict[str, list[int] | None]
     label_names: list[str] | None = None
     variables: list[Any] = dataclasses.field(default_factory=list, repr=False)
+    # Per-example probabilities of every member at its kept epoch (not part of the JSON; see write_predictions):
+    # "val" (members, rows, classes) on every val row (with folds: every pooled train+val row, a member's own
+    # rows being those whose "val_fold" is its fold), "val_labels", "val_fold" (folds only), "test", "test_labels".
+    predictions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    questions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    selection: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "task": self.task, "num_classes": self.num_classes,
                 "label_names": self.label_names, "metric": self.metric, "feature_shapes": self.feature_shapes,
                 "sweep": self.sweep.to_dict(), "members": self.members, "leaderboard": self.leaderboard,
                 "recommended": self.recommended, "ridge": self.ridge, "groups": self.groups,
-                "timings": self.timings}
+                "timings": self.timings, "questions": self.questions, "selection": self.selection}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(json_ready(self.to_dict()), indent=indent)

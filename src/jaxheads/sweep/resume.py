@@ -48,13 +48,15 @@ class GroupStore:
         return self.root / f"group-{gid:04d}"
 
     def save(self, gid: int, ids: Sequence[int], records: Sequence[Any], variables: Sequence[Any],
-             group_json: Mapping[str, Any]) -> None:
+             predictions: Sequence[Any], group_json: Mapping[str, Any]) -> None:
         if self.root is None:
             return
         meta = {"run": self.key, "group": group_json, "records": [records[i] for i in ids]}
-        checkpoint.save(self._path(gid), {"variables": [variables[i] for i in ids]}, meta)
+        tree = {"variables": [variables[i] for i in ids], "predictions": [predictions[i] for i in ids]}
+        checkpoint.save(self._path(gid), tree, meta)
 
-    def restore(self, gid: int, ids: Sequence[int], records: list, variables: list, groups_json: list) -> bool:
+    def restore(self, gid: int, ids: Sequence[int], records: list, variables: list, predictions: list,
+                groups_json: list) -> bool:
         """Fill in group ``gid`` from its checkpoint; False when there is none for this run."""
         if self.root is None:
             return False
@@ -63,8 +65,9 @@ class GroupStore:
         tree, meta = checkpoint.load(self._path(gid))
         if meta.get("run") != self.key or len(meta["records"]) != len(ids):
             return False
-        for i, record, member_vars in zip(ids, meta["records"], tree["variables"], strict=True):
-            records[i], variables[i] = record, member_vars
+        saved = zip(ids, meta["records"], tree["variables"], tree["predictions"], strict=True)
+        for i, record, member_vars, member_predictions in saved:
+            records[i], variables[i], predictions[i] = record, member_vars, member_predictions
         groups_json.append(meta["group"])
         return True
 

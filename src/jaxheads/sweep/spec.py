@@ -19,11 +19,13 @@ DEPTH_GROUPINGS = ("separate", "gated")
 # The faster of the two in experiments/bench_depth.py (results/bench_depth.json): gated only saves compiles.
 DEPTH_GROUPING_DEFAULT = "separate"
 MAP_BATCH_MODES = ("auto", "probe", "vmap")
+DESIGNS = ("grid", "one_factor")
 
 
 @dataclasses.dataclass(frozen=True)
 class MemberSpec:
-    """One trained member: a head and how it is trained. Everything but ``seed`` identifies its config."""
+    """One trained member: a head, how it is trained, its seed and (cross-validation) its fold. Everything but
+    ``seed`` and ``fold`` identifies its config."""
 
     head: HeadSpec
     learning_rate: float = 1e-3
@@ -31,6 +33,7 @@ class MemberSpec:
     optimizer: str = "adamw"
     batch_size: int = 64
     seed: int = 0
+    fold: int | None = None  # trains on the other folds of train+val and is scored on this one
 
     def __post_init__(self) -> None:
         if isinstance(self.head, Mapping):
@@ -54,9 +57,10 @@ class MemberSpec:
         return cls(**dict(d))
 
     def config_id(self) -> str:
-        """Stable short id of everything except the seed (replicas share it)."""
+        """Stable short id of everything except the seed and fold (replicas and folds share it)."""
         d = self.to_dict()
         d.pop("seed")
+        d.pop("fold")
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -83,6 +87,10 @@ class SweepSpec:
     "probe" = the fastest of a few timed candidates; "vmap"; or an int k for ``lax.map(batch_size=k)``),
     ``member_memory_mb`` (cap on the
     activation memory of the members batched together on one device; bounds k), ``data_seed``.
+    ``folds``: K-fold cross-validation over train+val pooled (None: the fixed val split); folds are one more member
+    axis, so K folds of every config train in the same programs. ``metric``: the val metric members are ranked and
+    stopped by (None: the task's default, ``metrics.metric_for_task``). ``design``: ``"grid"`` (the cross product)
+    or ``"one_factor"`` (one factor at a time around the base, the first level of every axis).
     ``depth_grouping``: ``"separate"`` (one group per depth) or ``"gated"`` (members differing only in depth,
     depth >= 1, share one group padded to its maximum depth and width; shallower members' extra layers are an
     exact identity). Measured in ``experiments/bench_depth.py``: see ``DEPTH_GROUPING_DEFAULT``.
@@ -117,6 +125,9 @@ class SweepSpec:
     member_memory_mb: float = 1024.0
     data_seed: int = 0
     depth_grouping: str = DEPTH_GROUPING_DEFAULT
+    folds: int | None = None
+    metric: str | None = None
+    design: str = "grid"
 
     def __post_init__(self) -> None:
         for f in ("pooling", "widths", "depth", "activation", "dropout", "norm", "learning_rate", "weight_decay",
@@ -140,6 +151,10 @@ class SweepSpec:
             raise ValueError(f"SweepSpec.halving_fraction: must be in (0, 1), got {self.halving_fraction!r}")
         if self.depth_grouping not in DEPTH_GROUPINGS:
             raise ValueError(f"SweepSpec.depth_grouping: {self.depth_grouping!r} is not one of {DEPTH_GROUPINGS}")
+        if self.folds is not None and (isinstance(self.folds, bool) or int(self.folds) < 2):
+            raise ValueError(f"--folds: must be >= 2 (got {self.folds!r}); leave it out for a fixed validation split")
+        if self.design not in DESIGNS:
+            raise ValueError(f"--design: {self.design!r} is not one of {DESIGNS}")
         if not (self.map_batch in MAP_BATCH_MODES or (isinstance(self.map_batch, int) and self.map_batch >= 1)):
             raise ValueError(f"SweepSpec.map_batch: one of {MAP_BATCH_MODES} or an int >= 1, got {self.map_batch!r}")
 
@@ -154,22 +169,43 @@ class SweepSpec:
         return from_known_fields(cls, d)
 
     def expand(self, num_classes: int, task: str) -> list[MemberSpec]:
-        """Every member: explicit ``members``, else the (sampled) grid, each config repeated for every seed."""
+        """Every member: explicit ``members``, else the (sampled) configs of the design, each repeated for every
+        seed and, with ``folds``, every fold (in that order: config, seed, fold)."""
         if self.members:
             return [m if m.head.num_classes == num_classes and m.head.task == task else dataclasses.replace(
                 m, head=m.head.replace(num_classes=num_classes, task=task)) for m in self.members]
-        hidden = self.hidden if self.hidden is not None else tuple(
-            dict.fromkeys((w,) * d for d in self.depth for w in self.widths))
-        configs = []
-        for pool, conv, hid, act, drop, norm, lr, wd, opt, bs in itertools.product(
-                self.pooling, self.conv, hidden, self.activation, self.dropout, self.norm, self.learning_rate,
-                self.weight_decay, self.optimizer, self.batch_size):
-            head = HeadSpec(num_classes=num_classes, task=task, pooling=pool, conv=conv, hidden=hid,
-                            activation=act, dropout=drop, input_dropout=self.input_dropout, norm=norm,
-                            label_smoothing=self.label_smoothing, pos_weight=self.pos_weight,
-                            class_weights=self.class_weights)
-            configs.append(MemberSpec(head, lr, wd, opt, bs))
+        configs = [self._member(num_classes, task, *cell) for cell in self._cells()]
         if self.sample is not None and self.sample < len(configs):
             configs = random.Random(self.sample_seed).sample(configs, self.sample)
-        return [dataclasses.replace(c, seed=s) for c in configs for s in range(self.seeds)]
+        folds = range(self.folds) if self.folds else (None,)
+        return [dataclasses.replace(c, seed=s, fold=f) for c in configs for s in range(self.seeds) for f in folds]
+
+    def _axes(self) -> list[tuple[Any, ...]]:
+        """The levels of every axis, in the order of :meth:`_member`'s arguments (the first level is the base)."""
+        hidden = self.hidden if self.hidden is not None else tuple(
+            dict.fromkeys((w,) * d for d in self.depth for w in self.widths))
+        return [self.pooling, self.conv, hidden, self.activation, self.dropout, self.norm, self.learning_rate,
+                self.weight_decay, self.optimizer, self.batch_size]
+
+    def _cells(self) -> list[tuple[Any, ...]]:
+        """``grid``: the cross product of the axes. ``one_factor``: the base (every axis at its first level), then
+        each axis's other levels with the rest at the base; widths and depths vary apart around the first of each."""
+        axes = self._axes()
+        if self.design == "grid":
+            return list(itertools.product(*axes))
+        if self.hidden is None:
+            axes[2] = tuple(dict.fromkeys([(self.widths[0],) * self.depth[0]]
+                                          + [(w,) * self.depth[0] for w in self.widths[1:]]
+                                          + [(self.widths[0],) * d for d in self.depth[1:]]))
+        base = tuple(levels[0] for levels in axes)
+        cells = [base] + [base[:i] + (level,) + base[i + 1:] for i, levels in enumerate(axes) for level in levels[1:]]
+        return list(dict.fromkeys(cells))
+
+    def _member(self, num_classes: int, task: str, pool: str, conv: tuple, hid: tuple[int, ...], act: str,
+                drop: float, norm: str, lr: float, wd: float, opt: str, bs: int) -> MemberSpec:
+        head = HeadSpec(num_classes=num_classes, task=task, pooling=pool, conv=conv, hidden=hid, activation=act,
+                        dropout=drop, input_dropout=self.input_dropout, norm=norm,
+                        label_smoothing=self.label_smoothing, pos_weight=self.pos_weight,
+                        class_weights=self.class_weights)
+        return MemberSpec(head, lr, wd, opt, bs)
 

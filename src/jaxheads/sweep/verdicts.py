@@ -1,0 +1,153 @@
+"""What a sweep's numbers can support: intervals for every leaderboard row, the head questions' verdicts, the
+recommended head, and its one honest test figure.
+
+Every figure comes from the members' per-example predictions at their kept epochs (``SweepResult.predictions``)
+through :mod:`jaxheads.stats`: a paired hierarchical bootstrap over the folds, the seeds and the evaluation
+examples, with one set of draws for the whole sweep. A config's evaluation scores are (seeds, rows, classes): with
+folds, each pooled row is scored by the member of that config and seed that did not train on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+
+from jaxheads import stats
+from jaxheads.factors import QUESTION_AXES, format_level, member_factors, sort_levels, varied_axes
+
+from .result import SweepResult
+
+N_BOOT = 2000
+LEVEL = 0.95
+
+
+def _config_members(result: SweepResult) -> dict[str, list[dict[str, Any]]]:
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for m in result.members:
+        by_config.setdefault(m["config"], []).append(m)
+    return by_config
+
+
+def _val_scores(members: Sequence[Mapping[str, Any]], predictions: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(seeds, rows, classes) val scores of one config; with folds, out-of-fold (each row by its fold's member)."""
+    seeds = sorted({m["spec"]["seed"] for m in members})
+    fold_of = predictions.get("val_fold")
+    out = np.zeros((len(seeds),) + predictions["val"].shape[1:], np.float32)
+    for m in members:
+        s = seeds.index(m["spec"]["seed"])
+        rows = slice(None) if fold_of is None else fold_of == m["spec"]["fold"]
+        out[s, rows] = predictions["val"][m["member"]][rows]
+    return out
+
+
+def _test_scores(members: Sequence[Mapping[str, Any]], predictions: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(seeds, rows, classes) test scores of one config: with folds, the mean of its fold models' probabilities."""
+    seeds = sorted({m["spec"]["seed"] for m in members})
+    return np.stack([np.mean([predictions["test"][m["member"]] for m in members if m["spec"]["seed"] == s], axis=0)
+                     for s in seeds])
+
+
+def _interval_dict(i: stats.Interval) -> dict[str, float]:
+    return {"estimate": i.estimate, "low": i.low, "high": i.high, "level": i.level}
+
+
+def _comparison_dict(c: stats.Comparison) -> dict[str, Any]:
+    return dataclasses.asdict(c)
+
+
+def _questions(configs: Mapping[str, Mapping[str, Any]], scores: Mapping[str, np.ndarray], labels: np.ndarray,
+               metric: str, task: str, draws: stats.Draws) -> list[dict[str, Any]]:
+    """Every varied axis, every pair of its levels: side A the configs at level a, side B their matches at b
+    (agreeing on every other factor that applies at both levels); a paired pooled comparison of the two sides."""
+    factors = {c: member_factors(spec) for c, spec in configs.items()}
+    titles = dict(QUESTION_AXES)
+    answers = []
+    for axis in varied_axes({"members": [{"spec": spec} for spec in configs.values()]}):
+        levels = sort_levels({f[axis] for f in factors.values() if f[axis] is not None})
+        for a, b in itertools.combinations(levels, 2):
+            pairs = _matched_pairs(factors, axis, a, b)
+            if not pairs:
+                continue
+            c = stats.compare_pooled([scores[x] for x, _ in pairs], [scores[y] for _, y in pairs], labels, metric,
+                                     task, draws, LEVEL)
+            winner = {"b better": format_level(b), "a better": format_level(a)}.get(c.verdict)
+            answers.append({"axis": axis, "title": f"{titles[axis]}: {format_level(a)} vs {format_level(b)}",
+                            "a": a, "b": b, "metric": metric, "n_pairs": len(pairs), **_comparison_dict(c),
+                            "verdict": f"{winner} better" if winner else "within noise"})
+    return answers
+
+
+def _matched_pairs(factors: Mapping[str, Mapping[str, Hashable]], axis: str, a: Hashable,
+                   b: Hashable) -> list[tuple[str, str]]:
+    """(config at a, config at b) pairs that agree on every other factor applying at both levels."""
+    at = {lvl: [c for c, f in factors.items() if f[axis] == lvl] for lvl in (a, b)}
+    keys = [k for k in next(iter(factors.values())) if k != axis and not any(
+        all(factors[c][k] is None for c in at[lvl]) for lvl in (a, b))]
+    context = lambda c: tuple(factors[c][k] for k in keys)  # noqa: E731
+    return [(x, y) for x in at[a] for y in at[b] if context(x) == context(y)]
+
+
+def _per_class(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Recall of every class (mean over seeds) and the classes never predicted (multiclass)."""
+    predicted = scores.argmax(-1)  # (seeds, rows)
+    recall = {}
+    for k, name in enumerate(names):
+        rows = labels == k
+        recall[name] = float(np.mean(predicted[:, rows] == k)) if rows.any() else float("nan")
+    never = [name for k, name in enumerate(names) if not np.any(predicted == k)]
+    return {"recall": recall, "never_predicted": never}
+
+
+def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> SweepResult:
+    """``result`` with intervals on its leaderboard (re-ranked by the pooled val estimate), the recommended
+    config (the smallest whose interval against the best covers 0), the head questions and the selection record
+    (method, optimistic val figure, the one test figure, per-class recall)."""
+    p, task, metric = result.predictions, result.task, result.metric
+    labels = p["val_labels"]
+    by_config = _config_members(result)
+    scores = {c: _val_scores(ms, p) for c, ms in by_config.items()}
+    n_seeds = {s.shape[0] for s in scores.values()}
+    if len(n_seeds) != 1:
+        return result  # explicit members with unequal replicas: no paired draws
+    folds = p.get("val_fold", np.zeros(len(labels), np.int64))
+    draws = stats.make_draws(folds, n_seeds.pop(), n_boot=n_boot, seed=seed)
+    board = [dict(row) for row in result.leaderboard]
+    for row in board:
+        row["val_interval"] = _interval_dict(stats.interval(scores[row["config"]], labels, metric, task, draws, LEVEL))
+    board.sort(key=lambda r: (-np.nan_to_num(r["val_interval"]["estimate"], nan=-np.inf), r["params"]))
+    best = board[0]["config"]
+    comparisons = [stats.compare(scores[best], scores[r["config"]], labels, metric, task, draws, LEVEL) for r in board]
+    for row, c in zip(board, comparisons):
+        row["vs_best"] = _comparison_dict(c)
+    recommended = board[stats.smallest_within_noise(comparisons, [r["params"] for r in board])]["config"]
+    configs = {c: {k: v for k, v in ms[0]["spec"].items() if k not in ("seed", "fold")} for c, ms in by_config.items()}
+    questions = _questions(configs, scores, labels, metric, task, draws)
+    selection = _selection(result, by_config[recommended], scores[recommended], labels, draws, n_boot, seed)
+    return dataclasses.replace(result, leaderboard=board, recommended=recommended, questions=questions,
+                               selection=selection)
+
+
+def _selection(result: SweepResult, members: Sequence[Mapping[str, Any]], val_scores: np.ndarray,
+               labels: np.ndarray, draws: stats.Draws, n_boot: int, seed: int) -> dict[str, Any]:
+    p, task, metric = result.predictions, result.task, result.metric
+    n_folds = int(p["val_fold"].max()) + 1 if "val_fold" in p else 1
+    out: dict[str, Any] = {
+        "metric": metric, "level": LEVEL, "n_boot": n_boot,
+        "method": stats.describe_method(n_boot, n_folds, val_scores.shape[0], LEVEL),
+        "val": {**_interval_dict(stats.interval(val_scores, labels, metric, task, draws, LEVEL)), "optimistic": True},
+        "test": None}
+    names = result.label_names or [str(k) for k in range(result.num_classes)]
+    if task == "multiclass":
+        out["per_class_val"] = _per_class(val_scores, labels, names)
+    if "test" in p:
+        test = _test_scores(members, p)
+        test_draws = stats.make_draws(np.zeros(len(p["test_labels"]), np.int64), test.shape[0], n_boot=n_boot,
+                                      seed=seed + 1)
+        out["test"] = _interval_dict(stats.interval(test, p["test_labels"], metric, task, test_draws, LEVEL))
+        out["test_from"] = "mean of the fold models' probabilities" if n_folds > 1 else "the config's replicas"
+        if task == "multiclass":
+            out["per_class_test"] = _per_class(test, p["test_labels"], names)
+    return out
