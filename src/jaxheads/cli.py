@@ -33,6 +33,24 @@ def _strs(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _conv_stage(text: str) -> Any:
+    """``KxK:F[/sS][+poolP]`` -> ConvStage(features=F, kernel=K, stride=S, pool=P)."""
+    import re
+
+    from jaxheads.heads import ConvStage
+
+    match = re.fullmatch(r"(\d+)x(\d+):(\d+)(?:/s(\d+))?(?:\+pool(\d+))?", text.strip())
+    if match is None or match[1] != match[2]:
+        raise ValueError(f"conv stage {text!r}: expected KxK:FEATURES[/sSTRIDE][+poolP], e.g. 1x1:448+pool2")
+    return ConvStage(features=int(match[3]), kernel=int(match[1]), stride=int(match[4] or 1), pool=int(match[5] or 1))
+
+
+def _conv_stacks(text: str) -> tuple[tuple[Any, ...], ...]:
+    """Comma-separated conv stacks, each "none" or stages joined by ">": ``none,1x1:448+pool2>3x3:256/s2``."""
+    return tuple(() if stack.strip() == "none" else tuple(_conv_stage(s) for s in stack.split(">"))
+                 for stack in text.split(","))
+
+
 # Sweep axes settable from the command line: flag -> (SweepSpec field, parser).
 SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--pooling": ("pooling", _strs),
@@ -50,6 +68,10 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--patience": ("patience", int),
     "--sample": ("sample", int),
     "--depth-grouping": ("depth_grouping", str),
+    "--conv": ("conv", _conv_stacks),
+    "--folds": ("folds", int),
+    "--metric": ("metric", str),
+    "--design": ("design", str),
     "--map-batch": ("map_batch", lambda text: text if text in ("auto", "probe", "vmap") else int(text)),  # or an int k
 }
 

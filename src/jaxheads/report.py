@@ -206,6 +206,7 @@ def leaderboard_rows(result_json: Mapping[str, Any]) -> list[dict[str, Any]]:
             "params": int(row["params"]), "n_seeds": int(row.get("n_seeds", 1)), "val": _stat(row["val"], metric),
             "test": _stat(row.get("test"), metric), "epochs": _num(row.get("epochs_run")),
             "diverged": int(row.get("diverged", 0)), "recommended": row["config"] == result_json.get("recommended"),
+            "val_ci": row.get("val_interval"), "vs_best": row.get("vs_best"),
         })
     # Configs that differ only where a factor does not apply (a linear head crossed with two dropout rates)
     # read the same: tell them apart by config id.
@@ -241,15 +242,65 @@ def _pm(stat: Mapping[str, float], n: int | None = None) -> str:
     return text
 
 
+def _ci(i: Mapping[str, Any] | None, signed: bool = False) -> str:
+    """``0.790 [0.771, 0.809]`` (``signed``: the estimate as a difference, e.g. ``-0.004 [-0.021, +0.012]``)."""
+    if not i:
+        return "—"
+    est = i.get("estimate", i.get("diff"))
+    fmt = "+.3f" if signed else ".3f"
+    return f"{_num(est):{fmt}} [{_num(i['low']):{fmt}}, {_num(i['high']):{fmt}}]"
+
+
 def _table_cells(r: Mapping[str, Any]) -> list[str]:
     mark = "★" if r["recommended"] else ""
     div = f" ({r['diverged']} diverged)" if r["diverged"] else ""
+    if r.get("val_ci"):  # intervals from the bootstrap: test is reported once, for the recommended head
+        return [f"{r['rank']}{mark}", r["summary"] + div, f"{r['params']:,}", _ci(r["val_ci"]),
+                _ci(r["vs_best"], signed=True), f"{r['epochs']:.1f}", str(r["n_seeds"])]
     return [f"{r['rank']}{mark}", r["summary"] + div, f"{r['params']:,}", _pm(r["val"], r["n_seeds"]),
             _pm(r["test"], r["n_seeds"]), f"{r['epochs']:.1f}", str(r["n_seeds"])]
 
 
+def _columns(result_json: Mapping[str, Any]) -> tuple[str, ...]:
+    if result_json.get("selection"):
+        return ("rank", "head", "params", "val [95% CI]", "vs best [95% CI]", "epochs", "members")
+    return LEADERBOARD_COLUMNS
+
+
 LEADERBOARD_COLUMNS = ("rank", "head", "params", "val", "test", "epochs", "seeds")
 QUESTION_COLUMNS = ("question", "mean A", "mean B", "B − A ± SE", "verdict", "pairs/ctx")
+INTERVAL_QUESTION_COLUMNS = ("question", "A", "B", "B − A [95% CI]", "verdict", "P(B > A)")
+
+
+def _questions_table(result_json: Mapping[str, Any]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The head questions as (columns, rows): the sweep's bootstrap verdicts when present, else seed-SE ones."""
+    if result_json.get("questions"):
+        return INTERVAL_QUESTION_COLUMNS, [
+            [q["title"], _fmt(q["mean_a"]), _fmt(q["mean_b"]), _ci(q, signed=True), q["verdict"],
+             f"{_num(q['p_b_better']):.2f}"]
+            for q in result_json["questions"]]
+    return QUESTION_COLUMNS, [list(_question_line(q)) for q in answer_head_questions(result_json)]
+
+
+def _selection_lines(result_json: Mapping[str, Any]) -> list[str]:
+    """How the intervals were computed, and the warnings about the recommended head."""
+    sel = result_json.get("selection") or {}
+    lines = [sel["method"]] if sel.get("method") else []
+    for split in ("val", "test"):
+        never = (sel.get(f"per_class_{split}") or {}).get("never_predicted") or []
+        if never:
+            lines.append(f"Warning: on {split} the recommended head never predicts {', '.join(map(str, never))}.")
+    return lines
+
+
+def _per_class_table(result_json: Mapping[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    sel = result_json.get("selection") or {}
+    val, test = sel.get("per_class_val"), sel.get("per_class_test")
+    if not val:
+        return None
+    names = list(val["recall"])
+    return (["class", "val recall", "test recall"],
+            [[n, _fmt(val["recall"][n]), _fmt((test or {}).get("recall", {}).get(n))] for n in names])
 
 
 def print_report(result_json: Mapping[str, Any], console: Any = None, top: int = 20) -> None:
@@ -260,9 +311,10 @@ def print_report(result_json: Mapping[str, Any], console: Any = None, top: int =
     console = console or Console()
     metric = result_json["metric"]
     rows = leaderboard_rows(result_json)
-    table = Table(title=f"jaxheads leaderboard — {result_json['task']}, ranked by val {metric}",
-                  caption=f"val/test: {metric}, mean ± std over seeds; ★ recommended")
-    for i, name in enumerate(LEADERBOARD_COLUMNS):
+    caption = (f"val {metric} with its 95% interval, and the difference to the best row; ★ recommended"
+               if result_json.get("selection") else f"val/test: {metric}, mean ± std over seeds; ★ recommended")
+    table = Table(title=f"jaxheads leaderboard — {result_json['task']}, ranked by val {metric}", caption=caption)
+    for i, name in enumerate(_columns(result_json)):
         table.add_column(name, justify="left" if i == 1 else "right", no_wrap=i != 1)
     shown = rows[:top] + [r for r in rows[top:] if r["recommended"]]
     for r in shown:
@@ -276,13 +328,17 @@ def print_report(result_json: Mapping[str, Any], console: Any = None, top: int =
     if len(rows) > len(shown):
         console.print(f"({len(rows) - len(shown)} more rows in the report)")
     console.print(_recommendation_text(result_json, rows))
-    questions = answer_head_questions(result_json)
-    if questions:
-        qt = Table(title=f"The head questions (val {metric}; within noise = |B − A| < {NOISE_SE:g} SE)")
-        for i, name in enumerate(QUESTION_COLUMNS[:-1]):  # pairs/ctx only in the written reports
+    for line in _selection_lines(result_json):
+        console.print(line, style="bold red" if line.startswith("Warning") else "dim")
+    columns, question_rows = _questions_table(result_json)
+    if question_rows:
+        rule = ("better only when the 95% interval excludes 0" if result_json.get("questions")
+                else f"within noise = |B − A| < {NOISE_SE:g} SE")
+        qt = Table(title=f"The head questions (val {metric}; {rule})")
+        for i, name in enumerate(columns):
             qt.add_column(name, justify="left" if i in (0, 4) else "right", no_wrap=i in (1, 2, 3))
-        for q in questions:
-            qt.add_row(*_question_line(q)[:-1], style="dim" if q["within_noise"] else None)
+        for q in question_rows:
+            qt.add_row(*q, style="dim" if q[4] == "within noise" else None)
         console.print(qt)
 
 
@@ -291,6 +347,13 @@ def _recommendation_text(result_json: Mapping[str, Any], rows: Sequence[Mapping[
     if rec is None:
         return "No head recommended (no finite validation metric)."
     metric = result_json["metric"]
+    sel = result_json.get("selection") or {}
+    if sel:
+        test = (f"test {_ci(sel['test'])} (scored once: the honest estimate)" if sel.get("test")
+                else "no test split")
+        return (f"Recommended head (the smallest whose 95% interval against the best covers 0): {rec['summary']} — "
+                f"{rec['params']:,} params, val {_ci(sel['val'])} (optimistic: chosen on val), {test} "
+                f"(rank {rec['rank']}, config {rec['config']}).")
     return (f"Recommended head (smallest within one SEM of the best val {metric}): {rec['summary']} — "
             f"{rec['params']:,} params, val {_pm(rec['val'], rec['n_seeds'])}, test {_pm(rec['test'], rec['n_seeds'])}"
             f" (rank {rec['rank']}, config {rec['config']}).")
@@ -438,21 +501,27 @@ def _sections(result_json: Mapping[str, Any], plots: Mapping[str, Path]) -> list
               f"{len(rows)} configs; ranked by validation {metric}. Total time {_fmt(timings.get('total_s'), 1)} s."),
         ("p", _recommendation_text(result_json, rows)),
         ("h2", "Leaderboard"),
-        ("table", ([f"{c} {metric}" if c in ("val", "test") else c for c in LEADERBOARD_COLUMNS],
+        ("table", ([f"{c} {metric}" if c in ("val", "test") else c for c in _columns(result_json)],
                    [_table_cells(r) for r in rows])),
-        ("p", "★ = recommended. Values are mean ± standard deviation over seeds."),
+        ("p", "★ = recommended. " + (" ".join(_selection_lines(result_json)) if result_json.get("selection")
+                                     else "Values are mean ± standard deviation over seeds.")),
     ]
+    per_class = _per_class_table(result_json)
+    if per_class is not None:
+        blocks += [("h2", "Per-class recall of the recommended head"), ("table", per_class)]
     ridge = ridge_baseline(result_json)
     if ridge is not None:
         blocks.append(("p", f"Closed-form baseline: ridge linear probe on pooled features, λ={ridge['l2']:g} "
                             f"chosen on val: val {metric} {_fmt(ridge['val'])}, test {_fmt(ridge['test'])}."))
-    questions = answer_head_questions(result_json)
+    columns, question_rows = _questions_table(result_json)
     blocks.append(("h2", "The head questions"))
-    if questions:
-        blocks.append(("p", f"Difference B − A in mean validation {metric} between members that differ only on "
-                            f"that axis, ± its standard error from the per-seed values; within noise when "
-                            f"|B − A| < {NOISE_SE:g} SE."))
-        blocks.append(("table", (list(QUESTION_COLUMNS), [list(_question_line(q)) for q in questions])))
+    if question_rows:
+        blocks.append(("p", f"Difference B − A in validation {metric} between configs that differ only on that "
+                            f"axis; " + ("a side is called better only when the 95% interval of B − A excludes 0."
+                                         if result_json.get("questions") else
+                                         f"± its standard error from the per-seed values; within noise when "
+                                         f"|B − A| < {NOISE_SE:g} SE.")))
+        blocks.append(("table", (list(columns), question_rows)))
     else:
         blocks.append(("p", "The sweep varied none of the head axes, so there is nothing to compare."))
     if plots:

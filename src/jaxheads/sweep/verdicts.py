@@ -74,8 +74,10 @@ def _questions(configs: Mapping[str, Mapping[str, Any]], scores: Mapping[str, np
             c = stats.compare_pooled([scores[x] for x, _ in pairs], [scores[y] for _, y in pairs], labels, metric,
                                      task, draws, LEVEL)
             winner = {"b better": format_level(b), "a better": format_level(a)}.get(c.verdict)
+            estimates = _comparison_dict(c)
+            estimates["mean_a"], estimates["mean_b"] = estimates.pop("a"), estimates.pop("b")
             answers.append({"axis": axis, "title": f"{titles[axis]}: {format_level(a)} vs {format_level(b)}",
-                            "a": a, "b": b, "metric": metric, "n_pairs": len(pairs), **_comparison_dict(c),
+                            **estimates, "a": a, "b": b, "metric": metric, "n_pairs": len(pairs),
                             "verdict": f"{winner} better" if winner else "within noise"})
     return answers
 
