@@ -85,8 +85,9 @@ def _nan_low(x: float | None) -> float:
 
 
 def leaderboard(members: list[dict[str, Any]], metric: str) -> tuple[list[dict[str, Any]], str | None]:
-    """Aggregate replicas by config (mean/std/sem over seeds) and pick the recommended config: the smallest by
-    parameter count whose mean val ``metric`` is within one SEM (the best row's) of the best mean."""
+    """Aggregate replicas by config (mean/std/sem over seeds) and pick a recommended config: the smallest by
+    parameter count whose mean val ``metric`` is within one SEM (the best row's) of the best mean. A sweep's own
+    result replaces this rule by the bootstrap one (:func:`.verdicts.analyse`) whenever its replicas pair up."""
     rows: dict[str, dict[str, Any]] = {}
     for m in members:
         rows.setdefault(m["config"], {"members": []})["members"].append(m)

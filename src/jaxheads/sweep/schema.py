@@ -25,14 +25,14 @@ class MemberRecord(TypedDict):
     config: str  # id of the member's spec without its seed: members sharing it are replicas
     group: int  # index into "groups"
     spec: dict[str, Any]  # MemberSpec.to_dict(): head (HeadSpec fields), learning_rate, weight_decay, optimizer,
-    #                       batch_size, seed
+    #                       batch_size, seed, fold (None without cross-validation)
     params: int  # trainable parameters of the unpadded head
     epochs_run: int  # epochs trained before stopping, halving or divergence
     best_epoch: int  # 1-based epoch whose weights are kept (0: never improved on its initial weights)
     diverged: bool  # NaN/Inf seen: frozen at its last finite weights
     stopped: Literal["completed", "early_stopping", "halving", "diverged"]
     curves: Curves
-    val: dict[str, float]  # scalar metrics at best_epoch
+    val: dict[str, float]  # scalar metrics at best_epoch (with folds: on the member's own fold)
     test: dict[str, float] | None
     per_class: dict[str, Any]  # {"val": {name: [float]}, "test": {...} | None}; multilabel: roc_auc,
     #                            average_precision, f1 (thresholds tuned on val); multiclass: {}
@@ -46,7 +46,7 @@ class Stat(TypedDict):
 
 
 class LeaderboardRow(TypedDict):
-    """One config (its seed replicas aggregated); rows sorted by val mean of "metric", best first."""
+    """One config (its seeds and folds aggregated); rows sorted by the val estimate of "metric", best first."""
 
     config: str
     group: int
@@ -57,7 +57,60 @@ class LeaderboardRow(TypedDict):
     diverged: int  # replicas of this config that diverged
     epochs_run: float  # mean over replicas
     val: dict[str, Stat]
-    test: dict[str, Stat] | None
+    test: dict[str, Stat] | None  # per-member test figures; the report shows test once, for the recommended head
+    val_interval: Interval  # the config's val metric (pooled over its seeds and folds) and its 95% interval
+    vs_best: Comparison  # this row minus the best row, paired on the same bootstrap draws
+
+
+class Interval(TypedDict):
+    estimate: float
+    low: float
+    high: float
+    level: float
+
+
+class Comparison(TypedDict):
+    a: float  # the first side's estimate (for a leaderboard row: the best row)
+    b: float
+    diff: float  # b - a
+    low: float  # the 95% percentile bootstrap interval of b - a
+    high: float
+    p_b_better: float  # fraction of bootstrap draws with b > a (ties count one half)
+    level: float
+    verdict: str  # "b better" | "a better" (the interval excludes 0) | "within noise"
+
+
+class Question(TypedDict):
+    """One head question: configs at level a against their matches at level b (equal on every other factor)."""
+
+    axis: str
+    title: str  # e.g. "Pooling: avg vs flatten"
+    a: Any  # the levels compared
+    b: Any
+    mean_a: float  # each side's pooled val estimate
+    mean_b: float
+    diff: float
+    low: float
+    high: float
+    p_b_better: float
+    level: float
+    metric: str
+    n_pairs: int  # matched (a, b) config pairs
+    verdict: str  # "<level> better" only when the interval excludes 0, else "within noise"
+
+
+class Selection(TypedDict, total=False):
+    """How the intervals were computed, and the recommended head's figures."""
+
+    metric: str
+    level: float
+    n_boot: int
+    method: str  # one sentence: what was resampled
+    val: dict[str, Any]  # Interval + "optimistic": True (the head was chosen on these numbers)
+    test: Interval | None  # scored once: the honest estimate
+    test_from: str  # with folds: the mean of the fold models' probabilities
+    per_class_val: dict[str, Any]  # multiclass: {"recall": {class: float}, "never_predicted": [class]}
+    per_class_test: dict[str, Any]
 
 
 class RidgeRow(TypedDict):
@@ -103,8 +156,9 @@ class SweepResultJSON(TypedDict):
     sweep: dict[str, Any]  # SweepSpec.to_dict()
     members: list[MemberRecord]
     leaderboard: list[LeaderboardRow]
-    recommended: str | None  # config of the smallest row whose val mean is within one SEM (the best row's) of the
-    #                          best mean
+    recommended: str | None  # config of the smallest row whose interval against the best row covers 0
+    questions: list[Question]
+    selection: Selection
     ridge: list[RidgeRow]
     groups: list[GroupRecord]
     timings: dict[str, float]  # total_s, ridge_s
