@@ -275,3 +275,79 @@ def test_cli_finetune_flags_map_to_config_fields_and_state_their_defaults() -> N
     args = parse(["finetune", "head", "--train-bn", "--lr", "0.01", "--unfreeze", "0", "--patience", "2"])
     assert cli.finetune_config_from_args(args) == finetuning.FinetuneConfig(
         freeze_bn=False, learning_rate=0.01, unfreeze=0, patience=2)
+
+
+# ------------------------------------------------------------------------------------------- the recipe
+
+
+def test_schedule_warms_up_then_decays_and_rates_decay_down_the_blocks() -> None:
+    from jaxheads import finetune_step
+
+    config = finetuning.FinetuneConfig(epochs=4, warmup_epochs=1.0)
+    steps = finetune_step.schedule_steps(config, 10)
+    scale = [float(finetune_step.lr_scale(t, steps, "warmup_cosine")) for t in range(40)]
+    assert scale[0] == pytest.approx(0.1) and scale[9] == pytest.approx(1.0)  # the first step is 1/10 of the peak
+    assert all(a < b for a, b in zip(scale[:10], scale[1:10]))  # rising, then falling to ~0
+    assert all(a >= b for a, b in zip(scale[10:], scale[11:])) and scale[39] < 0.01
+    assert float(finetune_step.lr_scale(39, steps, "constant")) == 1.0
+    setup = finetune_step.FinetuneSetup(None, None, heads.HeadSpec(pooling="none"), ("block0", "block1", "head"),
+                                        finetuning.FinetuneConfig(unfreeze=3, learning_rate=1e-3,
+                                                                  backbone_learning_rate=1e-4, layer_decay=0.5), 32)
+    rates = finetune_step.block_rates(setup)
+    assert rates == pytest.approx({"head": 1e-3, "backbone/head": 1e-4, "backbone/block1": 5e-5,
+                                   "backbone/block0": 2.5e-5})  # the backbone's block "head" is not the head
+    with pytest.raises(ValueError, match="FinetuneConfig.metric"):
+        finetuning.FinetuneConfig(metric="top5")
+
+
+def _tiny_val_metrics(ds: data.Dataset, head_dir: Path) -> dict[str, float]:
+    """The swept head on the frozen tiny backbone's pooled val features, as the sweep would score it."""
+    spec, head_vars, _ = heads_io.load_head(head_dir)
+    backbone = backbones.load(TINY)
+    images = np.stack([data.resize_center_crop(data.load_image(p), 32) for p in ds.split("val").sources])
+    fmap = backbone.module.apply(backbone.variables, backbone.config.preprocessing(images), train=False)["features"]
+    logits = heads.apply_head(head_vars, fmap.mean(axis=(1, 2)), spec)
+    labels = ds.split("val").labels
+    return {"accuracy": float(np.mean(np.asarray(logits).argmax(-1) == labels)),
+            "loss": float(heads.example_losses(logits, jnp.asarray(labels), spec).mean())}
+
+
+def test_epoch_zero_is_the_frozen_head_and_a_wrecking_run_keeps_it(colours: data.Dataset, tmp_path: Path) -> None:
+    """Before any step the model is the frozen backbone + the swept head (its val metric is the head's); a run
+    whose steps only make it worse saves that model unchanged, and its gain is exactly zero."""
+    wreck = _tiny_run(colours, tmp_path, unfreeze=2, epochs=2, learning_rate=30.0, backbone_learning_rate=30.0,
+                      warmup_epochs=0.0, schedule="constant", ema_decay=None, metric="balanced_accuracy")
+    frozen = _tiny_val_metrics(colours, tmp_path / "head")
+    assert wreck.before["accuracy"] == pytest.approx(frozen["accuracy"])
+    assert wreck.before["loss"] == pytest.approx(frozen["loss"], rel=1e-5)
+    assert wreck.metric == "balanced_accuracy" and "balanced_accuracy" in wreck.before
+    assert all(h["val"]["loss"] > wreck.before["loss"] for h in wreck.history[1:])  # the steps did wreck it
+    assert not wreck.improved and wreck.best_epoch == 0 and wreck.best == wreck.before
+    saved = finetuning.load_model(wreck.model_dir).variables
+    start = {"backbone": backbones.load(TINY).variables, "head": heads_io.load_head(tmp_path / "head")[1]}
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(start)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    gain = wreck.gain["val"]["balanced_accuracy"]
+    assert gain["diff"] == 0.0 and gain["low"] == gain["high"] == 0.0 and wreck.gain["test"] is None
+    assert wreck.gain_lines() == [f"val balanced_accuracy: frozen {gain['a']:.4f} -> fine-tuned {gain['b']:.4f}, "
+                                  "gain +0.0000 [95% +0.0000, +0.0000], P(gain > 0) 0.50, within noise "
+                                  "(optimistic: the epoch was chosen on val)"]
+
+
+def test_the_moving_average_is_what_is_evaluated_and_the_gain_is_measured_on_test(tmp_path: Path) -> None:
+    """With a moving average that barely moves, val stays at the frozen model's while the raw weights train; with
+    a test split the gain is also measured there, paired, once."""
+    root = make_colour_folder(tmp_path / "colours", per_class=10)
+    ds = data.load_dataset(root, val_fraction=0.2, test_fraction=0.2)
+    slow = _tiny_run(ds, tmp_path / "slow", unfreeze=2, epochs=1, ema_decay=1.0 - 1e-7, label_smoothing=0.2)
+    assert slow.weight_change["params/head"] > 0 and slow.weight_change["head"] > 0
+    assert slow.history[1]["val"]["loss"] == pytest.approx(slow.before["loss"], rel=1e-4)
+    test = slow.gain["test"]
+    assert set(test) == {"accuracy", "balanced_accuracy", "macro_f1"}
+    assert test["accuracy"]["low"] <= test["accuracy"]["diff"] <= test["accuracy"]["high"]
+    assert slow.gain["val"]["accuracy"]["a"] == pytest.approx(slow.before["accuracy"])
+    assert slow.gain["val"]["accuracy"]["b"] == pytest.approx(slow.best["accuracy"])
+    lines = slow.gain_lines()
+    assert lines[0].startswith("test accuracy: frozen ") and lines[1].startswith("val accuracy: frozen ")
+    saved = json.loads((tmp_path / "slow" / "ft" / "finetune.json").read_text())
+    assert finetuning.FinetuneResult.from_dict({k: v for k, v in saved.items() if k != "run"}).gain_lines() == lines

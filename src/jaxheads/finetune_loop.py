@@ -1,8 +1,10 @@
-"""The fine-tune's epochs: data-parallel batches of images, the val evaluation after each epoch, and early stopping
-on the task's metric (ties broken by the lower val loss)."""
+"""The fine-tune's epochs: data-parallel batches of images, the val evaluation after each epoch (of the weights'
+moving average, when there is one), early stopping on the chosen metric (ties broken by the lower val loss), and
+at the end the gain of the kept model over the frozen one, paired on the same val (and test) examples."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -11,12 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxheads import data, heads, metrics, parallel
+from jaxheads import data, heads, metrics, parallel, predict, stats
 from jaxheads.finetune_model import Variables, predict_fn
-from jaxheads.finetune_step import FinetuneSetup, TrainState, make_optimizer, train_step
+from jaxheads.finetune_step import FinetuneSetup, TrainState, make_optimizer, schedule_steps, train_step
 from jaxheads.heads import HeadSpec
 
-__all__ = ["EpochLoop", "score", "val_metrics"]
+__all__ = ["GAIN_LEVEL", "GAIN_N_BOOT", "EpochLoop", "compare_models", "score", "val_metrics"]
+
+GAIN_N_BOOT = 2000
+GAIN_LEVEL = 0.95
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -32,28 +37,42 @@ class EpochLoop:
         cfg = setup.config
         self.batch = math.ceil(cfg.batch_size / self.mesh.size) * self.mesh.size
         self.load_size = max(setup.image_size, round(setup.image_size * cfg.crop_scale))
-        self.metric = metrics.metric_for_task(setup.spec.task)
+        self.metric = stats.check_metric(cfg.metric or metrics.metric_for_task(setup.spec.task), setup.spec.task)
         params = {"backbone": start["backbone"]["params"], "head": start["head"]["params"]}
-        stats = {"backbone": start["backbone"].get("batch_stats", {}), "head": start["head"].get("batch_stats", {})}
+        stats_tree = {"backbone": start["backbone"].get("batch_stats", {}),
+                      "head": start["head"].get("batch_stats", {})}
         opt_state = jax.jit(lambda p: make_optimizer(setup, p).init(p))(params)  # one compile, not one per leaf
-        self.state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, stats, opt_state), self.rep)
+        # The average starts at the swept model (own copies: the step donates the state's buffers).
+        ema = () if cfg.ema_decay is None else jax.tree.map(np.array, (params, stats_tree))
+        self.state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, stats_tree, opt_state, ema),
+                                    self.rep)
         self.seed_words = jax.device_put(heads.seed_words(cfg.seed), self.rep)
+        steps_per_epoch = math.ceil(len(ds.split("train")) / cfg.batch_size)
+        self.steps = jax.device_put(schedule_steps(cfg, steps_per_epoch), self.rep)
         self.start: Variables = jax.tree.map(np.asarray, start)
         self.best_vars: Variables = self.start
         self.epoch, self.since, self.best_epoch = 0, 0, 0
         self.before: dict[str, float] = {}
         self.best: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
+        # Val probabilities of the starting and of the kept model (rows that decoded), for the paired gain.
+        self.val_labels = np.zeros((0,), np.int32)
+        self.val_start = self.val_best = np.zeros((0, setup.spec.num_classes), np.float32)
 
     def variables(self) -> Variables:
-        """The current model as ``{"backbone": {params, batch_stats}, "head": {...}}`` (device arrays)."""
-        s = self.state
-        return {"backbone": {"params": s.params["backbone"], "batch_stats": s.stats["backbone"]},
-                "head": {"params": s.params["head"], "batch_stats": s.stats["head"]}}
+        """The current (raw) model as ``{"backbone": {params, batch_stats}, "head": {...}}`` (device arrays)."""
+        return _as_variables(self.state.params, self.state.stats)
+
+    def eval_variables(self) -> Variables:
+        """What is evaluated, kept and saved: the moving average of the weights, or the raw ones without one."""
+        if self.setup.config.ema_decay is None:
+            return self.variables()
+        return _as_variables(*self.state.ema)
 
     def begin(self) -> None:
         """Epoch 0: the starting model's val metrics are the bar to beat."""
-        self.before = self.best = self.evaluate(self.variables())
+        self.before, probs, self.val_labels = self.evaluate(self.eval_variables())
+        self.best, self.val_start, self.val_best = self.before, probs, probs
         self.history.append({"epoch": 0, "train_loss": None, "val": self.before})
         self._report(0)
 
@@ -64,30 +83,56 @@ class EpochLoop:
         order = np.random.default_rng([self.setup.config.seed, epoch]).permutation(len(split))
         losses: list[float] = []
         for images, labels, mask in self._batches(split, order, self.load_size):
-            self.state, loss = step(self.state, images, labels, mask, self.seed_words)
+            self.state, loss = step(self.state, images, labels, mask, self.seed_words, self.steps)
             losses.append(float(loss))
-        val = self.evaluate(self.variables())
+        current = self.eval_variables()
+        val, probs, _ = self.evaluate(current)
         self.epoch = epoch
         if score(val, self.metric) > score(self.best, self.metric):
-            self.best, self.best_epoch, self.since = val, epoch, 0
-            self.best_vars = jax.tree.map(np.asarray, self.variables())
+            self.best, self.best_epoch, self.since, self.val_best = val, epoch, 0, probs
+            self.best_vars = jax.tree.map(np.asarray, current)
         else:
             self.since += 1
         self.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "val": val})
         self._report(epoch)
 
-    def evaluate(self, variables: Variables) -> dict[str, float]:
-        """Val metrics (and mean loss) of ``variables`` on centre crops at the input size."""
-        predict = predict_fn(self.setup.module, self.setup.preprocessing, self.setup.spec)
-        split = self.ds.split("val")
+    def evaluate(self, variables: Variables, split_name: str = "val") -> tuple[dict[str, float], np.ndarray,
+                                                                               np.ndarray]:
+        """Metrics (and mean loss) of ``variables`` on centre crops of ``split_name`` at the input size, with the
+        probabilities and labels of the rows that decoded."""
+        predict_logits = predict_fn(self.setup.module, self.setup.preprocessing, self.setup.spec)
+        split = self.ds.split(split_name)
         logits, labels = [], []
         for images, batch_labels, mask in self._batches(split, np.arange(len(split)), self.setup.image_size):
             keep = np.asarray(mask) > 0
-            logits.append(np.asarray(predict(variables, images))[keep])
+            logits.append(np.asarray(predict_logits(variables, images))[keep])
             labels.append(np.asarray(batch_labels)[keep])
         if not logits:
-            raise data.DatasetError(f"dataset {self.ds.name}: no readable image in the val split")
-        return val_metrics(np.concatenate(logits), np.concatenate(labels), self.setup.spec)
+            raise data.DatasetError(f"dataset {self.ds.name}: no readable image in the {split_name} split")
+        z, y = np.concatenate(logits), np.concatenate(labels)
+        values = val_metrics(z, y, self.setup.spec)
+        probs = predict.probabilities(z, self.setup.spec.task).astype(np.float32)
+        if self.metric not in values:
+            values[self.metric] = stats.point_estimate(probs[None], y, self.metric, self.setup.spec.task)
+        return values, probs, y
+
+    def gain(self, *, n_boot: int = GAIN_N_BOOT, seed: int = 0) -> dict[str, Any]:
+        """The kept model against the starting one on val (from the probabilities kept while training) and, when
+        the dataset has a non-empty test split, on test (both evaluated once, here): see
+        :attr:`jaxheads.finetune_config.FinetuneResult.gain`."""
+        task = self.setup.spec.task
+        out: dict[str, Any] = {"val": compare_models(self.val_start, self.val_best, self.val_labels, task,
+                                                     n_boot=n_boot, seed=seed),
+                               "test": None, "level": GAIN_LEVEL, "n_boot": n_boot,
+                               "method": f"{GAIN_LEVEL:.0%} percentile intervals of the difference from {n_boot:,} "
+                                         "paired bootstrap draws of the examples (the same draws for both models)",
+                               "val_optimistic": True}
+        if "test" in self.ds.splits and len(self.ds.split("test")) > 0:
+            _, before, labels = self.evaluate(jax.device_put(self.start, self.rep), "test")
+            after = before if self.best_epoch == 0 else self.evaluate(jax.device_put(self.best_vars, self.rep),
+                                                                     "test")[1]
+            out["test"] = compare_models(before, after, labels, task, n_boot=n_boot, seed=seed + 1)
+        return out
 
     def _batches(self, split: data.ImageSplit, order: np.ndarray,
                  size: int) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
@@ -109,6 +154,22 @@ class EpochLoop:
             last = self.history[-1]
             self.progress({"epoch": epoch, "epochs": self.setup.config.epochs, "train_loss": last["train_loss"],
                            "val": last["val"], "best_epoch": self.best_epoch, "metric": self.metric})
+
+
+def _as_variables(params: Variables, stats_tree: Variables) -> Variables:
+    return {"backbone": {"params": params["backbone"], "batch_stats": stats_tree["backbone"]},
+            "head": {"params": params["head"], "batch_stats": stats_tree["head"]}}
+
+
+def compare_models(before: np.ndarray, after: np.ndarray, labels: np.ndarray, task: str, *,
+                   n_boot: int = GAIN_N_BOOT, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Every metric of ``task`` (:mod:`jaxheads.stats`): model a = ``before`` against model b = ``after``, both
+    (rows, classes) probabilities on the same rows, paired on the same bootstrap draws of the rows; each as
+    :class:`jaxheads.stats.Comparison` in a dict (``diff`` = after - before)."""
+    draws = stats.make_draws(np.zeros(len(labels), np.int64), 1, n_boot=n_boot, seed=seed)
+    names = stats.MULTICLASS_METRICS if task == "multiclass" else stats.MULTILABEL_METRICS
+    return {m: dataclasses.asdict(stats.compare(before[None], after[None], labels, m, task, draws, GAIN_LEVEL))
+            for m in names}
 
 
 @functools.partial(jax.jit, static_argnames="spec")

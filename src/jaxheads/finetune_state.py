@@ -39,7 +39,8 @@ def save_state(root: Path, loop: EpochLoop, run_id: Mapping[str, Any]) -> None:
     """Checkpoint the loop after an epoch into a new directory, then drop all but the newest ones: a kill at any
     moment leaves the previous complete checkpoint (``checkpoint.save`` marks completeness by its meta)."""
     state = jax.tree.map(np.asarray, loop.state)
-    tree = {"state": _flat(state), "best": _flat(loop.best_vars)}
+    tree = {"state": _flat(state), "best": _flat(loop.best_vars),
+            "val": {"labels": loop.val_labels, "start": loop.val_start, "best": loop.val_best}}
     meta = {"kind": STATE_KIND, "run": run_id, "epoch": loop.epoch, "since": loop.since,
             "best_epoch": loop.best_epoch, "before": loop.before, "best": loop.best, "history": loop.history}
     checkpoint.save(_epoch_dir(root, loop.epoch), tree, checkpoint.json_ready(meta))
@@ -63,6 +64,8 @@ def restore(root: Path, loop: EpochLoop, run_id: Mapping[str, Any]) -> int | Non
     loop.best_vars = _unflat(loop.best_vars, tree["best"])
     loop.epoch, loop.since, loop.best_epoch = meta["epoch"], meta["since"], meta["best_epoch"]
     loop.before, loop.best, loop.history = meta["before"], meta["best"], meta["history"]
+    val = tree["val"]
+    loop.val_labels, loop.val_start, loop.val_best = (np.asarray(val[k]) for k in ("labels", "start", "best"))
     return int(meta["epoch"])
 
 
@@ -86,12 +89,14 @@ def _unflat(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
 
 
 def save_model(out: Path, loop: EpochLoop, backbone: backbones.Backbone, head_meta: Mapping[str, Any],
-               run_id: Mapping[str, Any], resumed: int) -> FinetuneResult:
-    """Write the best model to ``out/model`` and the result to ``out/finetune.json``; drop the epoch checkpoints."""
+               run_id: Mapping[str, Any], resumed: int, gain: Mapping[str, Any] | None = None) -> FinetuneResult:
+    """Write the best model to ``out/model`` and the result (with ``gain``, :meth:`EpochLoop.gain`) to
+    ``out/finetune.json``; drop the epoch checkpoints."""
     setup = loop.setup
     result = FinetuneResult(out / MODEL_DIR, loop.metric, loop.before, loop.best, loop.best_epoch, loop.epoch,
                             loop.best_epoch > 0, setup.trainable, loop.history, resumed, setup.config,
-                            _weight_change(loop.start, jax.tree.map(np.asarray, loop.variables())))
+                            _weight_change(loop.start, jax.tree.map(np.asarray, loop.variables())),
+                            dict(gain or {}))
     meta = {"kind": MODEL_KIND, "backbone": backbone.config.name, "weights": head_meta["weights"],
             "weights_id": backbone.weights_id, "spec": setup.spec.to_dict(), "image_size": setup.image_size,
             "feature_shape": list(feature_shape(setup.module, backbone.variables, setup.image_size)),

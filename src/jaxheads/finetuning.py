@@ -6,20 +6,31 @@ written by ``jaxheads sweep`` (``OUT/head``: its meta names the backbone, the we
 * unfreezes the top ``unfreeze`` entries of ``config.blocks`` (for EfficientNet-Lite0: ``head``, ``block15``,
   ...); the others get ``optax.set_to_zero`` and a ``stop_gradient`` in the forward pass, so no backward work is
   spent below the lowest unfrozen block;
-* trains head and unfrozen blocks with two learning rates (``optax.multi_transform``: the backbone's is smaller);
+* trains head and unfrozen blocks with AdamW (``optax.multi_transform``): the head at ``learning_rate``, the top
+  block at ``backbone_learning_rate`` and each block below it ``layer_decay`` times slower (layer-wise decay);
+  every rate rises linearly over ``warmup_epochs`` and then follows a cosine to 0 (``schedule``), so the first
+  steps — Adam's largest, relative to its gradients — cannot wreck the converged head;
 * keeps batch-norm statistics frozen (``freeze_bn=True``: every BN layer normalises with its running statistics,
   as at inference) or lets them train (``freeze_bn=False``: the backbone runs in train mode, so every BN layer —
   frozen blocks' included, as the module has one ``train`` flag — uses batch statistics and updates its averages);
+* smooths the multiclass training labels (``label_smoothing``; val loss is the plain one);
 * reads images, not cached features: each epoch decodes the train split in a seeded shuffled order at
   ``crop_scale`` x the input size and takes a random crop and a random horizontal flip inside the jitted step;
 * runs one jitted, data-parallel step: the batch is sharded over every device of ``parallel.make_mesh(1)``, the
   variables are replicated; the last (ragged) batch is padded to the compiled shape with copies of its own images
   and the copies are masked out of the loss;
-* evaluates on ``val`` after every epoch (epoch 0 is the starting model), keeps the best weights, and stops early
-  after ``patience`` epochs without improvement;
+* keeps an exponential moving average of the weights (``ema_decay``), started at the swept model; the average is
+  what is evaluated, kept and saved;
+* evaluates on ``val`` after every epoch — epoch 0 is the starting model, i.e. the frozen backbone with the swept
+  head, so its val metric is the head's — keeps the best weights on the chosen ``metric`` (only gains are kept:
+  when no epoch beats epoch 0 the saved model is the frozen one), and stops early after ``patience`` epochs
+  without improvement;
 * writes a checkpoint after every epoch (through :mod:`jaxheads.checkpoint`, i.e. orbax), so a killed run started
   again with the same arguments resumes from the last finished epoch and ends with the same model as an
   uninterrupted run (the order, the crops and the dropout masks are functions of (seed, epoch, step));
+* measures the gain over the frozen model with intervals: a paired bootstrap of the examples, on val (optimistic:
+  the epoch was chosen there) and, when the dataset has a test split, on test, scored once at the end
+  (``FinetuneResult.gain``, ``FinetuneResult.gain_lines()``);
 * saves the best model — backbone and head variables, the head spec and the provenance — as ``OUT/model``.
 
 A fine-tune runs in one process (on all its devices); the run's identity (settings, head weights, backbone
@@ -106,7 +117,7 @@ def finetune(
             break
         loop.run_epoch(epoch)
         save_state(out / STATE_DIR, loop, run_id)
-    return save_model(out, loop, backbone, head.meta, run_id, resumed or 0)
+    return save_model(out, loop, backbone, head.meta, run_id, resumed or 0, loop.gain(seed=config.seed))
 
 
 def _setup(head: heads_io.SweptHead, backbone: backbones.Backbone, config: FinetuneConfig) -> FinetuneSetup:
