@@ -151,8 +151,8 @@ def test_compare_pooled_averages_configs():
 
 def test_smallest_within_noise():
     def row(diff, low, high):
-        return st.Comparison(a=0.9, b=0.9 + diff, diff=diff, low=low, high=high, p_b_better=0.5, level=0.95,
-                             verdict="within noise" if low <= 0 <= high else "a better")
+        verdict = "within noise" if low <= 0 <= high else "a better"
+        return st.Comparison(0.9, 0.9 + diff, diff, low, high, p_b_better=0.5, level=0.95, verdict=verdict)
 
     rows = [row(0.0, 0.0, 0.0), row(-0.01, -0.03, 0.01), row(-0.005, -0.02, 0.01), row(-0.08, -0.1, -0.06)]
     assert st.smallest_within_noise(rows, [100, 10, 10, 1]) == 2  # size 1 is worse; tie at 10 -> closer to best
