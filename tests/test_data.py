@@ -156,6 +156,31 @@ def test_csv_errors_name_the_line(tmp_path: Path) -> None:
         data.load_dataset(tmp_path / "nope.csv")
 
 
+def test_image_ids_name_the_images_not_how_they_are_split(tmp_path: Path) -> None:
+    """What the feature cache keys on: the same image has the same id in every split drawing, and the set of ids
+    (``images_fingerprint``) changes when an image does, not when the splits or the labels do."""
+    import os
+    import shutil
+
+    root = make_folder(tmp_path / "pets", per_class=5)
+    one, two = data.load_dataset(root, seed=0), data.load_dataset(root, seed=3)
+    assert list(one.split("train").sources) != list(two.split("train").sources)
+    ids = {p: i for s in one.splits for p, i in zip(one.split(s).sources, one.image_ids(s), strict=True)}
+    assert len(set(ids.values())) == 10 and all(len(i) == 32 for i in ids.values())
+    for s in two.splits:
+        assert [ids[p] for p in two.split(s).sources] == two.image_ids(s).tolist()
+    assert one.images_fingerprint() == two.images_fingerprint() != one.fingerprint("train")
+    moved = Path(shutil.copytree(root, tmp_path / "moved", copy_function=shutil.copy2))
+    assert data.load_dataset(moved).images_fingerprint() == one.images_fingerprint()  # relative paths
+    before = one.images_fingerprint()
+    os.utime(root / "cat" / "cat0.png", ns=(1, 1))
+    assert data.load_dataset(root).images_fingerprint() != before
+    arrays = data.Dataset("a", ("x", "y"), "multiclass", {
+        "train": data.ImageSplit(np.zeros((3, 4, 4), np.uint8) + np.arange(3)[:, None, None].astype(np.uint8),
+                                 np.asarray([0, 1, 0], np.int32))})
+    assert len(set(arrays.image_ids("train").tolist())) == 3
+
+
 # ------------------------------------------------------------------------------------------------ built-ins
 
 

@@ -53,6 +53,11 @@ def make_folder(root: Path, per_class: int, classes: tuple[str, ...] = ("cat", "
     return root
 
 
+def complete_shards(entry: Path) -> list[Path]:
+    """The shards of a cache directory that a pass finished (their ``kept`` file is written last)."""
+    return sorted((entry / "shards").glob("*.kept.npy"))
+
+
 def _never() -> backbones.Backbone:
     raise AssertionError("the backbone was built on what should have been a cache hit")
 
@@ -124,7 +129,7 @@ def test_interrupted_pass_resumes_to_identical_features(folder: data.Dataset, tm
             progress=stop_after_first_chunk,
         )  # fmt: skip
     (entry,) = (tmp_path / "run").iterdir()
-    assert not (entry / "meta.json").exists() and len(list((entry / "chunks").glob("*.npz"))) == 1
+    assert not (entry / "meta.json").exists() and len(complete_shards(entry)) == 1
     events: list[features.Progress] = []
     resumed = features.extract_features(
         source, folder, "train", cache_dir=tmp_path / "run", batch_size=4, chunk_size=8, progress=events.append
@@ -132,7 +137,7 @@ def test_interrupted_pass_resumes_to_identical_features(folder: data.Dataset, tm
     assert events[0].done == 8  # started after the finished chunk
     np.testing.assert_array_equal(resumed.pooled, reference.pooled)
     np.testing.assert_array_equal(resumed.labels, reference.labels)
-    assert not (entry / "chunks").exists() and (entry / "meta.json").exists()
+    assert len(complete_shards(entry)) == 3 and (entry / "meta.json").exists()  # 24 images (train first) in 8s
 
 
 def test_eight_devices_give_the_one_device_features(folder: data.Dataset, tmp_path: Path) -> None:
@@ -201,7 +206,7 @@ def test_sigkilled_pass_resumes_to_identical_features(folder: data.Dataset, tmp_
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
     (entry,) = (tmp_path / "killed").iterdir()
-    assert not (entry / "meta.json").exists() and len(list((entry / "chunks").glob("*.npz"))) >= 2
+    assert not (entry / "meta.json").exists() and len(complete_shards(entry)) >= 2
     events: list[features.Progress] = []
     resumed = features.extract_features(
         source, folder, "train", cache_dir=tmp_path / "killed", batch_size=2, chunk_size=4, progress=events.append

@@ -1,6 +1,7 @@
 """A labelled image dataset as a plain description: :class:`Dataset` (class names, task, named splits) and its
-:class:`ImageSplit` s (image sources + labels, nothing decoded), the errors bad input raises, the fingerprint the
-feature cache keys on, and the seeded stratified split that carves val/test where a source defines none.
+:class:`ImageSplit` s (image sources + labels, nothing decoded), the errors bad input raises, the per-image
+identities the feature cache keys on (:meth:`Dataset.image_ids`, which do not depend on how the images are split),
+and the seeded stratified split that carves val/test where a source defines none.
 
 :mod:`jaxheads.data` is the public face and re-exports these names.
 """
@@ -12,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -114,6 +115,23 @@ class Dataset:
         each image's identity (relative path + size + mtime for files, content hash for bytes and arrays)."""
         return _fingerprint(self, split)
 
+    def image_ids(self, split: str) -> np.ndarray:
+        """(N,) identity of each image of ``split``, 32 hex digits each (dtype ``S32``): a hash of what decides its
+        pixels (relative path + size + mtime for a file, the content for bytes and arrays), and of nothing else:
+        not its label, not which split holds it. An image keeps its id when the splits are drawn again (another
+        ``seed``), so the feature cache finds its features (:mod:`jaxheads.features`)."""
+        split_ = self.split(split)
+        if isinstance(split_.sources, np.ndarray):
+            items = [_source_identity(item, None) for item in split_.sources]
+        else:
+            items = [_source_identity(source, self.root) for source in split_.sources]
+        return np.asarray([hashlib.sha256(item).hexdigest()[:32].encode() for item in items], dtype="S32")
+
+    def images_fingerprint(self) -> str:
+        """A hash of the set of images over all splits (:func:`image_set_fingerprint` of :meth:`image_ids`): the
+        same however the images are divided into splits."""
+        return image_set_fingerprint(self.image_ids(name) for name in self.splits)
+
     def class_counts(self, split: str) -> np.ndarray:
         """Images per class in ``split`` (multilabel: positives per label)."""
         labels = self.split(split).labels
@@ -143,6 +161,13 @@ def _fingerprint(dataset: Dataset, split_name: str) -> str:
         for source in split.sources:
             h.update(_source_identity(source, dataset.root))
     return h.hexdigest()[:32]
+
+
+def image_set_fingerprint(ids: Iterable[np.ndarray]) -> str:
+    """32 hex digits naming a set of image ids (:meth:`Dataset.image_ids`): order and repeats do not matter."""
+    parts = [np.asarray(i, "S32") for i in ids]
+    unique = np.unique(np.concatenate(parts)) if parts else np.zeros(0, "S32")
+    return hashlib.sha256(unique.tobytes()).hexdigest()[:32]
 
 
 def _source_identity(source: ImageSource, root: Path | None) -> bytes:

@@ -1,171 +1,281 @@
-"""The feature cache on disk: one directory per cache key, written so that a kill at any moment leaves either
-finished pieces or nothing, never a torn file.
+"""The feature cache on disk: one directory per image set (backbone x the set of a dataset's images), holding the
+features of every image in fixed-size float16 shards that are memory-mapped when read.
 
-    <key>/chunks/<start>-<stop>.npz   finished chunks while a pass runs (each written atomically)
-    <key>/{labels,indices,pooled,maps}.npy   the assembled split (float16 features), each written atomically
-    <key>/meta.json                   written last: its presence marks the cache complete
+    <key>/plan.npz                         the image id of each row (``Dataset.image_ids``), in row order, the
+                                           shard size and the key's inputs; created once, before any shard, by
+                                           whichever run gets there first: it fixes which images each shard holds
+    <key>/shards/<start>-<stop>.maps.npy   (stop - start, h, w, C) float16 feature maps, when they were asked for
+    <key>/shards/<start>-<stop>.pooled.npy (stop - start, C) float16 pooled features
+    <key>/shards/<start>-<stop>.kept.npy   (stop - start,) bool, False on unreadable images (their rows are zeros);
+                                           written last: its presence marks the shard complete
+    <key>/meta.json                        written last, once every shard is complete: which shards make the image
+                                           set, maps or not, the images left out
 
-:mod:`jaxheads.features` decides what to compute and calls these to write chunks, find the finished ones,
-assemble them and read a complete cache back.
+Every file is written to a temporary name beside it and renamed into place, so a kill, a full disk or a read-only
+directory leaves whole files or none, never a torn shard that a later run would take as complete. A shard that is
+missing or damaged reads as absent and is computed again, never as zeros. Nothing here holds the whole image set in
+memory: a split is gathered row by row from the memory-mapped shards it touches.
+
+:mod:`jaxheads.features` decides what to compute and calls these to lay out the plan, write shards, find the
+complete ones and gather a split's rows.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
-import warnings
+import time
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from jaxheads import data
-from jaxheads.checkpoint import write_bytes_atomic, write_json_atomic
-from jaxheads.splits import FeatureSplit
+from jaxheads.checkpoint import write_bytes_atomic
+from jaxheads.dataset import image_set_fingerprint
 
 META = "meta.json"
-CHUNKS = "chunks"
+PLAN = "plan.npz"
+SHARDS = "shards"
 
 
-def chunk_path(chunk_dir: Path, start: int, stop: int) -> Path:
-    return chunk_dir / f"{start:010d}-{stop:010d}.npz"
+class FeatureCacheError(OSError):
+    """The feature cache cannot be written (full disk, read-only directory...); the message is one line naming the
+    path. Nothing half-written is left where a later run would read it."""
 
 
-def write_chunk(
-    chunk_dir: Path,
-    start: int,
-    stop: int,
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-    has_maps: bool,
-) -> None:
-    """Write one finished chunk (kept indices, pooled, maps) atomically."""
-    kept = [p for p in parts if len(p[0])]
-    arrays: dict[str, np.ndarray] = {
-        "indices": np.concatenate([p[0] for p in parts]).astype(np.int64),
-        "pooled": np.concatenate([p[1] for p in kept]) if kept else np.zeros((0, 0), np.float16),
-        "has_maps": np.asarray(has_maps),
-    }
-    if has_maps:
-        arrays["maps"] = np.concatenate([p[2] for p in kept]) if kept else np.zeros((0, 0, 0, 0), np.float16)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_bytes_atomic(chunk_path(chunk_dir, start, stop), buffer.getvalue())
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which image each row holds (``rows``: ids in row order) and how rows are cut into shards."""
+
+    rows: np.ndarray
+    shard_size: int
+
+    @property
+    def shards(self) -> list[tuple[int, int]]:
+        """(start, stop) rows of each shard, in order; all ``shard_size`` long but the last."""
+        return [(a, min(a + self.shard_size, len(self.rows))) for a in range(0, len(self.rows), self.shard_size)]
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray | None:
+        """The row of each id in ``ids`` (same order), or None when some id is not in this plan."""
+        order = np.argsort(self.rows, kind="stable")
+        ordered = self.rows[order]
+        ids = np.asarray(ids, "S32")
+        at = np.minimum(np.searchsorted(ordered, ids), max(len(order) - 1, 0))
+        if len(ids) and (not len(order) or not np.array_equal(ordered[at], ids)):
+            return None
+        return order[at].astype(np.int64)
 
 
-def finished_chunks(chunk_dir: Path, plan: list[tuple[int, int]], need_maps: bool) -> dict[tuple[int, int], Path]:
-    """Chunks of this plan already on disk (with maps when needed). Files are whole or absent (atomic writes)."""
-    found: dict[tuple[int, int], Path] = {}
-    for start, stop in plan:
-        path = chunk_path(chunk_dir, start, stop)
-        try:
-            with np.load(path) as chunk:
-                if bool(chunk["has_maps"]) or not need_maps:
-                    found[(start, stop)] = path
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-            continue  # absent, or damaged by something other than a kill: computed again
-    return found
+def shard_path(folder: Path, start: int, stop: int, kind: str) -> Path:
+    """``kind``: ``pooled``, ``maps`` or ``kept``."""
+    return folder / SHARDS / f"{start:010d}-{stop:010d}.{kind}.npy"
 
 
-def assemble(
-    folder: Path,
-    identity: Mapping[str, Any],
-    dataset: data.Dataset,
-    split: str,
-    plan: list[tuple[int, int]],
-    need_maps: bool,
-) -> FeatureSplit:
-    """Concatenate the chunks into the final arrays, write them and meta.json (last, with ``identity``: what the
-    features were computed from), drop the chunks."""
-    chunk_dir = folder / CHUNKS
-    paths = [chunk_path(chunk_dir, a, b) for a, b in plan]
-    loaded = [np.load(p) for p in paths]
+# --------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` into a one-line :class:`FeatureCacheError` naming it."""
     try:
-        indices = np.concatenate([c["indices"] for c in loaded]) if loaded else np.zeros(0, np.int64)
-        nonempty = [c for c in loaded if c["pooled"].shape[0]]
-        channels = nonempty[0]["pooled"].shape[1] if nonempty else 0
-        pooled = np.concatenate([c["pooled"] for c in nonempty]) if nonempty else np.zeros((0, channels), np.float16)
-        _save_npy_atomic(folder / "pooled.npy", pooled)
-        if need_maps:
-            _save_maps_atomic(folder / "maps.npy", nonempty, len(pooled))
-    finally:
-        for chunk in loaded:
-            chunk.close()
-    labels = dataset.split(split).labels[indices]
-    _save_npy_atomic(folder / "indices.npy", indices)
-    _save_npy_atomic(folder / "labels.npy", labels)
-    all_indices = np.arange(len(dataset.split(split)))
-    skipped = np.setdiff1d(all_indices, indices)
-    meta = {
-        **identity,
-        "dataset_name": dataset.name,
-        "classes": list(dataset.classes),
-        "task": dataset.task,
-        "count": int(len(indices)),
-        "skipped": int(len(skipped)),
-        "skipped_names": [dataset.split(split).name(int(i)) for i in skipped[:100]],
-        "has_maps": bool(need_maps),
-        "pooled_shape": list(pooled.shape),
-    }
-    write_json_atomic(folder / META, meta)
-    shutil.rmtree(chunk_dir, ignore_errors=True)
-    for stale in folder.glob(".*"):  # temporary files of writes killed before their rename
-        stale.unlink(missing_ok=True)
-    return load_complete(folder, meta, need_maps)
+        yield
+    except FeatureCacheError:
+        raise
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        if err.errno is None:  # a short write: what a full disk gives when the bytes are not all written at once
+            reason += ", is the disk full?"
+        raise FeatureCacheError(f"feature cache {path}: cannot write ({reason}); free space or make the folder "
+                                "writable, or pass another cache_dir") from None
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    write_bytes_atomic(path, buffer.getvalue())
+    """np.save to a temporary file beside ``path`` (streamed: no copy of ``array`` in memory), fsync, rename."""
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, array)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
-def _save_maps_atomic(path: Path, chunks: Sequence[Any], count: int) -> None:
-    """Stream the (possibly large) maps of ``chunks`` (open .npz files, read one at a time) into a temporary
-    .npy, fsync, rename."""
-    shape = (count, *(chunks[0]["maps"].shape[1:] if chunks else (0, 0, 0)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+def _write_json_atomic(path: Path, value: Any) -> None:
+    with _writing(path):
+        write_bytes_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def create_plan(folder: Path, identity: Mapping[str, Any], plan: Plan) -> None:
+    """Write plan.npz unless it exists: the first run to get there wins, and a run that started at the same time
+    with the splits drawn otherwise (so another row order) reads the winner's plan instead of replacing it under
+    shards already written in its order."""
+    path = folder / PLAN
+    with _writing(path):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, rows=plan.rows, shard_size=plan.shard_size, identity=json.dumps(identity, sort_keys=True))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # atomic, and fails if the plan exists
+            except FileExistsError:
+                pass
+            except OSError:  # a filesystem without hard links
+                if not path.exists():
+                    os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def write_shard(
+    folder: Path, start: int, stop: int, pooled: np.ndarray, maps: np.ndarray | None, kept: np.ndarray
+) -> None:
+    """One shard's arrays, each atomically; ``kept`` last (it marks the shard complete)."""
+    if maps is not None:
+        _save_npy_atomic(shard_path(folder, start, stop, "maps"), maps)
+    _save_npy_atomic(shard_path(folder, start, stop, "pooled"), pooled)
+    _save_npy_atomic(shard_path(folder, start, stop, "kept"), np.asarray(kept, bool))
+
+
+def write_meta(folder: Path, meta: Mapping[str, Any]) -> None:
+    """meta.json, last: every shard of the plan is complete (with maps when ``meta["has_maps"]``)."""
+    _write_json_atomic(folder / META, dict(meta))
+
+
+def remove_foreign(folder: Path) -> None:
+    """Drop a directory's cache whose plan or meta names other inputs (it is rebuilt, never mixed)."""
+    with _writing(folder):
+        for name in (META, PLAN):
+            (folder / name).unlink(missing_ok=True)
+        if (folder / SHARDS).exists():
+            shutil.rmtree(folder / SHARDS)
+
+
+def remove_temporaries(folder: Path, older_than_s: float = 900.0) -> None:
+    """Temporary files of writes killed before their rename (never read: only final names are). Only old ones:
+    a run sharing the cache may be writing the others right now."""
+    now = time.time()
+    for parent in (folder, folder / SHARDS):
+        for stale in parent.glob(".*"):
+            with contextlib.suppress(OSError):
+                if now - stale.stat().st_mtime > older_than_s:
+                    stale.unlink()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        row = 0
-        for chunk in chunks:
-            part = chunk["maps"]
-            out[row : row + len(part)] = part
-            row += len(part)
-        out.flush()
-        del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _matches(value: Mapping[str, Any] | None, identity: Mapping[str, Any]) -> bool:
+    return value is not None and all(value.get(k) == v for k, v in identity.items())
+
+
+def is_foreign(folder: Path, identity: Mapping[str, Any]) -> bool:
+    """A plan or meta in ``folder`` that was not written for exactly these inputs (or cannot be read)."""
+    return ((folder / PLAN).exists() and read_plan(folder, identity) is None) or (
+        (folder / META).exists() and read_meta(folder, identity) is None)
+
+
+def read_plan(folder: Path, identity: Mapping[str, Any]) -> Plan | None:
+    """The plan in ``folder`` if it was written for exactly ``identity``, else None."""
+    try:
+        with np.load(folder / PLAN) as plan:
+            rows, shard_size, written = plan["rows"], int(plan["shard_size"]), json.loads(str(plan["identity"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if not _matches(written, identity) or shard_size < 1 or rows.dtype != np.dtype("S32") or rows.ndim != 1:
+        return None
+    if len(np.unique(rows)) != len(rows) or image_set_fingerprint([rows]) != identity.get("images"):
+        return None  # the rows must be exactly the key's set of images
+    return Plan(rows, shard_size)
 
 
 def read_meta(folder: Path, identity: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The meta of a complete cache in ``folder`` built from exactly ``identity``, or None (absent, unreadable
-    or built from other inputs: then it is rebuilt, never mixed)."""
+    """The meta of a complete image set built from exactly ``identity``, or None."""
+    meta = _read_json(folder / META)
+    return meta if _matches(meta, identity) else None
+
+
+@dataclasses.dataclass
+class Shard:
+    """One complete shard, memory-mapped: ``kept`` (rows,), ``pooled`` (rows, C), ``maps`` (rows, h, w, C)."""
+
+    kept: np.ndarray
+    pooled: np.ndarray
+    maps: np.ndarray | None
+
+
+def open_shard(folder: Path, start: int, stop: int, need_maps: bool) -> Shard | None:
+    """The shard of rows ``start:stop`` memory-mapped, or None when it is incomplete (no kept file, a missing or
+    damaged array, no maps when they are needed): then it is computed again."""
     try:
-        meta = json.loads((folder / META).read_text())
+        kept = np.load(shard_path(folder, start, stop, "kept"))
+        pooled = np.load(shard_path(folder, start, stop, "pooled"), mmap_mode="r")
+        maps = np.load(shard_path(folder, start, stop, "maps"), mmap_mode="r") if need_maps else None
     except (OSError, ValueError):
         return None
-    return meta if all(meta.get(k) == v for k, v in identity.items()) else None
+    rows = stop - start
+    if kept.shape != (rows,) or kept.dtype != bool or pooled.ndim != 2 or len(pooled) != rows:
+        return None
+    if pooled.dtype != np.float16 or (maps is not None and (maps.ndim != 4 or len(maps) != rows
+                                                             or maps.dtype != np.float16)):
+        return None
+    return Shard(kept, pooled, maps)
 
 
-def load_complete(folder: Path, meta: Mapping[str, Any], need_maps: bool) -> FeatureSplit:
-    """Read a complete cache; maps are memory-mapped (they can be large)."""
-    if meta["skipped"]:
-        warnings.warn(
-            f"{folder.name}: {meta['skipped']} unreadable image(s) were left out when this cache was built "
-            f"(first: {', '.join(meta['skipped_names'][:3])})",
-            data.BadImageWarning,
-            stacklevel=3,
-        )
-    labels = np.load(folder / "labels.npy")
-    pooled = np.load(folder / "pooled.npy")
-    maps = np.load(folder / "maps.npy", mmap_mode="r") if need_maps else None
-    return FeatureSplit(labels=labels, pooled=pooled, maps=maps)
+def gather(
+    folder: Path, plan: Plan, rows: np.ndarray, need_maps: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(kept (n,) bool, pooled, maps) of ``rows`` (in that order), the arrays holding only the kept rows.
+
+    Reads the rows from the memory-mapped shards they fall in, so only the split's rows are ever in memory.
+    Raises FileNotFoundError naming a shard that is not complete (callers compute missing shards first)."""
+    rows = np.asarray(rows, np.int64)
+    size = plan.shard_size
+    which = rows // size
+    shards: dict[int, Shard] = {}
+    for k in np.unique(which).tolist():
+        start, stop = plan.shards[k]
+        shard = open_shard(folder, start, stop, need_maps)
+        if shard is None:
+            raise FileNotFoundError(f"{shard_path(folder, start, stop, 'kept')}: feature shard missing or incomplete")
+        shards[k] = shard
+    kept = np.ones(len(rows), bool)
+    for k, shard in shards.items():
+        at = which == k
+        kept[at] = shard.kept[rows[at] - k * size]
+    channels = next(iter(shards.values())).pooled.shape[1:] if shards else (0,)
+    pooled = np.empty((int(kept.sum()), *channels), np.float16)
+    maps = None
+    if need_maps:
+        map_shape = next(iter(shards.values())).maps.shape[1:] if shards else (0, 0, 0)
+        maps = np.empty((int(kept.sum()), *map_shape), np.float16)
+    out_rows, out_which = rows[kept], which[kept]
+    for k, shard in shards.items():
+        at = np.flatnonzero(out_which == k)
+        local = out_rows[at] - k * size
+        pooled[at] = shard.pooled[local]
+        if maps is not None:
+            maps[at] = shard.maps[local]
+    return kept, pooled, maps

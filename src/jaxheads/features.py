@@ -1,19 +1,25 @@
-"""The feature cache: run the frozen backbone once over a dataset split and keep what the heads train on.
+"""The feature cache: run the frozen backbone once over a dataset's images and keep what the heads train on.
 
 :func:`extract_features` returns a :class:`~jaxheads.splits.FeatureSplit` (labels, pooled (N, C) vectors, and
-(N, h, w, C) maps when asked), read from disk when a complete cache with the same key exists. The backbone is
-given as a :class:`BackboneSource`: its identity (name, weights id, preprocessing) is known without building it,
-and ``load()`` is only called when something has to be computed, so a cache hit never builds the backbone.
+(N, h, w, C) maps when asked) for one split, :func:`extract_all` for several. The backbone is given as a
+:class:`BackboneSource`: its identity (name, weights id, preprocessing) is known without building it, and
+``load()`` is only called when something has to be computed, so a cache hit never builds the backbone.
 
-Key (:func:`cache_key`): backbone name + weights id + dataset fingerprint + split + input size +
-``Preprocessing.key()`` + the resize method + the cache format. Anything that changes the features changes the
-key, so a cache built with another backbone or preprocessing is never read (nor overwritten: it has another
-directory).
+Features are cached per image, not per split: one cache entry holds every image of the dataset (all its splits),
+and a split is taken from it by index. Drawing the splits again (another ``seed``, other fractions) or dividing
+them into folds finds every image's features and never runs the backbone.
 
-On disk, one directory per key under ``cache_dir``, laid out and written by :mod:`jaxheads.feature_store`
-(chunks while a pass runs, then the assembled arrays, then ``meta.json``, whose presence marks the cache complete).
-A killed pass leaves finished chunks behind; the next call computes only the missing chunks and ends with the
-same arrays as an uninterrupted pass (the backbone is deterministic per image; batches are padded to one shape).
+Key (:func:`images_key`): backbone name + weights id + input size + ``Preprocessing.key()`` + the resize method +
+the cache format + the *set* of the dataset's images (``Dataset.image_ids``: relative path, size and mtime of a
+file, the content of bytes and arrays; not labels, not splits). Anything that changes the features changes the key,
+so a cache built with another backbone or preprocessing is never read (nor overwritten: it has another directory).
+
+On disk (laid out and written by :mod:`jaxheads.feature_store`): the plan (which image each row holds; the first
+pass orders the rows split by split, train first), then fixed-size float16 shards of rows, each written
+atomically, then ``meta.json`` once every shard is complete. A call computes only the shards that hold images of
+the splits it asks for and are not complete yet: a killed pass resumes at its first missing shard, a deleted or
+damaged shard is computed again (the backbone is deterministic per image; batches are padded to one shape). A
+split is gathered from the memory-mapped shards, so the whole image set is never in memory.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,29 +43,32 @@ from jax.sharding import PartitionSpec as P
 from jaxheads import backbones, checkpoint, data, parallel
 from jaxheads.backbones import Backbone, Preprocessing
 from jaxheads.backbones.base import feature_maps
-from jaxheads.feature_store import (CHUNKS, META, assemble, finished_chunks, load_complete, read_meta,
-                                    write_chunk)
+from jaxheads.dataset import image_set_fingerprint
+from jaxheads.feature_store import (FeatureCacheError, Plan, create_plan, gather, is_foreign, open_shard, read_meta,
+                                    read_plan, remove_foreign, remove_temporaries, shard_path, write_meta,
+                                    write_shard)
 from jaxheads.splits import FeatureSplit
-
 
 __all__ = [
     "CACHE_FORMAT",
     "BackboneSource",
+    "FeatureCacheError",
     "Progress",
     "backbone_source",
     "cache_key",
     "default_cache_dir",
     "extract_all",
     "extract_features",
+    "images_key",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the on-disk layout or the way features are computed changes (it is part of every key)."""
 
 
 class Progress(NamedTuple):
     """One progress report: ``done`` of ``total`` images of ``split`` handled (``skipped`` of them unreadable);
-    ``cached`` when the split was read from the cache."""
+    ``cached`` when every image of the split was in the cache before the call (the backbone did not run for it)."""
 
     split: str
     done: int
@@ -124,23 +134,37 @@ def _as_source(backbone: Backbone | BackboneSource) -> BackboneSource:
     return backbone if isinstance(backbone, BackboneSource) else BackboneSource.of(backbone)
 
 
-def cache_key(backbone: Backbone | BackboneSource, dataset: data.Dataset, split: str) -> str:
-    """The cache directory name for (backbone, dataset split): readable prefix + hash of every input that
-    decides the features."""
+def images_key(backbone: Backbone | BackboneSource, dataset: data.Dataset) -> str:
+    """The cache directory name for (backbone, the dataset's set of images): readable prefix + hash of every input
+    that decides the features. The same for every way of splitting the same images."""
     source = _as_source(backbone)
-    identity = _identity(source, dataset, split)
+    return _folder_name(source, dataset, dataset.images_fingerprint())
+
+
+def cache_key(backbone: Backbone | BackboneSource, dataset: data.Dataset, split: str) -> str:
+    """A name for one split's features: :func:`images_key`'s inputs plus the split's fingerprint (which images,
+    in which order, with which labels). The cache itself is per image set (:func:`images_key`); this names what a
+    caller derives from one split."""
+    source = _as_source(backbone)
+    identity = {**_identity(source, dataset.images_fingerprint()), "split": split,
+                "dataset": dataset.fingerprint(split)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{source.name}-{dataset.name}-{split}")
     return f"{readable}-{digest}"
 
 
-def _identity(source: BackboneSource, dataset: data.Dataset, split: str) -> dict[str, Any]:
+def _folder_name(source: BackboneSource, dataset: data.Dataset, images: str) -> str:
+    digest = hashlib.sha256(json.dumps(_identity(source, images), sort_keys=True).encode()).hexdigest()[:20]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{source.name}-{dataset.name}")
+    return f"{readable}-{digest}"
+
+
+def _identity(source: BackboneSource, images: str) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT,
         "backbone": source.name,
         "weights": source.weights_id,
-        "dataset": dataset.fingerprint(split),
-        "split": split,
+        "images": images,
         "input_size": source.preprocessing.input_size,
         "preprocessing": source.preprocessing.key(),
         "resize": data.RESIZE_METHOD,
@@ -162,76 +186,23 @@ def extract_features(
     num_workers: int | None = None,
     on_shapes: ShapesFn | None = None,
 ) -> FeatureSplit:
-    """Features of ``dataset``'s ``split`` under ``backbone``: from the cache when a complete one with this key
-    exists (and has maps if ``need_maps``), else computed and cached under ``cache_dir`` (default
-    :func:`default_cache_dir`).
+    """Features of ``dataset``'s ``split`` under ``backbone``, taken from the per-image cache under ``cache_dir``
+    (default :func:`default_cache_dir`); the shards holding images of the split that are not cached yet (or lack
+    maps when ``need_maps``) are computed first.
 
     One jitted forward per batch of ``batch_size`` images, the batch sharded over ``devices`` (default: all);
     every batch is padded to the same multiple of the device count so there is one compilation, and the padding
-    is dropped. Chunks of ``chunk_size`` images (default ``8 * batch_size``, rounded to whole batches) are written
-    as they finish, so an interrupted pass resumes at the first unfinished chunk. Unreadable images are skipped
-    with a warning (``strict=True`` raises); the returned labels are those of the images kept. ``on_shapes`` (see
-    :data:`ShapesFn`) is called when the backbone has to run, never on a cache hit.
+    is dropped. A new cache is cut into shards of ``chunk_size`` images (default ``8 * batch_size``, rounded to
+    whole batches), written as they finish, so an interrupted pass resumes at the first missing shard; an existing
+    cache keeps its shard size. Unreadable images are skipped with a warning (``strict=True`` raises); the
+    returned labels are those of the images kept. ``on_shapes`` (see :data:`ShapesFn`) is called when the
+    backbone has to run, never on a cache hit. A cache that cannot be written raises :class:`FeatureCacheError`.
     """
-    source = _as_source(backbone)
-    total = len(dataset.split(split))
-    folder = Path(cache_dir or default_cache_dir()) / cache_key(source, dataset, split)
-    report = progress or (lambda _: None)
-    meta = read_meta(folder, _identity(source, dataset, split))
-    if meta is not None and (meta["has_maps"] or not need_maps):
-        if strict:
-            _refuse_skipped(folder, meta)
-        report(Progress(split, total, total, meta["skipped"], cached=True))
-        return load_complete(folder, meta, need_maps)
-    if (folder / META).exists():  # without the maps now needed (or foreign): recompute, chunks carry both
-        (folder / META).unlink()
-    batch_size = max(1, batch_size)
-    chunk = max(1, math.ceil((chunk_size or 8 * batch_size) / batch_size)) * batch_size
-    plan = [(start, min(start + chunk, total)) for start in range(0, total, chunk)]
-    done = finished_chunks(folder / CHUNKS, plan, need_maps)
-    # Multi-host: process p decodes and runs only chunks p, p+P, ... on its own devices; the chunks meet in the
-    # shared cache directory, process 0 assembles them, and the others read the result after a barrier.
-    processes, rank = jax.process_count(), jax.process_index()
-    todo = [c for k, c in enumerate(plan) if k % processes == rank and c not in done]
-    if processes > 1 and devices is None:
-        devices = jax.local_devices()
-    if todo:
-        _compute_chunks(
-            source, dataset, split, folder / CHUNKS, todo, done,
-            need_maps=need_maps, batch_size=batch_size, report=report, strict=strict,
-            devices=devices, num_workers=num_workers, on_shapes=on_shapes,
-        )  # fmt: skip
-    if processes == 1:
-        return assemble(folder, _identity(source, dataset, split), dataset, split, plan, need_maps)
-    return load_complete(folder, _assemble_across_hosts(folder, source, dataset, split, plan, need_maps), need_maps)
-
-
-def _refuse_skipped(folder: Path, meta: Mapping[str, Any]) -> None:
-    """A cache built without ``strict`` that left images out must not let a strict run pass."""
-    if meta["skipped"]:
-        raise data.BadImageError(
-            f"{folder.name}: {meta['skipped']} unreadable image(s) were left out when this cache was built "
-            f"(first: {', '.join(meta['skipped_names'][:3])}); strict=True fails on them"
-        )
-
-
-def _assemble_across_hosts(
-    folder: Path, source: BackboneSource, dataset: data.Dataset, split: str, plan: list[tuple[int, int]],
-    need_maps: bool,
-) -> dict[str, Any]:
-    """After every process wrote its chunks: process 0 assembles them, the others wait; returns the cache's meta."""
-    from jax.experimental import multihost_utils
-
-    identity = _identity(source, dataset, split)
-    multihost_utils.sync_global_devices(f"jaxheads features {folder.name}: chunks written")
-    if jax.process_index() == 0:
-        assemble(folder, identity, dataset, split, plan, need_maps)
-    multihost_utils.sync_global_devices(f"jaxheads features {folder.name}: assembled")
-    meta = read_meta(folder, identity)
-    if meta is None:
-        raise RuntimeError(f"{folder}: process 0 assembled no cache here; multi-host runs need a cache_dir "
-                           "on a filesystem every host shares")
-    return meta
+    return extract_all(
+        backbone, dataset, splits=[split], cache_dir=cache_dir, need_maps=need_maps, batch_size=batch_size,
+        chunk_size=chunk_size, progress=progress, strict=strict, devices=devices, num_workers=num_workers,
+        on_shapes=on_shapes,
+    )[split]  # fmt: skip
 
 
 def extract_all(
@@ -240,27 +211,189 @@ def extract_all(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     splits: Iterable[str] | None = None,
-    **kwargs: Any,
+    need_maps: bool = False,
+    batch_size: int = 32,
+    chunk_size: int | None = None,
+    progress: ProgressFn | None = None,
+    strict: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+    num_workers: int | None = None,
+    on_shapes: ShapesFn | None = None,
 ) -> dict[str, FeatureSplit]:
-    """:func:`extract_features` for every split (default: all the dataset has), building the backbone at most
-    once and only if some split is not cached."""
+    """:func:`extract_features` for every split in ``splits`` (default: all the dataset has), in one pass that
+    computes the missing shards of all of them: the backbone is built at most once, and only if some image of
+    these splits is not cached.
+
+    Multi-host: every process calls this; process p computes shards p, p+P, ... of those missing, on its own
+    devices, into the shared ``cache_dir``; after a barrier each process gathers the splits from the shards
+    (none assembles them). Progress is reported per split: ``done`` counts its images handled, including those
+    found in the cache."""
     source = _as_source(backbone)
-    shared = dataclasses.replace(source, load=functools.cache(source.load))
+    source = dataclasses.replace(source, load=functools.cache(source.load))
     names = list(dataset.splits) if splits is None else list(splits)
-    return {name: extract_features(shared, dataset, name, cache_dir=cache_dir, **kwargs) for name in names}
+    for name in names:
+        dataset.split(name)  # the clear error for an unknown split, before any work
+    report = progress or (lambda _: None)
+    ids = {name: dataset.image_ids(name) for name in dataset.splits}
+    identity = _identity(source, image_set_fingerprint(ids.values()))
+    folder = Path(cache_dir or default_cache_dir()) / _folder_name(source, dataset, identity["images"])
+    batch_size = max(1, batch_size)
+    shard_size = max(1, math.ceil((chunk_size or 8 * batch_size) / batch_size)) * batch_size
+    plan = _plan(folder, identity, ids, shard_size)
+    rows = {name: _rows(plan, ids[name], folder) for name in dataset.splits}
+    wanted = np.unique(np.concatenate([rows[n] for n in names])) if names else np.zeros(0, np.int64)
+    needed = np.unique(wanted // plan.shard_size).tolist()
+    complete = {k for k in needed if open_shard(folder, *plan.shards[k], need_maps) is not None}
+    cached = [n for n in names if set(np.unique(rows[n] // plan.shard_size).tolist()) <= complete]
+    processes, rank = jax.process_count(), jax.process_index()
+    todo = [k for k in needed if k not in complete and k % processes == rank]
+    if todo:
+        _compute_shards(
+            source, dataset, plan, rows, folder, todo, complete, [n for n in names if n not in cached],
+            need_maps=need_maps, batch_size=batch_size, report=report, strict=strict,
+            devices=jax.local_devices() if processes > 1 and devices is None else devices,
+            num_workers=num_workers, on_shapes=on_shapes,
+        )  # fmt: skip
+    if processes > 1:
+        _sync(f"jaxheads features {folder.name}: shards written")
+        absent = [k for k in needed if open_shard(folder, *plan.shards[k], need_maps) is None]
+        if absent:
+            raise RuntimeError(f"{shard_path(folder, *plan.shards[absent[0]], 'kept')}: another process's feature "
+                               "shard is not here; multi-host runs need a cache_dir on a filesystem every host shares")
+    meta = read_meta(folder, identity)
+    if rank == 0 and (todo or meta is None or (need_maps and not meta["has_maps"])):
+        _finish(folder, identity, dataset, plan, rows)
+    out = {}
+    for name in names:
+        kept, pooled, maps = gather(folder, plan, rows[name], need_maps)
+        split = dataset.split(name)
+        skipped = [split.name(int(i)) for i in np.flatnonzero(~kept)]
+        if skipped and strict:
+            raise data.BadImageError(
+                f"{folder.name}: {len(skipped)} unreadable image(s) of split {name!r} were left out when this cache "
+                f"was built (first: {', '.join(skipped[:3])}); strict=True fails on them"
+            )
+        if skipped:
+            _warn_left_out(folder, skipped)
+        if name in cached:
+            report(Progress(name, len(split), len(split), len(skipped), cached=True))
+        out[name] = FeatureSplit(labels=split.labels[kept], pooled=pooled, maps=maps)
+    return out
+
+
+def _warn_left_out(folder: Path, skipped: list[str]) -> None:
+    warnings.warn(
+        f"{folder.name}: {len(skipped)} unreadable image(s) were left out when this cache was built "
+        f"(first: {', '.join(skipped[:3])})",
+        data.BadImageWarning,
+        stacklevel=3,
+    )
+
+
+def _sync(name: str) -> None:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _plan(folder: Path, identity: dict[str, Any], ids: dict[str, np.ndarray], shard_size: int) -> Plan:
+    """The cache's plan: the one on disk, else a new one (rows: the images split by split, each image once) that
+    process 0 creates before any shard (a run sharing the cache that created one first wins, and its plan is
+    read). A directory holding another cache's plan or meta is emptied first."""
+    processes, rank = jax.process_count(), jax.process_index()
+    if rank == 0:
+        if is_foreign(folder, identity):
+            remove_foreign(folder)
+        if read_plan(folder, identity) is None:
+            every = np.concatenate(list(ids.values())) if ids else np.zeros(0, "S32")
+            _, first = np.unique(every, return_index=True)
+            create_plan(folder, identity, Plan(every[np.sort(first)], shard_size))
+    if processes > 1:
+        _sync(f"jaxheads features {folder.name}: plan written")
+    plan = read_plan(folder, identity)
+    if plan is None:
+        raise RuntimeError(f"{folder}: process 0 wrote no feature-cache plan here; multi-host runs need a "
+                           "cache_dir on a filesystem every host shares")
+    return plan
+
+
+def _rows(plan: Plan, ids: np.ndarray, folder: Path) -> np.ndarray:
+    rows = plan.rows_of(ids)
+    if rows is None:  # read_plan checked the plan holds exactly this image set
+        raise RuntimeError(f"{folder}: the feature-cache plan does not list every image of the dataset")
+    return rows
+
+
+def _finish(folder: Path, identity: dict[str, Any], dataset: data.Dataset, plan: Plan,
+            rows: dict[str, np.ndarray]) -> None:
+    """Write meta.json once every shard of the plan is complete (has_maps when every shard has maps)."""
+    shards = [open_shard(folder, a, b, need_maps=False) for a, b in plan.shards]
+    if any(shard is None for shard in shards):
+        return
+    has_maps = all(open_shard(folder, a, b, need_maps=True) is not None for a, b in plan.shards)
+    kept = np.concatenate([shard.kept for shard in shards]) if shards else np.zeros(0, bool)
+    skipped = np.flatnonzero(~kept)
+    names = _row_names(dataset, rows, skipped[:100])
+    meta = {
+        **identity,
+        "dataset_name": dataset.name,
+        "count": len(plan.rows),
+        "shard_size": plan.shard_size,
+        "shards": [list(s) for s in plan.shards],
+        "has_maps": has_maps,
+        "skipped": len(skipped),
+        "skipped_names": names,
+        "pooled_shape": [len(plan.rows), *(shards[0].pooled.shape[1:] if shards else ())],
+    }
+    write_meta(folder, meta)
+    remove_temporaries(folder)
+
+
+def _row_names(dataset: data.Dataset, rows: dict[str, np.ndarray], wanted: np.ndarray) -> list[str]:
+    """What to call the images in rows ``wanted``, for messages."""
+    names: dict[int, str] = {}
+    for split, split_rows in rows.items():
+        for i in np.flatnonzero(np.isin(split_rows, wanted)):
+            names.setdefault(int(split_rows[i]), dataset.split(split).name(int(i)))
+    return [names[int(r)] for r in wanted]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Computing chunks
+# Computing shards
 
 
-def _compute_chunks(
+def _pool(dataset: data.Dataset, plan: Plan, rows: dict[str, np.ndarray]) -> data.ImageSplit:
+    """The plan's rows as one ImageSplit (each row's source and name, from the first split holding it)."""
+    where: list[tuple[str, int] | None] = [None] * len(plan.rows)
+    for split, split_rows in rows.items():
+        for i, r in enumerate(split_rows.tolist()):
+            if where[r] is None:
+                where[r] = (split, i)
+    sources = [dataset.split(s).sources[i] for s, i in where]
+    names = [dataset.split(s).name(i) for s, i in where]
+    return data.ImageSplit(sources, np.zeros(len(sources), np.int32), names)
+
+
+class _ShardBuffer:
+    """One shard's rows while its batches come in; full when every row was handled (kept or skipped)."""
+
+    def __init__(self, start: int, stop: int, pooled_shape: tuple[int, ...], maps_shape: tuple[int, ...] | None):
+        self.start, self.stop = start, stop
+        self.pooled = np.zeros((stop - start, *pooled_shape), np.float16)
+        self.maps = None if maps_shape is None else np.zeros((stop - start, *maps_shape), np.float16)
+        self.kept = np.zeros(stop - start, bool)
+        self.handled = 0
+
+
+def _compute_shards(
     source: BackboneSource,
     dataset: data.Dataset,
-    split: str,
-    chunk_dir: Path,
-    todo: list[tuple[int, int]],
-    done: Mapping[tuple[int, int], Path],
+    plan: Plan,
+    rows: dict[str, np.ndarray],
+    folder: Path,
+    todo: list[int],
+    complete: set[int],
+    reported: list[str],
     *,
     need_maps: bool,
     batch_size: int,
@@ -270,7 +403,8 @@ def _compute_chunks(
     num_workers: int | None,
     on_shapes: ShapesFn | None = None,
 ) -> None:
-    """Run the backbone over the images of the chunks in ``todo`` and write each chunk as it completes."""
+    """Run the backbone over the rows of the shards in ``todo`` and write each shard as it completes; progress is
+    reported for the splits in ``reported``."""
     backbone = source.load()
     mesh = parallel.make_mesh(1, devices)
     forward = functools.partial(
@@ -278,37 +412,49 @@ def _compute_chunks(
         mesh=mesh)
     variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
     padded_batch = math.ceil(batch_size / mesh.size) * mesh.size
-    if on_shapes is not None:  # the trace is cached: the first batch reuses it
-        size = source.preprocessing.input_size
-        images = jax.ShapeDtypeStruct((padded_batch, size, size, 3), np.uint8,
-                                      sharding=parallel.data_sharding(mesh))
-        pooled, maps = forward.func.trace(variables, images, **forward.keywords).out_info
-        on_shapes({"pooled": tuple(pooled.shape[1:]), "maps": None if maps is None else tuple(maps.shape[1:])})
-    total = len(dataset.split(split))
-    finished = sum(b - a for a, b in done)
-    report(Progress(split, finished, total))
-    indices = np.concatenate([np.arange(a, b) for a, b in todo])
+    size = source.preprocessing.input_size
+    images = jax.ShapeDtypeStruct((padded_batch, size, size, 3), np.uint8, sharding=parallel.data_sharding(mesh))
+    # The trace is cached (the first batch reuses it); its shapes size the zero rows of unreadable images.
+    out_pooled, out_maps = forward.func.trace(variables, images, **forward.keywords).out_info
+    pooled_shape, maps_shape = tuple(out_pooled.shape[1:]), None if out_maps is None else tuple(out_maps.shape[1:])
+    if on_shapes is not None:
+        on_shapes({"pooled": pooled_shape, "maps": maps_shape})
+    # Per split: how many of its items each row is (an image listed twice counts twice), to count progress.
+    per_row = {n: np.bincount(rows[n], minlength=len(plan.rows)) for n in reported}
+    in_complete = np.zeros(len(plan.rows), bool)
+    for k in complete:
+        in_complete[slice(*plan.shards[k])] = True
+    done = {n: int(per_row[n][in_complete].sum()) for n in reported}
+    skipped = {n: 0 for n in reported}
+    for n in reported:
+        report(Progress(n, done[n], len(rows[n])))
+    indices = np.concatenate([np.arange(*plan.shards[k]) for k in todo])
     batches = data.iter_batches(
-        dataset.split(split), image_size=source.preprocessing.input_size, batch_size=batch_size,
-        indices=indices, strict=strict, num_workers=num_workers,
+        _pool(dataset, plan, rows), image_size=size, batch_size=batch_size, indices=indices, strict=strict,
+        num_workers=num_workers,
     )  # fmt: skip
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
-    current = 0
-    skipped = 0
-    seen = 0
+    buffers: dict[int, _ShardBuffer] = {}
     for batch in batches:
         pooled, maps = _run_batch(forward, variables, batch.images, padded_batch, mesh, need_maps)
-        parts.append((batch.indices, pooled, maps))
-        seen += len(batch.indices) + len(batch.skipped)
-        skipped += len(batch.skipped)
-        start, stop = todo[current]
-        if seen == stop - start:
-            write_chunk(chunk_dir, start, stop, parts, need_maps)
-            parts, seen, current = [], 0, current + 1
-        finished += len(batch.indices) + len(batch.skipped)
-        report(Progress(split, finished, total, skipped))
-
+        for k in np.unique(np.concatenate([batch.indices, batch.skipped]) // plan.shard_size).tolist():
+            buffer = buffers.setdefault(k, _ShardBuffer(*plan.shards[k], pooled_shape, maps_shape))
+            mine = np.flatnonzero(batch.indices // plan.shard_size == k)
+            if len(mine):
+                local = batch.indices[mine] - buffer.start
+                buffer.pooled[local] = pooled[mine]
+                if buffer.maps is not None:
+                    buffer.maps[local] = maps[mine]
+                buffer.kept[local] = True
+            buffer.handled += len(mine) + int(np.sum(batch.skipped // plan.shard_size == k))
+            if buffer.handled == buffer.stop - buffer.start:
+                write_shard(folder, buffer.start, buffer.stop, buffer.pooled, buffer.maps, buffer.kept)
+                del buffers[k]
+        for n in reported:
+            handled = int(per_row[n][batch.indices].sum() + per_row[n][batch.skipped].sum())
+            if handled:
+                done[n] += handled
+                skipped[n] += int(per_row[n][batch.skipped].sum())
+                report(Progress(n, done[n], len(rows[n]), skipped[n]))
 
 
 @functools.partial(jax.jit, static_argnames=("module", "preprocessing", "need_maps", "mesh"))
