@@ -6,6 +6,7 @@ point drawn from a seeded generator (printed, so a failure can be replayed). Eve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxheads import data, finetuning, job
+from jaxheads import data, features, finetuning, job
 from jaxheads.sweep import SweepSpec
 
 HERE = Path(__file__).parent
@@ -105,15 +106,15 @@ def _comparable(results: dict) -> dict:
     return results
 
 
-def _features_of(cache: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Every complete split in a feature cache, by split name: its arrays."""
-    out = {}
-    for meta_path in cache.glob("*/meta.json"):
-        meta = json.loads(meta_path.read_text())
-        out[meta["split"]] = {name: np.load(meta_path.parent / f"{name}.npy")
-                              for name in ("labels", "indices", "pooled", "maps")
-                              if (meta_path.parent / f"{name}.npy").exists()}
-    return out
+def _features_of(cache: Path, colours: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Every split of the job's dataset as the feature cache holds it (read without the backbone), by split name:
+    its arrays."""
+    def never() -> Any:
+        raise AssertionError("the feature cache is not complete")
+
+    source = dataclasses.replace(features.backbone_source(tiny.TINY), load=never)
+    splits = features.extract_all(source, data.load_dataset(colours), cache_dir=cache, need_maps=True)
+    return {name: {k: np.asarray(v) for k, v in split._asdict().items()} for name, split in splits.items()}
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +141,15 @@ def test_sigkill_during_feature_extraction_resumes_to_identical_results(
     lines = _run_until(_JOB_CHILD, args, lambda l: l.startswith("features train") and int(l.split()[2]) >= kill_at,
                        delay)
     assert not any(line.startswith("sweep") for line in lines)
-    (entry,) = [p for p in cache.iterdir() if "-train-" in p.name]
-    assert not (entry / "meta.json").exists() and list((entry / "chunks").glob("*.npz"))
+    (entry,) = list(cache.iterdir())  # one cache for all the splits' images, train's first
+    assert not (entry / "meta.json").exists() and list((entry / "shards").glob("*.kept.npy"))
     events: list[Any] = []
     job.sweep_job(colours, tiny.TINY, sweep=SWEEP, out_dir=out, cache_dir=cache, batch_size=2,
                   feature_progress=events.append)
     first_train = next(e for e in events if e.split == "train")
     assert first_train.done >= 16 and not first_train.cached  # resumed after the chunks on disk
     ref_out, ref_cache = reference
-    got, want = _features_of(cache), _features_of(ref_cache)
+    got, want = _features_of(cache, colours), _features_of(ref_cache, colours)
     assert sorted(got) == sorted(want) == ["test", "train", "val"]
     for split in want:
         for name in want[split]:

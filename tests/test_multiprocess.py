@@ -147,9 +147,11 @@ def test_two_process_main_job_equals_one_process(tmp_path):
     assert _wait([launch("multi", 4, r, port) for r in (0, 1)], 300) == [0, 0], _log(tmp_path)
     import numpy as np
 
-    for split in ("train", "val", "test"):
-        (a,) = (tmp_path / "features-single").glob(f"*-{split}-*/pooled.npy")
-        (b,) = (tmp_path / "features-multi").glob(f"*-{split}-*/pooled.npy")
+    # One cache of every split's images: the same shards in both runs, all complete (meta.json).
+    shards = {run: sorted((tmp_path / f"features-{run}").glob("*/shards/*.pooled.npy")) for run in ("single", "multi")}
+    assert shards["single"] and [p.name for p in shards["single"]] == [p.name for p in shards["multi"]]
+    assert all(len(list((tmp_path / f"features-{run}").glob("*/meta.json"))) == 1 for run in shards)
+    for a, b in zip(shards["single"], shards["multi"], strict=True):
         np.testing.assert_allclose(np.load(a).astype(np.float32), np.load(b).astype(np.float32), atol=1e-5, rtol=0)
     one = json.loads((tmp_path / "single" / "results.json").read_text())
     two = json.loads((tmp_path / "multi" / "results.json").read_text())
