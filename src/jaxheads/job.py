@@ -34,15 +34,16 @@ DEFAULT_SWEEP = SweepSpec(
     norm=("none", "batch"),
     learning_rate=(1e-3,),
     batch_size=(64,),
-    epochs=30,
+    epochs=20,
     seeds=1,
-    patience=8,
+    patience=6,
     folds=5,
     design="one_factor",
 )
 """The README's main job: the six head questions (GAP/max/Flatten, a 1x1 conv first, BN, 0/1/2 dense layers,
 width, dropout) one factor at a time around avg · 128 · drop 0 (9 configs), each trained on 5 folds of train+val
-so every example validates once; plus the ridge baseline. Accuracy ranks it: ELPV's classes are imbalanced, but
+so every example validates once; plus the ridge baseline. experiments/bench_design.py measured this design
+against a full grid and against more seeds (intervals per minute). Accuracy ranks it: ELPV's classes are imbalanced, but
 the published figures it is compared with are accuracies; --metric balanced_accuracy ranks by mean recall."""
 
 

@@ -228,10 +228,11 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
     members = sweep.expand(num_classes, task)
     check_inputs(members, splits)
     shapes = feature_shapes(splits["train"])
-    n_train = len(splits["train"])
-    if sweep.folds:  # the pool's folds differ in size by at most one row (folds.assign_folds deals round-robin)
+    n_train, fold_of = len(splits["train"]), None
+    if sweep.folds:  # folds.assign_folds deals rows round-robin: the fold sizes of arange(N) % K
         pool = _abstract_rows(splits["train"], len(splits["train"]) + len(splits["val"]))
         splits = {"train": pool, "val": pool, **({"test": splits["test"]} if "test" in splits else {})}
+        fold_of = np.arange(len(pool)) % sweep.folds
         n_train = len(pool) - -(-len(pool) // sweep.folds)
     compiled, ridge = [], None
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
@@ -243,7 +244,7 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
             for gid, ids in enumerate(group_members(members, shapes, sweep.depth_grouping)):
                 plan = make_plan(gid, ids, members, shapes, n_train, sweep, mesh)
                 pending = groups.start_init(plan, pool, abstract=True)
-                inputs = place_inputs(plan, host_inputs(plan, members, splits), splits)
+                inputs = place_inputs(plan, host_inputs(plan, members, splits), splits, fold_of)
                 map_batch = fixed_map_batch(plan, sweep.map_batch)
                 groups.compile_programs(pending, inputs, map_batch, task, pool).evaluation_compiled.result()
                 groups.collect_init(pending)

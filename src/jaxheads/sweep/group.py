@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding
 from jaxheads import parallel
 
 from . import plan as planning
-from .inputs import GroupInputs
+from .inputs import GroupInputs, eval_selection
 from .plan import GroupPlan
 from .program import GroupState, MemberConsts, compiled_programs, copy_tree, group_init_program, keep_best
 
@@ -84,11 +84,10 @@ def _compile_evaluation(pending: PendingInit, inputs: GroupInputs, evaluate: Cal
     """Compile the evaluation, keep-best and copy programs in ``pool`` (they wait for the first epoch)."""
     variables, improved = pending.abstract_state.variables, pending.abstract_state.diverged  # (M,) bool flags
     plan = pending.plan
-    mask = jax.ShapeDtypeStruct((plan.slots, len(inputs.mask["val"])), np.dtype(bool),
-                                sharding=parallel.member_sharding(plan.mesh))
+    rows, mask = eval_selection(plan, inputs, "val", np.zeros(plan.slots, np.int64), abstract=True)
 
     def compile_all() -> None:
-        evaluate.lower(variables, pending.abstract_consts, inputs.x["val"], inputs.y["val"], mask).compile()
+        evaluate.lower(variables, pending.abstract_consts, inputs.x["val"], inputs.y["val"], rows, mask).compile()
         keep_best.lower(variables, variables, improved).compile()
         copy_tree.lower(variables).compile()
 

@@ -24,14 +24,18 @@ from .spec import MemberSpec
 
 
 class GroupInputs(NamedTuple):
-    """A group's device-resident data (or its shapes)."""
+    """A group's device-resident data (or its shapes).
 
-    x: dict[str, Any]  # split -> (sources, N, ...) float32, eval splits padded to one length
-    y: dict[str, Any]  # split -> labels, eval splits padded like x
-    mask: dict[str, Any]  # eval split -> (rows,) bool, false on padding rows
+    Without folds, evaluation splits are padded to one length and every member scores every row (``mask``: the
+    real rows). With folds, nothing is padded: each member scores only its own rows of a split, gathered by
+    ``eval_rows`` (its fold of the pool for "val"; every row for "test"), padded to one length R."""
+
+    x: dict[str, Any]  # split -> (sources, N, ...) float32
+    y: dict[str, Any]  # split -> labels
+    mask: dict[str, np.ndarray]  # eval split -> (rows,) bool; with folds "val" -> (folds, R), "test" -> (R,)
     n_eval: dict[str, int]  # eval split -> its real number of rows
     idx_sharding: NamedSharding  # of an epoch's index array: the batch over "data" (and members, with folds)
-    row_fold: np.ndarray | None = None  # folds: (rows,) fold of each "val" row (-1 on padding)
+    eval_rows: dict[str, np.ndarray] | None = None  # folds: "val" -> (folds, R), "test" -> (R,) row indices
     train_rows: tuple[np.ndarray, ...] | None = None  # folds: the "train" rows each fold trains on
 
 
@@ -100,41 +104,68 @@ def host_inputs(plan: GroupPlan, members: Sequence[MemberSpec],
 
 def place_inputs(plan: GroupPlan, x: Mapping[str, Any], splits: Mapping[str, FeatureSplit],
                  fold_of: np.ndarray | None = None) -> GroupInputs:
-    """The group's inputs replicated on its mesh, evaluation splits padded to one length. ``fold_of`` (folds): the
-    fold of every row of the pooled split that is both "train" and "val"."""
+    """The group's inputs replicated on its mesh. ``fold_of`` (folds): the fold of every row of the pool that is
+    both "train" and "val"."""
     rep = parallel.replicated(plan.mesh)
     n_eval = {k: len(s) for k, s in splits.items() if k != "train"}
-    rows = max(n_eval.values())
-    shared = splits["val"] is splits["train"] and rows == len(splits["train"])  # folds: one copy of the pool
-    placed = {k: _put(v if k == "train" else _pad_rows(v, rows, axis=1), rep)
-              for k, v in x.items() if not (shared and k == "val")}
-    if shared:
-        placed["val"] = placed["train"]
     per_member = P(parallel.MEMBERS, None, parallel.DATA) if plan.per_member_batches else P(None, parallel.DATA)
-    row_fold = train_rows = None
-    if fold_of is not None:
-        row_fold = np.full(rows, -1, np.int64)
-        row_fold[:len(fold_of)] = fold_of
-        train_rows = tuple(np.flatnonzero(fold_of != f) for f in range(int(fold_of.max()) + 1))
-    return GroupInputs(
-        x=placed,
-        y={k: _put(s.labels if k == "train" else _pad_rows(s.labels, rows, axis=0), rep) for k, s in splits.items()},
-        mask={k: np.arange(rows) < n for k, n in n_eval.items()},
-        n_eval=n_eval, idx_sharding=NamedSharding(plan.mesh, per_member), row_fold=row_fold, train_rows=train_rows)
+    if fold_of is None:
+        rows = max(n_eval.values())
+        return GroupInputs(
+            x={k: _put(v if k == "train" else _pad_rows(v, rows, axis=1), rep) for k, v in x.items()},
+            y={k: _put(s.labels if k == "train" else _pad_rows(s.labels, rows, axis=0), rep)
+               for k, s in splits.items()},
+            mask={k: np.arange(rows) < n for k, n in n_eval.items()}, n_eval=n_eval,
+            idx_sharding=NamedSharding(plan.mesh, per_member))
+    placed = {"train": _put(x["train"], rep)}
+    placed.update({k: placed["train"] if splits[k] is splits["train"] else _put(v, rep)
+                   for k, v in x.items() if k != "train"})
+    labels = {"train": _put(splits["train"].labels, rep)}
+    labels.update({k: labels["train"] if s is splits["train"] else _put(s.labels, rep)
+                   for k, s in splits.items() if k != "train"})
+    eval_rows, mask, train_rows = _fold_rows(fold_of, n_eval)
+    return GroupInputs(x=placed, y=labels, mask=mask, n_eval=n_eval, idx_sharding=NamedSharding(plan.mesh, per_member),
+                       eval_rows=eval_rows, train_rows=train_rows)
 
 
-def eval_mask(plan: GroupPlan, inputs: GroupInputs, split: str, slots: np.ndarray) -> Any:
-    """(slots, rows) bool: the rows each device slot is scored on in ``split`` (its own fold of the pool, with
-    folds), on the members' sharding; for a shape-only group, its abstract array."""
+def _fold_rows(fold_of: np.ndarray, n_eval: Mapping[str, int]) -> tuple[dict, dict, tuple]:
+    """(eval rows, their masks, the training rows of each fold), eval rows padded to the longest fold or split."""
+    k = int(fold_of.max()) + 1
+    sizes = [int(np.sum(fold_of == f)) for f in range(k)]
+    width = max(sizes + [n for name, n in n_eval.items() if name != "val"])
+    pad = lambda idx: np.concatenate([idx, np.zeros(width - len(idx), idx.dtype)])  # noqa: E731
+    rows = {name: pad(np.arange(n)) for name, n in n_eval.items() if name != "val"}
+    mask = {name: np.arange(width) < n for name, n in n_eval.items() if name != "val"}
+    rows["val"] = np.stack([pad(np.flatnonzero(fold_of == f)) for f in range(k)])
+    mask["val"] = np.stack([np.arange(width) < n for n in sizes])
+    return rows, mask, tuple(np.flatnonzero(fold_of != f) for f in range(k))
+
+
+def fold_eval_rows(inputs: GroupInputs, fold: int) -> np.ndarray:
+    """The pool rows a member of ``fold`` is scored on."""
+    return inputs.eval_rows["val"][fold][inputs.mask["val"][fold]]
+
+
+def eval_selection(plan: GroupPlan, inputs: GroupInputs, split: str, slots: np.ndarray,
+                   abstract: bool = False) -> tuple[Any, Any]:
+    """(rows, mask) per device slot for the evaluation program, on the members' sharding (``abstract``: their
+    shapes): with folds each slot's own rows of ``split`` (R of them), else a placeholder and the real rows of
+    the padded split."""
     sharding = parallel.member_sharding(plan.mesh)
-    rows = len(inputs.mask[split])
-    if isinstance(inputs.x["train"], jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct((len(slots), rows), np.dtype(bool), sharding=sharding)
-    mask = np.broadcast_to(inputs.mask[split], (len(slots), rows))
-    if split == "val" and inputs.row_fold is not None:
+    if inputs.eval_rows is None:
+        rows = np.zeros((len(slots), 1), np.int32)
+        mask = np.broadcast_to(inputs.mask[split], (len(slots), len(inputs.mask[split])))
+    elif split == "val":
         folds = np.asarray([plan.specs[max(j, 0)].fold for j in slots])
-        mask = mask & (inputs.row_fold[None, :] == folds[:, None])
-    return jax.device_put(np.ascontiguousarray(mask), sharding)
+        rows, mask = inputs.eval_rows["val"][folds], inputs.mask["val"][folds]
+    else:
+        rows = np.broadcast_to(inputs.eval_rows[split], (len(slots), len(inputs.eval_rows[split])))
+        mask = np.broadcast_to(inputs.mask[split], rows.shape)
+    if abstract:
+        return (jax.ShapeDtypeStruct(rows.shape, np.dtype(np.int32), sharding=sharding),
+                jax.ShapeDtypeStruct(mask.shape, np.dtype(bool), sharding=sharding))
+    return (jax.device_put(np.ascontiguousarray(rows, np.int32), sharding),
+            jax.device_put(np.ascontiguousarray(mask), sharding))
 
 
 def abstract_splits(sizes: Mapping[str, int], *, pooled: Sequence[int] | None = None,

@@ -219,36 +219,42 @@ def _member_input(x: Array, consts: MemberConsts) -> Array:
     return x[0] if x.shape[0] == 1 else x[consts.source]
 
 
-def _local_predict(prog: ProgramKey, variables: Any, consts: MemberConsts, x: Array) -> Array:
+def _local_predict(prog: ProgramKey, variables: Any, consts: MemberConsts, x: Array, rows: Array) -> Array:
+    """Every member's logits on ``x`` or, with ``per_member_batches`` (folds), on its own ``rows`` of ``x``."""
     def one(member: tuple) -> Array:
-        v, c = member
+        v, c, r = member
         v = dict(v, params=swap_first_kernel(v["params"], prog.structure))
-        return heads.forward(v, _member_input(x, c), prog.structure, train=False, masks=c.masks,
-                         depth=c.depth if prog.gated else None)[0]
+        inputs = _member_input(x, c)
+        return heads.forward(v, inputs[r] if prog.per_member_batches else inputs, prog.structure, train=False,
+                             masks=c.masks, depth=c.depth if prog.gated else None)[0]
 
-    return _map_members(one, (variables, consts), prog.map_batch)
+    return _map_members(one, (variables, consts, rows), prog.map_batch)
 
 
-def _local_evaluate(prog: ProgramKey, variables: Any, consts: MemberConsts, x: Array, y: Array,
+def _local_evaluate(prog: ProgramKey, variables: Any, consts: MemberConsts, x: Array, y: Array, rows: Array,
                     mask: Array) -> tuple[dict[str, Array], Array]:
-    """Per-member metrics and logits of one evaluation split; ``mask`` (members, rows) says which rows each member
-    is scored on (false on padding rows, and with folds on the rows of the member's training folds)."""
-    logits = _local_predict(prog, variables, consts, x)
-    return jax.vmap(functools.partial(member_metrics, prog.task), in_axes=(0, None, 0))(logits, y, mask), logits
+    """Per-member metrics and logits of one evaluation split. ``rows`` (members, R) are the rows each member is
+    scored on when members have their own (folds: its own fold, so a member computes only those), else unused;
+    ``mask`` (members, R or rows) is false on padding rows."""
+    logits = _local_predict(prog, variables, consts, x, rows)
+    metric = functools.partial(member_metrics, prog.task)
+    if prog.per_member_batches:
+        return jax.vmap(metric)(logits, y[rows], mask), logits
+    return jax.vmap(metric, in_axes=(0, None, 0))(logits, y, mask), logits
 
 
 @functools.lru_cache(maxsize=64)
 def compiled_programs(prog: ProgramKey) -> tuple[Callable, Callable]:
     """The jitted (train_epoch, evaluate) of a group, sharded over ``prog.mesh``; cached so that identical groups
-    (and the sequential baseline in the benchmark) compile once. ``evaluate(variables, consts, x, y, mask)``
-    returns (metrics, logits) per member, ``mask`` being (members, rows); val and test are padded to one length,
-    so it compiles once."""
+    (and the sequential baseline in the benchmark) compile once. ``evaluate(variables, consts, x, y, rows, mask)``
+    returns (metrics, logits) per member (see :func:`_local_evaluate`); val and test are padded to one length, so
+    it compiles once."""
     mesh, m, d = prog.mesh, P(parallel.MEMBERS), parallel.DATA
     idx = P(parallel.MEMBERS, None, d) if prog.per_member_batches else P(None, d)
     epoch = jax.shard_map(functools.partial(_local_epoch, prog), mesh=mesh,
                           in_specs=(m, m, m, P(), P(), idx, P()), out_specs=(m, m), check_vma=False)
     evaluate = jax.shard_map(functools.partial(_local_evaluate, prog), mesh=mesh,
-                             in_specs=(m, m, P(), P(), m), out_specs=(m, m), check_vma=False)
+                             in_specs=(m, m, P(), P(), m, m), out_specs=(m, m), check_vma=False)
     return jax.jit(epoch, donate_argnums=(0,)), jax.jit(evaluate)
 
 

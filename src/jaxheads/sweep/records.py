@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxheads import heads, metrics, parallel
 
-from .inputs import GroupInputs, eval_mask
+from .inputs import GroupInputs, eval_selection, fold_eval_rows
 from .plan import GroupPlan
 from .program import MemberConsts, swap_first_kernel
 from .spec import MemberSpec
@@ -27,10 +27,9 @@ if TYPE_CHECKING:
 def evaluate(evaluate_fn: Callable, plan: GroupPlan, inputs: GroupInputs, consts: MemberConsts, slots: np.ndarray,
              split: str, variables: Any) -> tuple[dict[str, np.ndarray], jax.Array]:
     """Per-slot metrics of ``split`` as host arrays (gathered across processes), each slot scored on its own rows
-    (:func:`.inputs.eval_mask`), and the device logits (padded to the longest evaluation split: the first
-    ``inputs.n_eval[split]`` rows are real)."""
-    mask = eval_mask(plan, inputs, split, slots)
-    values, logits = evaluate_fn(variables, consts, inputs.x[split], inputs.y[split], mask)
+    (:func:`.inputs.eval_selection`), and the device logits of those rows."""
+    rows, mask = eval_selection(plan, inputs, split, slots)
+    values, logits = evaluate_fn(variables, consts, inputs.x[split], inputs.y[split], rows, mask)
     return jax.tree.map(parallel.to_host, values), logits
 
 
@@ -57,6 +56,20 @@ def _split_scalars(m: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, li
     return scalars, per_class
 
 
+def _split_logits(plan: GroupPlan, inputs: GroupInputs, split: str, slots: np.ndarray, logits: Any) -> np.ndarray:
+    """(slots, rows of ``split``, classes) host logits; with folds a member's val logits sit at its own rows
+    (zeros elsewhere: it is never scored there)."""
+    logits = parallel.to_host(logits)
+    n = inputs.n_eval[split]
+    if inputs.eval_rows is None or split != "val":
+        return logits[:, :n]
+    out = np.zeros((len(slots), n) + logits.shape[2:], logits.dtype)
+    for s, j in enumerate(slots):
+        fold = plan.specs[max(j, 0)].fold
+        out[s, fold_eval_rows(inputs, fold)] = logits[s, inputs.mask["val"][fold]]
+    return out
+
+
 class _Final:
     """The evaluation of a set of slots at their kept weights (host arrays). Val metrics are evaluated again only
     when ``need_val``; the logits of both splits are always kept (the per-example predictions)."""
@@ -67,8 +80,9 @@ class _Final:
         val, val_logits = run("val")
         self.val = val if need_val else None
         self.test, test_logits = run("test") if "test" in inputs.n_eval else (None, None)
-        self.val_logits = parallel.to_host(val_logits)[:, :inputs.n_eval["val"]]
-        self.test_logits = None if test_logits is None else parallel.to_host(test_logits)[:, :inputs.n_eval["test"]]
+        self.val_logits = _split_logits(plan, inputs, "val", live.slots, val_logits)
+        self.test_logits = None if test_logits is None else _split_logits(plan, inputs, "test", live.slots,
+                                                                          test_logits)
         self.host_best = jax.tree.map(parallel.to_host, live.best)
 
 
@@ -83,7 +97,7 @@ def _member_metrics(final: _Final, slot: int, recorded: Mapping[str, Any] | None
         return v_scalars, {}, t_scalars, None if final.test is None else {}, None
     n_val, n_test = inputs.n_eval["val"], inputs.n_eval.get("test", 0)
     has_test = final.test is not None
-    rows = np.arange(n_val) if fold is None else np.flatnonzero(inputs.row_fold[:n_val] == fold)
+    rows = np.arange(n_val) if fold is None else fold_eval_rows(inputs, fold)
     thr, f1v, f1t = _thresholded(jax.nn.sigmoid(final.val_logits[slot][rows]), np.asarray(inputs.y["val"])[rows],
                                  jax.nn.sigmoid(final.test_logits[slot]) if has_test else None,
                                  inputs.y["test"][:n_test] if has_test else None)
