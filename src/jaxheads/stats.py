@@ -328,7 +328,7 @@ class Comparison:
     verdict: str
 
 
-def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     """The (1 - level) / 2 and (1 + level) / 2 quantiles (linear interpolation) of the finite values."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: expected a fraction in (0, 1), got {level}")
@@ -343,7 +343,7 @@ def interval(
     scores: np.ndarray, labels: np.ndarray, metric: str, task: str, draws: Draws, level: float = 0.95
 ) -> Interval:
     """The point estimate of one config and the percentile interval of its draws' statistics."""
-    low, high = _percentile_interval(draw_values(scores, labels, metric, task, draws), level)
+    low, high = percentile_interval(draw_values(scores, labels, metric, task, draws), level)
     return Interval(estimate=point_estimate(scores, labels, metric, task), low=low, high=high, level=level)
 
 
@@ -353,7 +353,7 @@ def comparison_from_values(
     """A :class:`Comparison` from point estimates and per-draw statistics (B,) on the same draws. Draws where a side
     is NaN (its metric undefined on that draw) are left out of the interval and of ``p_b_better``."""
     diffs = np.asarray(draws_b, np.float64) - np.asarray(draws_a, np.float64)
-    low, high = _percentile_interval(diffs, level)
+    low, high = percentile_interval(diffs, level)
     finite = diffs[np.isfinite(diffs)]
     p_b_better = float(np.mean(finite > 0) + 0.5 * np.mean(finite == 0)) if finite.size else float("nan")
     verdict = "b better" if low > 0 else "a better" if high < 0 else "within noise"

@@ -58,8 +58,26 @@ def _comparison_dict(c: stats.Comparison) -> dict[str, Any]:
     return dataclasses.asdict(c)
 
 
-def _questions(configs: Mapping[str, Mapping[str, Any]], scores: Mapping[str, np.ndarray], labels: np.ndarray,
-               metric: str, task: str, draws: stats.Draws) -> list[dict[str, Any]]:
+class _Evidence:
+    """Every config's point estimate and per-draw statistic, computed once on the sweep's shared draws."""
+
+    def __init__(self, scores: Mapping[str, np.ndarray], labels: np.ndarray, metric: str, task: str,
+                 draws: stats.Draws):
+        self.point = {c: stats.point_estimate(s, labels, metric, task) for c, s in scores.items()}
+        self.values = {c: stats.draw_values(s, labels, metric, task, draws) for c, s in scores.items()}
+
+    def interval(self, config: str) -> stats.Interval:
+        low, high = stats.percentile_interval(self.values[config], LEVEL)
+        return stats.Interval(self.point[config], low, high, LEVEL)
+
+    def compare(self, a: Sequence[str], b: Sequence[str]) -> stats.Comparison:
+        """Side b against side a, each the mean over its configs (paired on the same draws)."""
+        mean = lambda side, d: np.mean([d[c] for c in side], axis=0)  # noqa: E731
+        return stats.comparison_from_values(float(mean(a, self.point)), float(mean(b, self.point)),
+                                            mean(a, self.values), mean(b, self.values), LEVEL)
+
+
+def _questions(configs: Mapping[str, Mapping[str, Any]], evidence: _Evidence, metric: str) -> list[dict[str, Any]]:
     """Every varied axis, every pair of its levels: side A the configs at level a, side B their matches at b
     (agreeing on every other factor that applies at both levels); a paired pooled comparison of the two sides."""
     factors = {c: member_factors(spec) for c, spec in configs.items()}
@@ -71,8 +89,7 @@ def _questions(configs: Mapping[str, Mapping[str, Any]], scores: Mapping[str, np
             pairs = _matched_pairs(factors, axis, a, b)
             if not pairs:
                 continue
-            c = stats.compare_pooled([scores[x] for x, _ in pairs], [scores[y] for _, y in pairs], labels, metric,
-                                     task, draws, LEVEL)
+            c = evidence.compare([x for x, _ in pairs], [y for _, y in pairs])
             winner = {"b better": format_level(b), "a better": format_level(a)}.get(c.verdict)
             estimates = _comparison_dict(c)
             estimates["mean_a"], estimates["mean_b"] = estimates.pop("a"), estimates.pop("b")
@@ -116,30 +133,32 @@ def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> Swee
         return result  # explicit members with unequal replicas: no paired draws
     folds = p.get("val_fold", np.zeros(len(labels), np.int64))
     draws = stats.make_draws(folds, n_seeds.pop(), n_boot=n_boot, seed=seed)
+    evidence = _Evidence(scores, labels, metric, task, draws)
     board = [dict(row) for row in result.leaderboard]
     for row in board:
-        row["val_interval"] = _interval_dict(stats.interval(scores[row["config"]], labels, metric, task, draws, LEVEL))
+        row["val_interval"] = _interval_dict(evidence.interval(row["config"]))
     board.sort(key=lambda r: (-np.nan_to_num(r["val_interval"]["estimate"], nan=-np.inf), r["params"]))
     best = board[0]["config"]
-    comparisons = [stats.compare(scores[best], scores[r["config"]], labels, metric, task, draws, LEVEL) for r in board]
+    comparisons = [evidence.compare([best], [r["config"]]) for r in board]
     for row, c in zip(board, comparisons):
         row["vs_best"] = _comparison_dict(c)
     recommended = board[stats.smallest_within_noise(comparisons, [r["params"] for r in board])]["config"]
     configs = {c: {k: v for k, v in ms[0]["spec"].items() if k not in ("seed", "fold")} for c, ms in by_config.items()}
-    questions = _questions(configs, scores, labels, metric, task, draws)
-    selection = _selection(result, by_config[recommended], scores[recommended], labels, draws, n_boot, seed)
+    questions = _questions(configs, evidence, metric)
+    selection = _selection(result, by_config[recommended], evidence.interval(recommended), scores[recommended],
+                           labels, n_boot, seed)
     return dataclasses.replace(result, leaderboard=board, recommended=recommended, questions=questions,
                                selection=selection)
 
 
-def _selection(result: SweepResult, members: Sequence[Mapping[str, Any]], val_scores: np.ndarray,
-               labels: np.ndarray, draws: stats.Draws, n_boot: int, seed: int) -> dict[str, Any]:
+def _selection(result: SweepResult, members: Sequence[Mapping[str, Any]], val: stats.Interval,
+               val_scores: np.ndarray, labels: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     p, task, metric = result.predictions, result.task, result.metric
     n_folds = int(p["val_fold"].max()) + 1 if "val_fold" in p else 1
     out: dict[str, Any] = {
         "metric": metric, "level": LEVEL, "n_boot": n_boot,
         "method": stats.describe_method(n_boot, n_folds, val_scores.shape[0], LEVEL),
-        "val": {**_interval_dict(stats.interval(val_scores, labels, metric, task, draws, LEVEL)), "optimistic": True},
+        "val": {**_interval_dict(val), "optimistic": True},
         "test": None}
     names = result.label_names or [str(k) for k in range(result.num_classes)]
     if task == "multiclass":
