@@ -4,6 +4,7 @@ with a one-line message naming the file or field; no readable image is lost."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -111,6 +112,10 @@ def _sweep(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]
     return code, out, err
 
 
+def _never() -> backbones.Backbone:
+    raise AssertionError("the backbone was built although every image was cached")
+
+
 def _cache_metas(cache: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cache.glob("*/meta.json"))]
 
@@ -126,19 +131,22 @@ def test_unreadable_images_are_skipped_named_and_counted_and_no_good_one_is_lost
     for path in bad:  # each unreadable file is named, with what went wrong
         assert any(path in m and "cannot decode image" in m for m in messages), path
     assert any("skipped" in m and "could not be decoded" in m for m in messages)  # the per-split count
-    metas = _cache_metas(tmp_path / "cache")
-    assert sorted(m["split"] for m in metas) == ["test", "train", "val"]
-    assert sum(m["count"] for m in metas) == len(good) and sum(m["skipped"] for m in metas) == len(bad)
-    assert {n for m in metas for n in m["skipped_names"]} == bad
+    (meta,) = _cache_metas(tmp_path / "cache")  # one cache entry for the images of every split
+    assert meta["count"] == len(good) + len(bad) and meta["skipped"] == len(bad)
+    assert set(meta["skipped_names"]) == bad
     # Every readable image is in the cache under its own label (RGBA, CMYK, 16-bit, 3x2 px ... all converted).
     ds = data.load_dataset(root)
+    cached = dataclasses.replace(features.backbone_source(TINY_A), load=_never)
+    with pytest.warns(data.BadImageWarning, match="left out"):
+        splits = features.extract_all(cached, ds, cache_dir=tmp_path / "cache")
+    assert sorted(splits) == ["test", "train", "val"]
     kept: set[str] = set()
-    for m, entry in zip(metas, sorted((tmp_path / "cache").glob("*/meta.json"))):
-        split = ds.split(m["split"])
-        indices = np.load(entry.parent / "indices.npy")
-        np.testing.assert_array_equal(np.load(entry.parent / "labels.npy"), split.labels[indices])
-        assert np.load(entry.parent / "pooled.npy").shape == (len(indices), 16)
-        kept |= {split.sources[i] for i in indices}
+    for name, split in splits.items():
+        sources = [s for s in ds.split(name).sources if s not in bad]
+        labels = ds.split(name).labels[[s not in bad for s in ds.split(name).sources]]
+        np.testing.assert_array_equal(split.labels, labels)
+        assert split.pooled.shape == (len(sources), 16)
+        kept |= set(sources)
     assert kept == good
     result = json.loads((tmp_path / "run" / "results.json").read_text())
     assert result["members"] and (tmp_path / "run" / "head").is_dir()
