@@ -117,7 +117,9 @@ def test_write_report_writes_every_artifact(tmp_path):
     assert "Dropout: 0 vs 0.5" in md and "within noise" in md and "★" in md and "(val_vs_params.png)" in md
     assert "ridge linear probe" in md
     page = paths["html"].read_text()
-    assert page.count("<tr>") == 1 + len(result["leaderboard"]) + 1 + 3 and 'src="confusion_matrix.png"' in page
+    # One row per leaderboard entry and question (plus headers); figures are embedded, not linked (issue 19).
+    assert page.count("<tr>") == 1 + len(result["leaderboard"]) + 1 + 3 and 'alt="confusion matrix"' in page
+    assert 'src="confusion_matrix.png"' not in page and page.count('src="data:image/png;base64,') == 3
     answers = json.loads(paths["head_questions"].read_text())
     assert [q["title"] for q in answers] == ["Dense layers: 0 vs 1", "Width: 16 vs 32", "Dropout: 0 vs 0.5"]
 
@@ -174,3 +176,58 @@ def test_report_of_a_real_sweep(tmp_path):
     assert set(answers) == {"Width: 4 vs 8", "Dropout: 0 vs 0.5"}
     for q in answers.values():
         assert (q["n_contexts"], q["n_pairs"], q["se_from"]) == (2, 4, "seeds") and math.isfinite(q["se"])
+
+
+def test_html_report_is_self_contained(tmp_path):
+    """report.html embeds its figures byte for byte and references no other file, so it opens from anywhere."""
+    import base64
+    import re
+
+    result = json.loads(json.dumps(_synthetic_result()))
+    paths = report.write_report(result, tmp_path / "out")
+    page = paths["html"].read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 3 and not re.search(r'href="(?!#)', page)
+    embedded = {base64.b64decode(src.split(",", 1)[1]) for src in sources}
+    assert embedded == {paths[name].read_bytes() for name in ("val_vs_params", "learning_curves", "confusion_matrix")}
+    moved = tmp_path / "elsewhere" / "report.html"  # mailed or moved without its folder: nothing is lost
+    moved.parent.mkdir()
+    paths["html"].rename(moved)
+    assert moved.read_text() == page
+    # Numbers never wrap (the head column does), and the recommended row is marked, at any width.
+    assert "th,td{" in page and "white-space:nowrap" in page and 'class="l w rec"' in page
+
+
+def test_estimate_is_shown_and_documents_render_again_without_plots(tmp_path):
+    result = json.loads(json.dumps(_synthetic_result()))
+    paths = report.write_report(result, tmp_path)
+    before = {name: paths[name].stat().st_mtime_ns for name in ("val_vs_params", "learning_curves")}
+    assert "dry run" not in paths["markdown"].read_text()
+    result["estimate"] = {"total_s": 42.0, "compile_s": 12.0, "train_s": 30.0}
+    again = report.write_documents(result, tmp_path)
+    assert {name: paths[name].stat().st_mtime_ns for name in before} == before  # figures untouched
+    for doc in (again["markdown"], again["html"]):
+        text = doc.read_text()
+        assert "The sweep took 1.5 s; its dry run estimated at most 42 s (12 s compiling, 30 s training)" in text
+    assert again["html"].read_text().count('src="data:image/png;base64,') == 3  # the PNGs already there
+    out = io.StringIO()
+    report.print_report(result, console=Console(file=out, width=160, color_system=None))
+    assert "estimated at most 42 s" in out.getvalue()
+
+
+def test_report_names_stay_importable_after_the_split():
+    for name in ("answer_head_questions", "leaderboard_rows", "print_report", "write_report", "write_documents",
+                 "plot_val_vs_params", "plot_learning_curves", "plot_confusion", "recommended_confusion",
+                 "render_markdown", "render_html", "ridge_baseline", "spec_summary", "NOISE_SE",
+                 "LEADERBOARD_COLUMNS", "QUESTION_COLUMNS", "INTERVAL_QUESTION_COLUMNS"):
+        assert hasattr(report, name), name
+    import inspect
+
+    from jaxheads import report_plots, report_render, report_tables
+
+    for module in (report, report_plots, report_render, report_tables):
+        lines = inspect.getsource(module).splitlines()
+        assert len(lines) < 450, module.__name__
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if fn.__module__ == module.__name__:
+                assert len(inspect.getsource(fn).splitlines()) <= 60, f"{module.__name__}.{name}"
