@@ -20,7 +20,8 @@ from jaxheads import backbones, cli, data, features
 from jaxheads.backbones import BackboneConfig, Preprocessing
 
 TINY_A, TINY_B, TINY_C = "tiny_bad_input_a", "tiny_bad_input_b", "tiny_bad_input_c"
-SWEEP = ["--pooling", "none", "--depths", "0", "--dropouts", "0", "--epochs", "2", "--seeds", "1",
+SWEEP = ["--pooling", "none", "--conv", "none", "--norm", "none", "--folds", "none", "--design", "grid",
+         "--depths", "0", "--dropouts", "0", "--epochs", "2", "--seeds", "1",
          "--batch-size", "8", "--feature-batch-size", "8", "--lr", "0.01"]
 
 

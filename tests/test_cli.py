@@ -13,7 +13,9 @@ from PIL import Image
 
 from jaxheads import backbones, cli, distributed, heads_io
 
-SWEEP_FLAGS = ["--pooling", "avg,none", "--widths", "16", "--depths", "0,1", "--dropouts", "0",
+# The main job's folds, conv and BN axes are switched off: these tests need a small grid.
+SWEEP_FLAGS = ["--pooling", "avg,none", "--conv", "none", "--norm", "none", "--folds", "none", "--design", "grid",
+               "--widths", "16", "--depths", "0,1", "--dropouts", "0",
                "--epochs", "4", "--seeds", "2", "--batch-size", "8", "--feature-batch-size", "16"]
 
 
@@ -88,7 +90,7 @@ def test_csv_multilabel_sweep(image_folder, tmp_path, jaxheads_cache, capsys):
     csv.write_text("\n".join(rows) + "\n")
     out = tmp_path / "ml"
     code, _, err = _run(capsys, "sweep", "--dataset", csv, "--out", out, "--pooling", "none", "--widths", "8",
-                        "--depths", "1", "--epochs", "3", "--seeds", "1", "--batch-size", "8")
+                        "--conv", "none", "--norm", "none", "--folds", "none", "--depths", "1", "--epochs", "3", "--seeds", "1", "--batch-size", "8")
     assert code == 0, err
     result = json.loads((out / "results.json").read_text())
     assert result["task"] == "multilabel" and result["label_names"] == ["cool", "natural", "warm"]

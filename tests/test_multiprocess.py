@@ -128,6 +128,7 @@ def test_two_process_main_job_equals_one_process(tmp_path):
     """The whole `jaxheads sweep` (feature pass split between the hosts through a shared cache, then the sweep)."""
     images = _image_folder(tmp_path / "images")
     flags = ["--dataset", str(images), "--backbone", "efficientnet_lite0", "--pooling", "avg", "--widths", "8,16",
+             "--conv", "none", "--norm", "none", "--folds", "none", "--design", "grid",
              "--depths", "1", "--dropouts", "0", "--epochs", "3", "--seeds", "1", "--batch-size", "6",
              "--feature-batch-size", "4"]
 

@@ -43,9 +43,13 @@ DESIGNS: tuple[HeadDesign, ...] = tuple(
 """16 designs: pooling (GAP, GMP) x depth (1, 2) x width (64, 256) x dropout (0, 0.5)."""
 
 
-QUICK_SWEEP = dataclasses.replace(DEFAULT_SWEEP, epochs=12, patience=4)
-"""The main job's default grid (32 members) on a shorter schedule, so that three seeds fit the default size."""
-TINY_SWEEP = dataclasses.replace(DEFAULT_SWEEP, pooling=("avg",), depth=(1,), widths=(16, 32), epochs=4, seeds=2,
+GRID_SWEEP = dataclasses.replace(DEFAULT_SWEEP, pooling=("avg", "max"), conv=((),), widths=(128, 512), depth=(1, 2),
+                                 dropout=(0.0, 0.5), norm=("none",), seeds=2, epochs=30, patience=8, folds=None,
+                                 design="grid")
+"""The full 32-member grid this benchmark was built on: pooling x depth x width x dropout x 2 seeds."""
+QUICK_SWEEP = dataclasses.replace(GRID_SWEEP, epochs=12, patience=4)
+"""That grid on a shorter schedule, so that three seeds fit the default size."""
+TINY_SWEEP = dataclasses.replace(GRID_SWEEP, pooling=("avg",), depth=(1,), widths=(16, 32), epochs=4, seeds=2,
                                  patience=None)
 
 
@@ -99,7 +103,7 @@ SIZES: dict[str, BenchSize] = {
     "default": BenchSize(name="default"),
     "full": BenchSize(
         name="full", n_train=1574, n_val=525, eff_members=256, eff_train=8192, eff_epochs=4, matmul_n=8192,
-        fwd_batch=128, fwd_repeats=10, q_seeds=5, q_sweep=DEFAULT_SWEEP,
+        fwd_batch=128, fwd_repeats=10, q_seeds=5, q_sweep=GRID_SWEEP,
         q_logreg_c=(1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
     ),
 }

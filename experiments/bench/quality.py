@@ -3,7 +3,7 @@
 The whole dataset is embedded once (the feature cache; a warm cache is reused, timings here are not the point).
 For every seed the images are re-split (stratified 60/20/20 train/val/test) and, on the same cached features:
 
-* **jaxheads**: the main job's default grid (``jaxheads.job.DEFAULT_SWEEP``; 12 epochs at the default size)
+* **jaxheads**: the 32-member grid (``experiments.bench.config.GRID_SWEEP``; 12 epochs at the default size)
   -> the recommended head (smallest within one SE of the best on val); its best replica's test accuracy, as
   ``sweep_job`` would save it;
 * **ridge**: the sweep's own closed-form ridge row (``jaxheads.probe``), L2 chosen on val;

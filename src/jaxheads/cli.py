@@ -2,170 +2,33 @@
 ``backbones list|compare``.
 
 Every subcommand is a thin shell over the Python API. Errors print one line naming what was wrong (the file, the
-field, the name) and exit with status 2; ``--debug`` shows the traceback instead.
+field, the name) and exit with status 2; ``--debug`` shows the traceback instead. Progress and log lines go to
+stderr (``--quiet`` / ``--verbose``, see :mod:`jaxheads.progress`), results to stdout. ``sweep``, ``predict`` and
+``finetune`` keep their compiled programs in JAX's persistent cache (:mod:`jaxheads.compile_cache`) unless
+``--no-compile-cache``; ``sweep --dry-run`` plans and estimates without running anything (:mod:`jaxheads.dry_run`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from jaxheads.cli_parser import (_EXPECTED, FINETUNE_FLAGS, SWEEP_FLAGS, ConfigFlag, _conv_stacks,  # noqa: F401
+                                 _conv_stage, _floats, _ints, _strs)
+from jaxheads.cli_parser import build_parser as _parser
 
 if TYPE_CHECKING:
     from jaxheads.finetune_config import FinetuneConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (tf.data / TFDS) start-up chatter
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(","))
-
-
-def _strs(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-def _conv_stage(text: str) -> Any:
-    """``KxK:F[/sS][+poolP]`` -> ConvStage(features=F, kernel=K, stride=S, pool=P)."""
-    import re
-
-    from jaxheads.heads import ConvStage
-
-    match = re.fullmatch(r"(\d+)x(\d+):(\d+)(?:/s(\d+))?(?:\+pool(\d+))?", text.strip())
-    if match is None or match[1] != match[2]:
-        raise ValueError(f"conv stage {text!r}: expected KxK:FEATURES[/sSTRIDE][+poolP], e.g. 1x1:448+pool2")
-    return ConvStage(features=int(match[3]), kernel=int(match[1]), stride=int(match[4] or 1), pool=int(match[5] or 1))
-
-
-def _conv_stacks(text: str) -> tuple[tuple[Any, ...], ...]:
-    """Comma-separated conv stacks, each "none" or stages joined by ">": ``none,1x1:448+pool2>3x3:256/s2``."""
-    return tuple(() if stack.strip() == "none" else tuple(_conv_stage(s) for s in stack.split(">"))
-                 for stack in text.split(","))
-
-
-# Sweep axes settable from the command line: flag -> (SweepSpec field, parser).
-SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "--pooling": ("pooling", _strs),
-    "--widths": ("widths", _ints),
-    "--depths": ("depth", _ints),
-    "--dropouts": ("dropout", _floats),
-    "--norm": ("norm", _strs),
-    "--activation": ("activation", _strs),
-    "--lr": ("learning_rate", _floats),
-    "--weight-decay": ("weight_decay", _floats),
-    "--optimizer": ("optimizer", _strs),
-    "--batch-size": ("batch_size", _ints),
-    "--epochs": ("epochs", int),
-    "--seeds": ("seeds", int),
-    "--patience": ("patience", int),
-    "--sample": ("sample", int),
-    "--depth-grouping": ("depth_grouping", str),
-    "--conv": ("conv", _conv_stacks),
-    "--folds": ("folds", int),
-    "--metric": ("metric", str),
-    "--design": ("design", str),
-    "--map-batch": ("map_batch", lambda text: text if text in ("auto", "probe", "vmap") else int(text)),  # or an int k
-}
-
-
-class ConfigFlag(NamedTuple):
-    """A command-line flag that sets one FinetuneConfig field; ``parse`` is ``bool`` for a switch (no value)."""
-
-    name: str
-    field: str
-    parse: Callable[[str], Any]
-    help: str
-
-
-# Fine-tune settings settable from the command line; an absent flag leaves FinetuneConfig's default.
-FINETUNE_FLAGS: tuple[ConfigFlag, ...] = (
-    ConfigFlag("--unfreeze", "unfreeze", int, "how many top backbone blocks train, 0: head only (default 1)"),
-    ConfigFlag("--train-bn", "freeze_bn", bool, "let batch-norm statistics train (default: frozen)"),
-    ConfigFlag("--lr", "learning_rate", float, "head learning rate (default 0.001)"),
-    ConfigFlag("--backbone-lr", "backbone_learning_rate", float, "unfrozen blocks' learning rate (default 0.0001)"),
-    ConfigFlag("--weight-decay", "weight_decay", float, "AdamW weight decay of head and blocks (default 0.0)"),
-    ConfigFlag("--epochs", "epochs", int, "most epochs to train (default 10)"),
-    ConfigFlag("--batch-size", "batch_size", int, "images per step (default 32)"),
-    ConfigFlag("--patience", "patience", int, "epochs without val improvement before stopping (default 3)"),
-    ConfigFlag("--image-size", "image_size", int, "input size (default: the backbone's)"),
-    ConfigFlag("--seed", "seed", int, "seed of shuffles, crops, flips and dropout (default 0)"),
-)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxheads", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    sweep = sub.add_parser("sweep", help="cache backbone features once, train a grid of heads at once, report")
-    sweep.add_argument("--dataset", default=None, help="elpv (default), elpv-multilabel, fashion_mnist, an image "
-                       "folder, a CSV of path,label rows, or a TFDS name (tfds:NAME)")
-    sweep.add_argument("--backbone", default=None, help="registered backbone name (see `jaxheads backbones list`)")
-    sweep.add_argument("--weights", default="default", help="'default', 'imagenet', a weights file, or 'none'")
-    sweep.add_argument("--config", type=Path, help="a YAML/JSON SweepSpec; flags below override its fields")
-    for flag, (field, _) in SWEEP_FLAGS.items():
-        sweep.add_argument(flag, dest=f"axis_{field}", default=None, metavar=field.upper(),
-                           help=f"SweepSpec.{field} (comma-separated for axes)")
-    sweep.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory")
-    sweep.add_argument("--cache-dir", type=Path, help="feature cache (default $JAXHEADS_CACHE/features)")
-    sweep.add_argument("--data-dir", type=Path, help="TFDS data_dir")
-    sweep.add_argument("--task", choices=("multiclass", "multilabel"), help="for CSV datasets")
-    sweep.add_argument("--feature-batch-size", type=int, default=64)
-    sweep.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
-    sweep.add_argument("--seed", type=int, default=0, help="dataset split seed")
-    _distributed_flags(sweep)
-
-    predict = sub.add_parser("predict", help="apply a saved head (and its backbone) to images")
-    predict.add_argument("head", type=Path, help="a head directory written by `jaxheads sweep` (OUT/head)")
-    predict.add_argument("images", nargs="+", type=Path)
-    predict.add_argument("--top", type=int, default=3)
-
-    ft = sub.add_parser("finetune", help="fine-tune a saved head with the top blocks of its backbone, on images")
-    ft.add_argument("head", type=Path, help="a head directory written by `jaxheads sweep` (OUT/head)")
-    ft.add_argument("--dataset", default="elpv", help="the dataset the head was swept on (same forms as sweep)")
-    ft.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory (model/, "
-                    "finetune.json); re-running with the same arguments resumes a killed run")
-    for flag in FINETUNE_FLAGS:
-        if flag.parse is bool:  # a switch: present means the opposite of the field's default
-            ft.add_argument(flag.name, dest=f"config_{flag.field}", action="store_true", default=None,
-                            help=flag.help)
-        else:
-            ft.add_argument(flag.name, dest=f"config_{flag.field}", type=flag.parse, default=None,
-                            metavar=flag.field.upper(), help=flag.help)
-    ft.add_argument("--split-seed", type=int, default=0, help="dataset split seed (the sweep's --seed)")
-    ft.add_argument("--data-dir", type=Path, help="TFDS data_dir")
-    ft.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
-
-    classify = sub.add_parser("classify", help="ImageNet top-k of a pretrained backbone (a check of its weights)")
-    classify.add_argument("images", nargs="*", type=Path, help="default: the bundled photo")
-    classify.add_argument("--backbone", default="efficientnet_lite0")
-    classify.add_argument("--top", type=int, default=5)
-
-    bb = sub.add_parser("backbones", help="list backbones, or compare them with the closed-form ridge probe")
-    bb_sub = bb.add_subparsers(dest="backbones_command", required=True)
-    bb_sub.add_parser("list")
-    compare = bb_sub.add_parser("compare", help="ridge probe accuracy of each backbone's cached features")
-    compare.add_argument("names", nargs="+")
-    compare.add_argument("--dataset", default="elpv")
-    compare.add_argument("--cache-dir", type=Path)
-    compare.add_argument("--data-dir", type=Path)
-    compare.add_argument("--feature-batch-size", type=int, default=64)
-    return parser
-
-
-def _distributed_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("multi-host (else the cluster's environment, if any)")
-    group.add_argument("--coordinator", help="host:port of process 0")
-    group.add_argument("--num-processes", type=int)
-    group.add_argument("--process-id", type=int)
+log = logging.getLogger("jaxheads")
 
 
 def sweep_spec_from_args(args: argparse.Namespace) -> Any:
@@ -192,9 +55,70 @@ def sweep_spec_from_args(args: argparse.Namespace) -> Any:
         if text is not None:
             try:
                 changes[field] = parse(text)
-            except ValueError:
-                raise ValueError(f"{flag} {text!r}: not a valid value for SweepSpec.{field}") from None
+            except ValueError as e:
+                expected = _EXPECTED.get(parse, str(e))
+                raise ValueError(f"{flag} {text!r}: not a valid value for SweepSpec.{field} (expected "
+                                 f"{expected})") from None
     return SweepSpec.from_dict({**spec.to_dict(), **changes}) if changes else spec
+
+
+def _run_key(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """What decides a sweep's plan: a dry run and a later run with the same flags share it."""
+    from jaxheads import job
+
+    return {"dataset": str(args.dataset or job.DEFAULT_DATASET), "backbone": args.backbone or job.DEFAULT_BACKBONE,
+            "weights": str(args.weights), "task": args.task, "seed": args.seed, "sweep": spec.to_dict()}
+
+
+def _dry_run(args: argparse.Namespace, spec: Any) -> int:
+    """Plan the sweep on the backbone's architecture and the dataset's sizes, estimate its time, run nothing."""
+    from jaxheads import data, dry_run, job
+    from jaxheads.backbones import describe
+
+    ds = data.load_dataset(args.dataset or job.DEFAULT_DATASET, data_dir=args.data_dir, task=args.task,
+                           seed=args.seed)
+    if "train" not in ds.splits or "val" not in ds.splits:
+        raise data.DatasetError(f"dataset {ds.name}: needs 'train' and 'val' splits, has {sorted(ds.splits)}")
+    backbone = args.backbone or job.DEFAULT_BACKBONE
+    arch = describe.architecture(backbone)
+    shapes = {"pooled": (arch.feature_shape[-1],), "maps": arch.feature_shape}
+    sizes = {name: len(ds.split(name)) for name in ds.splits}
+    plan = dry_run.plan_sweep(spec, shapes, sizes, ds.num_classes, ds.task)
+    log.info("calibrating on this machine (a matmul and a tiny sweep)...")
+    calib = dry_run.calibrate()
+    times = dry_run.estimate(plan, calib)
+    dry_run.print_plan(plan, calib, times, console=_console(),
+                       header=f"{ds.name} ({', '.join(f'{k} {n}' for k, n in sizes.items())}) on {backbone}: ")
+    path = dry_run.record(_run_key(args, spec), dry_run.plan_json(plan, calib, times))
+    log.info("Nothing ran. The feature pass (%d images at %d px, skipped for images already cached) comes first. "
+             "A run with the same flags records this estimate beside its time (%s).", sum(sizes.values()),
+             arch.input_size, path)
+    return 0
+
+
+def _console() -> Any:
+    """rich's console, 120 columns wide when stdout is not a terminal (its default 80 would fold tables)."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    return console
+
+
+def _record_estimate(args: argparse.Namespace, spec: Any, output: Any) -> dict[str, Any]:
+    """results.json as written, plus the dry run's estimate for the same flags when one was recorded (then the
+    report is rendered again to show it)."""
+    from jaxheads import checkpoint, dry_run, report
+
+    path = output.files.get("results")
+    result_json = json.loads(path.read_text()) if path else json.loads(output.result.to_json())
+    recorded = dry_run.recorded(_run_key(args, spec))
+    if path is not None and recorded is not None and recorded.get("estimate"):
+        result_json["estimate"] = {**recorded["estimate"], "calibration": recorded.get("calibration")}
+        checkpoint.write_json_atomic(path, result_json)
+        report.write_documents(result_json, path.parent)
+    return result_json
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -202,12 +126,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
         distributed.split_cpu_host()  # CPU-only hosts: members run side by side, one JAX device per core
+    spec = sweep_spec_from_args(args)
+    if args.dry_run:
+        return _dry_run(args, spec)
     from jaxheads import job, progress, report
 
-    spec = sweep_spec_from_args(args)
     weights = None if str(args.weights).lower() == "none" else args.weights
     main = distributed.is_main_process()
-    with progress.Bars(enabled=main) as bars:
+    with _compile_cache(args), progress.Bars(enabled=main and not args.quiet) as bars:
         output = job.sweep_job(
             args.dataset or job.DEFAULT_DATASET, args.backbone or job.DEFAULT_BACKBONE, weights=weights,
             sweep=spec, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, task=args.task,
@@ -215,16 +141,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             feature_progress=bars.features, sweep_progress=bars.sweep,
         )  # fmt: skip
     if main:
-        report.print_report(json.loads(output.result.to_json()))
+        report.print_report(_record_estimate(args, spec, output), console=_console())
         for name, path in sorted(output.files.items()):
             print(f"{name:>12}: {path}")
     return 0
 
 
+@contextlib.contextmanager
+def _compile_cache(args: argparse.Namespace) -> Iterator[None]:
+    """The persistent compilation cache around a command (unless --no-compile-cache); says what it did."""
+    from jaxheads import compile_cache
+
+    with compile_cache.persistent(not getattr(args, "no_compile_cache", False)) as stats:
+        yield
+    log.info(stats.line())
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from jaxheads import predict
 
-    for path, labels in zip(args.images, predict.predict_files(args.head, args.images, top=args.top)):
+    with _compile_cache(args):
+        predictions = predict.predict_files(args.head, args.images, top=args.top)
+    for path, labels in zip(args.images, predictions):
         print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in labels))
     return 0
 
@@ -250,8 +188,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"epoch {event['epoch']}/{event['epochs']}  train loss {loss}  val {event['metric']} "
               f"{event['val'][event['metric']]:.4f}  val loss {event['val']['loss']:.4f}", flush=True)
 
-    result = finetune(args.head, args.dataset, finetune_config_from_args(args), out_dir=args.out,
-                      split_seed=args.split_seed, data_dir=args.data_dir, strict=args.strict, progress=show)
+    with _compile_cache(args):
+        result = finetune(args.head, args.dataset, finetune_config_from_args(args), out_dir=args.out,
+                          split_seed=args.split_seed, data_dir=args.data_dir, strict=args.strict, progress=show)
     before, best = result.before[result.metric], result.best[result.metric]
     verdict = f"improved at epoch {result.best_epoch}" if result.improved else "no epoch beat the starting model"
     print(f"val {result.metric}: {before:.4f} -> {best:.4f} ({verdict})")
@@ -274,13 +213,32 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_backbones(args: argparse.Namespace) -> int:
-    from jaxheads import backbones
+def _backbones_table(args: argparse.Namespace) -> int:
+    """``backbones list``: one aligned row per backbone (plain text, so it pipes into grep and awk)."""
+    from jaxheads.backbones import describe
 
-    if args.backbones_command == "list":
-        for name in backbones.list_backbones():
-            print(name)
+    infos = describe.table(args.names or None, available=args.available)
+    if not infos:
+        print("No backbone has its weights on this machine now; see `jaxheads backbones list` for where they come "
+              "from.")
         return 0
+    header = ["name", "input", "feature map", "params", "ImageNet top-1", "weights from", "on this machine"]
+    rows = [[i.name, f"{i.architecture.input_size} px", "x".join(map(str, i.architecture.feature_shape)),
+             f"{i.architecture.params / 1e6:.1f} M", "—" if i.top1 is None else f"{i.top1:.1f}%", i.weights.source,
+             ("yes: " if i.weights.available else "no: " if i.weights.available is False else "") + i.weights.state]
+            for i in infos]
+    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) if j in (0, 5, 6) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+              .rstrip())
+    log.debug("top-1: as published by each weights' source (Keras's table, the MobileNet and EfficientNet-Lite "
+              "READMEs); shapes and parameters at the input size, from the architecture")
+    return 0
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    if args.backbones_command == "list":
+        return _backbones_table(args)
     from jaxheads import data, features, probe
 
     ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
@@ -303,8 +261,11 @@ COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "finetune": _cmd_finet
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxheads`` console script."""
     args = _parser().parse_args(argv)
+    from jaxheads import progress
+
     try:
-        return COMMANDS[args.command](args)
+        with progress.console_log(progress.level_of(args.quiet, args.verbose)):
+            return COMMANDS[args.command](args)
     except (OSError, ValueError, KeyError) as e:
         if args.debug:
             raise
