@@ -1,10 +1,29 @@
-"""Progress bars for the command line (rich): the feature pass per split, then the sweep's groups and epochs."""
+"""What the command line shows while it works: progress bars (rich) and log lines on stderr.
+
+:class:`Bars` draws the feature pass per split, then the sweep's groups and epochs. :func:`console_log` turns the
+``jaxheads`` logger into plain lines on stderr for the length of a command, at a level set by ``--quiet`` /
+``--verbose``, and shows the library's :class:`~jaxheads.dataset.BadImageWarning` as log lines (one per skipped
+file with its reason, then the count) instead of Python warnings with source lines. Library callers keep the
+warnings: only the command installs this, and anything recording warnings around it (``warnings.catch_warnings
+(record=True)``, pytest) still receives them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import io
+import logging
+import re
+import sys
+import warnings
+from typing import Any, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+LOGGER = "jaxheads"
+log = logging.getLogger(LOGGER)
+
+QUIET, NORMAL, VERBOSE = logging.WARNING, logging.INFO, logging.DEBUG
 
 
 class Bars:
@@ -45,3 +64,91 @@ class Bars:
         if best is not None:
             info += f", best val {best:.4f}"
         self._progress.update(task, completed=int(event.get("epoch", 0)), total=total, info=info)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time (rich's live display swaps it to keep the bars below the
+    lines; tests capture it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001  (logging must never take the command down)
+            self.handleError(record)
+
+
+class _Formatter(logging.Formatter):
+    """``message`` for info, ``warning: message`` / ``debug: message`` otherwise."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno == logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
+# The library's messages (jaxheads.images / jaxheads.features) -> log lines.
+_SKIPPED_ONE = re.compile(r"skipping unreadable image (?P<name>.+?): (?P<why>.*)", re.DOTALL)
+_LEFT_OUT = re.compile(r".*: \d+ unreadable image\(s\) were left out when this cache was built "
+                       r"\(first: (?P<names>.*)\)", re.DOTALL)
+
+
+class _BadImages:
+    """Turns BadImageWarning texts into (level, line): one info line per skipped file with its reason, the counts
+    as warnings; a cache's "left out" note about files this command already named drops to debug."""
+
+    def __init__(self) -> None:
+        self.named: set[str] = set()
+
+    def line(self, message: str) -> tuple[int, str]:
+        one = _SKIPPED_ONE.fullmatch(message)
+        if one is not None:
+            self.named.add(one["name"])
+            return logging.INFO, f"skipped {one['name']}: {one['why']}"
+        left_out = _LEFT_OUT.fullmatch(message)
+        if left_out is not None and set(left_out["names"].split(", ")) <= self.named:
+            return logging.DEBUG, message
+        return logging.WARNING, message.replace("strict=True", "--strict")
+
+
+@contextlib.contextmanager
+def console_log(level: int = NORMAL) -> Iterator[logging.Logger]:
+    """For the length of a command: ``jaxheads`` log records at ``level`` and above go to stderr as plain lines,
+    and a :class:`~jaxheads.dataset.BadImageWarning` becomes log lines (see the module docstring). Other warnings
+    are shown as Python shows them."""
+    from jaxheads.dataset import BadImageWarning
+
+    handler = _StderrHandler()
+    handler.setFormatter(_Formatter())
+    bad_images = _BadImages()
+    saved = (log.level, log.propagate)
+    log.setLevel(level)
+    log.propagate = False
+    log.addHandler(handler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", BadImageWarning)  # every skipped file, even one seen before
+        previous = warnings.showwarning
+
+        def show(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+            if not issubclass(category, BadImageWarning):
+                previous(message, category, filename, lineno, file, line)
+                return
+            level_, text = bad_images.line(str(message))
+            log.log(level_, text)
+            if level <= VERBOSE:
+                log.debug("(warned at %s:%s)", filename, lineno)
+            # Whoever records warnings around the command still gets this one; the default printer writes it
+            # into a sink instead of stderr, where the log line above already said it.
+            previous(message, category, filename, lineno, io.StringIO(), line)
+
+        warnings.showwarning = show
+        try:
+            yield log
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(saved[0])
+            log.propagate = saved[1]
+
+
+def level_of(quiet: bool, verbose: bool) -> int:
+    """The log level of ``--quiet`` / ``--verbose`` (quiet wins when both are given)."""
+    return QUIET if quiet else (VERBOSE if verbose else NORMAL)
