@@ -154,7 +154,8 @@ def _compile_cache(args: argparse.Namespace) -> Iterator[None]:
 
     with compile_cache.persistent(not getattr(args, "no_compile_cache", False)) as stats:
         yield
-    log.info(stats.line())
+    if stats.path is not None:
+        log.info(stats.line())
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -1,0 +1,360 @@
+"""The command line's grammar: every command and flag of ``jaxheads``, how a flag's text becomes a value, and the
+help that teaches it (a plain meaning, the real default, an example where the syntax is not obvious).
+
+``SWEEP_FLAGS`` (flag -> (SweepSpec field, parser)) and ``FINETUNE_FLAGS`` are the settable fields. A sweep flag's
+default is read from ``jaxheads.job.DEFAULT_SWEEP`` and written back in the flag's own syntax (:func:`flag_text`),
+so the help cannot drift from what a run without the flag trains. An *axis* (a tuple field of ``SweepSpec``) takes
+comma-separated levels; a *scalar* takes one value. ``jaxheads.cli`` re-exports these names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import re
+import textwrap
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def _strs(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _optional_int(text: str) -> int | None:
+    """An integer, or ``none`` / ``off`` for None (no folds, never stop early, every config)."""
+    return None if text.strip().lower() in ("none", "off") else int(text)
+
+
+def _conv_stage(text: str) -> Any:
+    """``KxK:F[/sS][+poolP]`` -> ConvStage(features=F, kernel=K, stride=S, pool=P)."""
+    from jaxheads.heads import ConvStage
+
+    match = re.fullmatch(r"(\d+)x(\d+):(\d+)(?:/s(\d+))?(?:\+pool(\d+))?", text.strip())
+    if match is None or match[1] != match[2]:
+        raise ValueError(f"conv stage {text!r}: expected KxK:FEATURES[/sSTRIDE][+poolP], e.g. 1x1:448+pool2")
+    return ConvStage(features=int(match[3]), kernel=int(match[1]), stride=int(match[4] or 1), pool=int(match[5] or 1))
+
+
+def _conv_stacks(text: str) -> tuple[tuple[Any, ...], ...]:
+    """Comma-separated conv stacks, each "none" or stages joined by ">": ``none,1x1:448+pool2>3x3:256/s2``."""
+    return tuple(() if stack.strip() == "none" else tuple(_conv_stage(s) for s in stack.split(">"))
+                 for stack in text.split(","))
+
+
+# Sweep axes settable from the command line: flag -> (SweepSpec field, parser).
+SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "--pooling": ("pooling", _strs),
+    "--widths": ("widths", _ints),
+    "--depths": ("depth", _ints),
+    "--dropouts": ("dropout", _floats),
+    "--norm": ("norm", _strs),
+    "--activation": ("activation", _strs),
+    "--lr": ("learning_rate", _floats),
+    "--weight-decay": ("weight_decay", _floats),
+    "--optimizer": ("optimizer", _strs),
+    "--batch-size": ("batch_size", _ints),
+    "--epochs": ("epochs", int),
+    "--seeds": ("seeds", int),
+    "--patience": ("patience", _optional_int),
+    "--sample": ("sample", _optional_int),
+    "--depth-grouping": ("depth_grouping", str),
+    "--conv": ("conv", _conv_stacks),
+    "--folds": ("folds", _optional_int),
+    "--metric": ("metric", str),
+    "--design": ("design", str),
+    "--map-batch": ("map_batch", lambda text: text if text in ("auto", "probe", "vmap") else int(text)),  # or k
+}
+
+
+class ConfigFlag(NamedTuple):
+    """A command-line flag that sets one FinetuneConfig field; ``parse`` is ``bool`` for a switch (no value)."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+# Fine-tune settings settable from the command line; an absent flag leaves FinetuneConfig's default.
+FINETUNE_FLAGS: tuple[ConfigFlag, ...] = (
+    ConfigFlag("--unfreeze", "unfreeze", int, "how many top backbone blocks train, 0: head only (default 1)"),
+    ConfigFlag("--train-bn", "freeze_bn", bool, "let batch-norm statistics train (default: frozen)"),
+    ConfigFlag("--lr", "learning_rate", float, "head learning rate (default 0.001)"),
+    ConfigFlag("--backbone-lr", "backbone_learning_rate", float, "unfrozen blocks' learning rate (default 0.0001)"),
+    ConfigFlag("--weight-decay", "weight_decay", float, "AdamW weight decay of head and blocks (default 0.0)"),
+    ConfigFlag("--epochs", "epochs", int, "most epochs to train (default 10)"),
+    ConfigFlag("--batch-size", "batch_size", int, "images per step (default 32)"),
+    ConfigFlag("--patience", "patience", int, "epochs without val improvement before stopping (default 3)"),
+    ConfigFlag("--image-size", "image_size", int, "input size (default: the backbone's)"),
+    ConfigFlag("--seed", "seed", int, "seed of shuffles, crops, flips and dropout (default 0)"),
+)
+
+
+DESCRIPTION = "Train and compare classifier heads on the cached features of a pretrained image backbone."
+EPILOG = """first steps:
+  jaxheads backbones list --available        backbones whose weights are on this machine now
+  jaxheads sweep --dry-run                   the default sweep's plan and time estimate; nothing runs
+  jaxheads sweep --dataset path/to/images    train on your images (one sub-folder per class)
+  jaxheads COMMAND --help                    every flag of a command, with its default
+"""
+SWEEP_EPILOG = """examples:
+  jaxheads sweep --dry-run --folds 5                      plan, memory and time estimate; nothing runs
+  jaxheads sweep --dataset photos/ --widths 128,512 --depths 1,2 --design grid
+  jaxheads sweep --conv 1x1:448+pool2 --pooling avg --widths 112 --depths 1
+      the seed-001 head: a 1x1 conv to 448 channels, a 2x2 max pool, global average pooling, dense 112
+
+--conv takes comma-separated conv stacks, each trained as one level of the axis. A stack is "none" (pool the
+backbone's map directly) or stages joined by ">" (quote it in a shell), run in order; a stage is
+KxK:FEATURES[/sSTRIDE][+poolP]: a KxK convolution to FEATURES channels (stride STRIDE, default 1), the
+activation, then a PxP max pool.
+  --conv none,1x1:448+pool2              two levels: no conv, and 1x1 conv to 448 then 2x2 max pool
+  --conv '1x1:448>3x3:256/s2'            one level: two stages, the second a stride-2 3x3 conv to 256
+
+Axes take comma-separated levels: --design grid trains every combination, one_factor changes one axis at a
+time around the first level of each. Scalars take one value. A --config YAML/JSON file sets any SweepSpec
+field; flags override it.
+"""
+
+
+def _quiet_verbose(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """-q/--quiet, -v/--verbose and --debug, accepted before or after the command (the command's own copies leave
+    the top level's value alone when absent)."""
+    default: Any = False if top else argparse.SUPPRESS
+    group = parser.add_argument_group("output") if not top else parser
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only warnings, errors and the results (no progress bars, no per-file lines)")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="also debug lines (where each skipped image was noticed, timings)")
+    group.add_argument("--debug", action="store_true", default=default, help="show tracebacks of errors")
+
+
+def _no_compile_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not read or write compiled programs in $JAXHEADS_CACHE/xla (default: on, so a "
+                             "second run compiles nothing)")
+
+
+def _sweep_parser(sub: Any) -> None:
+    from jaxheads import job
+
+    sweep = sub.add_parser(
+        "sweep", help="cache backbone features once, train a grid of heads together, rank them and report",
+        description=textwrap.fill("Run the backbone once over a dataset (its features are cached), train every "
+                                  "head of the grid in a few compiled programs, rank them on validation, and write "
+                                  "results.json, report.html and the recommended head.", 100),
+        epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = sweep.add_argument_group("what to train on")
+    data.add_argument("--dataset", default=None, help=f"elpv, elpv-multilabel, fashion_mnist, an image folder (one "
+                      f"sub-folder per class), a CSV of path,label rows, or tfds:NAME; default {job.DEFAULT_DATASET}")
+    data.add_argument("--backbone", default=None, help="a name from `jaxheads backbones list`; default "
+                      f"{job.DEFAULT_BACKBONE}")
+    data.add_argument("--weights", default="default", help="the backbone's weights: default (its ImageNet weights), "
+                      "imagenet, a weights file, or none (random init); default: default")
+    data.add_argument("--task", choices=("multiclass", "multilabel"), help="for a CSV: one label per image or "
+                      "several; default multilabel")
+    data.add_argument("--data-dir", type=Path, help="TFDS data_dir for tfds:NAME; default TFDS's own")
+    data.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split drawn from a dataset "
+                      "without one; default 0")
+    data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    data.add_argument("--feature-batch-size", type=int, default=64, help="images per backbone call; default 64")
+    data.add_argument("--cache-dir", type=Path, help="where features are cached; default $JAXHEADS_CACHE/features")
+    axes = sweep.add_argument_group("axes: comma-separated levels, e.g. --widths 128,512 (see the end)")
+    scalars = sweep.add_argument_group("scalars: one value each")
+    for flag, (field, _) in SWEEP_FLAGS.items():
+        default = getattr(job.DEFAULT_SWEEP, field)
+        text, metavar = sweep_flag_help(flag, field, default)
+        group = axes if is_axis(default) else scalars
+        group.add_argument(flag, dest=f"axis_{field}", default=None, metavar=metavar, help=text.replace("%", "%%"))
+    run = sweep.add_argument_group("run")
+    run.add_argument("--config", type=Path, help="a YAML/JSON file of SweepSpec fields; the flags above override it")
+    run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory; default runs/latest")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (members, groups, padded widths, FLOPs, "
+                     "memory per device) and a time estimate calibrated on this machine, then stop; runs nothing")
+    _no_compile_cache(run)
+    _quiet_verbose(sweep)
+    _distributed_flags(sweep)
+
+
+def _backbones_parser(sub: Any) -> None:
+    bb = sub.add_parser("backbones", help="list the backbones, or compare them with a closed-form ridge probe",
+                        description="List the registered backbones, or compare backbones on a dataset.")
+    bb_sub = bb.add_subparsers(dest="backbones_command", required=True, metavar="{list,compare}")
+    listing = bb_sub.add_parser("list", help="a table: input size, feature map, parameters, ImageNet top-1, where "
+                                "the weights come from and whether they are here",
+                                description="Every registered backbone as a table; no weights are loaded.")
+    listing.add_argument("names", nargs="*", help="only these backbones; default all")
+    listing.add_argument("--available", action="store_true", help="only backbones whose weights are on this "
+                         "machine now (they run offline)")
+    _quiet_verbose(listing)
+    compare = bb_sub.add_parser("compare", help="ridge-probe accuracy of each backbone's cached features",
+                                description="Features of each backbone (cached), then a closed-form ridge probe.")
+    compare.add_argument("names", nargs="+", help="backbone names, e.g. efficientnet_lite0 mobilenet_v2")
+    compare.add_argument("--dataset", default="elpv", help="same forms as sweep --dataset; default elpv")
+    compare.add_argument("--cache-dir", type=Path, help="where features are cached; default $JAXHEADS_CACHE/features")
+    compare.add_argument("--data-dir", type=Path, help="TFDS data_dir for tfds:NAME")
+    compare.add_argument("--feature-batch-size", type=int, default=64, help="images per backbone call; default 64")
+    _quiet_verbose(compare)
+
+
+def _finetune_parser(sub: Any) -> None:
+    ft = sub.add_parser("finetune", help="fine-tune a saved head with the top blocks of its backbone, on images",
+                        description="Train a saved head together with the top blocks of its backbone, on images.")
+    ft.add_argument("head", type=Path, help="a head directory written by `jaxheads sweep` (OUT/head)")
+    ft.add_argument("--dataset", default="elpv", help="the dataset the head was swept on (same forms as sweep); "
+                    "default elpv")
+    ft.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory (model/, "
+                    "finetune.json); re-running with the same arguments resumes a killed run; default runs/finetune")
+    for flag in FINETUNE_FLAGS:
+        if flag.parse is bool:  # a switch: present means the opposite of the field's default
+            ft.add_argument(flag.name, dest=f"config_{flag.field}", action="store_true", default=None,
+                            help=flag.help)
+        else:
+            ft.add_argument(flag.name, dest=f"config_{flag.field}", type=flag.parse, default=None,
+                            metavar=flag.field.upper(), help=flag.help)
+    ft.add_argument("--split-seed", type=int, default=0, help="dataset split seed (the sweep's --seed); default 0")
+    ft.add_argument("--data-dir", type=Path, help="TFDS data_dir for tfds:NAME")
+    ft.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    _no_compile_cache(ft)
+    _quiet_verbose(ft)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxheads`` argument parser (every command, flag and help line)."""
+    parser = argparse.ArgumentParser(prog="jaxheads", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _quiet_verbose(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _sweep_parser(sub)
+    predict = sub.add_parser("predict", help="apply a saved head (and its backbone) to images",
+                             description="Print the top classes a saved head gives each image.")
+    predict.add_argument("head", type=Path, help="a head directory written by `jaxheads sweep` (OUT/head)")
+    predict.add_argument("images", nargs="+", type=Path, help="image files")
+    predict.add_argument("--top", type=int, default=3, help="classes shown per image; default 3")
+    _no_compile_cache(predict)
+    _quiet_verbose(predict)
+    _finetune_parser(sub)
+    classify = sub.add_parser("classify", help="ImageNet top-k of a pretrained backbone (a check of its weights)",
+                              description="Classify images into ImageNet's classes with a backbone's own classifier.")
+    classify.add_argument("images", nargs="*", type=Path, help="image files; default the bundled photo")
+    classify.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
+    classify.add_argument("--top", type=int, default=5, help="classes shown per image; default 5")
+    _quiet_verbose(classify)
+    _backbones_parser(sub)
+    return parser
+
+
+def _distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host (default: the cluster's environment, if any; else one process)")
+    group.add_argument("--coordinator", help="host:port of process 0, e.g. 10.0.0.1:1234")
+    group.add_argument("--num-processes", type=int, help="how many processes take part")
+    group.add_argument("--process-id", type=int, help="this process's rank, 0 to num-processes - 1")
+
+
+_EXPECTED = {_ints: "comma-separated integers", _floats: "comma-separated numbers", int: "an integer",
+             _optional_int: "an integer or none", _strs: "comma-separated names"}
+
+
+class FlagHelp(NamedTuple):
+    """What one sweep flag means: ``meaning`` (one plain line), ``metavar``, ``example`` (or None), and what its
+    value None means (for scalars whose default is None)."""
+
+    meaning: str
+    metavar: str
+    example: str | None = None
+    none: str = "off"
+
+
+@functools.cache
+def sweep_help() -> dict[str, FlagHelp]:
+    """Flag -> :class:`FlagHelp` of every sweep flag (built on first use: it reads the sweep's constants)."""
+    from jaxheads.head_spec import ACTIVATIONS, NORMS, POOLINGS
+    from jaxheads.metrics import DEFAULT_METRIC
+    from jaxheads.sweep import RANKING_METRICS
+    from jaxheads.sweep.spec import DEPTH_GROUPINGS, DESIGNS, MAP_BATCH_MODES, OPTIMIZERS
+
+    poolings = ", ".join(p for p in POOLINGS if p != "none")
+    return {
+        "--pooling": FlagHelp(f"how the feature map becomes a vector: {poolings}; none = the cached "
+                              "average-pooled vector", "P", "avg,flatten"),
+        "--conv": FlagHelp("conv stages on the feature map before pooling; a stack is none or stages KxK:FEATURES"
+                           "[/sSTRIDE][+poolP] joined by '>'", "STACK", "none,1x1:448+pool2 or '1x1:448>3x3:256/s2'"),
+        "--widths": FlagHelp("units of every dense hidden layer", "N", "128,512"),
+        "--depths": FlagHelp("dense hidden layers; 0 = a linear head on the pooled features", "N", "0,1,2"),
+        "--dropouts": FlagHelp("dropout rate after each hidden layer", "RATE", "0,0.5"),
+        "--norm": FlagHelp(f"normalisation in each hidden layer: {', '.join(NORMS)}", "NORM", "none,batch"),
+        "--activation": FlagHelp(f"activation of hidden layers and conv stages: {', '.join(ACTIVATIONS)}", "ACT"),
+        "--lr": FlagHelp("learning rate", "LR", "1e-3,3e-4"),
+        "--weight-decay": FlagHelp("decoupled weight decay of the kernels", "WD", "0,1e-4"),
+        "--optimizer": FlagHelp(f"optimiser: {', '.join(OPTIMIZERS)} (sgd with momentum 0.9)", "OPT"),
+        "--batch-size": FlagHelp("training examples per step", "N"),
+        "--epochs": FlagHelp("most epochs each head trains", "N"),
+        "--seeds": FlagHelp("replicas of every config with other seeds (to measure noise)", "N"),
+        "--patience": FlagHelp("epochs without val improvement before a head stops; none = never stop early", "N",
+                               none="never stop early"),
+        "--sample": FlagHelp("train a random subset of this many configs; none = all of them", "N",
+                             none="all configs"),
+        "--folds": FlagHelp("K-fold cross-validation over train+val, so every example validates once; none = "
+                            "train on train, validate on the fixed val split", "K", none="the fixed val split"),
+        "--metric": FlagHelp("val metric that ranks and early-stops heads: "
+                             f"{' | '.join(RANKING_METRICS['multiclass'])}; multilabel: "
+                             f"{' | '.join(RANKING_METRICS['multilabel'])}", "METRIC",
+                             none=f"the task's own ({DEFAULT_METRIC['multiclass']}; multilabel "
+                                  f"{DEFAULT_METRIC['multilabel']})"),
+        "--design": FlagHelp(f"{' | '.join(DESIGNS)}: grid trains every combination of the axes; one_factor "
+                             "changes one axis at a time around the first level of each", "DESIGN"),
+        "--depth-grouping": FlagHelp(f"{' | '.join(DEPTH_GROUPINGS)}: one program per depth, or depths >= 1 "
+                                     "sharing one padded program", "MODE"),
+        "--map-batch": FlagHelp(f"how members share a device: {' | '.join(MAP_BATCH_MODES)} (probe times a few) "
+                                "or an int k (lax.map in chunks of k)", "MODE"),
+    }
+
+
+def is_axis(value: Any) -> bool:
+    """A SweepSpec field is an axis when its value is a tuple of levels."""
+    return isinstance(value, tuple)
+
+
+def conv_stack_text(stack: Any) -> str:
+    """One conv stack in ``--conv`` syntax: ``()`` -> ``none``; stages -> ``1x1:448+pool2>3x3:256/s2``."""
+    if not stack:
+        return "none"
+    parts = []
+    for s in stack:
+        text = f"{s.kernel}x{s.kernel}:{s.features}"
+        text += f"/s{s.stride}" if s.stride != 1 else ""
+        text += f"+pool{s.pool}" if s.pool != 1 else ""
+        parts.append(text)
+    return ">".join(parts)
+
+
+def flag_text(field: str, value: Any) -> str | None:
+    """``value`` of SweepSpec ``field`` written as its flag takes it (None stays None): the inverse of the flag's
+    parser, so ``parse(flag_text(f, v)) == v`` for every value but None."""
+    if value is None:
+        return None
+    if field == "conv":
+        return ",".join(conv_stack_text(stack) for stack in value)
+    one = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ",".join(one(v) for v in value) if is_axis(value) else one(value)
+
+
+def sweep_flag_help(flag: str, field: str, default: Any) -> tuple[str, str]:
+    """(help line, metavar) of one sweep flag, its default taken from ``default`` (DEFAULT_SWEEP's value)."""
+    info = sweep_help().get(flag, FlagHelp(f"SweepSpec.{field}", field.upper()))
+    axis = is_axis(default)
+    text = flag_text(field, default)
+    parts = [("axis: " if axis else "") + info.meaning]
+    parts.append(f"default {text}" if text is not None else f"default: {info.none}")
+    if info.example:
+        parts.append(f"e.g. {info.example}")
+    metavar = f"{info.metavar},..." if axis else info.metavar
+    return "; ".join(parts), metavar
