@@ -360,7 +360,7 @@ def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp
     assert not out.exists()  # nothing written where the run goes
     text = " ".join(stdout.split())
     assert "4 members (4 configs) in 2 compiled groups" in text and "avg/none · linear" in text
-    assert "avg/none · 8" in text and "Estimate on this machine: at most" in text and "Nothing ran" in err
+    assert "avg/none · 8" in text and "Estimate on this machine: about" in text and "Nothing ran" in err
     monkeypatch.undo()
     code, stdout, err = _run(capsys, "sweep", *flags)
     assert code == 0, err
@@ -369,7 +369,7 @@ def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp
         cli._parser().parse_args(["sweep", *map(str, flags)])))
     plan = dry_run.recorded(key)
     assert plan is not None and result["estimate"]["total_s"] == plan["estimate"]["total_s"] > 0
-    assert "its dry run estimated at most" in (out / "report.md").read_text() and "dry run estimated" in stdout
+    assert "its dry run estimated about" in (out / "report.md").read_text() and "dry run estimated" in stdout
     # The plan was the sweep's own: the same groups, padding and steps.
     assert [(g["members"], g["padded_hidden"], g["padded_members"], g["steps_per_epoch"]) for g in result["groups"]] \
         == [(list(range(len(result["members"])))[:0] or g["members"], list(p["padded"]), p["slots"],

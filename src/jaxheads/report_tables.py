@@ -313,6 +313,6 @@ def timing_text(result_json: Mapping[str, Any]) -> str:
     text = f"The sweep took {fmt(total, 1)} s"
     estimate = result_json.get("estimate") or {}
     if estimate.get("total_s") is not None:
-        text += (f"; its dry run estimated at most {fmt(estimate['total_s'], 0)} s "
+        text += (f"; its dry run estimated about {fmt(estimate['total_s'], 0)} s "
                  f"({fmt(estimate.get('compile_s'), 0)} s compiling, {fmt(estimate.get('train_s'), 0)} s training)")
     return text + "."
