@@ -67,3 +67,15 @@ def test_progress_events_name_the_group_size():
     sweep = SweepSpec(pooling=("none",), widths=(4, 8), epochs=2, batch_size=(16,), ridge_l2=(), patience=None)
     run_sweep(sweep, {"train": split(32), "val": split(16)}, num_classes=3, progress=events.append)
     assert {e["members"] for e in events} == {2} and events[-1]["epoch"] == 2 and events[-1]["active"] == 2
+
+
+def test_a_linear_head_in_a_norm_grid_is_one_config_and_trains():
+    rng = np.random.default_rng(1)
+    from jaxheads.splits import FeatureSplit
+
+    split = lambda n: FeatureSplit(labels=rng.integers(0, 3, n), pooled=rng.normal(size=(n, 8)).astype(np.float32))  # noqa: E731
+    sweep = SweepSpec(pooling=("none",), widths=(4,), depth=(0, 1), norm=("none", "batch"), epochs=2,
+                      batch_size=(16,), ridge_l2=(), patience=None)
+    result = run_sweep(sweep, {"train": split(32), "val": split(16)}, num_classes=3)
+    heads = sorted((len(m["spec"]["head"]["hidden"]), m["spec"]["head"]["norm"]) for m in result.members)
+    assert heads == [(0, "none"), (1, "batch"), (1, "none")]

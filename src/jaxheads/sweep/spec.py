@@ -174,7 +174,8 @@ class SweepSpec:
         if self.members:
             return [m if m.head.num_classes == num_classes and m.head.task == task else dataclasses.replace(
                 m, head=m.head.replace(num_classes=num_classes, task=task)) for m in self.members]
-        configs = [self._member(num_classes, task, *cell) for cell in self._cells()]
+        # A linear head has no hidden layer to normalise: its norm levels are one config, not several.
+        configs = list(dict.fromkeys(self._member(num_classes, task, *cell) for cell in self._cells()))
         if self.sample is not None and self.sample < len(configs):
             configs = random.Random(self.sample_seed).sample(configs, self.sample)
         folds = range(self.folds) if self.folds else (None,)
@@ -204,7 +205,7 @@ class SweepSpec:
     def _member(self, num_classes: int, task: str, pool: str, conv: tuple, hid: tuple[int, ...], act: str,
                 drop: float, norm: str, lr: float, wd: float, opt: str, bs: int) -> MemberSpec:
         head = HeadSpec(num_classes=num_classes, task=task, pooling=pool, conv=conv, hidden=hid, activation=act,
-                        dropout=drop, input_dropout=self.input_dropout, norm=norm,
+                        dropout=drop, input_dropout=self.input_dropout, norm=norm if hid else "none",
                         label_smoothing=self.label_smoothing, pos_weight=self.pos_weight,
                         class_weights=self.class_weights)
         return MemberSpec(head, lr, wd, opt, bs)
