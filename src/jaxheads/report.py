@@ -111,8 +111,9 @@ def write_documents(result_json: Mapping[str, Any], out_dir: str | Path,
     paths = {"markdown": out / "report.md", "html": out / "report.html", "head_questions": out / "head_questions.json"}
     paths["markdown"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(render_html(blocks), encoding="utf-8")
+    asked = result_json.get("questions") or answer_head_questions(result_json)  # the sweep's bootstrap verdicts
     questions = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in q.items()}
-                 for q in answer_head_questions(result_json)]
+                 for q in asked]
     paths["head_questions"].write_text(json.dumps(questions, indent=2, default=str), encoding="utf-8")
     return paths
 

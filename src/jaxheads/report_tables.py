@@ -269,14 +269,22 @@ def questions_table(result_json: Mapping[str, Any]) -> tuple[tuple[str, ...], li
     return QUESTION_COLUMNS, [list(_question_line(q)) for q in answer_head_questions(result_json)]
 
 
+RARE_RECALL = 0.2
+
+
 def selection_lines(result_json: Mapping[str, Any]) -> list[str]:
     """How the intervals were computed, and the warnings about the recommended head."""
     sel = result_json.get("selection") or {}
     lines = [sel["method"]] if sel.get("method") else []
     for split in ("val", "test"):
-        never = (sel.get(f"per_class_{split}") or {}).get("never_predicted") or []
+        per_class = sel.get(f"per_class_{split}") or {}
+        never = per_class.get("never_predicted") or []
         if never:
             lines.append(f"Warning: on {split} the recommended head never predicts {', '.join(map(str, never))}.")
+        rare = {k: v for k, v in (per_class.get("recall") or {}).items() if k not in never and v < RARE_RECALL}
+        if rare:  # accuracy on imbalanced classes hides a class the head almost never gets right
+            text = ", ".join(f"{k} {v:.0%}" for k, v in rare.items())
+            lines.append(f"Warning: on {split} the recommended head recalls under {RARE_RECALL:.0%} of: {text}.")
     return lines
 
 
