@@ -25,7 +25,6 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxheads.factors import conv_text as _conv_text  # noqa: F401
 from jaxheads.report_plots import (plot_confusion, plot_learning_curves, plot_val_vs_params,
                                    recommended_confusion)
 from jaxheads.report_render import Table, data_uri, render_html, render_markdown, sections
