@@ -19,7 +19,8 @@ pass orders the rows split by split, train first), then fixed-size float16 shard
 atomically, then ``meta.json`` once every shard is complete. A call computes only the shards that hold images of
 the splits it asks for and are not complete yet: a killed pass resumes at its first missing shard, a deleted or
 damaged shard is computed again (the backbone is deterministic per image; batches are padded to one shape). A
-split is gathered from the memory-mapped shards, so the whole image set is never in memory.
+split is gathered from the memory-mapped shards, so the whole image set is never in memory. The backbone pass that
+computes the missing shards is :mod:`jaxheads.feature_pass`.
 """
 
 from __future__ import annotations
@@ -36,17 +37,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
-from jaxheads import backbones, checkpoint, data, parallel
+from jaxheads import backbones, checkpoint, data
 from jaxheads.backbones import Backbone, Preprocessing
-from jaxheads.backbones.base import feature_maps
 from jaxheads.dataset import image_set_fingerprint
+from jaxheads.feature_pass import Progress, ProgressFn, ShapesFn, compute_shards
 from jaxheads.feature_store import (FeatureCacheError, Plan, create_plan, gather, is_foreign, open_shard, read_meta,
-                                    read_plan, remove_foreign, remove_temporaries, shard_path, write_meta,
-                                    write_shard)
+                                    read_plan, remove_foreign, remove_temporaries, shard_path, write_meta)
 from jaxheads.splits import FeatureSplit
 
 __all__ = [
@@ -64,23 +62,6 @@ __all__ = [
 
 CACHE_FORMAT = 2
 """Bump when the on-disk layout or the way features are computed changes (it is part of every key)."""
-
-
-class Progress(NamedTuple):
-    """One progress report: ``done`` of ``total`` images of ``split`` handled (``skipped`` of them unreadable);
-    ``cached`` when every image of the split was in the cache before the call (the backbone did not run for it)."""
-
-    split: str
-    done: int
-    total: int
-    skipped: int = 0
-    cached: bool = False
-
-
-ProgressFn = Callable[[Progress], None]
-ShapesFn = Callable[[dict[str, "tuple[int, ...] | None"]], None]
-"""Called with ``{"pooled": (C,), "maps": (h, w, C) or None}`` once the backbone's forward is traced, before it runs:
-what a sweep needs to compile its programs while the features are computed (``jaxheads.job``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,47 +219,77 @@ def extract_all(
     identity = _identity(source, image_set_fingerprint(ids.values()))
     folder = Path(cache_dir or default_cache_dir()) / _folder_name(source, dataset, identity["images"])
     batch_size = max(1, batch_size)
-    shard_size = max(1, math.ceil((chunk_size or 8 * batch_size) / batch_size)) * batch_size
-    plan = _plan(folder, identity, ids, shard_size)
+    plan = _plan(folder, identity, ids, _shard_size(batch_size, chunk_size))
     rows = {name: _rows(plan, ids[name], folder) for name in dataset.splits}
-    wanted = np.unique(np.concatenate([rows[n] for n in names])) if names else np.zeros(0, np.int64)
-    needed = np.unique(wanted // plan.shard_size).tolist()
-    complete = {k for k in needed if open_shard(folder, *plan.shards[k], need_maps) is not None}
-    cached = [n for n in names if set(np.unique(rows[n] // plan.shard_size).tolist()) <= complete]
+    state = _cache_state(folder, plan, rows, names, need_maps)
     processes, rank = jax.process_count(), jax.process_index()
-    todo = [k for k in needed if k not in complete and k % processes == rank]
+    todo = [k for k in state.needed if k not in state.complete and k % processes == rank]
     if todo:
-        _compute_shards(
-            source, dataset, plan, rows, folder, todo, complete, [n for n in names if n not in cached],
+        compute_shards(
+            source, dataset, plan, rows, folder, todo, state.complete, [n for n in names if n not in state.cached],
             need_maps=need_maps, batch_size=batch_size, report=report, strict=strict,
             devices=jax.local_devices() if processes > 1 and devices is None else devices,
             num_workers=num_workers, on_shapes=on_shapes,
         )  # fmt: skip
     if processes > 1:
-        _sync(f"jaxheads features {folder.name}: shards written")
-        absent = [k for k in needed if open_shard(folder, *plan.shards[k], need_maps) is None]
-        if absent:
-            raise RuntimeError(f"{shard_path(folder, *plan.shards[absent[0]], 'kept')}: another process's feature "
-                               "shard is not here; multi-host runs need a cache_dir on a filesystem every host shares")
+        _await_other_processes(folder, plan, state.needed, need_maps)
     meta = read_meta(folder, identity)
     if rank == 0 and (todo or meta is None or (need_maps and not meta["has_maps"])):
         _finish(folder, identity, dataset, plan, rows)
     out = {}
     for name in names:
-        kept, pooled, maps = gather(folder, plan, rows[name], need_maps)
         split = dataset.split(name)
-        skipped = [split.name(int(i)) for i in np.flatnonzero(~kept)]
-        if skipped and strict:
-            raise data.BadImageError(
-                f"{folder.name}: {len(skipped)} unreadable image(s) of split {name!r} were left out when this cache "
-                f"was built (first: {', '.join(skipped[:3])}); strict=True fails on them"
-            )
-        if skipped:
-            _warn_left_out(folder, skipped)
-        if name in cached:
-            report(Progress(name, len(split), len(split), len(skipped), cached=True))
-        out[name] = FeatureSplit(labels=split.labels[kept], pooled=pooled, maps=maps)
+        out[name], skipped = _gather_split(folder, plan, split, name, rows[name], need_maps=need_maps, strict=strict)
+        if name in state.cached:
+            report(Progress(name, len(split), len(split), skipped, cached=True))
     return out
+
+
+def _shard_size(batch_size: int, chunk_size: int | None) -> int:
+    """A new cache's shard size: ``chunk_size`` (default ``8 * batch_size``) rounded up to whole batches."""
+    return max(1, math.ceil((chunk_size or 8 * batch_size) / batch_size)) * batch_size
+
+
+class _CacheState(NamedTuple):
+    """Which shards the asked-for splits touch, which of those are complete, and the splits wholly in them."""
+
+    needed: list[int]
+    complete: set[int]
+    cached: list[str]
+
+
+def _cache_state(folder: Path, plan: Plan, rows: dict[str, np.ndarray], names: list[str],
+                 need_maps: bool) -> _CacheState:
+    wanted = np.unique(np.concatenate([rows[n] for n in names])) if names else np.zeros(0, np.int64)
+    needed = np.unique(wanted // plan.shard_size).tolist()
+    complete = {k for k in needed if open_shard(folder, *plan.shards[k], need_maps) is not None}
+    cached = [n for n in names if set(np.unique(rows[n] // plan.shard_size).tolist()) <= complete]
+    return _CacheState(needed, complete, cached)
+
+
+def _await_other_processes(folder: Path, plan: Plan, needed: list[int], need_maps: bool) -> None:
+    """Multi-host: wait until every process wrote its shards, then check all the needed ones are visible here."""
+    _sync(f"jaxheads features {folder.name}: shards written")
+    absent = [k for k in needed if open_shard(folder, *plan.shards[k], need_maps) is None]
+    if absent:
+        raise RuntimeError(f"{shard_path(folder, *plan.shards[absent[0]], 'kept')}: another process's feature "
+                           "shard is not here; multi-host runs need a cache_dir on a filesystem every host shares")
+
+
+def _gather_split(folder: Path, plan: Plan, split: data.ImageSplit, name: str, rows: np.ndarray, *,
+                  need_maps: bool, strict: bool) -> tuple[FeatureSplit, int]:
+    """Split ``name`` read from the cache's shards, and how many of its images were left out as unreadable (a
+    warning names them; ``strict`` raises instead)."""
+    kept, pooled, maps = gather(folder, plan, rows, need_maps)
+    skipped = [split.name(int(i)) for i in np.flatnonzero(~kept)]
+    if skipped and strict:
+        raise data.BadImageError(
+            f"{folder.name}: {len(skipped)} unreadable image(s) of split {name!r} were left out when this cache "
+            f"was built (first: {', '.join(skipped[:3])}); strict=True fails on them"
+        )
+    if skipped:
+        _warn_left_out(folder, skipped)
+    return FeatureSplit(labels=split.labels[kept], pooled=pooled, maps=maps), len(skipped)
 
 
 def _warn_left_out(folder: Path, skipped: list[str]) -> None:
@@ -286,7 +297,7 @@ def _warn_left_out(folder: Path, skipped: list[str]) -> None:
         f"{folder.name}: {len(skipped)} unreadable image(s) were left out when this cache was built "
         f"(first: {', '.join(skipped[:3])})",
         data.BadImageWarning,
-        stacklevel=3,
+        stacklevel=4,  # the caller of extract_all (via _gather_split)
     )
 
 
@@ -356,138 +367,3 @@ def _row_names(dataset: data.Dataset, rows: dict[str, np.ndarray], wanted: np.nd
         for i in np.flatnonzero(np.isin(split_rows, wanted)):
             names.setdefault(int(split_rows[i]), dataset.split(split).name(int(i)))
     return [names[int(r)] for r in wanted]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Computing shards
-
-
-def _pool(dataset: data.Dataset, plan: Plan, rows: dict[str, np.ndarray]) -> data.ImageSplit:
-    """The plan's rows as one ImageSplit (each row's source and name, from the first split holding it)."""
-    where: list[tuple[str, int] | None] = [None] * len(plan.rows)
-    for split, split_rows in rows.items():
-        for i, r in enumerate(split_rows.tolist()):
-            if where[r] is None:
-                where[r] = (split, i)
-    sources = [dataset.split(s).sources[i] for s, i in where]
-    names = [dataset.split(s).name(i) for s, i in where]
-    return data.ImageSplit(sources, np.zeros(len(sources), np.int32), names)
-
-
-class _ShardBuffer:
-    """One shard's rows while its batches come in; full when every row was handled (kept or skipped)."""
-
-    def __init__(self, start: int, stop: int, pooled_shape: tuple[int, ...], maps_shape: tuple[int, ...] | None):
-        self.start, self.stop = start, stop
-        self.pooled = np.zeros((stop - start, *pooled_shape), np.float16)
-        self.maps = None if maps_shape is None else np.zeros((stop - start, *maps_shape), np.float16)
-        self.kept = np.zeros(stop - start, bool)
-        self.handled = 0
-
-
-def _compute_shards(
-    source: BackboneSource,
-    dataset: data.Dataset,
-    plan: Plan,
-    rows: dict[str, np.ndarray],
-    folder: Path,
-    todo: list[int],
-    complete: set[int],
-    reported: list[str],
-    *,
-    need_maps: bool,
-    batch_size: int,
-    report: ProgressFn,
-    strict: bool,
-    devices: Sequence[jax.Device] | None,
-    num_workers: int | None,
-    on_shapes: ShapesFn | None = None,
-) -> None:
-    """Run the backbone over the rows of the shards in ``todo`` and write each shard as it completes; progress is
-    reported for the splits in ``reported``."""
-    backbone = source.load()
-    mesh = parallel.make_mesh(1, devices)
-    forward = functools.partial(
-        _forward, module=backbone.module, preprocessing=backbone.config.preprocessing, need_maps=need_maps,
-        mesh=mesh)
-    variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
-    padded_batch = math.ceil(batch_size / mesh.size) * mesh.size
-    size = source.preprocessing.input_size
-    images = jax.ShapeDtypeStruct((padded_batch, size, size, 3), np.uint8, sharding=parallel.data_sharding(mesh))
-    # The trace is cached (the first batch reuses it); its shapes size the zero rows of unreadable images.
-    out_pooled, out_maps = forward.func.trace(variables, images, **forward.keywords).out_info
-    pooled_shape, maps_shape = tuple(out_pooled.shape[1:]), None if out_maps is None else tuple(out_maps.shape[1:])
-    if on_shapes is not None:
-        on_shapes({"pooled": pooled_shape, "maps": maps_shape})
-    # Per split: how many of its items each row is (an image listed twice counts twice), to count progress.
-    per_row = {n: np.bincount(rows[n], minlength=len(plan.rows)) for n in reported}
-    in_complete = np.zeros(len(plan.rows), bool)
-    for k in complete:
-        in_complete[slice(*plan.shards[k])] = True
-    done = {n: int(per_row[n][in_complete].sum()) for n in reported}
-    skipped = {n: 0 for n in reported}
-    for n in reported:
-        report(Progress(n, done[n], len(rows[n])))
-    indices = np.concatenate([np.arange(*plan.shards[k]) for k in todo])
-    batches = data.iter_batches(
-        _pool(dataset, plan, rows), image_size=size, batch_size=batch_size, indices=indices, strict=strict,
-        num_workers=num_workers,
-    )  # fmt: skip
-    buffers: dict[int, _ShardBuffer] = {}
-    for batch in batches:
-        pooled, maps = _run_batch(forward, variables, batch.images, padded_batch, mesh, need_maps)
-        for k in np.unique(np.concatenate([batch.indices, batch.skipped]) // plan.shard_size).tolist():
-            buffer = buffers.setdefault(k, _ShardBuffer(*plan.shards[k], pooled_shape, maps_shape))
-            mine = np.flatnonzero(batch.indices // plan.shard_size == k)
-            if len(mine):
-                local = batch.indices[mine] - buffer.start
-                buffer.pooled[local] = pooled[mine]
-                if buffer.maps is not None:
-                    buffer.maps[local] = maps[mine]
-                buffer.kept[local] = True
-            buffer.handled += len(mine) + int(np.sum(batch.skipped // plan.shard_size == k))
-            if buffer.handled == buffer.stop - buffer.start:
-                write_shard(folder, buffer.start, buffer.stop, buffer.pooled, buffer.maps, buffer.kept)
-                del buffers[k]
-        for n in reported:
-            handled = int(per_row[n][batch.indices].sum() + per_row[n][batch.skipped].sum())
-            if handled:
-                done[n] += handled
-                skipped[n] += int(per_row[n][batch.skipped].sum())
-                report(Progress(n, done[n], len(rows[n]), skipped[n]))
-
-
-@functools.partial(jax.jit, static_argnames=("module", "preprocessing", "need_maps", "mesh"))
-def _forward(
-    variables: Any, images: jax.Array, *, module: Any, preprocessing: Preprocessing, need_maps: bool,
-    mesh: jax.sharding.Mesh,
-) -> tuple[jax.Array, jax.Array | None]:
-    """uint8 images -> (pooled (N, C), maps (N, h, w, C) or None), both float16. Each device runs its rows of the
-    batch in micro-batches (``backbones.base.feature_maps``). Module, preprocessing and mesh are static (hashable),
-    so every split of a pass and every pass in a process with the same backbone reuses one compilation."""
-
-    def local(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        maps = feature_maps(module, variables, images, preprocessing)
-        pooled = maps.mean(axis=(1, 2))
-        return pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None
-
-    rows = P(parallel.DATA)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows), out_specs=rows, check_vma=False)(variables, images)
-
-
-def _run_batch(
-    forward: Callable[..., Any],
-    variables: Any,
-    images: np.ndarray,
-    padded_batch: int,
-    mesh: jax.sharding.Mesh,
-    need_maps: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pad ``images`` to the one compiled batch shape, run, and drop the padding rows."""
-    n = len(images)
-    if n == 0:
-        return np.zeros((0, 0), np.float16), None
-    padded, _ = parallel.pad_to(images, padded_batch)
-    pooled, maps = forward(variables, jax.device_put(padded, parallel.data_sharding(mesh)))
-    return np.asarray(pooled)[:n], (np.asarray(maps)[:n] if need_maps else None)
-

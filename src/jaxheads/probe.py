@@ -180,34 +180,10 @@ def ridge_probe(
     l2s = jnp.asarray(l2_list, jnp.float32)
     if not l2_list or l2_list[0] <= 0:
         raise ValueError(f"l2_grid must hold positive strengths, got {list(l2_grid)}")
-
-    if multilabel:
-        num_classes = int(np.shape(train.labels)[1])
-        y_train = np.asarray(train.labels, np.float32)
-        select = select_metric or metrics.metric_for_task("multilabel")
-    else:
-        seen = [np.asarray(s.labels) for s in (train, val, test) if s is not None]
-        num_classes = num_classes or int(max(int(s.max()) for s in seen)) + 1
-        y_train = np.eye(num_classes, dtype=np.float32)[np.asarray(train.labels, np.int64)]
-        select = select_metric or metrics.metric_for_task("multiclass")
-
+    y_train, num_classes, select = _targets(train, val, test, multilabel, num_classes, select_metric)
     cache = fit_ridge_eig(x_train, y_train, standardize=standardize)
-    if multilabel:
-        # Without a test split the val split stands in (its results are dropped), so one program serves both.
-        x_test, y_test = (_pooled(test), test.labels) if test is not None else (x_val, val.labels)
-        val_path, test_path = _multilabel_path(cache, x_val, jnp.asarray(val.labels), x_test,
-                                               jnp.asarray(y_test), l2s)
-        val_path, test_path = _to_json(val_path), _to_json(test_path) if test is not None else None
-    else:
-        val_path = _to_json(_multiclass_path(cache, x_val, jnp.asarray(val.labels), l2s))
-        test_path = _to_json(_multiclass_path(cache, _pooled(test), jnp.asarray(test.labels), l2s)) \
-            if test is not None else None
-
-    if select not in val_path:
-        raise ValueError(f"select_metric {select!r} is not one of {sorted(val_path)}")
-    # Highest validation score; among equals the largest λ (the grid is sorted ascending).
-    sel = np.nan_to_num(np.asarray(val_path[select]), nan=-np.inf)
-    index = int(np.flatnonzero(sel == sel.max())[-1])
+    val_path, test_path = _metric_paths(cache, x_val, val, test, multilabel, l2s)
+    index = _best_index(val_path, select)
     result = {
         "name": "ridge_probe",
         "task": "multilabel" if multilabel else "multiclass",
@@ -227,6 +203,42 @@ def ridge_probe(
         result["best"]["test"] = _pick(test_path, index)
     result["time_s"] = time.perf_counter() - start
     return result
+
+
+def _targets(train: FeatureSplit, val: FeatureSplit, test: FeatureSplit | None, multilabel: bool,
+             num_classes: int | None, select_metric: str | None) -> tuple[np.ndarray, int, str]:
+    """(0/1 training targets (N, C), C, the validation metric λ is chosen by)."""
+    if multilabel:
+        num_classes = int(np.shape(train.labels)[1])
+        y_train = np.asarray(train.labels, np.float32)
+        return y_train, num_classes, select_metric or metrics.metric_for_task("multilabel")
+    seen = [np.asarray(s.labels) for s in (train, val, test) if s is not None]
+    num_classes = num_classes or int(max(int(s.max()) for s in seen)) + 1
+    y_train = np.eye(num_classes, dtype=np.float32)[np.asarray(train.labels, np.int64)]
+    return y_train, num_classes, select_metric or metrics.metric_for_task("multiclass")
+
+
+def _metric_paths(cache: RidgeCache, x_val: np.ndarray, val: FeatureSplit, test: FeatureSplit | None,
+                  multilabel: bool, l2s: jax.Array) -> tuple[dict[str, list], dict[str, list] | None]:
+    """Every metric at every λ on val and on test (None without a test split), as JSON-able lists."""
+    if multilabel:
+        # Without a test split the val split stands in (its results are dropped), so one program serves both.
+        x_test, y_test = (_pooled(test), test.labels) if test is not None else (x_val, val.labels)
+        val_path, test_path = _multilabel_path(cache, x_val, jnp.asarray(val.labels), x_test,
+                                               jnp.asarray(y_test), l2s)
+        return _to_json(val_path), _to_json(test_path) if test is not None else None
+    val_path = _to_json(_multiclass_path(cache, x_val, jnp.asarray(val.labels), l2s))
+    test_path = _to_json(_multiclass_path(cache, _pooled(test), jnp.asarray(test.labels), l2s)) \
+        if test is not None else None
+    return val_path, test_path
+
+
+def _best_index(val_path: dict[str, list], select: str) -> int:
+    """The λ index with the highest validation ``select``; among equals the largest λ (the grid is ascending)."""
+    if select not in val_path:
+        raise ValueError(f"select_metric {select!r} is not one of {sorted(val_path)}")
+    sel = np.nan_to_num(np.asarray(val_path[select]), nan=-np.inf)
+    return int(np.flatnonzero(sel == sel.max())[-1])
 
 
 def compile_ridge_probe(train: FeatureSplit, val: FeatureSplit, test: FeatureSplit | None = None, *,
