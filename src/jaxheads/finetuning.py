@@ -15,7 +15,8 @@ written by ``jaxheads sweep`` (``OUT/head``: its meta names the backbone, the we
   frozen blocks' included, as the module has one ``train`` flag — uses batch statistics and updates its averages);
 * smooths the multiclass training labels (``label_smoothing``; val loss is the plain one);
 * reads images, not cached features: each epoch decodes the train split in a seeded shuffled order at
-  ``crop_scale`` x the input size and takes a random crop and a random horizontal flip inside the jitted step;
+  ``crop_scale`` x the input size (default 1.0: no zoom) and takes a random crop and a random horizontal flip inside
+  the jitted step;
 * runs one jitted, data-parallel step: the batch is sharded over every device of ``parallel.make_mesh(1)``, the
   variables are replicated; the last (ragged) batch is padded to the compiled shape with copies of its own images
   and the copies are masked out of the loss;
