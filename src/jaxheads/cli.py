@@ -195,6 +195,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     before, best = result.before[result.metric], result.best[result.metric]
     verdict = f"improved at epoch {result.best_epoch}" if result.improved else "no epoch beat the starting model"
     print(f"val {result.metric}: {before:.4f} -> {best:.4f} ({verdict})")
+    for line in result.gain_lines():  # the gain over the frozen head, with its interval (test first)
+        print(line)
     print(f"unfrozen: {', '.join(result.trainable_blocks) or 'none (head only)'}")
     print(f"model: {result.model_dir}")
     return 0
