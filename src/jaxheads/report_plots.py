@@ -22,29 +22,32 @@ def _figure(width: float = 7.0, height: float = 4.5) -> Any:
 
 
 def plot_val_vs_params(result_json: Mapping[str, Any], path: Path) -> Path:
-    """Validation metric (mean ± SEM over seeds) against parameter count, log x; recommended head starred,
-    ridge baseline as a dashed line."""
+    """Validation metric against parameter count, log x: the bootstrap estimate and its 95% interval when the
+    sweep has them, else mean ± SEM over seeds; recommended head starred, ridge baseline as a dashed line."""
     metric = result_json["metric"]
     rows = leaderboard_rows(result_json)
+    intervals = all(r.get("val_ci") for r in rows)
+    centre = (lambda r: r["val_ci"]["estimate"]) if intervals else (lambda r: r["val"]["mean"])  # noqa: E731
     fig = _figure()
     ax = fig.add_subplot()
     depths = sorted({len(r["spec"]["head"].get("hidden", [])) for r in result_json.get("leaderboard", [])})
     for depth in depths:
         sel = [r for r, raw in zip(rows, result_json["leaderboard"])
                if len(raw["spec"]["head"].get("hidden", [])) == depth]
-        ax.errorbar([r["params"] for r in sel], [r["val"]["mean"] for r in sel],
-                    yerr=[np.nan_to_num(r["val"]["sem"]) for r in sel], fmt="o", ms=4, capsize=2, alpha=0.8,
-                    label=f"{depth} dense layer{'s' if depth != 1 else ''}" if depth else "linear")
+        errors = ([[centre(r) - r["val_ci"]["low"] for r in sel], [r["val_ci"]["high"] - centre(r) for r in sel]]
+                  if intervals else [np.nan_to_num(r["val"]["sem"]) for r in sel])
+        ax.errorbar([r["params"] for r in sel], [centre(r) for r in sel], yerr=errors, fmt="o", ms=4, capsize=2,
+                    alpha=0.8, label=f"{depth} dense layer{'s' if depth != 1 else ''}" if depth else "linear")
     rec = next((r for r in rows if r["recommended"]), None)
     if rec is not None:
-        ax.plot([rec["params"]], [rec["val"]["mean"]], marker="*", ms=16, color="gold", mec="black",
+        ax.plot([rec["params"]], [centre(rec)], marker="*", ms=16, color="gold", mec="black",
                 ls="none", label="recommended", zorder=5)
     ridge = ridge_baseline(result_json)
     if ridge is not None and math.isfinite(ridge["val"]):
         ax.axhline(ridge["val"], ls="--", color="gray", label=f"ridge probe (λ={ridge['l2']:g})")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
-    ax.set_ylabel(f"val {metric} (mean ± SEM)")
+    ax.set_ylabel(f"val {metric} " + ("(95% interval)" if intervals else "(mean ± SEM)"))
     ax.set_title("Validation metric vs head size")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
