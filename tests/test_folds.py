@@ -82,3 +82,13 @@ def test_the_sweep_reports_intervals_questions_and_one_test_figure():
 def test_bad_fold_or_metric_settings_fail_naming_the_flag(change, message):
     with pytest.raises(ValueError, match=message):
         run_sweep(_sweep(**change), _splits(), num_classes=3)
+
+
+def test_auto_folds_cross_validate_small_datasets_only():
+    from jaxheads.sweep.spec import AUTO_FOLDS, AUTO_FOLDS_MAX_EXAMPLES
+
+    auto = _sweep(folds="auto")
+    assert auto.resolve_folds(AUTO_FOLDS_MAX_EXAMPLES).folds == AUTO_FOLDS
+    assert auto.resolve_folds(AUTO_FOLDS_MAX_EXAMPLES + 1).folds is None
+    result = run_sweep(auto, _splits(), num_classes=3)  # 120 train+val examples: cross-validated
+    assert {m["spec"]["fold"] for m in result.members} == set(range(AUTO_FOLDS))

@@ -34,6 +34,11 @@ def _optional_int(text: str) -> int | None:
     return None if text.strip().lower() in ("none", "off") else int(text)
 
 
+def _folds(text: str) -> int | str | None:
+    """``auto`` (cross-validate small datasets), ``none`` / ``off``, or a fold count."""
+    return "auto" if text.strip().lower() == "auto" else _optional_int(text)
+
+
 def _conv_stage(text: str) -> Any:
     """``KxK:F[/sS][+poolP]`` -> ConvStage(features=F, kernel=K, stride=S, pool=P)."""
     from jaxheads.heads import ConvStage
@@ -68,7 +73,7 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--sample": ("sample", _optional_int),
     "--depth-grouping": ("depth_grouping", str),
     "--conv": ("conv", _conv_stacks),
-    "--folds": ("folds", _optional_int),
+    "--folds": ("folds", _folds),
     "--metric": ("metric", str),
     "--design": ("design", str),
     "--map-batch": ("map_batch", lambda text: text if text in ("auto", "probe", "vmap") else int(text)),  # or k
@@ -260,7 +265,7 @@ def _distributed_flags(parser: argparse.ArgumentParser) -> None:
 
 
 _EXPECTED = {_ints: "comma-separated integers", _floats: "comma-separated numbers", int: "an integer",
-             _optional_int: "an integer or none", _strs: "comma-separated names"}
+             _optional_int: "an integer or none", _strs: "comma-separated names", _folds: "auto, or an integer or none"}
 
 
 class FlagHelp(NamedTuple):
@@ -302,8 +307,9 @@ def sweep_help() -> dict[str, FlagHelp]:
                                none="never stop early"),
         "--sample": FlagHelp("train a random subset of this many configs; none = all of them", "N",
                              none="all configs"),
-        "--folds": FlagHelp("K-fold cross-validation over train+val, so every example validates once; none = "
-                            "train on train, validate on the fixed val split", "K", none="the fixed val split"),
+        "--folds": FlagHelp("K-fold cross-validation over train+val, so every example validates once; auto = 5 "
+                            "folds up to 10,000 train+val examples, else none; none = train on train, validate on "
+                            "the fixed val split", "K", none="the fixed val split"),
         "--metric": FlagHelp("val metric that ranks and early-stops heads: "
                              f"{' | '.join(RANKING_METRICS['multiclass'])}; multilabel: "
                              f"{' | '.join(RANKING_METRICS['multilabel'])}", "METRIC",

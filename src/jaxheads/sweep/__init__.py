@@ -129,6 +129,7 @@ def run_sweep(
     t_start = time.perf_counter()
     if "train" not in splits or "val" not in splits:
         raise ValueError(f"run_sweep: splits need 'train' and 'val', got {sorted(splits)}")
+    sweep = sweep.resolve_folds(len(splits["train"]) + len(splits["val"]))
     members = sweep.expand(num_classes, task)
     if not members:
         raise ValueError("run_sweep: the sweep has no members")
@@ -225,6 +226,7 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
 
     Not for ``map_batch="probe"`` (it times candidates on real data): such a sweep compiles nothing here."""
     t0 = time.perf_counter()
+    sweep = sweep.resolve_folds(len(splits["train"]) + len(splits["val"]))
     members = sweep.expand(num_classes, task)
     check_inputs(members, splits)
     shapes = feature_shapes(splits["train"])

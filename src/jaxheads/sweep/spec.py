@@ -20,6 +20,9 @@ DEPTH_GROUPINGS = ("separate", "gated")
 DEPTH_GROUPING_DEFAULT = "separate"
 MAP_BATCH_MODES = ("auto", "probe", "vmap")
 DESIGNS = ("grid", "one_factor")
+# folds="auto": cross-validate while train+val is small enough that which examples a head trained on dominates the
+# noise and K trainings stay cheap; above it, the fixed val split (experiments/README.md, "Honest answers").
+AUTO_FOLDS, AUTO_FOLDS_MAX_EXAMPLES = 5, 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +90,12 @@ class SweepSpec:
     "probe" = the fastest of a few timed candidates; "vmap"; or an int k for ``lax.map(batch_size=k)``),
     ``member_memory_mb`` (cap on the
     activation memory of the members batched together on one device; bounds k), ``data_seed``.
-    ``folds``: K-fold cross-validation over train+val pooled (None: the fixed val split); folds are one more member
-    axis, so K folds of every config train in the same programs. ``metric``: the val metric members are ranked and
-    stopped by (None: the task's default, ``metrics.metric_for_task``). ``design``: ``"grid"`` (the cross product)
-    or ``"one_factor"`` (one factor at a time around the base, the first level of every axis).
+    ``folds``: K-fold cross-validation over train+val pooled (None: the fixed val split; "auto": ``AUTO_FOLDS``
+    up to ``AUTO_FOLDS_MAX_EXAMPLES`` train+val examples, else None, see :meth:`resolve_folds`); folds are one
+    more member axis, so K folds of every config train in the same programs. ``metric``: the val metric members
+    are ranked and stopped by (None: the task's default, ``metrics.metric_for_task``). ``design``: ``"grid"``
+    (the cross product) or ``"one_factor"`` (one factor at a time around the base, the first level of every
+    axis).
     ``depth_grouping``: ``"separate"`` (one group per depth) or ``"gated"`` (members differing only in depth,
     depth >= 1, share one group padded to its maximum depth and width; shallower members' extra layers are an
     exact identity). Measured in ``experiments/bench_depth.py``: see ``DEPTH_GROUPING_DEFAULT``.
@@ -125,7 +130,7 @@ class SweepSpec:
     member_memory_mb: float = 1024.0
     data_seed: int = 0
     depth_grouping: str = DEPTH_GROUPING_DEFAULT
-    folds: int | None = None
+    folds: int | str | None = None
     metric: str | None = None
     design: str = "grid"
 
@@ -151,7 +156,7 @@ class SweepSpec:
             raise ValueError(f"SweepSpec.halving_fraction: must be in (0, 1), got {self.halving_fraction!r}")
         if self.depth_grouping not in DEPTH_GROUPINGS:
             raise ValueError(f"SweepSpec.depth_grouping: {self.depth_grouping!r} is not one of {DEPTH_GROUPINGS}")
-        if self.folds is not None and (isinstance(self.folds, bool) or int(self.folds) < 2):
+        if self.folds is not None and self.folds != "auto" and (isinstance(self.folds, bool) or int(self.folds) < 2):
             raise ValueError(f"--folds: must be >= 2 (got {self.folds!r}); leave it out for a fixed validation split")
         if self.design not in DESIGNS:
             raise ValueError(f"--design: {self.design!r} is not one of {DESIGNS}")
@@ -168,6 +173,13 @@ class SweepSpec:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         return from_known_fields(cls, d)
 
+    def resolve_folds(self, train_val_examples: int) -> "SweepSpec":
+        """This spec with ``folds="auto"`` decided for a dataset of ``train_val_examples`` train+val examples."""
+        if self.folds != "auto":
+            return self
+        folds = AUTO_FOLDS if train_val_examples <= AUTO_FOLDS_MAX_EXAMPLES else None
+        return dataclasses.replace(self, folds=folds)
+
     def expand(self, num_classes: int, task: str) -> list[MemberSpec]:
         """Every member: explicit ``members``, else the (sampled) configs of the design, each repeated for every
         seed and, with ``folds``, every fold (in that order: config, seed, fold)."""
@@ -178,6 +190,8 @@ class SweepSpec:
         configs = list(dict.fromkeys(self._member(num_classes, task, *cell) for cell in self._cells()))
         if self.sample is not None and self.sample < len(configs):
             configs = random.Random(self.sample_seed).sample(configs, self.sample)
+        if self.folds == "auto":
+            raise ValueError("SweepSpec.folds 'auto': decide it for the dataset first (SweepSpec.resolve_folds)")
         folds = range(self.folds) if self.folds else (None,)
         return [dataclasses.replace(c, seed=s, fold=f) for c in configs for s in range(self.seeds) for f in folds]
 
