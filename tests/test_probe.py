@@ -77,3 +77,18 @@ def test_sweep_rows_schema():
     rows = probe.sweep_rows(splits, l2=[10.0, 0.1], task="multiclass", num_classes=4, metric="macro_f1")
     assert [r["l2"] for r in rows] == [0.1, 10.0] and sum(r["best"] for r in rows) == 1
     assert set(rows[0]["val"]) == {"accuracy", "top5", "macro_f1"} and rows[0]["test"]["accuracy"] == 1.0
+
+
+def test_two_backbones_features_side_by_side_probe_as_one_candidate():
+    from jaxheads.splits import concat_pooled
+
+    a = {"train": _blobs(20, 0), "val": _blobs(8, 1)}
+    b = {k: FeatureSplit(labels=s.labels, pooled=s.pooled[:, :3] * 2.0) for k, s in a.items()}
+    both = concat_pooled(a, b)
+    assert both["train"].pooled.shape == (len(a["train"]), a["train"].pooled.shape[1] + 3)
+    np.testing.assert_array_equal(both["val"].pooled[:, -3:], b["val"].pooled)
+    out = probe.ridge_probe(both["train"], both["val"], num_classes=4)
+    assert out["num_features"] == both["train"].pooled.shape[1]
+    shuffled = {k: FeatureSplit(labels=s.labels[::-1], pooled=s.pooled) for k, s in b.items()}
+    with pytest.raises(ValueError, match="different examples"):
+        concat_pooled(a, shuffled)

@@ -243,19 +243,31 @@ def _backbones_table(args: argparse.Namespace) -> int:
 def _cmd_backbones(args: argparse.Namespace) -> int:
     if args.backbones_command == "list":
         return _backbones_table(args)
-    from jaxheads import data, features, probe
+    from jaxheads import data, features
+
+    from jaxheads.splits import concat_pooled
 
     ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
     print(f"{'backbone':<24} {'features':>8} {'val':>8} {'test':>8} {'l2':>10}")
+    per_backbone = {}
     for name in args.names:
-        splits = features.extract_all(features.backbone_source(name), ds, cache_dir=args.cache_dir, need_maps=False,
-                                      batch_size=args.feature_batch_size)
-        out = probe.ridge_probe(splits["train"], splits["val"], splits.get("test"), num_classes=ds.num_classes)
-        best = out["best"]
-        metric = out["select_metric"]
-        test = best.get("test", {}).get(metric, float("nan"))
-        print(f"{name:<24} {out['num_features']:>8} {best['val'][metric]:>8.4f} {test:>8.4f} {best['l2']:>10.3g}")
+        per_backbone[name] = features.extract_all(features.backbone_source(name), ds, cache_dir=args.cache_dir,
+                                                  need_maps=False, batch_size=args.feature_batch_size)
+        _probe_row(name, per_backbone[name], ds.num_classes)
+    if len(args.names) >= 2:  # the first two side by side: a practitioner's next step is an ensemble of backbones
+        first, second = args.names[:2]
+        _probe_row(f"{first}+{second}", concat_pooled(per_backbone[first], per_backbone[second]), ds.num_classes)
     return 0
+
+
+def _probe_row(name: str, splits: dict[str, Any], num_classes: int) -> None:
+    """One line of ``backbones compare``: the ridge probe's val and test figures at the λ chosen on val."""
+    from jaxheads import probe
+
+    out = probe.ridge_probe(splits["train"], splits["val"], splits.get("test"), num_classes=num_classes)
+    best, metric = out["best"], out["select_metric"]
+    test = best.get("test", {}).get(metric, float("nan"))
+    print(f"{name:<24} {out['num_features']:>8} {best['val'][metric]:>8.4f} {test:>8.4f} {best['l2']:>10.3g}")
 
 
 COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "finetune": _cmd_finetune, "classify": _cmd_classify,

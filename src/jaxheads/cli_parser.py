@@ -201,7 +201,8 @@ def _backbones_parser(sub: Any) -> None:
                          "machine now (they run offline)")
     _quiet_verbose(listing)
     compare = bb_sub.add_parser("compare", help="ridge-probe accuracy of each backbone's cached features",
-                                description="Features of each backbone (cached), then a closed-form ridge probe.")
+                                description="Features of each backbone (cached), then a closed-form ridge probe; with "
+                                            "two or more, also the first two backbones' features side by side.")
     compare.add_argument("names", nargs="+", help="backbone names, e.g. efficientnet_lite0 mobilenet_v2")
     compare.add_argument("--dataset", default="elpv", help="same forms as sweep --dataset; default elpv")
     compare.add_argument("--cache-dir", type=Path, help="where features are cached; default $JAXHEADS_CACHE/features")

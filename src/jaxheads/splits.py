@@ -21,3 +21,17 @@ class FeatureSplit(NamedTuple):
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def concat_pooled(a: dict[str, FeatureSplit], b: dict[str, FeatureSplit]) -> dict[str, FeatureSplit]:
+    """Every split's pooled features of two backbones side by side, (N, C_a + C_b): a candidate that ensembles
+    backbones for a linear probe. The two must hold the same examples in the same order (one dataset)."""
+    out = {}
+    for name, left in a.items():
+        right = b[name]
+        if left.pooled is None or right.pooled is None:
+            raise ValueError(f"split {name!r}: both backbones need pooled features to concatenate them")
+        if not np.array_equal(left.labels, right.labels):
+            raise ValueError(f"split {name!r}: the two backbones' features hold different examples")
+        out[name] = FeatureSplit(labels=left.labels, pooled=np.concatenate([left.pooled, right.pooled], axis=-1))
+    return out
