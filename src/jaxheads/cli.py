@@ -244,7 +244,6 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     if args.backbones_command == "list":
         return _backbones_table(args)
     from jaxheads import data, features
-
     from jaxheads.splits import concat_pooled
 
     ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
