@@ -29,17 +29,17 @@ import numpy as np
 
 MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MULTILABEL_METRICS = ("macro_average_precision", "macro_roc_auc")
-_METRICS = {"multiclass": MULTICLASS_METRICS, "multilabel": MULTILABEL_METRICS}
+RANKING_METRICS = {"multiclass": MULTICLASS_METRICS, "multilabel": MULTILABEL_METRICS}
 _CHUNK_ELEMENTS = 1 << 22
 """Draws x examples per chunk of B: 16 MB a float32 (chunk, N) array; the ranking metrics hold about ten such."""
 
 
 def check_metric(metric: str, task: str) -> str:
     """``metric`` if it is a metric of ``task`` ("multiclass" | "multilabel"); a one-line ValueError otherwise."""
-    if task not in _METRICS:
-        raise ValueError(f"task: {task!r} is not one of {', '.join(_METRICS)}")
-    if metric not in _METRICS[task]:
-        raise ValueError(f"--metric: {metric!r} is not a {task} metric; choose one of {', '.join(_METRICS[task])}")
+    if task not in RANKING_METRICS:
+        raise ValueError(f"task: {task!r} is not one of {', '.join(RANKING_METRICS)}")
+    if metric not in RANKING_METRICS[task]:
+        raise ValueError(f"--metric: {metric!r} is not a {task} metric; choose one of {', '.join(RANKING_METRICS[task])}")
     return metric
 
 
@@ -370,13 +370,7 @@ def compare(
     level: float = 0.95,
 ) -> Comparison:
     """Config b against config a, paired: both sides are evaluated on the same draws (examples and seeds)."""
-    return comparison_from_values(
-        point_estimate(scores_a, labels, metric, task),
-        point_estimate(scores_b, labels, metric, task),
-        draw_values(scores_a, labels, metric, task, draws),
-        draw_values(scores_b, labels, metric, task, draws),
-        level,
-    )
+    return compare_pooled([scores_a], [scores_b], labels, metric, task, draws, level)
 
 
 def _pooled(
