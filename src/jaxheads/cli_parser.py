@@ -284,7 +284,7 @@ def sweep_help() -> dict[str, FlagHelp]:
     """Flag -> :class:`FlagHelp` of every sweep flag (built on first use: it reads the sweep's constants)."""
     from jaxheads.head_spec import ACTIVATIONS, NORMS, POOLINGS
     from jaxheads.metrics import DEFAULT_METRIC
-    from jaxheads.sweep import RANKING_METRICS
+    from jaxheads.stats import RANKING_METRICS
     from jaxheads.sweep.spec import DEPTH_GROUPINGS, DESIGNS, MAP_BATCH_MODES, OPTIMIZERS
 
     poolings = ", ".join(p for p in POOLINGS if p != "none")

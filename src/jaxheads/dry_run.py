@@ -26,9 +26,9 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from jaxheads import heads, metrics, parallel
+from jaxheads import heads, parallel
 from jaxheads.cli_parser import conv_stack_text
-from jaxheads.sweep import RANKING_METRICS, SweepSpec
+from jaxheads.sweep import SweepSpec
 from jaxheads.sweep.plan import GroupPlan, cached_shape, fixed_map_batch, group_members, make_plan, member_bytes
 
 BYTES = 4  # float32 on the device
@@ -69,13 +69,6 @@ class SweepPlan:
     @property
     def flops_per_epoch(self) -> float:
         return sum(g.train_flops + g.eval_flops for g in self.groups)
-
-
-def _metric(spec: SweepSpec, task: str) -> str:
-    metric = spec.metric or metrics.metric_for_task(task)
-    if metric not in RANKING_METRICS[task]:
-        raise ValueError(f"--metric: {metric!r} is not one of {RANKING_METRICS[task]} for a {task} task")
-    return metric
 
 
 def _rows(spec: SweepSpec, sizes: Mapping[str, int]) -> tuple[int, int, int]:
@@ -136,7 +129,7 @@ def plan_sweep(spec: SweepSpec, shapes: Mapping[str, tuple[int, ...] | None], si
     groups = tuple(_group_cost(make_plan(gid, ids, members, shapes, n_train, spec, None), spec, eval_rows, placed)
                    for gid, ids in enumerate(group_members(members, shapes, spec.depth_grouping)))
     configs = len({m.config_id() for m in members})
-    return SweepPlan(members=len(members), configs=configs, metric=_metric(spec, task), epochs=spec.epochs,
+    return SweepPlan(members=len(members), configs=configs, metric=spec.ranking_metric(task), epochs=spec.epochs,
                      n_train=n_train, eval_rows=eval_rows, devices=jax.device_count(), shapes=dict(shapes),
                      groups=groups)
 

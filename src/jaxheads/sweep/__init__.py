@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxheads import metrics, probe
+from jaxheads import probe
 from jaxheads.splits import FeatureSplit
 
 from . import folds, verdicts
@@ -40,8 +40,6 @@ from .resume import GroupStore
 from .schema import SCHEMA
 from .spec import DEPTH_GROUPING_DEFAULT, MemberSpec, SweepSpec
 
-RANKING_METRICS = {"multiclass": ("accuracy", "balanced_accuracy", "macro_f1"),
-                   "multilabel": ("macro_average_precision", "macro_roc_auc")}
 __all__ = ["CPU_MEMBER_MAJOR_PARAMS", "DEPTH_GROUPING_DEFAULT", "SCHEMA", "MemberSpec", "SweepResult", "SweepSpec",
            "abstract_splits", "compile_sweep", "leaderboard", "make_optimizer", "run_sweep"]
 
@@ -134,7 +132,7 @@ def run_sweep(
     if not members:
         raise ValueError("run_sweep: the sweep has no members")
     check_inputs(members, splits)
-    metric = _ranking_metric(sweep, task)
+    metric = sweep.ranking_metric(task)
     store = GroupStore(checkpoint_dir, sweep, splits, num_classes, task, label_names)
     # The ridge baseline is independent of the heads: on one process it runs in a thread while the groups train.
     ridge_job = _Background(_ridge_rows, sweep, splits, num_classes, metric, background=jax.process_count() == 1)
@@ -158,14 +156,6 @@ class _Trained(NamedTuple):
     variables: list[Any]
     predictions: list[Any]
     groups: list[dict[str, Any]]
-
-
-def _ranking_metric(sweep: SweepSpec, task: str) -> str:
-    metric = sweep.metric or metrics.metric_for_task(task)
-    allowed = RANKING_METRICS[task]
-    if metric not in allowed:
-        raise ValueError(f"--metric: {metric!r} is not one of {allowed} for a {task} task")
-    return metric
 
 
 def _cross_validation(sweep: SweepSpec, splits: Mapping[str, FeatureSplit],

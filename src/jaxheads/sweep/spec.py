@@ -12,7 +12,9 @@ import json
 import random
 from typing import Any, Mapping
 
+from jaxheads import stats
 from jaxheads.heads import ConvStage, HeadSpec, from_known_fields
+from jaxheads.metrics import metric_for_task
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DEPTH_GROUPINGS = ("separate", "gated")
@@ -172,6 +174,10 @@ class SweepSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> "SweepSpec":
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         return from_known_fields(cls, d)
+
+    def ranking_metric(self, task: str) -> str:
+        """The val metric members of ``task`` are ranked and stopped by (an error naming ``--metric`` otherwise)."""
+        return stats.check_metric(self.metric or metric_for_task(task), task)
 
     def resolve_folds(self, train_val_examples: int) -> "SweepSpec":
         """This spec with ``folds="auto"`` decided for a dataset of ``train_val_examples`` train+val examples."""
