@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import jax
 import numpy as np
@@ -111,18 +111,33 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write bytes through a temporary file in the same directory, fsync, then rename over ``path``."""
+    write_atomic(path, lambda f: f.write(data))
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any], *, exclusive: bool = False) -> None:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then publish it as ``path``, so readers never
+    see half a file and a kill leaves no partial one. ``exclusive``: publish only if ``path`` does not exist yet
+    (the first writer wins; a hard link is atomic and fails on an existing name)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if not exclusive:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cache_dir() -> Path:

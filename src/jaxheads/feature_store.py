@@ -25,9 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from jaxheads.checkpoint import write_bytes_atomic
+from jaxheads.checkpoint import write_atomic, write_json_atomic
 from jaxheads.dataset import image_set_fingerprint
 
 META = "meta.json"
@@ -96,24 +94,14 @@ def _writing(path: Path) -> Iterator[None]:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary file beside ``path`` (streamed: no copy of ``array`` in memory), fsync, rename."""
+    """np.save through an atomic write (streamed: no copy of ``array`` in memory)."""
     with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, array)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: np.save(f, array))
 
 
 def _write_json_atomic(path: Path, value: Any) -> None:
     with _writing(path):
-        write_bytes_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode())
+        write_json_atomic(path, value)
 
 
 def create_plan(folder: Path, identity: Mapping[str, Any], plan: Plan) -> None:
@@ -121,23 +109,10 @@ def create_plan(folder: Path, identity: Mapping[str, Any], plan: Plan) -> None:
     with the splits drawn otherwise (so another row order) reads the winner's plan instead of replacing it under
     shards already written in its order."""
     path = folder / PLAN
+    identity_text = json.dumps(identity, sort_keys=True)
     with _writing(path):
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, rows=plan.rows, shard_size=plan.shard_size, identity=json.dumps(identity, sort_keys=True))
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # atomic, and fails if the plan exists
-            except FileExistsError:
-                pass
-            except OSError:  # a filesystem without hard links
-                if not path.exists():
-                    os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        write_atomic(path, lambda f: np.savez(f, rows=plan.rows, shard_size=plan.shard_size, identity=identity_text),
+                     exclusive=True)
 
 
 def write_shard(
