@@ -18,15 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from jaxheads import checkpoint
-from jaxheads.splits import FeatureSplit
-from jaxheads.sweep import DEPTH_GROUPING_DEFAULT, SweepSpec, run_sweep
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ is not an installed package
+from experiments.bench_sweep import matmul_flops  # noqa: E402
+from jaxheads import checkpoint  # noqa: E402
+from jaxheads.splits import FeatureSplit  # noqa: E402
+from jaxheads.sweep import DEPTH_GROUPING_DEFAULT, SweepSpec, run_sweep  # noqa: E402
 
 SETTINGS = ("separate", "gated")
 
@@ -41,19 +44,6 @@ def make_splits(n_train: int, dim: int = 1280, classes: int = 10, seed: int = 0)
         return FeatureSplit(labels=y, pooled=(centres[y] * 0.3 + rng.normal(size=(n, dim))).astype(np.float32))
 
     return {"train": one(n_train), "val": one(512)}
-
-
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """GFLOP/s of an n×n float32 matmul (best of ``repeats``): the CPU's current headroom."""
-    a = jax.numpy.ones((n, n), jax.numpy.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def one_run(setting: str, splits: dict, args: argparse.Namespace) -> dict:
@@ -89,7 +79,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = SETTINGS if r % 2 == 0 else SETTINGS[::-1]  # alternate who goes first
         for setting in order:
-            mm = matmul_gflops()
+            mm = matmul_flops(1024, 5) / 1e9
             row = one_run(setting, splits, args)
             row.update(round=r, matmul_gflops_before=mm, loadavg=os.getloadavg())
             rows.append(row)

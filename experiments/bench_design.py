@@ -45,15 +45,18 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-import jaxheads
-from jaxheads import data, features
-from jaxheads.sweep import SweepSpec, run_sweep
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ is not an installed package
+from experiments.bench_sweep import matmul_flops  # noqa: E402
+import jaxheads  # noqa: E402
+from jaxheads import data, features  # noqa: E402
+from jaxheads.sweep import SweepSpec, run_sweep  # noqa: E402
 
 DATASET, BACKBONE = "elpv", "efficientnet_lite0"
 AXES = {"pooling": ("avg", "max"), "widths": (128, 512), "depth": (1, 2), "dropout": (0.0, 0.5)}
@@ -77,19 +80,6 @@ NOISE_NOTE = ("Each design ran once, one after another, on a shared 2-core machi
               "taken just before each design is recorded beside it.")
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """GFLOP/s of an n×n float32 matmul (best of ``repeats``): the CPU's current headroom."""
-    a = jax.numpy.ones((n, n), jax.numpy.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
 def sweep_spec(design: dict) -> SweepSpec:
     return SweepSpec(**AXES, **TRAINING, design=design["design"], folds=design["folds"], seeds=design["seeds"])
 
@@ -98,7 +88,7 @@ def one_design(key: str, splits: dict, ds: data.Dataset) -> dict:
     """One timed ``run_sweep`` of design ``key`` and the widths of its answers."""
     design = DESIGNS[key]
     spec = sweep_spec(design)
-    mm = matmul_gflops()
+    mm = matmul_flops(1024, 5) / 1e9
     load = os.getloadavg()
     t = time.perf_counter()
     result = run_sweep(spec, splits, num_classes=ds.num_classes, task=ds.task, label_names=list(ds.classes))

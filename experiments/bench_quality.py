@@ -51,6 +51,7 @@ import json
 import os
 import platform
 import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,11 @@ from typing import Any
 import jax
 import numpy as np
 
-import jaxheads
-from jaxheads import data, ensembles, features, finetuning, heads_io, probe, stats
-from jaxheads.sweep import SweepSpec, run_sweep
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ is not an installed package
+from experiments.bench_sweep import matmul_flops  # noqa: E402
+import jaxheads  # noqa: E402
+from jaxheads import data, ensembles, features, finetuning, heads_io, probe, stats  # noqa: E402
+from jaxheads.sweep import SweepSpec, run_sweep  # noqa: E402
 
 DATASET, BACKBONE = "elpv", "efficientnet_lite0"
 N_BOOT = 2000
@@ -131,19 +134,6 @@ def finetune_probe(ds: data.Dataset, head_dir: Path, n_train: int, n_val: int) -
             "projected_full_epoch_s": per_image * full, "full_images_per_epoch": full}
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """GFLOP/s of an n×n float32 matmul (best of ``repeats``): the shared CPU's current headroom."""
-    a = jax.numpy.ones((n, n), jax.numpy.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
 def cell(f: dict | None) -> str:
     if f is None:
         return f"{'-':>22}"
@@ -187,7 +177,7 @@ def main() -> None:
     work = Path(args.work_dir)
     timings: dict[str, float] = {}
 
-    mm_before = matmul_gflops()
+    mm_before = matmul_flops(1024, 5) / 1e9
     t = time.perf_counter()
     ds = data.load_dataset(DATASET, seed=0)
     source = features.backbone_source(BACKBONE)
