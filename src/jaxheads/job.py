@@ -13,7 +13,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -93,7 +93,7 @@ def sweep_job(
                                 progress=feature_progress, strict=strict)
     result = run_sweep(sweep, splits, num_classes=ds.num_classes, task=ds.task, progress=sweep_progress,
                        label_names=list(ds.classes), checkpoint_dir=Path(out_dir) / SWEEP_STATE)
-    _add_confusion_matrices(result, splits)
+    _add_confusion_matrices(result)
     files: dict[str, Path] = {}
     if distributed.is_main_process():
         files = write_outputs(result, out_dir, backbone=backbone, weights="none" if weights is None else str(weights),
@@ -157,23 +157,24 @@ def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], **proven
     return files
 
 
-def _add_confusion_matrices(result: SweepResult, splits: Mapping[str, FeatureSplit]) -> None:
-    """Confusion matrices (val, test) for the recommended config's members of a multiclass sweep."""
-    if result.task != "multiclass" or result.recommended is None:
+def _add_confusion_matrices(result: SweepResult) -> None:
+    """Confusion matrices (val, test) of the recommended config's members of a multiclass sweep, from the
+    predictions the sweep kept: on val, a member's own rows (with folds, its fold; the rest of val trained it)."""
+    p = result.predictions
+    if result.task != "multiclass" or result.recommended is None or not p:
         return
     for record in result.members:
         if record["config"] != result.recommended:
             continue
-        spec, variables = result.head(record["member"])
-        apply_fn = heads_io.make_apply_fn(spec)
-        matrices = {}
-        for name in ("val", "test"):
-            if name not in splits:
-                continue
-            split = splits[name]
-            x = split.pooled if spec.pooling == "none" else split.maps
-            preds = np.asarray(apply_fn(variables, np.asarray(x, np.float32))).argmax(-1)
-            labels = np.asarray(split.labels)
-            matrices[name] = np.asarray(metrics.confusion_matrix(
-                preds, labels, result.num_classes, np.ones(labels.shape, bool))).astype(int).tolist()
+        member, fold = record["member"], record["spec"].get("fold")
+        rows = slice(None) if fold is None else p["val_fold"] == fold
+        matrices = {"val": _confusion(p["val"][member][rows], p["val_labels"][rows], result.num_classes)}
+        if "test" in p:
+            matrices["test"] = _confusion(p["test"][member], p["test_labels"], result.num_classes)
         record["confusion_matrix"] = matrices
+
+
+def _confusion(probabilities: np.ndarray, labels: np.ndarray, num_classes: int) -> list[list[int]]:
+    labels = np.asarray(labels)
+    matrix = metrics.confusion_matrix(np.argmax(probabilities, -1), labels, num_classes, np.ones(labels.shape, bool))
+    return np.asarray(matrix).astype(int).tolist()
