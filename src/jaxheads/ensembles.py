@@ -329,10 +329,9 @@ def soup_variables(variables: Sequence[Any]) -> Any:
 def _head_probabilities(spec: HeadSpec, variables: Any, split: FeatureSplit, rows: np.ndarray | None,
                         task: str, batch_size: int) -> np.ndarray:
     """(rows, classes) probabilities of one standalone head on the features of ``split`` (optionally some rows)."""
-    x = split.pooled if spec.pooling == "none" else split.maps
+    x = getattr(split, spec.feature_kind)
     if x is None:
-        raise ValueError(f"head_soup: pooling {spec.pooling!r} needs "
-                         f"{'pooled' if spec.pooling == 'none' else 'maps'} features in the splits")
+        raise ValueError(f"head_soup: pooling {spec.pooling!r} needs {spec.feature_kind} features in the splits")
     index = np.arange(len(x)) if rows is None else np.flatnonzero(rows)
     apply_fn = heads_io.make_apply_fn(spec)
     out = [predict.probabilities(apply_fn(variables, np.asarray(x[index[i: i + batch_size]], np.float32)), task)

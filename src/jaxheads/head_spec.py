@@ -153,6 +153,11 @@ class HeadSpec:
     def replace(self, **changes: Any) -> "HeadSpec":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def feature_kind(self) -> str:
+        """The cached features the head reads: ``"pooled"`` vectors (pooling "none"), else the spatial ``"maps"``."""
+        return "pooled" if self.pooling == "none" else "maps"
+
     # ---- grouping ------------------------------------------------------------------------------------------
     def structure(self) -> "HeadSpec":
         """The spec with everything that may vary inside one compiled group blanked out (widths → 1, dropout

@@ -149,7 +149,7 @@ def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], **proven
     member = result.recommended_member()
     if member is not None:
         spec, variables = result.head(member)
-        shape = result.feature_shapes["pooled" if spec.pooling == "none" else "maps"]
+        shape = result.feature_shapes[spec.feature_kind]
         extra = {"config": result.recommended, "member": member, **provenance}
         files["head"] = heads_io.save_head(out / "head", spec, variables, shape,
                                            label_names=result.label_names, extra=extra)

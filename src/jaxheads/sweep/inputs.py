@@ -46,10 +46,10 @@ def feature_shapes(split: FeatureSplit) -> dict[str, tuple[int, ...] | None]:
 
 def split_features(split: FeatureSplit, spec: HeadSpec, name: str) -> Any:
     """The cached features ``spec`` reads from ``split``: pooled vectors for pooling "none", else the maps."""
-    x = split.pooled if spec.pooling == "none" else split.maps
+    x = getattr(split, spec.feature_kind)
     if x is None:
-        kind = "pooled" if spec.pooling == "none" else "maps"
-        raise ValueError(f"HeadSpec.pooling: {spec.pooling!r} needs split {name!r} to carry `{kind}` features")
+        raise ValueError(f"HeadSpec.pooling: {spec.pooling!r} needs split {name!r} to carry `{spec.feature_kind}` "
+                         f"features")
     return x
 
 

@@ -37,10 +37,10 @@ def program_structure(head: HeadSpec) -> HeadSpec:
 
 def cached_shape(head: HeadSpec, feature_shapes: Mapping[str, tuple[int, ...] | None]) -> tuple[int, ...]:
     """Per-example shape of the cached features ``head`` reads: pooled vectors for pooling "none", else maps."""
-    kind = "pooled" if head.pooling == "none" else "maps"
-    shape = feature_shapes[kind]
+    shape = feature_shapes[head.feature_kind]
     if shape is None:
-        raise ValueError(f"HeadSpec.pooling: {head.pooling!r} needs `{kind}` features, which the splits lack")
+        raise ValueError(f"HeadSpec.pooling: {head.pooling!r} needs `{head.feature_kind}` features, which the splits "
+                         f"lack")
     return tuple(shape)
 
 
