@@ -93,3 +93,10 @@ def sort_levels(values: Iterable[Hashable]) -> list[Hashable]:
     nums = sorted(v for v in values if isinstance(v, (int, float)))
     strs = sorted((v for v in values if not isinstance(v, (int, float))), key=lambda s: (s != "none", str(s)))
     return nums + strs
+
+
+def matching_keys(factors: Sequence[Mapping[str, Hashable]], axis: str, a: Hashable, b: Hashable) -> list[str]:
+    """The factors two heads must share to be compared on ``axis`` (level a vs b): every other one that applies at
+    both levels. A factor that is None throughout one level (the width of a linear head) cannot be matched on."""
+    at = {level: [f for f in factors if f[axis] == level] for level in (a, b)}
+    return [k for k in factors[0] if k != axis and not any(all(f[k] is None for f in at[lv]) for lv in (a, b))]

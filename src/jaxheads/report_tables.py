@@ -12,7 +12,7 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from jaxheads.factors import QUESTION_AXES, QUESTION_AXES_NAMES, member_factors, varied_axes
+from jaxheads.factors import QUESTION_AXES, QUESTION_AXES_NAMES, matching_keys, member_factors, varied_axes
 from jaxheads.factors import format_level as _fmt_level
 from jaxheads.factors import sort_levels as _sort_levels
 
@@ -106,9 +106,7 @@ def _cells(members: Sequence[Mapping[str, Any]], metric: str, axis: str, a: Hash
            factors: Sequence[dict[str, Hashable]]) -> dict[tuple, dict[Hashable, dict[int, float]]]:
     """Group the members at level a or b of ``axis`` by context (every other applicable factor) and seed."""
     at = [i for i, f in enumerate(factors) if f[axis] in (a, b)]
-    # A factor that does not apply at one of the two levels (None there) cannot be matched on: drop it.
-    keys = [k for k in factors[0] if k != axis and not any(
-        all(factors[i][k] is None for i in at if factors[i][axis] == level) for level in (a, b))]
+    keys = matching_keys(factors, axis, a, b)
     sums: dict[tuple, dict[Hashable, dict[int, list[float]]]] = {}
     for i in at:
         value = num(members[i]["val"].get(metric))

@@ -16,7 +16,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 
 from jaxheads import stats
-from jaxheads.factors import QUESTION_AXES, format_level, member_factors, sort_levels, varied_axes
+from jaxheads.factors import QUESTION_AXES, format_level, matching_keys, member_factors, sort_levels, varied_axes
 
 from .result import SweepResult
 
@@ -103,8 +103,7 @@ def _matched_pairs(factors: Mapping[str, Mapping[str, Hashable]], axis: str, a: 
                    b: Hashable) -> list[tuple[str, str]]:
     """(config at a, config at b) pairs that agree on every other factor applying at both levels."""
     at = {lvl: [c for c, f in factors.items() if f[axis] == lvl] for lvl in (a, b)}
-    keys = [k for k in next(iter(factors.values())) if k != axis and not any(
-        all(factors[c][k] is None for c in at[lvl]) for lvl in (a, b))]
+    keys = matching_keys(list(factors.values()), axis, a, b)
     context = lambda c: tuple(factors[c][k] for k in keys)  # noqa: E731
     return [(x, y) for x in at[a] for y in at[b] if context(x) == context(y)]
 
