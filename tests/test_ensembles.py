@@ -12,7 +12,7 @@ from jaxheads import ensembles, heads, predict
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import SweepResult, SweepSpec, run_sweep
 from jaxheads.sweep.spec import MemberSpec
-from jaxheads.sweep.verdicts import _val_scores
+from jaxheads.sweep.scores import val_scores as _val_scores
 
 
 def _result(val: np.ndarray, val_labels: np.ndarray, test: np.ndarray | None = None,

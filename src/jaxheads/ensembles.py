@@ -12,7 +12,7 @@ training:
   weights have to be evaluated again, so it takes the features (``splits``) the sweep ran on.
 
 A config's predictor is the mean of its members' probabilities: on val its seeds' out-of-fold probabilities (with
-cross-validation every pooled row is scored by the member of its own fold, as in :mod:`jaxheads.sweep.verdicts`,
+cross-validation every pooled row is scored by the member of its own fold, as in :mod:`jaxheads.sweep.scores`,
 so no row is ever scored by a model that trained on it), on test the mean over its seeds and fold models. Configs
 are ranked by the val metric of that predictor, ties broken by the lower val log loss.
 
@@ -34,6 +34,7 @@ from jaxheads.heads import HeadSpec
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep.folds import pooled_splits
 from jaxheads.sweep.result import SweepResult
+from jaxheads.sweep.scores import ConfigScores, config_scores
 from jaxheads.sweep.spec import MemberSpec
 
 __all__ = ["ConfigScores", "EnsembleReport", "SoupReport", "config_scores", "greedy_ensemble", "greedy_selection",
@@ -45,62 +46,6 @@ _EPS = 1e-12
 
 
 # ------------------------------------------------------------------------------------------ configs' predictions
-
-
-@dataclasses.dataclass(frozen=True)
-class ConfigScores:
-    """One config's probabilities. ``val`` (seeds, rows, classes): each seed's out-of-fold probabilities (with
-    folds, row r by the member of r's fold); ``test`` (seeds, test rows, classes): each seed's mean over its fold
-    models, or None without a test split. ``members``: the sweep's member indices of this config."""
-
-    config: str
-    members: tuple[int, ...]
-    val: np.ndarray
-    test: np.ndarray | None
-
-    @property
-    def val_mean(self) -> np.ndarray:
-        """(rows, classes): the config's val predictor, the mean over its seeds."""
-        return self.val.mean(axis=0)
-
-    @property
-    def test_mean(self) -> np.ndarray | None:
-        """(test rows, classes): the config's test predictor, the mean over its seeds (and fold models)."""
-        return None if self.test is None else self.test.mean(axis=0)
-
-
-def _seed(member: Mapping[str, Any]) -> int:
-    return int(member["spec"]["seed"])
-
-
-def config_scores(result: SweepResult) -> dict[str, ConfigScores]:
-    """Every config's :class:`ConfigScores`, in the order configs first appear among the members."""
-    p = result.predictions
-    if "val" not in p:
-        raise ValueError("the sweep result holds no predictions (SweepResult.predictions is empty)")
-    fold_of = p.get("val_fold")
-    by_config: dict[str, list[Mapping[str, Any]]] = {}
-    for m in result.members:
-        by_config.setdefault(m["config"], []).append(m)
-    out = {}
-    for config, members in by_config.items():
-        seeds = sorted({_seed(m) for m in members})
-        val = np.zeros((len(seeds),) + p["val"].shape[1:], np.float32)
-        covered = np.zeros(val.shape[:2], bool)
-        for m in members:
-            s = seeds.index(_seed(m))
-            rows = np.ones(val.shape[1], bool) if fold_of is None else fold_of == m["spec"]["fold"]
-            val[s, rows] = p["val"][m["member"]][rows]
-            covered[s, rows] = True
-        if not covered.all():
-            raise ValueError(f"config {config}: some val rows have no member scoring them out of fold (a fold "
-                             "missing for some seed)")
-        test = None
-        if "test" in p:
-            test = np.stack([np.mean([p["test"][m["member"]] for m in members if _seed(m) == s], axis=0)
-                             for s in seeds]).astype(np.float32)
-        out[config] = ConfigScores(config, tuple(int(m["member"]) for m in members), val, test)
-    return out
 
 
 def log_loss(probs: np.ndarray, labels: np.ndarray, task: str) -> float:

@@ -3,8 +3,7 @@ recommended head, and its one honest test figure.
 
 Every figure comes from the members' per-example predictions at their kept epochs (``SweepResult.predictions``)
 through :mod:`jaxheads.stats`: a paired hierarchical bootstrap over the folds, the seeds and the evaluation
-examples, with one set of draws for the whole sweep. A config's evaluation scores are (seeds, rows, classes): with
-folds, each pooled row is scored by the member of that config and seed that did not train on it.
+examples, with one set of draws for the whole sweep, on each config's out-of-fold scores (:mod:`.scores`).
 """
 
 from __future__ import annotations
@@ -19,43 +18,10 @@ from jaxheads import stats
 from jaxheads.factors import QUESTION_AXES, format_level, matching_keys, member_factors, sort_levels, varied_axes
 
 from .result import SweepResult
+from .scores import ConfigScores, config_scores
 
 N_BOOT = 2000
 LEVEL = 0.95
-
-
-def _config_members(result: SweepResult) -> dict[str, list[dict[str, Any]]]:
-    by_config: dict[str, list[dict[str, Any]]] = {}
-    for m in result.members:
-        by_config.setdefault(m["config"], []).append(m)
-    return by_config
-
-
-def _val_scores(members: Sequence[Mapping[str, Any]], predictions: Mapping[str, np.ndarray]) -> np.ndarray:
-    """(seeds, rows, classes) val scores of one config; with folds, out-of-fold (each row by its fold's member)."""
-    seeds = sorted({m["spec"]["seed"] for m in members})
-    fold_of = predictions.get("val_fold")
-    out = np.zeros((len(seeds),) + predictions["val"].shape[1:], np.float32)
-    for m in members:
-        s = seeds.index(m["spec"]["seed"])
-        rows = slice(None) if fold_of is None else fold_of == m["spec"]["fold"]
-        out[s, rows] = predictions["val"][m["member"]][rows]
-    return out
-
-
-def _test_scores(members: Sequence[Mapping[str, Any]], predictions: Mapping[str, np.ndarray]) -> np.ndarray:
-    """(seeds, rows, classes) test scores of one config: with folds, the mean of its fold models' probabilities."""
-    seeds = sorted({m["spec"]["seed"] for m in members})
-    return np.stack([np.mean([predictions["test"][m["member"]] for m in members if m["spec"]["seed"] == s], axis=0)
-                     for s in seeds])
-
-
-def _interval_dict(i: stats.Interval) -> dict[str, float]:
-    return {"estimate": i.estimate, "low": i.low, "high": i.high, "level": i.level}
-
-
-def _comparison_dict(c: stats.Comparison) -> dict[str, Any]:
-    return dataclasses.asdict(c)
 
 
 class _Evidence:
@@ -91,7 +57,7 @@ def _questions(configs: Mapping[str, Mapping[str, Any]], evidence: _Evidence, me
                 continue
             c = evidence.compare([x for x, _ in pairs], [y for _, y in pairs])
             winner = {"b better": format_level(b), "a better": format_level(a)}.get(c.verdict)
-            estimates = _comparison_dict(c)
+            estimates = dataclasses.asdict(c)
             estimates["mean_a"], estimates["mean_b"] = estimates.pop("a"), estimates.pop("b")
             answers.append({"axis": axis, "title": f"{titles[axis]}: {format_level(a)} vs {format_level(b)}",
                             **estimates, "a": a, "b": b, "metric": metric, "n_pairs": len(pairs),
@@ -125,8 +91,8 @@ def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> Swee
     (method, optimistic val figure, the one test figure, per-class recall)."""
     p, task, metric = result.predictions, result.task, result.metric
     labels = p["val_labels"]
-    by_config = _config_members(result)
-    scores = {c: _val_scores(ms, p) for c, ms in by_config.items()}
+    per_config = config_scores(result)
+    scores = {c: cs.val for c, cs in per_config.items()}
     n_seeds = {s.shape[0] for s in scores.values()}
     if len(n_seeds) != 1:
         return result  # explicit members with unequal replicas: no paired draws
@@ -135,38 +101,38 @@ def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> Swee
     evidence = _Evidence(scores, labels, metric, task, draws)
     board = [dict(row) for row in result.leaderboard]
     for row in board:
-        row["val_interval"] = _interval_dict(evidence.interval(row["config"]))
+        row["val_interval"] = dataclasses.asdict(evidence.interval(row["config"]))
     board.sort(key=lambda r: (-np.nan_to_num(r["val_interval"]["estimate"], nan=-np.inf), r["params"]))
     best = board[0]["config"]
     comparisons = [evidence.compare([best], [r["config"]]) for r in board]
     for row, c in zip(board, comparisons):
-        row["vs_best"] = _comparison_dict(c)
+        row["vs_best"] = dataclasses.asdict(c)
     recommended = board[stats.smallest_within_noise(comparisons, [r["params"] for r in board])]["config"]
-    configs = {c: {k: v for k, v in ms[0]["spec"].items() if k not in ("seed", "fold")} for c, ms in by_config.items()}
+    configs = {c: {k: v for k, v in result.members[cs.members[0]]["spec"].items() if k not in ("seed", "fold")}
+               for c, cs in per_config.items()}
     questions = _questions(configs, evidence, metric)
-    selection = _selection(result, by_config[recommended], evidence.interval(recommended), scores[recommended],
-                           labels, n_boot, seed)
+    selection = _selection(result, per_config[recommended], evidence.interval(recommended), labels, n_boot, seed)
     return dataclasses.replace(result, leaderboard=board, recommended=recommended, questions=questions,
                                selection=selection)
 
 
-def _selection(result: SweepResult, members: Sequence[Mapping[str, Any]], val: stats.Interval,
-               val_scores: np.ndarray, labels: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+def _selection(result: SweepResult, scores: ConfigScores, val: stats.Interval, labels: np.ndarray, n_boot: int,
+               seed: int) -> dict[str, Any]:
     p, task, metric = result.predictions, result.task, result.metric
     n_folds = int(p["val_fold"].max()) + 1 if "val_fold" in p else 1
     out: dict[str, Any] = {
         "metric": metric, "level": LEVEL, "n_boot": n_boot,
-        "method": stats.describe_method(n_boot, n_folds, val_scores.shape[0], LEVEL),
-        "val": {**_interval_dict(val), "optimistic": True},
+        "method": stats.describe_method(n_boot, n_folds, scores.val.shape[0], LEVEL),
+        "val": {**dataclasses.asdict(val), "optimistic": True},
         "test": None}
     names = result.label_names or [str(k) for k in range(result.num_classes)]
     if task == "multiclass":
-        out["per_class_val"] = _per_class(val_scores, labels, names)
-    if "test" in p:
-        test = _test_scores(members, p)
+        out["per_class_val"] = _per_class(scores.val, labels, names)
+    if scores.test is not None:
+        test = scores.test
         test_draws = stats.make_draws(np.zeros(len(p["test_labels"]), np.int64), test.shape[0], n_boot=n_boot,
                                       seed=seed + 1)
-        out["test"] = _interval_dict(stats.interval(test, p["test_labels"], metric, task, test_draws, LEVEL))
+        out["test"] = dataclasses.asdict(stats.interval(test, p["test_labels"], metric, task, test_draws, LEVEL))
         out["test_from"] = "mean of the fold models' probabilities" if n_folds > 1 else "the config's replicas"
         if task == "multiclass":
             out["per_class_test"] = _per_class(test, p["test_labels"], names)
