@@ -58,6 +58,7 @@ __all__ = [
     "extract_all",
     "extract_features",
     "images_key",
+    "min_input_size",
 ]
 
 CACHE_FORMAT = 2
@@ -84,12 +85,15 @@ class BackboneSource:
         return cls(backbone.config.name, backbone.weights_id, backbone.config.preprocessing, lambda: backbone)
 
 
-def backbone_source(name: str, weights: Any = "default", *, seed: int = 0) -> BackboneSource:
+def backbone_source(name: str, weights: Any = "default", *, seed: int = 0,
+                    input_size: int | None = None) -> BackboneSource:
     """A lazy :class:`BackboneSource` for ``jaxheads.backbones.load(name, weights, seed=seed)``.
 
     The weights id is found without loading: ``random-seed{seed}`` for ``None``, the file's sha256 (first 16 hex
     digits) for a path (what the families' file loaders return), and for a named source the id the family pins
     in ``config.weights_ids`` (so the lazy key equals the key of the built backbone), else ``"named:<name>"``.
+    ``input_size`` (default the backbone's own) resizes the images to that many pixels before the backbone; it
+    is part of the cache key, and below :func:`min_input_size` it is an error naming ``--input-size``.
     """
     config = backbones.get_config(name)
     if weights == "default":
@@ -102,8 +106,24 @@ def backbone_source(name: str, weights: Any = "default", *, seed: int = 0) -> Ba
         weights_id = backbones.sha256_file(weights)[:16]
     else:
         weights_id = f"other:{weights}"  # backbones.load gives the clear error when it is called
+    preprocessing = config.preprocessing
+    if input_size is not None and int(input_size) != preprocessing.input_size:
+        least = min_input_size(config.name)
+        if int(input_size) < least:
+            raise ValueError(f"--input-size {input_size}: {config.name} needs at least {least} px (its feature map "
+                             f"is 1/{least} of the input side)")
+        preprocessing = dataclasses.replace(preprocessing, input_size=int(input_size))
     loader = functools.cache(lambda: backbones.load(name, weights, seed=seed))
-    return BackboneSource(config.name, weights_id, config.preprocessing, loader)
+    return BackboneSource(config.name, weights_id, preprocessing, loader)
+
+
+def min_input_size(name: str) -> int:
+    """The smallest input side backbone ``name`` takes: its total stride (32 for five stride-2 stages), read from
+    the feature map it gives at its own input size, so the last map is at least 1x1."""
+    from jaxheads.backbones import describe
+
+    arch = describe.architecture(name)
+    return 2 ** round(math.log2(arch.input_size / arch.feature_shape[0]))
 
 
 def default_cache_dir() -> Path:
