@@ -21,6 +21,7 @@ QUESTION_AXES: tuple[tuple[str, str], ...] = (
     ("weight_decay", "Weight decay"),
     ("optimizer", "Optimiser"),
     ("batch_size", "Batch size"),
+    ("input_size", "Input size"),
 )
 QUESTION_AXES_NAMES = tuple(a for a, _ in QUESTION_AXES)
 
@@ -73,6 +74,8 @@ def member_factors(spec: Mapping[str, Any]) -> dict[str, Hashable]:
         "weight_decay": float(spec.get("weight_decay", 0.0)),
         "optimizer": spec.get("optimizer"),
         "batch_size": int(spec.get("batch_size", 0)),
+        # Set only in a sweep over several input sizes (jaxheads.input_sizes); None elsewhere, so never asked.
+        "input_size": spec.get("input_size"),
         "fixed": json.dumps(fixed, sort_keys=True),
     }
 

@@ -54,6 +54,8 @@ def spec_summary(spec: Mapping[str, Any], axes: Iterable[str] | None = None) -> 
     for key, label in (("learning_rate", "lr"), ("weight_decay", "wd"), ("optimizer", ""), ("batch_size", "bs")):
         if key in show and f[key] is not None:
             parts.append(f"{label} {_fmt_level(f[key])}".strip())
+    if "input_size" in show and f["input_size"] is not None:
+        parts.append(f"{f['input_size']} px")
     return " · ".join(parts)
 
 
