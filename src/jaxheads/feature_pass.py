@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
+from PIL import Image
 
 from jaxheads import data, parallel
 from jaxheads.backbones import Preprocessing
@@ -63,9 +64,11 @@ def compute_shards(
     devices: Sequence[jax.Device] | None,
     num_workers: int | None,
     on_shapes: ShapesFn | None = None,
+    transform: Callable[[Image.Image, int], np.ndarray] | None = None,
 ) -> None:
     """Run the backbone over the rows of the shards in ``todo`` and write each shard as it completes; progress is
-    reported for the splits in ``reported``."""
+    reported for the splits in ``reported``. ``transform(image, plan row)`` renders an augmented view's pixels
+    instead of the plain resize+crop."""
     runner = _Runner.build(source, need_maps=need_maps, batch_size=batch_size, devices=devices)
     if on_shapes is not None:
         on_shapes({"pooled": runner.pooled_shape, "maps": runner.maps_shape})
@@ -73,7 +76,7 @@ def compute_shards(
     indices = np.concatenate([np.arange(*plan.shards[k]) for k in todo])
     batches = data.iter_batches(
         _pool(dataset, plan, rows), image_size=source.preprocessing.input_size, batch_size=batch_size,
-        indices=indices, strict=strict, num_workers=num_workers,
+        indices=indices, strict=strict, num_workers=num_workers, transform=transform,
     )  # fmt: skip
     writer = _ShardWriter(folder, plan, runner.pooled_shape, runner.maps_shape)
     for batch in batches:

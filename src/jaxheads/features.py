@@ -40,8 +40,10 @@ import jax
 import numpy as np
 
 from jaxheads import backbones, checkpoint, data
+from jaxheads.augment import AUGMENT_METHOD, DEFAULT_POLICY, augmented_view, check_views, parse_policy
 from jaxheads.backbones import Backbone, Preprocessing
 from jaxheads.dataset import image_set_fingerprint
+from jaxheads.feature_lazy import lazy_gather
 from jaxheads.feature_pass import Progress, ProgressFn, ShapesFn, compute_shards
 from jaxheads.feature_store import (FeatureCacheError, Plan, create_plan, gather, is_foreign, open_shard, read_meta,
                                     read_plan, remove_foreign, remove_temporaries, shard_path, write_meta)
@@ -154,14 +156,19 @@ def cache_key(backbone: Backbone | BackboneSource, dataset: data.Dataset, split:
     return f"{readable}-{digest}"
 
 
-def _folder_name(source: BackboneSource, dataset: data.Dataset, images: str) -> str:
-    digest = hashlib.sha256(json.dumps(_identity(source, images), sort_keys=True).encode()).hexdigest()[:20]
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{source.name}-{dataset.name}")
+def _folder_name(source: BackboneSource, dataset: data.Dataset, images: str, view: int = 0,
+                 policy: Sequence[str] = ()) -> str:
+    identity = _identity(source, images, view, policy)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{source.name}-{dataset.name}" + (f"-view{view}" if view else ""))
     return f"{readable}-{digest}"
 
 
-def _identity(source: BackboneSource, images: str) -> dict[str, Any]:
+def _identity(source: BackboneSource, images: str, view: int = 0, policy: Sequence[str] = ()) -> dict[str, Any]:
+    # View 0 keeps the key it had before views existed, so a K-view cache reads the plain cache as its view 0.
+    augmented = {"view": view, "augment": list(policy), "augment_method": AUGMENT_METHOD} if view else {}
     return {
+        **augmented,
         "format": CACHE_FORMAT,
         "backbone": source.name,
         "weights": source.weights_id,
@@ -220,36 +227,90 @@ def extract_all(
     devices: Sequence[jax.Device] | None = None,
     num_workers: int | None = None,
     on_shapes: ShapesFn | None = None,
+    views: int = 1,
+    augment: str | Sequence[str] = DEFAULT_POLICY,
+    view_splits: Iterable[str] = ("train",),
+    lazy: bool = False,
 ) -> dict[str, FeatureSplit]:
     """:func:`extract_features` for every split in ``splits`` (default: all the dataset has), in one pass that
     computes the missing shards of all of them: the backbone is built at most once, and only if some image of
     these splits is not cached.
 
+    Augmented views: with ``views`` K > 1 the splits in ``view_splits`` (default train alone, what heads train on;
+    add "val" when folds pool train and val, "test" for test-time augmentation) also get views 1..K-1 under the
+    policy ``augment`` (:mod:`jaxheads.augment`), in ``FeatureSplit.views``. View 0 is the plain cache entry, same
+    key and bytes as with K=1; every view v >= 1 is an image-set entry of its own, keyed by v and the policy, and
+    cached, sharded, resumed and shared between processes exactly like view 0. View v does not depend on K (K=4
+    computes only views 2 and 3 after K=2). ``on_shapes`` is called at most once.
+
     Multi-host: every process calls this; process p computes shards p, p+P, ... of those missing, on its own
     devices, into the shared ``cache_dir``; after a barrier each process gathers the splits from the shards
-    (none assembles them). Progress is reported per split: ``done`` counts its images handled, including those
-    found in the cache."""
+    (none assembles them). Progress is reported per split (and view): ``done`` counts its images handled,
+    including those found in the cache. ``lazy``: the features are :class:`~jaxheads.feature_lazy.LazyRows` over
+    the memory-mapped shards, read on demand, instead of in-memory arrays (bit-identical rows)."""
+    views, policy = check_views(views), parse_policy(augment)
     source = _as_source(backbone)
     source = dataclasses.replace(source, load=functools.cache(source.load))
     names = list(dataset.splits) if splits is None else list(splits)
     for name in names:
         dataset.split(name)  # the clear error for an unknown split, before any work
+    options = {"cache_dir": cache_dir, "need_maps": need_maps, "batch_size": max(1, batch_size),
+               "chunk_size": chunk_size, "strict": strict, "devices": devices, "num_workers": num_workers,
+               "on_shapes": None if on_shapes is None else _once(on_shapes), "lazy": lazy}
     report = progress or (lambda _: None)
+    out = _extract_view(source, dataset, names, 0, policy, report, **options)
+    viewed = [n for n in names if n in set(view_splits)]
+    extra = [_extract_view(source, dataset, viewed, v, policy,
+                           lambda p, v=v: report(p._replace(split=f"{p.split} view {v}")), **options)
+             for v in range(1, views if viewed else 1)]
+    for name in viewed if extra else ():
+        plain = out[name]  # FeatureSplit's __len__ (its examples) breaks NamedTuple._replace
+        out[name] = FeatureSplit(plain.labels, plain.pooled, plain.maps,
+                                 tuple(_same_examples(plain, e[name], name) for e in extra))
+    return out
+
+
+def _once(on_shapes: ShapesFn) -> ShapesFn:
+    """``on_shapes`` called on the first pass that runs the backbone only (one pass per view)."""
+    called: list[bool] = []
+
+    def call(shapes: dict[str, Any]) -> None:
+        if not called:
+            called.append(True)
+            on_shapes(shapes)
+
+    return call
+
+
+def _same_examples(plain: FeatureSplit, view: FeatureSplit, name: str) -> FeatureSplit:
+    """An augmented view, checked to hold the plain split's examples (an unreadable image is left out of all)."""
+    if not np.array_equal(plain.labels, view.labels):
+        raise FeatureCacheError(f"split {name!r}: an augmented view holds other examples than the plain images")
+    return view
+
+
+def _extract_view(source: BackboneSource, dataset: data.Dataset, names: list[str], view: int,
+                  policy: tuple[str, ...], report: ProgressFn, *, cache_dir: str | os.PathLike[str] | None,
+                  need_maps: bool, batch_size: int, chunk_size: int | None, strict: bool,
+                  devices: Sequence[jax.Device] | None, num_workers: int | None,
+                  on_shapes: ShapesFn | None, lazy: bool = False) -> dict[str, FeatureSplit]:
+    """The splits ``names`` of one view's cache entry (view 0: the plain images), computing its missing shards."""
     ids = {name: dataset.image_ids(name) for name in dataset.splits}
-    identity = _identity(source, image_set_fingerprint(ids.values()))
-    folder = Path(cache_dir or default_cache_dir()) / _folder_name(source, dataset, identity["images"])
-    batch_size = max(1, batch_size)
+    identity = _identity(source, image_set_fingerprint(ids.values()), view, policy)
+    folder = Path(cache_dir or default_cache_dir()) / _folder_name(source, dataset, identity["images"], view, policy)
     plan = _plan(folder, identity, ids, _shard_size(batch_size, chunk_size))
     rows = {name: _rows(plan, ids[name], folder) for name in dataset.splits}
     state = _cache_state(folder, plan, rows, names, need_maps)
     processes, rank = jax.process_count(), jax.process_index()
     todo = [k for k in state.needed if k not in state.complete and k % processes == rank]
+    size = source.preprocessing.input_size
+    transform = None if view == 0 else (lambda image, row: augmented_view(image, size, plan.rows[row], view, policy))
     if todo:
         compute_shards(
             source, dataset, plan, rows, folder, todo, state.complete, [n for n in names if n not in state.cached],
             need_maps=need_maps, batch_size=batch_size, report=report, strict=strict,
             devices=jax.local_devices() if processes > 1 and devices is None else devices,
-            num_workers=num_workers, on_shapes=on_shapes,
+            num_workers=num_workers, on_shapes=on_shapes, transform=transform,
         )  # fmt: skip
     if processes > 1:
         _await_other_processes(folder, plan, state.needed, need_maps)
@@ -259,7 +320,8 @@ def extract_all(
     out = {}
     for name in names:
         split = dataset.split(name)
-        out[name], skipped = _gather_split(folder, plan, split, name, rows[name], need_maps=need_maps, strict=strict)
+        out[name], skipped = _gather_split(folder, plan, split, name, rows[name], need_maps=need_maps, strict=strict,
+                                             lazy=lazy)
         if name in state.cached:
             report(Progress(name, len(split), len(split), skipped, cached=True))
     return out
@@ -297,10 +359,10 @@ def _await_other_processes(folder: Path, plan: Plan, needed: list[int], need_map
 
 
 def _gather_split(folder: Path, plan: Plan, split: data.ImageSplit, name: str, rows: np.ndarray, *,
-                  need_maps: bool, strict: bool) -> tuple[FeatureSplit, int]:
-    """Split ``name`` read from the cache's shards, and how many of its images were left out as unreadable (a
-    warning names them; ``strict`` raises instead)."""
-    kept, pooled, maps = gather(folder, plan, rows, need_maps)
+                  need_maps: bool, strict: bool, lazy: bool = False) -> tuple[FeatureSplit, int]:
+    """Split ``name`` read from the cache's shards (``lazy``: mapped, read on demand), and how many of its images
+    were left out as unreadable (a warning names them; ``strict`` raises instead)."""
+    kept, pooled, maps = (lazy_gather if lazy else gather)(folder, plan, rows, need_maps)
     skipped = [split.name(int(i)) for i in np.flatnonzero(~kept)]
     if skipped and strict:
         raise data.BadImageError(

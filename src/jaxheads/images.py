@@ -18,7 +18,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxheads.dataset import BadImageError, BadImageWarning, ImageSource, ImageSplit
+from jaxheads.dataset import BadImageError, BadImageWarning, ImageRef, ImageSource, ImageSplit
 
 RESIZE_METHOD = "pil-bilinear-shorter-side-center-crop-v1"
 """Names what :func:`resize_center_crop` does; part of the feature-cache key, so change it when the resize does."""
@@ -30,6 +30,8 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     :class:`BadImageError` naming the file."""
     label = name or (source if isinstance(source, str) else "image")
     try:
+        if isinstance(source, ImageRef):  # read here, in the decode worker: only the batches in flight are in memory
+            label, source = name or source.name, source.read()
         if isinstance(source, np.ndarray):
             return _array_to_rgb(source)
         with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
@@ -90,13 +92,15 @@ def iter_batches(
     num_workers: int | None = None,
     prefetch: int = 2,
     dtype: type | np.dtype = np.uint8,
+    transform: Callable[[Image.Image, int], np.ndarray] | None = None,
 ) -> Iterator[Batch]:
     """Decode, convert to RGB and resize+crop ``split``'s images (``indices``, default all, in order) to
     ``image_size``, in batches of ``batch_size``, on a thread pool that runs ``prefetch`` batches ahead
     (PIL releases the GIL while decoding and resizing).
 
     An unreadable image is left out of its batch with a :class:`BadImageWarning` naming it (and a closing warning
-    with the count), or raises :class:`BadImageError` when ``strict``. Batches keep their place even when every
+    with the count), or raises :class:`BadImageError` when ``strict``. ``transform(image, index)`` replaces the
+    resize+crop (augmented views, :mod:`jaxheads.augment`). Batches keep their place even when every
     image in one is bad (``images`` is then empty), so callers can track progress by ``indices``/``skipped``.
     """
     order = np.arange(len(split)) if indices is None else np.asarray(indices, np.int64)
@@ -107,7 +111,8 @@ def iter_batches(
     skipped_total = 0
 
     def decode(i: int) -> np.ndarray:
-        return resize_center_crop(load_image(split.sources[i], name=split.name(i)), image_size)
+        image = load_image(split.sources[i], name=split.name(i))
+        return resize_center_crop(image, image_size) if transform is None else transform(image, i)
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxheads-decode")
     try:

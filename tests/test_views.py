@@ -1,0 +1,119 @@
+"""Augmented feature views (issue 17, item 1): K views per image in the feature cache, keyed and resumable like the
+plain cache; a sweep that samples a view per example per epoch; test-time augmentation; and the bad-input lines
+for --views and --augment. Tiny images, the tiny random backbone of test_features, synthetic features."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxheads import augment, cli, data, features
+from jaxheads.splits import FeatureSplit
+
+HERE = Path(__file__).parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+import test_features as tiny  # noqa: E402  (TINY: a random-init backbone, make_folder)
+
+SOURCE = features.backbone_source(tiny.TINY, None, seed=0)
+OPTIONS = {"need_maps": True, "batch_size": 4, "chunk_size": 4}
+
+
+def _never() -> object:
+    raise AssertionError("the backbone was built although every view was cached")
+
+
+def _counting(calls: list[int]) -> features.BackboneSource:
+    return dataclasses.replace(SOURCE, load=lambda: calls.append(1) or SOURCE.load())
+
+
+def _assert_same(a: FeatureSplit, b: FeatureSplit) -> None:
+    for field in ("labels", "pooled", "maps"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)), err_msg=field)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.make_folder(tmp_path_factory.mktemp("views") / "imgs", per_class=5)
+
+
+def test_view_zero_is_the_plain_image_and_views_repeat_from_the_image_id_alone() -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (23, 31, 3), dtype=np.uint8))
+    policy = augment.parse_policy("crop,dihedral")
+    np.testing.assert_array_equal(augment.augmented_view(image, 16, b"a" * 32, 0, policy),
+                                  data.resize_center_crop(image, 16))
+    first = [augment.augmented_view(image, 16, b"a" * 32, v, policy) for v in range(1, 4)]
+    again = [augment.augmented_view(image, 16, b"a" * 32, v, policy) for v in range(1, 4)]
+    other = augment.augmented_view(image, 16, b"b" * 32, 1, policy)
+    assert all(f.shape == (16, 16, 3) and f.dtype == np.uint8 for f in first)
+    assert all(np.array_equal(f, g) for f, g in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[0], other)
+    flipped = augment.augmented_view(image, 16, b"a" * 32, 1, ("flip",))  # flip alone: view 1 is the mirror image
+    np.testing.assert_array_equal(flipped, data.resize_center_crop(image, 16)[:, ::-1])
+
+
+def test_k_views_are_keyed_and_view_zero_is_the_plain_cache_bit_for_bit(images: Path, tmp_path: Path) -> None:
+    ds = data.load_dataset(images)
+    plain = features.extract_all(SOURCE, ds, cache_dir=tmp_path, **OPTIONS)
+    assert all(s.views is None for s in plain.values())
+    calls: list[int] = []
+    two = features.extract_all(_counting(calls), ds, cache_dir=tmp_path, views=2, augment="crop,flip", **OPTIONS)
+    assert calls == [1] and len(list(tmp_path.iterdir())) == 2  # view 0 was read, view 1 computed
+    for name in plain:
+        _assert_same(two[name], plain[name])
+    (view1,) = two["train"].views
+    assert two["val"].views is None and two["test"].views is None  # only the split heads train on, by default
+    np.testing.assert_array_equal(view1.labels, plain["train"].labels)
+    assert not np.array_equal(np.asarray(view1.pooled), np.asarray(plain["train"].pooled))
+    # Another policy: entries of its own for its views; K=3 adds view 2 and reuses view 1.
+    other = features.extract_all(SOURCE, ds, cache_dir=tmp_path, views=2, augment="dihedral", **OPTIONS)
+    assert len(list(tmp_path.iterdir())) == 3
+    assert not np.array_equal(np.asarray(other["train"].views[0].pooled), np.asarray(view1.pooled))
+    three = features.extract_all(SOURCE, ds, cache_dir=tmp_path, views=3, augment=["flip", "crop"], **OPTIONS)
+    assert len(list(tmp_path.iterdir())) == 4
+    _assert_same(three["train"].views[0], view1)
+    assert not np.array_equal(np.asarray(three["train"].views[1].pooled), np.asarray(view1.pooled))
+
+
+def test_a_deleted_view_shard_alone_is_computed_again_and_a_second_call_never_builds_the_backbone(
+        images: Path, tmp_path: Path) -> None:
+    ds = data.load_dataset(images)
+    kwargs = {"cache_dir": tmp_path, "views": 3, "augment": "crop", "view_splits": ("train", "test"), **OPTIONS}
+    want = features.extract_all(SOURCE, ds, **kwargs)
+    assert len(want["test"].views) == 2 and want["val"].views is None
+    entry = next(p for p in tmp_path.iterdir() if "-view2-" in p.name)
+    shard = sorted((entry / "shards").glob("*.pooled.npy"))[1]
+    rows = shard.name.split(".")[0]  # the shard's pooled, maps and kept files
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.npy") if not p.name.startswith(rows)
+              or p.parent != shard.parent}
+    shard.unlink()
+    calls: list[int] = []
+    events: list[features.Progress] = []
+    got = features.extract_all(_counting(calls), ds, progress=events.append, **kwargs)
+    assert calls == [1] and shard.exists()
+    recomputed = {e.split for e in events if not e.cached}
+    assert recomputed and recomputed <= {"train view 2", "test view 2"}
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing else was written again
+    for name in ("train", "test"):
+        for a, b in zip(want[name].views, got[name].views, strict=True):
+            _assert_same(a, b)
+    again = features.extract_all(dataclasses.replace(SOURCE, load=_never), ds, **kwargs)
+    _assert_same(again["train"].views[1], want["train"].views[1])
+
+
+@pytest.mark.parametrize(("flags", "named"), [(["--views", "0"], "--views 0"),
+                                              (["--augment", "flip,bogus"], "--augment 'flip,bogus'")])
+def test_bad_views_or_augmentation_names_fail_with_one_line_naming_the_flag(
+        flags: list[str], named: str, images: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli.main(["sweep", "--out", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    if "augment" in named:
+        assert all(name in err for name in augment.AUGMENTATIONS)
+    with pytest.raises(ValueError, match="--views"):
+        features.extract_all(SOURCE, data.load_dataset(images), cache_dir=tmp_path, views=0)
