@@ -139,7 +139,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             args.dataset or job.DEFAULT_DATASET, args.backbone or job.DEFAULT_BACKBONE, weights=weights,
             sweep=spec, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, task=args.task,
             seed=args.seed, batch_size=args.feature_batch_size, strict=args.strict,
-            feature_progress=bars.features, sweep_progress=bars.sweep,
+            feature_progress=bars.features, sweep_progress=bars.sweep, input_size=args.input_size,
         )  # fmt: skip
     if main:
         report.print_report(_record_estimate(args, spec, output), console=_console())

@@ -99,7 +99,7 @@ FINETUNE_FLAGS: tuple[ConfigFlag, ...] = (
     ConfigFlag("--epochs", "epochs", int, "most epochs to train (default 10)"),
     ConfigFlag("--batch-size", "batch_size", int, "images per step (default 32)"),
     ConfigFlag("--patience", "patience", int, "epochs without val improvement before stopping (default 3)"),
-    ConfigFlag("--image-size", "image_size", int, "input size (default: the backbone's)"),
+    ConfigFlag("--image-size", "image_size", int, "input size (default: the size the head was swept at)"),
     ConfigFlag("--seed", "seed", int, "seed of shuffles, crops, flips and dropout (default 0)"),
 )
 
@@ -167,6 +167,9 @@ def _sweep_parser(sub: Any) -> None:
     data.add_argument("--task", choices=("multiclass", "multilabel"), help="for a CSV: one label per image or "
                       "several; default multilabel")
     data.add_argument("--data-dir", type=Path, help="TFDS data_dir for tfds:NAME; default TFDS's own")
+    data.add_argument("--input-size", default=None, metavar="PX,...", help="the images' side in pixels before the "
+                      "backbone; several (e.g. 224,300) feature the images at each and ask 'Input size' as a question; "
+                      "default the backbone's own")
     data.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split drawn from a dataset "
                       "without one; default 0")
     data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")

@@ -123,7 +123,7 @@ def finetune(
 
 def _setup(head: heads_io.SweptHead, backbone: backbones.Backbone, config: FinetuneConfig) -> FinetuneSetup:
     """The static setup of this fine-tune, after checking the head takes the backbone's features at its size."""
-    size = config.image_size or backbone.config.preprocessing.input_size
+    size = config.image_size or head.input_size(backbone)
     _check_feature_shape(backbone, head, size)
     return FinetuneSetup(backbone.module, dataclasses.replace(backbone.config.preprocessing, input_size=size),
                          head.spec, _trainable_blocks(backbone.config, config.unfreeze), config, size)

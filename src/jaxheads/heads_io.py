@@ -103,6 +103,10 @@ class SweptHead:
         """The saved class names, or "0", "1", ... when the head was saved without them."""
         return list(self.meta.get("label_names") or [str(i) for i in range(self.spec.num_classes)])
 
+    def input_size(self, backbone: backbones.Backbone) -> int:
+        """The image side the head was trained at (``jaxheads sweep --input-size``), else the backbone's own."""
+        return int(self.meta.get("input_size") or backbone.config.preprocessing.input_size)
+
 
 def read_swept_head(path: str | Path) -> SweptHead:
     """The head in ``path``; its meta must name the backbone it was trained on (as `jaxheads sweep` writes)."""

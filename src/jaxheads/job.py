@@ -13,12 +13,12 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
-from jaxheads import checkpoint, data, distributed, features, heads_io, metrics, report
+from jaxheads import checkpoint, data, distributed, features, heads_io, input_sizes, metrics, report
 from jaxheads.heads import ConvStage
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep
@@ -77,27 +77,41 @@ def sweep_job(
     strict: bool = False,
     feature_progress: Callable[[features.Progress], None] | None = None,
     sweep_progress: Callable[[dict[str, Any]], None] | None = None,
+    input_size: int | str | Sequence[int] | None = None,
 ) -> JobOutput:
     """Run the main job end to end and write its artifacts into ``out_dir``.
 
     The backbone is built only when some split is not cached yet (``cache_dir``, default
     ``features.default_cache_dir()``). ``seed`` seeds the carved dataset splits (and a ``weights=None`` init).
+    ``input_size``: the images' side before the backbone (default its own); several sizes (``(224, 300)``) run
+    the sweep on each size's features and merge them (:mod:`jaxheads.input_sizes`), so "Input size" is a question
+    and the recommended head records the size it was trained at.
     """
+    sizes = input_sizes.parse_sizes(input_size) or (None,)
+    # Every size is checked against the backbone before any data is read.
+    sources = {size: features.backbone_source(backbone, weights, seed=seed, input_size=size) for size in sizes}
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
         dataset, data_dir=data_dir, task=task, seed=seed)  # fmt: skip
     if "train" not in ds.splits or "val" not in ds.splits:
         raise data.DatasetError(f"dataset {ds.name}: needs 'train' and 'val' splits, has {sorted(ds.splits)}")
     sweep = sweep.resolve_folds(len(ds.split("train")) + len(ds.split("val")))
-    source = features.backbone_source(backbone, weights, seed=seed)
-    splits = features_for_sweep(source, ds, sweep, cache_dir=cache_dir, batch_size=batch_size,
-                                progress=feature_progress, strict=strict)
-    result = run_sweep(sweep, splits, num_classes=ds.num_classes, task=ds.task, progress=sweep_progress,
-                       label_names=list(ds.classes), checkpoint_dir=Path(out_dir) / SWEEP_STATE)
+    by_size = {size: features_for_sweep(source, ds, sweep, cache_dir=cache_dir, batch_size=batch_size,
+                                        progress=feature_progress, strict=strict) for size, source in sources.items()}
+    run_args = dict(num_classes=ds.num_classes, task=ds.task, progress=sweep_progress, label_names=list(ds.classes),
+                    checkpoint_dir=Path(out_dir) / SWEEP_STATE)
+    if len(sizes) == 1:
+        result, key = run_sweep(sweep, by_size[sizes[0]], **run_args), sizes[0]
+    else:
+        result = input_sizes.run_sizes(sweep, by_size, **run_args)
+        key = result.input_size() if result.recommended is not None else sizes[0]
+    source, splits = sources[key], by_size[key]
+    trained_at = source.preprocessing.input_size
     _add_confusion_matrices(result)
     files: dict[str, Path] = {}
     if distributed.is_main_process():
         files = write_outputs(result, out_dir, backbone=backbone, weights="none" if weights is None else str(weights),
-                              weights_id=source.weights_id, dataset=ds.name)
+                              weights_id=source.weights_id, dataset=ds.name, input_size=trained_at,
+                              **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}))
     return JobOutput(result, splits, ds, files)
 
 

@@ -34,7 +34,7 @@ def predict_files(head_dir: str | Path, images: Sequence[str | Path], *, top: in
     def probs_of(pixels: np.ndarray) -> np.ndarray:
         return probabilities(apply_fn(head.variables, feature_fn(backbone.variables, pixels)), head.spec.task)
 
-    size = backbone.config.preprocessing.input_size
+    size = head.input_size(backbone)  # the size the head was trained at: its features depend on it
     return top_labels_of_files(images, size, probs_of, head.label_names, top=top, batch_size=batch_size)
 
 
