@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from jaxheads import probe
 from jaxheads.splits import FeatureSplit
 
-from . import folds, verdicts
+from . import folds, stream, verdicts
 from . import group as groups
 from .inputs import abstract_splits, check_inputs, feature_shapes, host_inputs, place_inputs
 from .loop import train_group
@@ -76,32 +76,36 @@ def _ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], num_classe
 
 def _train_one_group(plan: Any, splits: Mapping[str, FeatureSplit], fold_of: np.ndarray | None,
                      members: list[MemberSpec], sweep: SweepSpec, task: str, metric: str,
-                     pool: concurrent.futures.Executor,
-                     progress: Callable | None) -> tuple[dict[int, tuple], dict[str, Any]]:
-    """Place, initialise, compile and train one group: ({member: (record, variables, predictions)}, its record)."""
+                     pool: concurrent.futures.Executor, progress: Callable | None,
+                     budget: int) -> tuple[dict[int, tuple], dict[str, Any]]:
+    """Place (or, over ``budget`` bytes per device, stream), initialise, compile and train one group: ({member:
+    (record, variables, predictions)}, its record)."""
     t0 = time.perf_counter()
-    host_x = host_inputs(plan, members, splits)
+    streamed = stream.streams(plan, splits, fold_of is not None, budget)
+    host_x = None if streamed else host_inputs(plan, members, splits)
     pending = groups.start_init(plan, pool, abstract=False)
-    inputs = place_inputs(plan, host_x, splits, fold_of)
+    inputs = stream.stream_inputs(plan, members, splits) if streamed else place_inputs(plan, host_x, splits, fold_of)
     timings = {"init_s": time.perf_counter() - t0, "compile_s": 0.0, "probe_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
     rng = np.random.default_rng([sweep.data_seed, plan.gid])
     rngs = [rng] if fold_of is None else [np.random.default_rng([sweep.data_seed, plan.gid]) for _ in range(
         sweep.folds)]
     live, probed = None, None
-    if sweep.map_batch == "probe":
+    if sweep.map_batch == "probe" and not streamed:
         live = groups.collect_init(pending)
         t = time.perf_counter()
         map_batch, probed = groups.probe_map_batch(plan, inputs, live, rng)
         timings["probe_s"] = time.perf_counter() - t if probed is not None else 0.0
     else:
-        map_batch = fixed_map_batch(plan, sweep.map_batch)
+        map_batch = fixed_map_batch(plan, "auto" if sweep.map_batch == "probe" else sweep.map_batch)
     t = time.perf_counter()
-    programs = groups.compile_programs(pending, inputs, map_batch, task, pool)
+    programs = (stream.compile_programs(pending, inputs, map_batch, task, pool, budget) if streamed
+                else groups.compile_programs(pending, inputs, map_batch, task, pool))
     live = live if live is not None else groups.collect_init(pending)
     timings["compile_s"] += time.perf_counter() - t  # includes waiting for the init program
     done, slots_per_epoch = train_group(plan, inputs, live, programs, sweep, metric, task, members, rngs, timings,
                                         progress)
-    return done, group_record(plan, sweep.epochs, map_batch, probed, slots_per_epoch, timings)
+    record = group_record(plan, sweep.epochs, map_batch, probed, slots_per_epoch, timings)
+    return done, {**record, "streamed": stream.record(plan, budget, inputs) if streamed else None}
 
 
 def run_sweep(
@@ -114,6 +118,7 @@ def run_sweep(
     progress: Callable[[dict[str, Any]], None] | None = None,
     label_names: Sequence[str] | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    device_memory_budget: int | str | None = None,
 ) -> SweepResult:
     """Train every member of ``sweep`` on ``splits["train"]``, select on ``splits["val"]``, report on
     ``splits["test"]`` (optional), and rank. ``mesh`` defaults to a per-group ``parallel.sweep_mesh`` over all
@@ -123,8 +128,13 @@ def run_sweep(
     ``checkpoint_dir`` (single-process runs): each finished group's records and variables are saved there, and a
     re-run of the same sweep on the same features loads them instead of training the group again, so a killed
     sweep resumes at its first unfinished group and ends with the same result (timings aside). The directory is
-    removed when the sweep completes."""
+    removed when the sweep completes.
+
+    ``device_memory_budget`` (bytes per device, or a size such as "2GiB"; default: half the device's memory, see
+    :mod:`.stream`): a group whose inputs exceed it streams its features from the (memory-mapped) splits instead
+    of placing them on the devices, with the same results; ``SweepResult.groups[*]["streamed"]`` says which did."""
     t_start = time.perf_counter()
+    budget = stream.resolve_budget(device_memory_budget)
     if "train" not in splits or "val" not in splits:
         raise ValueError(f"run_sweep: splits need 'train' and 'val', got {sorted(splits)}")
     sweep = sweep.resolve_folds(len(splits["train"]) + len(splits["val"]))
@@ -137,7 +147,7 @@ def run_sweep(
     # The ridge baseline is independent of the heads: on one process it runs in a thread while the groups train.
     ridge_job = _Background(_ridge_rows, sweep, splits, num_classes, metric, background=jax.process_count() == 1)
     train_splits, fold_of = _cross_validation(sweep, splits, label_names)
-    trained = _train_groups(sweep, train_splits, fold_of, members, task, metric, mesh, store, progress)
+    trained = _train_groups(sweep, train_splits, fold_of, members, task, metric, mesh, store, progress, budget)
     ridge, ridge_s = ridge_job.result()
     board, recommended = leaderboard(trained.records, metric)
     store.clear()
@@ -170,7 +180,7 @@ def _cross_validation(sweep: SweepSpec, splits: Mapping[str, FeatureSplit],
 
 def _train_groups(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], fold_of: np.ndarray | None,
                   members: list[MemberSpec], task: str, metric: str, mesh: Mesh | None, store: GroupStore,
-                  progress: Callable | None) -> _Trained:
+                  progress: Callable | None, budget: int) -> _Trained:
     """Every group, restored from ``store`` when it finished in an earlier run, else trained and saved."""
     out = _Trained([None] * len(members), [None] * len(members), [None] * len(members), [])
     shapes = feature_shapes(splits["train"])
@@ -181,7 +191,8 @@ def _train_groups(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], fold_of:
             if store.restore(gid, ids, out.records, out.variables, out.predictions, out.groups):
                 continue
             plan = make_plan(gid, ids, members, shapes, n_train, sweep, mesh)
-            done, group_json = _train_one_group(plan, splits, fold_of, members, sweep, task, metric, pool, progress)
+            done, group_json = _train_one_group(plan, splits, fold_of, members, sweep, task, metric, pool, progress,
+                                                budget)
             for i, (record, member_vars, predictions) in done.items():
                 out.records[i], out.variables[i], out.predictions[i] = record, member_vars, predictions
             out.groups.append(group_json)

@@ -38,7 +38,7 @@ class GroupStore:
             for field in ("labels", "pooled", "maps"):
                 array = getattr(splits[name], field)
                 if array is not None:
-                    h.update(f"{name}/{field}{np.shape(array)}{np.asarray(array).dtype}".encode())
+                    h.update(f"{name}/{field}{np.shape(array)}{np.dtype(array.dtype)}".encode())
                     for start in range(0, len(array), 4096):  # in slices: maps may be large and memory-mapped
                         h.update(np.ascontiguousarray(array[start:start + 4096]).tobytes())
         return h.hexdigest()[:24]

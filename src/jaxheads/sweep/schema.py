@@ -144,6 +144,9 @@ class GroupRecord(TypedDict):
     epochs: int
     slots_per_epoch: list[int]  # device slots computed each epoch: shrinks as stopped members are compacted away
     timings: dict[str, float]  # init_s, compile_s, probe_s, train_s, eval_s: main-thread wall seconds
+    # Features streamed from the cache (inputs over the device-memory budget, sweep/stream.py): {budget_bytes,
+    # chunk_steps, eval_chunk_rows}; None: placed on the devices
+    streamed: dict[str, int] | None
 
 
 class SweepResultJSON(TypedDict):
