@@ -13,13 +13,61 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Iterable, Literal, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 Task = Literal["multiclass", "multilabel"]
-ImageSource = str | bytes | np.ndarray
-"""A path to an image file, an encoded image (JPEG/PNG/... bytes), or a decoded (H, W[, C]) uint8 array."""
+
+
+class RecordReader(Protocol):
+    """Random access to a collection of encoded images (a TFDS ArrayRecord split): read one when it is decoded."""
+
+    def read(self, index: int) -> bytes | np.ndarray:
+        """The encoded image (or decoded uint8 array) at ``index``."""
+        ...
+
+    def identity(self, index: int) -> str:
+        """What names image ``index`` for the feature cache without reading it (e.g. ``tfds:NAME/VERSION/split[i]``)."""
+        ...
+
+
+class ImageRef(NamedTuple):
+    """An image not read yet: item ``index`` of ``reader``; :func:`jaxheads.images.load_image` reads and decodes it."""
+
+    reader: RecordReader
+    index: int
+
+    def read(self) -> bytes | np.ndarray:
+        return self.reader.read(self.index)
+
+    @property
+    def name(self) -> str:
+        return self.reader.identity(self.index)
+
+
+ImageSource = str | bytes | np.ndarray | ImageRef
+"""A path to an image file, an encoded image (JPEG/PNG/... bytes), a decoded (H, W[, C]) uint8 array, or an
+:class:`ImageRef` read when its batch is built."""
+
+
+class LazyImages(Sequence[ImageRef]):
+    """A split's images as :class:`ImageRef` s into one reader: a reader and an index array, so neither the images nor
+    one Python object per image is held; :meth:`ImageSplit.subset` keeps it lazy."""
+
+    def __init__(self, reader: RecordReader, indices: np.ndarray) -> None:
+        self.reader, self.indices = reader, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):  # type: ignore[override]  # int -> ImageRef, slice -> LazyImages
+        if isinstance(i, slice):
+            return LazyImages(self.reader, self.indices[i])
+        return ImageRef(self.reader, int(self.indices[i]))
+
+    def subset(self, indices: np.ndarray) -> LazyImages:
+        return LazyImages(self.reader, self.indices[np.asarray(indices, np.int64)])
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -46,7 +94,7 @@ class ImageSplit:
     backbone features are a :class:`jaxheads.splits.FeatureSplit` (what the heads train on).
 
     The items keep a fixed order: the order of the cached features.
-    sources: file paths (str), encoded images (bytes), or one (N, H, W[, C]) uint8 array.
+    sources: file paths (str), encoded images (bytes), one (N, H, W[, C]) uint8 array, or :class:`LazyImages`.
     labels:  (N,) int32 class ids (multiclass) or (N, K) uint8 multi-hot (multilabel).
     names:   a human-readable name per item for messages (defaults to the path, or ``split[i]``).
     """
@@ -67,13 +115,16 @@ class ImageSplit:
         if self.names is not None:
             return str(self.names[i])
         source = self.sources[i]
+        if isinstance(source, ImageRef):
+            return source.name
         return source if isinstance(source, str) else f"item {i}"
 
     def subset(self, indices: np.ndarray) -> ImageSplit:
         """The items at ``indices`` (in that order)."""
         indices = np.asarray(indices, np.int64)
-        if isinstance(self.sources, np.ndarray):
-            sources: Sequence[ImageSource] | np.ndarray = self.sources[indices]
+        if isinstance(self.sources, (np.ndarray, LazyImages)):
+            sources: Sequence[ImageSource] | np.ndarray = (
+                self.sources[indices] if isinstance(self.sources, np.ndarray) else self.sources.subset(indices))
         else:
             sources = [self.sources[i] for i in indices]
         names = None if self.names is None else [self.names[i] for i in indices]
@@ -112,13 +163,14 @@ class Dataset:
 
     def fingerprint(self, split: str) -> str:
         """A hash of everything that decides split ``split``'s features and labels: task, classes, labels, and
-        each image's identity (relative path + size + mtime for files, content hash for bytes and arrays)."""
+        each image's identity (relative path + size + mtime for files, content hash for bytes and arrays, the
+        reader's name for an :class:`ImageRef`)."""
         return _fingerprint(self, split)
 
     def image_ids(self, split: str) -> np.ndarray:
         """(N,) identity of each image of ``split``, 32 hex digits each (dtype ``S32``): a hash of what decides its
-        pixels (relative path + size + mtime for a file, the content for bytes and arrays), and of nothing else:
-        not its label, not which split holds it. An image keeps its id when the splits are drawn again (another
+        pixels (relative path + size + mtime for a file, the content for bytes and arrays, the record it is read
+        from for an :class:`ImageRef`), and of nothing else: not its label, not which split holds it. An image keeps its id when the splits are drawn again (another
         ``seed``), so the feature cache finds its features (:mod:`jaxheads.features`)."""
         split_ = self.split(split)
         if isinstance(split_.sources, np.ndarray):
@@ -183,6 +235,8 @@ def _source_identity(source: ImageSource, root: Path | None) -> bytes:
             return f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
         except OSError:
             return f"{rel}\0missing\n".encode()
+    if isinstance(source, ImageRef):  # named by where it is read from: hashing the content would read every image
+        return f"{source.name}\n".encode()
     if isinstance(source, bytes):
         return hashlib.sha256(source).digest()
     arr = np.ascontiguousarray(source)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxheads.dataset import (Dataset, DatasetError, ImageSource, ImageSplit, Task, check_class_count,
+from jaxheads.dataset import (Dataset, DatasetError, ImageSource, ImageSplit, LazyImages, Task, check_class_count,
                               check_multiclass_labels, complete_splits, split_fractions, stratified_split)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -27,6 +28,8 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+LABEL_CHUNK = 1024
+"""Records per read when a lazy TFDS split's labels are collected."""
 
 
 def from_folder(
@@ -267,8 +270,10 @@ def from_tfds(
     ``split``: ``None`` takes the builder's ``train``, ``validation`` and ``test`` splits where they exist; a
     string (e.g. ``"train[:50%]"``) is one TFDS split that is divided into train/val/test; a mapping gives the
     TFDS split for each of ours (``{"train": "train[:80%]", "val": "train[80%:]"}``). A missing val (or test, for a
-    string) is carved from train with a seeded stratified split. Images are kept encoded in memory (decoded by the
-    pipeline). ``label_key`` names a ``ClassLabel`` (multiclass) or a ``Sequence(ClassLabel)`` (multilabel).
+    string) is carved from train with a seeded stratified split. A builder prepared as ArrayRecord is read lazily:
+    its labels are read once in chunks, and each image is read from disk when its batch is built (``as_data_source``),
+    so memory does not grow with the dataset; its image ids name the record (``tfds:NAME/VERSION/split/size[i]``).
+    A TFRecord-only builder is read through ``tf.data`` and keeps its encoded images in memory. ``label_key`` names a ``ClassLabel`` (multiclass) or a ``Sequence(ClassLabel)`` (multilabel).
     """
     import tensorflow_datasets as tfds  # heavy (imports TensorFlow): only when a TFDS dataset is asked for
 
@@ -312,7 +317,80 @@ def from_tfds(
 def _read_tfds_split(
     builder: Any, split: str, image_key: str, label_key: str, num_classes: int, multilabel: bool, required: bool
 ) -> ImageSplit | None:
-    """Every (encoded image, label) of one TFDS split, or None when an optional split does not exist."""
+    """One TFDS split, or None when an optional split does not exist: lazy (:class:`TfdsRecords`) where the builder
+    has an ArrayRecord form, else every encoded image read into memory through ``tf.data``."""
+    try:
+        return _lazy_tfds_split(builder, split, image_key, label_key, num_classes, multilabel)
+    except _NoRandomAccess:
+        return _eager_tfds_split(builder, split, image_key, label_key, num_classes, multilabel, required)
+    except (ValueError, KeyError) as err:
+        if required:
+            raise DatasetError(f"tfds:{builder.name}: cannot read split {split!r} ({err})") from err
+        return None
+
+
+class _NoRandomAccess(Exception):
+    """The builder has no random-access (ArrayRecord) form of its data."""
+
+
+class TfdsRecords:
+    """Random access to one TFDS split's encoded images through ``builder.as_data_source`` (ArrayRecord): opened on
+    first read, so a dataset that is only fingerprinted or served from the feature cache never opens it."""
+
+    def __init__(self, builder: Any, split: str, image_key: str) -> None:
+        self.builder, self.split, self.image_key = builder, split, image_key
+        self.prefix = f"tfds:{builder.info.full_name}/{split}/{builder.info.splits[split].num_examples}"
+        self._source: Any = None
+        self._lock = threading.Lock()
+
+    def read(self, index: int) -> bytes:
+        with self._lock:  # the decode threads share one reader; decoding itself runs outside the lock
+            if self._source is None:
+                self._source = _data_source(self.builder, self.split, self.image_key)
+            return self._source[index][self.image_key]
+
+    def identity(self, index: int) -> str:
+        return f"{self.prefix}[{index}]"
+
+
+def _data_source(builder: Any, split: str, image_key: str) -> Any:
+    """``builder.as_data_source`` for ``split`` with the image left encoded (decoded by the pipeline)."""
+    import tensorflow_datasets as tfds
+
+    return builder.as_data_source(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+
+
+def _lazy_tfds_split(builder: Any, split: str, image_key: str, label_key: str, num_classes: int,
+                     multilabel: bool) -> ImageSplit:
+    """The split's labels, read in chunks (the images stay on disk); its images as :class:`LazyImages`."""
+    import tensorflow_datasets as tfds
+
+    formats = {builder.info.file_format, *getattr(builder.info, "alternative_file_formats", ())}
+    if tfds.core.file_adapters.FileFormat.ARRAY_RECORD not in formats:
+        raise _NoRandomAccess
+    source = _data_source(builder, split, image_key)
+    labels: list[Any] = []
+    for start in range(0, len(source), LABEL_CHUNK):  # chunks: the label pass holds one chunk's images at a time
+        chunk = source.__getitems__(list(range(start, min(start + LABEL_CHUNK, len(source)))))
+        labels += [example[label_key] for example in chunk]
+    records = TfdsRecords(builder, split, image_key)
+    return ImageSplit(LazyImages(records, np.arange(len(source))), _label_array(labels, num_classes, multilabel))
+
+
+def _label_array(labels: list[Any], num_classes: int, multilabel: bool) -> np.ndarray:
+    """(N,) int32 class ids, or (N, K) uint8 multi-hot from each example's list of ids."""
+    if not multilabel:
+        return np.asarray(labels, np.int32).reshape(-1)
+    multi_hot = np.zeros((len(labels), num_classes), np.uint8)
+    for r, ids in enumerate(labels):
+        multi_hot[r, np.asarray(ids, np.int64)] = 1
+    return multi_hot
+
+
+def _eager_tfds_split(
+    builder: Any, split: str, image_key: str, label_key: str, num_classes: int, multilabel: bool, required: bool
+) -> ImageSplit | None:
+    """Every (encoded image, label) of one TFDS split in memory, through ``tf.data`` (TFRecord-only builders)."""
     import tensorflow_datasets as tfds
 
     try:
@@ -331,11 +409,5 @@ def _read_tfds_split(
     for example in tfds.as_numpy(ds):
         sources.append(example[image_key])
         labels.append(example[label_key])
-    if multilabel:
-        multi_hot = np.zeros((len(labels), num_classes), np.uint8)
-        for r, ids in enumerate(labels):
-            multi_hot[r, np.asarray(ids, np.int64)] = 1
-        label_array = multi_hot
-    else:
-        label_array = np.asarray(labels, np.int32).reshape(-1)
-    return ImageSplit(sources, label_array, [f"tfds:{builder.name}/{split}[{i}]" for i in range(len(sources))])
+    names = [f"tfds:{builder.name}/{split}[{i}]" for i in range(len(sources))]
+    return ImageSplit(sources, _label_array(labels, num_classes, multilabel), names)
