@@ -140,6 +140,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             sweep=spec, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, task=args.task,
             seed=args.seed, batch_size=args.feature_batch_size, strict=args.strict,
             feature_progress=bars.features, sweep_progress=bars.sweep, input_size=args.input_size,
+            device_memory_budget=args.device_memory_budget,
         )  # fmt: skip
     if main:
         report.print_report(_record_estimate(args, spec, output), console=_console())

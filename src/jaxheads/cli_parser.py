@@ -39,6 +39,16 @@ def _folds(text: str) -> int | str | None:
     return "auto" if text.strip().lower() == "auto" else _optional_int(text)
 
 
+def _byte_size(text: str) -> int:
+    """``--device-memory-budget``: 2GiB, 512MB, 1e9 (bytes); argparse prints the one-line error."""
+    from jaxheads.sweep.stream import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
+
+
 def _conv_stage(text: str) -> Any:
     """``KxK:F[/sS][+poolP]`` -> ConvStage(features=F, kernel=K, stride=S, pool=P)."""
     from jaxheads.heads import ConvStage
@@ -187,6 +197,10 @@ def _sweep_parser(sub: Any) -> None:
     run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory; default runs/latest")
     run.add_argument("--dry-run", action="store_true", help="print the plan (members, groups, padded widths, FLOPs, "
                      "memory per device) and a time estimate calibrated on this machine, then stop; runs nothing")
+    run.add_argument("--device-memory-budget", type=_byte_size, default=None, metavar="SIZE",
+                     help="bytes per device a group's features may take on the devices (e.g. 2GiB, 512MB); a group "
+                          "over it streams them from the memory-mapped cache, double-buffered, with the same "
+                          "results; default: half the device's memory (CPU: of the free RAM per device)")
     _no_compile_cache(run)
     _quiet_verbose(sweep)
     _distributed_flags(sweep)

@@ -11,6 +11,7 @@ import concurrent.futures
 import dataclasses
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,9 +20,10 @@ import jax
 import numpy as np
 
 from jaxheads import checkpoint, data, distributed, features, heads_io, input_sizes, metrics, report
+from jaxheads.backbones import describe
 from jaxheads.heads import ConvStage
 from jaxheads.splits import FeatureSplit
-from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep
+from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep, stream
 
 DEFAULT_DATASET = "elpv"
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -78,6 +80,7 @@ def sweep_job(
     feature_progress: Callable[[features.Progress], None] | None = None,
     sweep_progress: Callable[[dict[str, Any]], None] | None = None,
     input_size: int | str | Sequence[int] | None = None,
+    device_memory_budget: int | str | None = None,
 ) -> JobOutput:
     """Run the main job end to end and write its artifacts into ``out_dir``.
 
@@ -85,7 +88,9 @@ def sweep_job(
     ``features.default_cache_dir()``). ``seed`` seeds the carved dataset splits (and a ``weights=None`` init).
     ``input_size``: the images' side before the backbone (default its own); several sizes (``(224, 300)``) run
     the sweep on each size's features and merge them (:mod:`jaxheads.input_sizes`), so "Input size" is a question
-    and the recommended head records the size it was trained at.
+    and the recommended head records the size it was trained at. ``device_memory_budget`` (bytes per device or
+    "2GiB"; default: half the device's memory): a sweep group whose inputs exceed it streams its features from the
+    memory-mapped cache (``run_sweep``); when some group may, the features are read lazily (``extract_all(lazy=True)``).
     """
     sizes = input_sizes.parse_sizes(input_size) or (None,)
     # Every size is checked against the backbone before any data is read.
@@ -95,12 +100,15 @@ def sweep_job(
     if "train" not in ds.splits or "val" not in ds.splits:
         raise data.DatasetError(f"dataset {ds.name}: needs 'train' and 'val' splits, has {sorted(ds.splits)}")
     sweep = sweep.resolve_folds(len(ds.split("train")) + len(ds.split("val")))
+    lazy = any(_may_stream(backbone, source, ds, device_memory_budget) for source in sources.values())
     by_size = {size: features_for_sweep(source, ds, sweep, cache_dir=cache_dir, batch_size=batch_size,
-                                        progress=feature_progress, strict=strict) for size, source in sources.items()}
+                                        progress=feature_progress, strict=strict, lazy=lazy)
+               for size, source in sources.items()}
     run_args = dict(num_classes=ds.num_classes, task=ds.task, progress=sweep_progress, label_names=list(ds.classes),
                     checkpoint_dir=Path(out_dir) / SWEEP_STATE)
     if len(sizes) == 1:
-        result, key = run_sweep(sweep, by_size[sizes[0]], **run_args), sizes[0]
+        result = run_sweep(sweep, by_size[sizes[0]], **run_args, device_memory_budget=device_memory_budget)
+        key = sizes[0]
     else:
         result = input_sizes.run_sizes(sweep, by_size, **run_args)
         key = result.input_size() if result.recommended is not None else sizes[0]
@@ -113,6 +121,15 @@ def sweep_job(
                               weights_id=source.weights_id, dataset=ds.name, input_size=trained_at,
                               **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}))
     return JobOutput(result, splits, ds, files)
+
+
+def _may_stream(backbone: str, source: features.BackboneSource, ds: data.Dataset, budget: int | str | None) -> bool:
+    """Whether a group reading the backbone's feature maps (at the source's input size) could exceed the budget."""
+    arch = describe.architecture(backbone)
+    scale = source.preprocessing.input_size / arch.input_size
+    h, w, c = arch.feature_shape
+    shape = (math.ceil(h * scale), math.ceil(w * scale), c)
+    return stream.may_stream(sum(len(ds.split(name)) for name in ds.splits), shape, budget)
 
 
 def features_for_sweep(
