@@ -117,3 +117,61 @@ def test_bad_views_or_augmentation_names_fail_with_one_line_naming_the_flag(
         assert all(name in err for name in augment.AUGMENTATIONS)
     with pytest.raises(ValueError, match="--views"):
         features.extract_all(SOURCE, data.load_dataset(images), cache_dir=tmp_path, views=0)
+
+
+def _map_splits(n: int = 96, seed: int = 0) -> dict[str, FeatureSplit]:
+    """3 classes of (n, 2, 2, 4) maps, class c shifted up in channel c, with their pooled vectors."""
+    rng = np.random.default_rng(seed)
+
+    def one(rows: int) -> FeatureSplit:
+        y = rng.integers(0, 3, rows)
+        maps = rng.normal(size=(rows, 2, 2, 4)).astype(np.float32) + np.eye(3, 4, dtype=np.float32)[y][:, None, None]
+        return FeatureSplit(labels=y, pooled=maps.mean(axis=(1, 2)), maps=maps)
+
+    return {"train": one(n), "val": one(n // 2), "test": one(n // 2)}
+
+
+def _with_views(split: FeatureSplit, views: list[FeatureSplit]) -> FeatureSplit:
+    return FeatureSplit(split.labels, split.pooled, split.maps, tuple(views))
+
+
+def _noisy(split: FeatureSplit, seed: int) -> FeatureSplit:
+    """Another view of the same examples: the features plus noise."""
+    rng = np.random.default_rng(seed)
+    maps = split.maps + rng.normal(scale=0.5, size=split.maps.shape).astype(np.float32)
+    return FeatureSplit(split.labels, maps.mean(axis=(1, 2)), maps)
+
+
+def _run(splits: dict[str, FeatureSplit], folds: int | None) -> object:
+    from jaxheads.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(pooling=("none", "flatten"), widths=(8,), epochs=3, batch_size=(16,), learning_rate=(3e-2,),
+                     patience=None, ridge_l2=(), folds=folds, dropout=(0.3,))
+    return run_sweep(spec, splits, num_classes=3)
+
+
+def _assert_same_members(a: object, b: object) -> None:
+    assert [m["curves"] for m in a.members] == [m["curves"] for m in b.members]
+    for key in ("val", "test"):
+        np.testing.assert_array_equal(a.predictions[key], b.predictions[key], err_msg=key)
+
+
+@pytest.mark.parametrize("folds", [None, 2])
+def test_view_sampling_changes_nothing_with_one_view_or_with_views_equal_to_the_plain_features(
+        folds: int | None) -> None:
+    splits = _map_splits()
+    today = _run(splits, folds)
+    pooled_views = ("train", "val") if folds else ("train",)
+    one = {k: _with_views(s, []) if k in pooled_views else s for k, s in splits.items()}
+    if folds is None:
+        _assert_same_members(_run(one, folds), today)  # K=1: no view drawn
+    # K=2 with view 1 == view 0: every drawn row v*N + i holds row i's features and label, so nothing changes; a
+    # wrong offset, N or label row would train on other examples.
+    same = {k: _with_views(s, [s]) if k in pooled_views else s for k, s in splits.items()}
+    _assert_same_members(_run(same, folds), today)
+    if folds is not None:
+        return
+    other = {k: _with_views(s, [_noisy(s, 1)]) if k in pooled_views else s for k, s in splits.items()}
+    changed = _run(other, folds)  # views that differ: sampled, so training changes
+    assert [m["curves"]["train_loss"] for m in changed.members] != [m["curves"]["train_loss"] for m in today.members]
+    np.testing.assert_array_equal(changed.predictions["val_labels"], today.predictions["val_labels"])

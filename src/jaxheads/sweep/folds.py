@@ -50,12 +50,21 @@ def assign_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold_of
 
 
+def _join(a: FeatureSplit, b: FeatureSplit) -> FeatureSplit:
+    join = lambda x, y: None if x is None else np.concatenate([np.asarray(x), np.asarray(y)])  # noqa: E731
+    return FeatureSplit(labels=join(a.labels, b.labels), pooled=join(a.pooled, b.pooled), maps=join(a.maps, b.maps))
+
+
 def pooled_splits(splits: Mapping[str, FeatureSplit]) -> dict[str, FeatureSplit]:
-    """train and val concatenated as one pool that is both "train" and "val"; "test" kept as it is."""
+    """train and val concatenated as one pool that is both "train" and "val"; "test" kept as it is. Augmented
+    views (``FeatureSplit.views``) are pooled view by view; train and val must then have as many."""
     train, val = splits["train"], splits["val"]
-    join = lambda a, b: None if a is None else np.concatenate([np.asarray(a), np.asarray(b)])  # noqa: E731
-    pool = FeatureSplit(labels=join(train.labels, val.labels), pooled=join(train.pooled, val.pooled),
-                        maps=join(train.maps, val.maps))
+    if len(train.views or ()) != len(val.views or ()):
+        raise ValueError(f"folds pool train and val: train has {len(train.views or ())} augmented views, val "
+                         f"{len(val.views or ())} (extract both with view_splits=('train', 'val'))")
+    pool = _join(train, val)
+    if train.views:
+        pool = FeatureSplit(pool.labels, pool.pooled, pool.maps, tuple(map(_join, train.views, val.views)))
     out = {"train": pool, "val": pool}
     if "test" in splits:
         out["test"] = splits["test"]

@@ -24,6 +24,8 @@ from .inputs import GroupInputs, eval_selection
 from .plan import GroupPlan
 from .program import GroupState, MemberConsts, compiled_programs, copy_tree, group_init_program, keep_best
 
+VIEW_STREAM = 0x5649  # salts the view draws' seed, apart from the batch order's
+
 
 class LiveMembers(NamedTuple):
     """The training state of a group's device slots (member axis first on every array)."""
@@ -118,16 +120,33 @@ def epoch_args(plan: GroupPlan, live: LiveMembers, inputs: GroupInputs, active: 
 
 
 def epoch_batches(plan: GroupPlan, inputs: GroupInputs, rngs: Sequence[np.random.Generator],
-                  slots: np.ndarray) -> np.ndarray:
+                  slots: np.ndarray, view_rng: np.random.Generator | None = None) -> np.ndarray:
     """One epoch's batch indices: (steps, batch) shared by every member, or with folds (slots, steps, batch), each
     slot drawing from its fold's training rows. Every fold shuffles with its own copy of the group's generator,
-    so a fold member sees the batches a standalone sweep on that fold's rows would see."""
+    so a fold member sees the batches a standalone sweep on that fold's rows would see. With augmented views
+    each example of a batch reads a view drawn from ``view_rng`` (:func:`view_generator`); the shuffle is the
+    one without views, and nothing is drawn when there is one view."""
     if inputs.train_rows is None:
-        return shuffled_batches(rngs[0], plan.n_train, plan.batch)
+        return _pick_views(shuffled_batches(rngs[0], plan.n_train, plan.batch), inputs, view_rng)
     steps, batch = plan.steps_per_epoch, plan.batch
     per_fold = [rows[rng.permutation(len(rows))[: steps * batch]].reshape(steps, batch)
                 for rows, rng in zip(inputs.train_rows, rngs, strict=True)]
-    return np.stack([per_fold[plan.specs[max(j, 0)].fold] for j in slots]).astype(np.int32)
+    idx = np.stack([per_fold[plan.specs[max(j, 0)].fold] for j in slots]).astype(np.int32)
+    return _pick_views(idx, inputs, view_rng)
+
+
+def view_generator(data_seed: int, gid: int, epoch: int) -> np.random.Generator:
+    """The generator of an epoch's view draws: its own stream, so the batch order is the one without views."""
+    return np.random.default_rng([data_seed, gid, epoch, VIEW_STREAM])
+
+
+def _pick_views(idx: np.ndarray, inputs: GroupInputs, view_rng: np.random.Generator | None) -> np.ndarray:
+    """Row ``i`` of a batch becomes row ``v * N + i`` of the view-major training input, ``v`` drawn per position
+    (every slot shares the draw: with folds the rows at a position differ, so their views are still random)."""
+    if inputs.views == 1 or view_rng is None:
+        return idx
+    view = view_rng.integers(0, inputs.views, idx.shape[-2:])
+    return (idx + view * inputs.view_rows).astype(np.int32)
 
 
 def shuffled_batches(rng: np.random.Generator, n: int, batch: int) -> np.ndarray:

@@ -37,6 +37,8 @@ class GroupInputs(NamedTuple):
     idx_sharding: NamedSharding  # of an epoch's index array: the batch over "data" (and members, with folds)
     eval_rows: dict[str, np.ndarray] | None = None  # folds: "val" -> (folds, R), "test" -> (R,) row indices
     train_rows: tuple[np.ndarray, ...] | None = None  # folds: the "train" rows each fold trains on
+    views: int = 1  # K: "train" holds K views of its N examples, view-major (view v of row i at v * N + i)
+    view_rows: int = 0  # N: the examples of one view of "train"
 
 
 def feature_shapes(split: FeatureSplit) -> dict[str, tuple[int, ...] | None]:
@@ -71,6 +73,25 @@ def _program_input(split: FeatureSplit, head: HeadSpec, name: str) -> np.ndarray
     return x if head.conv else np.asarray(heads.pool(head, x, xp=np), np.float32)
 
 
+def _train_input(split: FeatureSplit, head: HeadSpec, name: str) -> Any:
+    """The program input of a training split: view 0 (the plain images) in rows 0..N-1, then each augmented view
+    (``FeatureSplit.views``) in the next N rows, so evaluation rows (< N) index the plain images."""
+    parts = [_program_input(s, head, name) for s in (split, *(split.views or ()))]
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(parts) * parts[0].shape[0], *parts[0].shape[1:]), parts[0].dtype)
+    return np.concatenate(parts)
+
+
+def _train_labels(split: FeatureSplit) -> Any:
+    """The labels of every row of :func:`_train_input`: the split's labels once per view."""
+    views, labels = 1 + len(split.views or ()), split.labels
+    if isinstance(labels, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((views * labels.shape[0], *labels.shape[1:]), labels.dtype)
+    return np.concatenate([np.asarray(labels)] * views)
+
+
 def _stack(arrays: Sequence[Any]) -> Any:
     if isinstance(arrays[0], jax.ShapeDtypeStruct):
         return jax.ShapeDtypeStruct((len(arrays),) + arrays[0].shape, arrays[0].dtype)
@@ -95,7 +116,7 @@ def host_inputs(plan: GroupPlan, members: Sequence[MemberSpec],
     """split -> the group's stacked program input on the host (one array per source)."""
     by_source = {members[i].head.pooling: members[i].head for i in plan.ids}
     stacked = lambda k: _stack([_program_input(splits[k], by_source[p], k) for p in plan.sources])  # noqa: E731
-    out = {"train": stacked("train")}
+    out = {"train": _stack([_train_input(splits["train"], by_source[p], "train") for p in plan.sources])}
     for k, s in splits.items():  # folds: "val" is the same pool as "train", pooled once
         if k != "train":
             out[k] = out["train"] if s is splits["train"] else stacked(k)
@@ -109,23 +130,24 @@ def place_inputs(plan: GroupPlan, x: Mapping[str, Any], splits: Mapping[str, Fea
     rep = parallel.replicated(plan.mesh)
     n_eval = {k: len(s) for k, s in splits.items() if k != "train"}
     per_member = P(parallel.MEMBERS, None, parallel.DATA) if plan.per_member_batches else P(None, parallel.DATA)
+    views = {"views": 1 + len(splits["train"].views or ()), "view_rows": len(splits["train"])}
     if fold_of is None:
         rows = max(n_eval.values())
         return GroupInputs(
             x={k: _put(v if k == "train" else _pad_rows(v, rows, axis=1), rep) for k, v in x.items()},
-            y={k: _put(s.labels if k == "train" else _pad_rows(s.labels, rows, axis=0), rep)
+            y={k: _put(_train_labels(s) if k == "train" else _pad_rows(s.labels, rows, axis=0), rep)
                for k, s in splits.items()},
             mask={k: np.arange(rows) < n for k, n in n_eval.items()}, n_eval=n_eval,
-            idx_sharding=NamedSharding(plan.mesh, per_member))
+            idx_sharding=NamedSharding(plan.mesh, per_member), **views)
     placed = {"train": _put(x["train"], rep)}
     placed.update({k: placed["train"] if splits[k] is splits["train"] else _put(v, rep)
                    for k, v in x.items() if k != "train"})
-    labels = {"train": _put(splits["train"].labels, rep)}
+    labels = {"train": _put(_train_labels(splits["train"]), rep)}  # "val" rows (< N) read view 0's labels
     labels.update({k: labels["train"] if s is splits["train"] else _put(s.labels, rep)
                    for k, s in splits.items() if k != "train"})
     eval_rows, mask, train_rows = _fold_rows(fold_of, n_eval)
     return GroupInputs(x=placed, y=labels, mask=mask, n_eval=n_eval, idx_sharding=NamedSharding(plan.mesh, per_member),
-                       eval_rows=eval_rows, train_rows=train_rows)
+                       eval_rows=eval_rows, train_rows=train_rows, **views)
 
 
 def _fold_rows(fold_of: np.ndarray, n_eval: Mapping[str, int]) -> tuple[dict, dict, tuple]:

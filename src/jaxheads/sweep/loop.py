@@ -18,7 +18,7 @@ import numpy as np
 from jaxheads import parallel
 
 from . import records
-from .group import LiveMembers, Programs, epoch_args, epoch_batches
+from .group import LiveMembers, Programs, epoch_args, epoch_batches, view_generator
 from .inputs import GroupInputs
 from .plan import GroupPlan
 from .program import keep_best
@@ -141,7 +141,7 @@ def train_group(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, program
             break
         real, js = live.slots >= 0, np.maximum(live.slots, 0)
         was_active = real & book.active[js]
-        idx = epoch_batches(plan, inputs, rngs, live.slots)
+        idx = epoch_batches(plan, inputs, rngs, live.slots, view_generator(sweep.data_seed, plan.gid, epoch))
         live, losses, val = _train_epoch(plan, inputs, live, programs, was_active, idx, step0, timings, epoch == 1)
         slots_per_epoch.append(len(live.slots))
         step0 += plan.steps_per_epoch
