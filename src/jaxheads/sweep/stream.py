@@ -92,6 +92,7 @@ def input_bytes(plan: GroupPlan, splits: Mapping[str, FeatureSplit]) -> int:
     rows = {id(s): len(s) for s in splits.values()}  # with folds "val" is the train pool: placed once
     longest = max(len(s) for k, s in splits.items() if k != "train")
     rows.update({id(s): longest for k, s in splits.items() if k != "train" and s is not splits["train"]})
+    rows[id(splits["train"])] *= 1 + len(splits["train"].views or ())  # augmented views: K copies of train
     return sum(rows.values()) * len(plan.sources) * int(np.prod(plan.input_shape)) * 4
 
 
@@ -100,10 +101,10 @@ def streams(plan: GroupPlan, splits: Mapping[str, FeatureSplit], folds: bool, bu
     size = input_bytes(plan, splits)
     if size <= budget:
         return False
-    if folds:
+    if folds or splits["train"].views:
+        need = "fixed splits: pass --folds none" if folds else "one view: pass --views 1"
         raise ValueError(f"group {plan.gid}: its inputs take {size:,} bytes per device, over the budget of "
-                         f"{budget:,} ({BUDGET_FLAG}), and a streamed sweep needs fixed splits: pass --folds none "
-                         f"or a larger {BUDGET_FLAG}")
+                         f"{budget:,} ({BUDGET_FLAG}), and a streamed sweep needs {need} or a larger {BUDGET_FLAG}")
     log.info("group %d streams its features from the cache: %s bytes per device in memory, budget %s", plan.gid,
              f"{size:,}", f"{budget:,}")
     return True
