@@ -8,6 +8,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -175,3 +176,22 @@ def test_view_sampling_changes_nothing_with_one_view_or_with_views_equal_to_the_
     changed = _run(other, folds)  # views that differ: sampled, so training changes
     assert [m["curves"]["train_loss"] for m in changed.members] != [m["curves"]["train_loss"] for m in today.members]
     np.testing.assert_array_equal(changed.predictions["val_labels"], today.predictions["val_labels"])
+
+
+def test_test_time_augmentation_averages_each_members_probabilities_over_the_test_views() -> None:
+    from jaxheads.heads import apply_head
+
+    splits = _map_splits(seed=3)
+    test = splits["test"]
+    noisy = _noisy(test, 2)
+    result = _run({**splits, "test": _with_views(test, [test, noisy])}, None)
+    assert result.selection["test_views"] == 3
+    for i, member in enumerate(result.members):
+        spec, variables = result.head(i)
+        kind = spec.feature_kind
+
+        def probs(view: FeatureSplit) -> np.ndarray:
+            return np.asarray(jax.nn.softmax(apply_head(variables, getattr(view, kind), spec), -1))
+
+        want = (2 * probs(test) + probs(noisy)) / 3  # view 0 comes from the sweep's own program: equal to rounding
+        np.testing.assert_allclose(result.predictions["test"][i], want, atol=1e-5, err_msg=str(member["spec"]))

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from jaxheads import probe
 from jaxheads.splits import FeatureSplit
 
-from . import folds, stream, verdicts
+from . import folds, stream, tta, verdicts
 from . import group as groups
 from .inputs import abstract_splits, check_inputs, feature_shapes, host_inputs, place_inputs
 from .loop import train_group
@@ -152,13 +152,21 @@ def run_sweep(
     board, recommended = leaderboard(trained.records, metric)
     store.clear()
     shapes = feature_shapes(splits["train"])
+    predictions = _stack_predictions(trained.predictions, train_splits, fold_of)
+    test_views = tta.test_views(splits.get("test"))
+    if test_views > 1:  # test-time augmentation: the test figures average each test image's views
+        predictions["test"] = tta.average_test_views(trained.records, trained.variables, splits["test"],
+                                                     predictions["test"])
     result = SweepResult(task=task, num_classes=num_classes, metric=metric, sweep=sweep, members=trained.records,
                          leaderboard=board, recommended=recommended, ridge=ridge, groups=trained.groups,
                          timings={"total_s": time.perf_counter() - t_start, "ridge_s": ridge_s},
                          feature_shapes={k: None if v is None else list(v) for k, v in shapes.items()},
                          label_names=list(label_names) if label_names else None, variables=trained.variables,
-                         predictions=_stack_predictions(trained.predictions, train_splits, fold_of))
-    return verdicts.analyse(result)
+                         predictions=predictions)
+    result = verdicts.analyse(result)
+    if test_views > 1 and result.selection.get("test") is not None:
+        result.selection["test_views"] = test_views
+    return result
 
 
 class _Trained(NamedTuple):

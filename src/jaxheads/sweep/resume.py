@@ -34,9 +34,12 @@ class GroupStore:
                  label_names: Sequence[str] | None) -> str:
         h = hashlib.sha256(json.dumps([sweep.to_dict(), num_classes, task, list(label_names or []),
                                        jax.device_count()], sort_keys=True).encode())
-        for name in sorted(splits):
+        parts = {name: splits[name] for name in splits}
+        parts.update({f"{name}/view{v}": view for name in splits
+                      for v, view in enumerate(splits[name].views or (), 1)})
+        for name in sorted(parts):  # augmented views are features the sweep trains on (or tests on) too
             for field in ("labels", "pooled", "maps"):
-                array = getattr(splits[name], field)
+                array = getattr(parts[name], field)
                 if array is not None:
                     h.update(f"{name}/{field}{np.shape(array)}{np.dtype(array.dtype)}".encode())
                     for start in range(0, len(array), 4096):  # in slices: maps may be large and memory-mapped

@@ -109,6 +109,7 @@ class Selection(TypedDict, total=False):
     val: dict[str, Any]  # Interval + "optimistic": True (the head was chosen on these numbers)
     test: Interval | None  # scored once: the honest estimate
     test_from: str  # with folds: the mean of the fold models' probabilities
+    test_views: int  # test-time augmentation only: K, test probabilities averaged over K views per image (.tta)
     per_class_val: dict[str, Any]  # multiclass: {"recall": {class: float}, "never_predicted": [class]}
     per_class_test: dict[str, Any]
 
