@@ -123,8 +123,9 @@ def _record_estimate(args: argparse.Namespace, spec: Any, output: Any) -> dict[s
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from jaxheads import distributed
+    from jaxheads import augment, distributed
 
+    augment.check_views(args.views), augment.parse_policy(args.augment)  # bad flags fail before any work
     if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
         distributed.split_cpu_host()  # CPU-only hosts: members run side by side, one JAX device per core
     spec = sweep_spec_from_args(args)
@@ -140,7 +141,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             sweep=spec, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, task=args.task,
             seed=args.seed, batch_size=args.feature_batch_size, strict=args.strict,
             feature_progress=bars.features, sweep_progress=bars.sweep, input_size=args.input_size,
-            device_memory_budget=args.device_memory_budget,
+            device_memory_budget=args.device_memory_budget, views=args.views, augment=args.augment, tta=args.tta,
         )  # fmt: skip
     if main:
         report.print_report(_record_estimate(args, spec, output), console=_console())

@@ -185,6 +185,7 @@ def _sweep_parser(sub: Any) -> None:
     data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
     data.add_argument("--feature-batch-size", type=int, default=64, help="images per backbone call; default 64")
     data.add_argument("--cache-dir", type=Path, help="where features are cached; default $JAXHEADS_CACHE/features")
+    _view_flags(sweep)
     axes = sweep.add_argument_group("axes: comma-separated levels, e.g. --widths 128,512 (see the end)")
     scalars = sweep.add_argument_group("scalars: one value each")
     for flag, (field, _) in SWEEP_FLAGS.items():
@@ -273,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     _quiet_verbose(classify)
     _backbones_parser(sub)
     return parser
+
+
+def _view_flags(parser: argparse.ArgumentParser) -> None:
+    from jaxheads.augment import AUGMENTATIONS, DEFAULT_POLICY
+
+    group = parser.add_argument_group("augmented views (the backbone runs once per view; cached like the images)")
+    group.add_argument("--views", type=int, default=1, metavar="K", help="heads train on a random one of K views "
+                       "of each image per epoch: the plain image and K-1 augmented; default 1 (no augmentation)")
+    group.add_argument("--augment", default=",".join(DEFAULT_POLICY), metavar="NAME,...", help="what the views do: "
+                       f"{', '.join(AUGMENTATIONS)} (crop: random-resized, 60-100%% of the area; dihedral: the 8 "
+                       "rotations and reflections, for images without an up); default "
+                       f"{','.join(DEFAULT_POLICY)}; e.g. dihedral,crop")
+    group.add_argument("--tta", action="store_true", help="test-time augmentation: the test figures average each "
+                       "test image's K views (its views are computed too)")
 
 
 def _distributed_flags(parser: argparse.ArgumentParser) -> None:

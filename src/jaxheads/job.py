@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxheads import checkpoint, data, distributed, features, heads_io, input_sizes, metrics, report
+from jaxheads.augment import DEFAULT_POLICY, check_views, parse_policy
 from jaxheads.backbones import describe
 from jaxheads.heads import ConvStage
 from jaxheads.splits import FeatureSplit
@@ -81,6 +82,9 @@ def sweep_job(
     sweep_progress: Callable[[dict[str, Any]], None] | None = None,
     input_size: int | str | Sequence[int] | None = None,
     device_memory_budget: int | str | None = None,
+    views: int = 1,
+    augment: str | Sequence[str] = DEFAULT_POLICY,
+    tta: bool = False,
 ) -> JobOutput:
     """Run the main job end to end and write its artifacts into ``out_dir``.
 
@@ -91,7 +95,9 @@ def sweep_job(
     and the recommended head records the size it was trained at. ``device_memory_budget`` (bytes per device or
     "2GiB"; default: half the device's memory): a sweep group whose inputs exceed it streams its features from the
     memory-mapped cache (``run_sweep``); when some group may, the features are read lazily (``extract_all(lazy=True)``).
+    ``views`` K > 1: heads train on a random one of K views per example per epoch (:func:`_view_options`).
     """
+    view_options = _view_options(views, augment)
     sizes = input_sizes.parse_sizes(input_size) or (None,)
     # Every size is checked against the backbone before any data is read.
     sources = {size: features.backbone_source(backbone, weights, seed=seed, input_size=size) for size in sizes}
@@ -102,7 +108,8 @@ def sweep_job(
     sweep = sweep.resolve_folds(len(ds.split("train")) + len(ds.split("val")))
     lazy = any(_may_stream(backbone, source, ds, device_memory_budget) for source in sources.values())
     by_size = {size: features_for_sweep(source, ds, sweep, cache_dir=cache_dir, batch_size=batch_size,
-                                        progress=feature_progress, strict=strict, lazy=lazy)
+                                        progress=feature_progress, strict=strict, lazy=lazy,
+                                        **view_options, view_splits=_view_splits(sweep, ds, tta))
                for size, source in sources.items()}
     run_args = dict(num_classes=ds.num_classes, task=ds.task, progress=sweep_progress, label_names=list(ds.classes),
                     checkpoint_dir=Path(out_dir) / SWEEP_STATE)
@@ -119,8 +126,21 @@ def sweep_job(
     if distributed.is_main_process():
         files = write_outputs(result, out_dir, backbone=backbone, weights="none" if weights is None else str(weights),
                               weights_id=source.weights_id, dataset=ds.name, input_size=trained_at,
-                              **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}))
+                              **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}),
+                              **({**view_options, "test_views": views if tta else 1} if views > 1 else {}))
     return JobOutput(result, splits, ds, files)
+
+
+def _view_options(views: int, augment: str | Sequence[str]) -> dict[str, Any]:
+    """``extract_all``'s views and policy, checked (one-line errors naming --views / --augment). View 0 is the
+    plain image, views 1..K-1 are augmented under the policy (:mod:`jaxheads.augment`); with ``tta`` (job) the test
+    split gets its K views too and the test figures average over them (``selection.test_views``)."""
+    return {"views": check_views(views), "augment": list(parse_policy(augment))}
+
+
+def _view_splits(sweep: SweepSpec, ds: data.Dataset, tta: bool) -> tuple[str, ...]:
+    """The splits that get augmented views: those heads train on (with folds, train and val), and test for TTA."""
+    return ("train", "val")[:2 if sweep.folds else 1] + (("test",) if tta and "test" in ds.splits else ())
 
 
 def _may_stream(backbone: str, source: features.BackboneSource, ds: data.Dataset, budget: int | str | None) -> bool:
@@ -147,7 +167,7 @@ def features_for_sweep(
     compiled: list[concurrent.futures.Future] = []
 
     def compile_early(shapes: dict[str, Any]) -> None:
-        if compiled or jax.process_count() > 1:
+        if compiled or jax.process_count() > 1 or extract_kwargs.get("views", 1) > 1:  # views: other shapes
             return
         labels = ds.split("train").labels
         abstract = abstract_splits({name: len(ds.split(name)) for name in ds.splits}, pooled=shapes["pooled"],
