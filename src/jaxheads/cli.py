@@ -84,7 +84,7 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
     shapes = {"pooled": (arch.feature_shape[-1],), "maps": arch.feature_shape}
     sizes = {name: len(ds.split(name)) for name in ds.splits}
     plan = dry_run.plan_sweep(spec.resolve_folds(sizes["train"] + sizes["val"]), shapes, sizes, ds.num_classes,
-                              ds.task)
+                              ds.task, views=args.views)
     log.info("calibrating on this machine (a matmul and a tiny sweep)...")
     calib = dry_run.calibrate()
     times = dry_run.estimate(plan, calib)

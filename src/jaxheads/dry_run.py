@@ -71,17 +71,18 @@ class SweepPlan:
         return sum(g.train_flops + g.eval_flops for g in self.groups)
 
 
-def _rows(spec: SweepSpec, sizes: Mapping[str, int]) -> tuple[int, int, int]:
+def _rows(spec: SweepSpec, sizes: Mapping[str, int], views: int = 1) -> tuple[int, int, int]:
     """(training rows, rows each member scores per evaluation, rows placed on every device), as ``sweep.inputs``
     lays them out: with folds the pool (train + val) once, a member scoring its own fold (padded to the largest
-    fold or the test split); without, val and test padded to one length."""
+    fold or the test split); without, val and test padded to one length. The training rows are placed once per
+    augmented view (``views``)."""
     test = sizes.get("test", 0)
     if spec.folds:
         pool = sizes["train"] + sizes["val"]
         largest = -(-pool // spec.folds)  # folds differ in size by at most one row
-        return pool - largest, max(largest, test), pool + test
+        return pool - largest, max(largest, test), views * pool + test
     rows = max(sizes["val"], test)
-    return sizes["train"], rows, sizes["train"] + rows * (2 if test else 1)
+    return sizes["train"], rows, views * sizes["train"] + rows * (2 if test else 1)
 
 
 def _program(plan: GroupPlan) -> str:
@@ -115,9 +116,10 @@ def _group_cost(plan: GroupPlan, spec: SweepSpec, eval_rows: int, placed_rows: i
 
 
 def plan_sweep(spec: SweepSpec, shapes: Mapping[str, tuple[int, ...] | None], sizes: Mapping[str, int],
-               num_classes: int, task: str) -> SweepPlan:
+               num_classes: int, task: str, views: int = 1) -> SweepPlan:
     """The sweep's members, groups and per-epoch cost on features of ``shapes`` ({"pooled": (C,), "maps": (h, w,
-    C)}) with ``sizes`` examples per split; host only (nothing is compiled or placed)."""
+    C)}) with ``sizes`` examples per split (``views``: augmented views of the training rows, placed too); host
+    only (nothing is compiled or placed)."""
     import jax
 
     members = spec.expand(num_classes, task)
@@ -125,7 +127,7 @@ def plan_sweep(spec: SweepSpec, shapes: Mapping[str, tuple[int, ...] | None], si
         raise ValueError("the sweep has no members")
     for m in members:
         heads.check_input(m.head, cached_shape(m.head, shapes))
-    n_train, eval_rows, placed = _rows(spec, sizes)
+    n_train, eval_rows, placed = _rows(spec, sizes, views)
     groups = tuple(_group_cost(make_plan(gid, ids, members, shapes, n_train, spec, None), spec, eval_rows, placed)
                    for gid, ids in enumerate(group_members(members, shapes, spec.depth_grouping)))
     configs = len({m.config_id() for m in members})
