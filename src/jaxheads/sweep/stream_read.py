@@ -141,6 +141,8 @@ class StreamSplit:
         valid = rows >= 0
         out = np.zeros((len(rows), len(self.features), *self.input_shape), np.float32)
         for s, (x, head) in enumerate(zip(self.features, self.pool_heads, strict=True)):
+            if not valid.any():
+                break  # only padding: nothing to read
             part = np.asarray(x[rows[valid]], np.float32)
             out[valid, s] = part if head.conv else np.asarray(heads.pool(head, part, xp=np), np.float32)
         return out
