@@ -107,6 +107,24 @@ def test_streamed_sweep_equals_the_in_memory_sweep(tmp_path: Path) -> None:
     assert streamed.groups[0]["streamed"]["chunk_steps"] > 1
 
 
+def test_streamed_sweep_reads_augmented_views_as_the_in_memory_sweep(tmp_path: Path) -> None:
+    """Training rows v * N + i read view v of example i, from the view's own cache entry."""
+    plan, labels = write_cache(tmp_path / "plain")
+    write_cache(tmp_path / "view1", seed=5)
+
+    def with_view(lazy: bool) -> dict[str, FeatureSplit]:
+        splits = cache_splits(tmp_path / "plain", plan, labels, lazy)
+        view = cache_splits(tmp_path / "view1", plan, labels, lazy)["train"]
+        train = splits["train"]
+        splits["train"] = FeatureSplit(train.labels, train.pooled, train.maps, (view,))
+        return splits
+
+    spec = dataclasses.replace(SPEC, pooling=("max",), dropout=(0.5,))
+    in_memory = run_sweep(spec, with_view(False), num_classes=3)
+    streamed = run_sweep(spec, with_view(True), num_classes=3, device_memory_budget="3kB")
+    assert streamed.groups[0]["streamed"] and _worst_difference(in_memory, streamed) <= 1e-6
+
+
 def test_bad_budget_is_a_one_line_error_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("512MB") == 512 * 10**6 and parse_bytes("1e6") == 10**6
     for bad in ("lots", "0", "-3", "2XB"):

@@ -101,10 +101,10 @@ def streams(plan: GroupPlan, splits: Mapping[str, FeatureSplit], folds: bool, bu
     size = input_bytes(plan, splits)
     if size <= budget:
         return False
-    if folds or splits["train"].views:
-        need = "fixed splits: pass --folds none" if folds else "one view: pass --views 1"
+    if folds:
         raise ValueError(f"group {plan.gid}: its inputs take {size:,} bytes per device, over the budget of "
-                         f"{budget:,} ({BUDGET_FLAG}), and a streamed sweep needs {need} or a larger {BUDGET_FLAG}")
+                         f"{budget:,} ({BUDGET_FLAG}), and a streamed sweep needs fixed splits: pass --folds none "
+                         f"or a larger {BUDGET_FLAG}")
     log.info("group %d streams its features from the cache: %s bytes per device in memory, budget %s", plan.gid,
              f"{size:,}", f"{budget:,}")
     return True
@@ -119,15 +119,17 @@ def stream_inputs(plan: GroupPlan, members: Sequence[MemberSpec], splits: Mappin
     rows = max(n_eval.values())
 
     def host(name: str, split: FeatureSplit) -> stream_read.StreamSplit:
-        features = tuple(split_features(split, by_source[p], name) for p in plan.sources)
-        return stream_read.StreamSplit(features, tuple(by_source[p] for p in plan.sources), np.asarray(split.labels),
-                                       stream_read.owner_blocks(features[0], layout), plan.input_shape)
+        of = lambda s: tuple(split_features(s, by_source[p], name) for p in plan.sources)  # noqa: E731
+        views = tuple(of(v) for v in split.views or ()) if name == "train" else ()
+        return stream_read.StreamSplit(of(split), tuple(by_source[p] for p in plan.sources), np.asarray(split.labels),
+                                       stream_read.owner_blocks(of(split)[0], layout), plan.input_shape, views)
 
     x = {k: host(k, s) for k, s in splits.items()}
+    k = 1 + len(x["train"].views)  # augmented views: "train" rows v * N + i (inputs.place_inputs' layout)
     y = {k: np.asarray(s.labels) if k == "train" else parallel.pad_to(np.asarray(s.labels), rows, 0)[0]
          for k, s in splits.items()}
     return GroupInputs(x=x, y=y, mask={k: np.arange(rows) < n for k, n in n_eval.items()}, n_eval=n_eval,
-                       idx_sharding=parallel.replicated(plan.mesh))
+                       idx_sharding=parallel.replicated(plan.mesh), views=k, view_rows=len(splits["train"]))
 
 
 def _local_chunk(prog: ProgramKey, state: GroupState, consts: MemberConsts, active: jax.Array, xs: jax.Array,
@@ -217,7 +219,7 @@ class StreamedEpoch:
 
     def __call__(self, state: GroupState, consts: MemberConsts, active: jax.Array, x: stream_read.StreamSplit,
                  y: Any, idx: jax.Array, step0: jax.Array) -> tuple[GroupState, np.ndarray]:
-        idx = stream_read.stratify(np.asarray(idx.addressable_data(0)), self.layout, x.owner)
+        idx = stream_read.stratify(np.asarray(idx.addressable_data(0)), self.layout, x)
         first = int(np.asarray(step0))
         starts = range(0, len(idx), self.chunk_steps)
         losses, previous = [], None

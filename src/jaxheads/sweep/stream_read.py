@@ -82,14 +82,15 @@ def owner_blocks(features: Any, layout: ReadLayout) -> np.ndarray:
     return np.arange(n) % layout.blocks
 
 
-def stratify(idx: np.ndarray, layout: ReadLayout, owner: np.ndarray) -> np.ndarray:
+def stratify(idx: np.ndarray, layout: ReadLayout, source: StreamSplit) -> np.ndarray:
     """An epoch's (steps, batch) rows re-dealt so that each block's columns hold rows it owns, in the shuffled
     order of ``idx`` (module docstring); ``idx`` itself with one block."""
     if layout.blocks == 1:
         return idx
     order, width = idx.reshape(-1), idx.shape[1]
+    owner = source.row_owner(order)
     columns = [layout.columns(b, width) for b in range(layout.blocks)]
-    owned = [order[owner[order] == b] for b in range(layout.blocks)]
+    owned = [order[owner == b] for b in range(layout.blocks)]
     steps = min(len(rows) // len(cols) for rows, cols in zip(owned, columns))
     if steps == 0:
         raise ValueError(f"streamed sweep: some host owns fewer training rows than its {len(columns[0])} of a batch "
@@ -123,13 +124,19 @@ def positions(order: np.ndarray, n: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True, eq=False)
 class StreamSplit:
     """One split of a streamed group on the host: the cached features each of the group's sources reads (lazy or
-    in memory), the head that pools them, the labels, and the block that owns each row."""
+    in memory), the head that pools them, the labels, and the block that owns each row. A training split with
+    augmented views (``FeatureSplit.views``) is read as ``inputs`` lays it out: view v of row i is row v * N + i."""
 
     features: tuple[Any, ...]
     pool_heads: tuple[HeadSpec, ...]
     labels: np.ndarray
     owner: np.ndarray
     input_shape: tuple[int, ...]
+    views: tuple[tuple[Any, ...], ...] = ()  # views 1..K-1: the features of each source
+
+    def row_owner(self, rows: np.ndarray) -> np.ndarray:
+        """The block owning each of ``rows`` (every view of an image sits in the same shard of its entry)."""
+        return self.owner[np.asarray(rows) % len(self)]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -140,16 +147,19 @@ class StreamSplit:
         rows = np.asarray(rows).reshape(-1)
         valid = rows >= 0
         out = np.zeros((len(rows), len(self.features), *self.input_shape), np.float32)
-        for s, (x, head) in enumerate(zip(self.features, self.pool_heads, strict=True)):
-            if not valid.any():
-                break  # only padding: nothing to read
-            part = np.asarray(x[rows[valid]], np.float32)
-            out[valid, s] = part if head.conv else np.asarray(heads.pool(head, part, xp=np), np.float32)
+        view = np.where(valid, rows // len(self), -1)
+        for v, sources in enumerate((self.features, *self.views)):
+            at = view == v
+            if not at.any():
+                continue  # no row of this view (or only padding): nothing to read
+            for s, (x, head) in enumerate(zip(sources, self.pool_heads, strict=True)):
+                part = np.asarray(x[rows[at] % len(self)], np.float32)
+                out[at, s] = part if head.conv else np.asarray(heads.pool(head, part, xp=np), np.float32)
         return out
 
     def label_rows(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows)
-        labels = np.asarray(self.labels)[np.maximum(rows, 0)]
+        labels = np.asarray(self.labels)[np.maximum(rows, 0) % len(self)]
         return labels.astype(jax.dtypes.canonicalize_dtype(labels.dtype))
 
 
