@@ -188,10 +188,7 @@ def test_test_time_augmentation_averages_each_members_probabilities_over_the_tes
     assert result.selection["test_views"] == 3
     for i, member in enumerate(result.members):
         spec, variables = result.head(i)
-        kind = spec.feature_kind
-
-        def probs(view: FeatureSplit) -> np.ndarray:
-            return np.asarray(jax.nn.softmax(apply_head(variables, getattr(view, kind), spec), -1))
-
-        want = (2 * probs(test) + probs(noisy)) / 3  # view 0 comes from the sweep's own program: equal to rounding
+        probs = [np.asarray(jax.nn.softmax(apply_head(variables, getattr(view, spec.feature_kind), spec), -1))
+                 for view in (test, noisy)]
+        want = (2 * probs[0] + probs[1]) / 3  # view 0 comes from the sweep's own program: equal to rounding
         np.testing.assert_allclose(result.predictions["test"][i], want, atol=1e-5, err_msg=str(member["spec"]))
