@@ -6,8 +6,10 @@ vectors. val and test stay fixed: 1,000 images each, stratified, from the offici
     python experiments/bench_data_scaling.py [--sizes 5000,20000,60000] [--input-size 64] [--epochs 3]
         [--budget 64MiB] [--out experiments/results/bench_data_scaling.json]
 
-Each stage runs in its own Python process, so the peak resident memory it reports (``VmHWM`` of
-``/proc/self/status``) is that stage's alone:
+Each stage runs in its own Python process, so the peak resident memory it reports is that stage's alone. Besides
+the kernel's peak of the total (``VmHWM``, what ``ru_maxrss`` reports), a thread samples ``/proc/self/status`` every
+20 ms and keeps the peaks of anonymous memory (``RssAnon``: what the process itself allocated) and of file-backed
+pages (``RssFile``: mapped cache shards and libraries, which the kernel can drop and read again) apart:
 - ``cold``: build the dataset, decode every image and run the backbone into a fresh feature cache;
 - ``warm``: the same call on the filled cache (a cache hit: nothing decoded, the backbone never built);
 - ``sweep``: the cache hit, then ``run_sweep`` and the job's outputs (``job.write_outputs``); with ``--budget``
@@ -15,12 +17,16 @@ Each stage runs in its own Python process, so the peak resident memory it report
   every stage reads the features lazily (``extract_all(lazy=True)``, ``lazy_features``), as ``sweep_job`` does then.
 
 JSON fields: ``rows[]`` one per (N, stage): ``n_train``, ``images`` (train+val+test), ``stage``, ``process_s`` (the
-child's wall time, interpreter start included), ``stage_s`` (the measured call alone), ``peak_rss_mib`` (VmHWM),
+child's wall time, interpreter start included), ``stage_s`` (the measured call alone), ``peak_rss_mib`` (VmHWM), ``peak_anon_mib`` / ``peak_file_mib`` (sampled
+peaks of RssAnon / RssFile; their peaks need not coincide), ``anon_by_phase_mib`` (peak RssAnon while the stage
+read its features, ran the sweep, wrote the outputs),
 ``import_rss_mib`` (resident after imports and the dataset, before the stage), ``budget_applied``,
 ``lazy_features``; ``train_s`` and ``val_accuracy`` (per config) for the sweep stage; ``summary``
 per stage: ``stage_s_per_1k_images`` (least-squares slope of stage_s on images), ``time_ratio``
 (stage_s at the largest N / the smallest), ``images_ratio`` (the same for images: what linear growth gives),
-``peak_ratio`` (peak RSS largest / smallest; the issue's goal is <= 1.5); ``machine`` and ``matmul_gflops``.
+``peak_ratio`` (peak RSS largest / smallest; the issue's goal is <= 1.5), ``anon_ratio`` and ``file_ratio`` (the
+same for the sampled peaks); ``machine``, ``load_average`` (1/5/15 min, at the start and the end) and
+``matmul_gflops``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +75,56 @@ def _status_kib(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field} line")
 
 
+class MemorySampler:
+    """Peaks of this process's resident memory by kind, from ``/proc/self/status`` every ``interval_s`` on a
+    background thread (``VmHWM`` keeps only the total's peak). ``phase`` labels the samples that follow it."""
+
+    FIELDS = ("RssAnon", "RssFile", "VmRSS")
+
+    def __init__(self, interval_s: float = 0.02):
+        self.interval_s, self.phase = interval_s, "start"
+        self.peaks = dict.fromkeys(self.FIELDS, 0.0)  # KiB
+        self.anon_by_phase: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def sample(self) -> None:
+        values = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name in self.FIELDS:
+                values[name] = float(rest.split()[0])
+        for name, kib in values.items():
+            self.peaks[name] = max(self.peaks[name], kib)
+        anon = values.get("RssAnon", 0.0)
+        self.anon_by_phase[self.phase] = max(self.anon_by_phase.get(self.phase, 0.0), anon)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def mark(self, phase: str) -> None:
+        self.sample()  # the last sample of the phase that ends
+        self.phase = phase
+        self.sample()
+
+    def __enter__(self) -> MemorySampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def row(self) -> dict[str, Any]:
+        """The JSON fields, MiB."""
+        return {"peak_anon_mib": self.peaks["RssAnon"] / 1024, "peak_file_mib": self.peaks["RssFile"] / 1024,
+                "peak_rss_sampled_mib": self.peaks["VmRSS"] / 1024,
+                "anon_by_phase_mib": {k: v / 1024 for k, v in self.anon_by_phase.items()}}
+
+
 def scaled_dataset(n_train: int) -> Any:
     """Fashion-MNIST with ``n_train`` train images (stratified from the 60k) and fixed val/test from the 10k."""
     from jaxheads import data
@@ -95,6 +152,17 @@ def bench_spec(epochs: int) -> Any:
 
 def run_stage(args: argparse.Namespace) -> dict[str, Any]:
     """One stage in this process; returns its timings and memory."""
+    with MemorySampler() as sampler:
+        sampler.mark("setup")
+        row = _stage(args, sampler)
+    import resource
+
+    return {**row, "peak_rss_mib": peak_rss_mib(), "ru_maxrss_mib": resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss / 1024, **sampler.row()}
+
+
+def _stage(args: argparse.Namespace, sampler: MemorySampler) -> dict[str, Any]:
+    """The stage's work, its phases marked on ``sampler``."""
     import jaxheads
     from jaxheads import features, job
     from jaxheads.sweep import run_sweep
@@ -108,21 +176,24 @@ def run_stage(args: argparse.Namespace) -> dict[str, Any]:
     budget_applied = args.budget is not None and "device_memory_budget" in inspect.signature(run_sweep).parameters
     # With a budget the features stay on disk (memory-mapped rows), as sweep_job reads them when a group may stream.
     lazy = {"lazy": True} if budget_applied and "lazy" in inspect.signature(features.extract_all).parameters else {}
+    sampler.mark("features")
     start = time.perf_counter()
     splits = job.features_for_sweep(source, ds, spec, cache_dir=args.cache_dir, batch_size=args.batch_size, **lazy)
     if args.stage == "sweep":
+        sampler.mark("sweep")
         sweep_start = time.perf_counter()
         budget = {"device_memory_budget": parse_bytes(args.budget)} if budget_applied else {}
         result = run_sweep(spec, splits, num_classes=ds.num_classes, task=ds.task, label_names=list(ds.classes),
                            **budget)
+        sampler.mark("outputs")
         job.write_outputs(result, args.out_dir, backbone="efficientnet_lite0", dataset=ds.name)
         extra = {"train_s": time.perf_counter() - sweep_start,
                  "val_accuracy": {m["config"]: m["val"]["accuracy"] for m in result.members}}
     stage_s = time.perf_counter() - start
     images = sum(len(ds.split(s)) for s in ds.splits)
-    return {"n_train": args.n, "images": images, "stage": args.stage, "stage_s": stage_s,
-            "peak_rss_mib": peak_rss_mib(), "import_rss_mib": imported,
-            "budget_applied": budget_applied, "lazy_features": bool(lazy), "maps_shape": list(splits["train"].maps.shape[1:]), **extra}
+    return {"n_train": args.n, "images": images, "stage": args.stage, "stage_s": stage_s, "import_rss_mib": imported,
+            "budget_applied": budget_applied, "lazy_features": bool(lazy),
+            "maps_shape": list(splits["train"].maps.shape[1:]), **extra}
 
 
 def child(stage: str, n: int, args: argparse.Namespace, cache_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -153,19 +224,25 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         slope, intercept = np.polyfit(images, seconds, 1)
         out[stage] = {"stage_s_per_1k_images": 1000 * slope, "intercept_s": intercept,
                       "time_ratio": seconds[-1] / seconds[0], "images_ratio": images[-1] / images[0],
-                      "peak_ratio": mine[-1]["peak_rss_mib"] / mine[0]["peak_rss_mib"]}
+                      "peak_ratio": mine[-1]["peak_rss_mib"] / mine[0]["peak_rss_mib"],
+                      **{f"{kind}_ratio": mine[-1][f"peak_{kind}_mib"] / mine[0][f"peak_{kind}_mib"]
+                         for kind in ("anon", "file") if f"peak_{kind}_mib" in mine[0]}}
     return out
 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"{'N train':>8} {'images':>7} {'stage':>6} {'stage s':>8} {'process s':>9} {'peak MiB':>9} "
-          f"{'import MiB':>10}")
+          f"{'anon MiB':>9} {'file MiB':>9} {'import MiB':>10}")
     for r in result["rows"]:
         print(f"{r['n_train']:>8} {r['images']:>7} {r['stage']:>6} {r['stage_s']:>8.1f} {r['process_s']:>9.1f} "
-              f"{r['peak_rss_mib']:>9.0f} {r['import_rss_mib']:>10.0f}")
+              f"{r['peak_rss_mib']:>9.0f} {r.get('peak_anon_mib', float('nan')):>9.0f} "
+              f"{r.get('peak_file_mib', float('nan')):>9.0f} {r['import_rss_mib']:>10.0f}")
     for stage, s in result["summary"].items():
         print(f"{stage:>6}: {s['stage_s_per_1k_images']:.2f} s per 1k images, time x{s['time_ratio']:.2f} "
-              f"for images x{s['images_ratio']:.2f}, peak RSS x{s['peak_ratio']:.2f}")
+              f"for images x{s['images_ratio']:.2f}, peak RSS x{s['peak_ratio']:.2f}, anon "
+              f"x{s.get('anon_ratio', float('nan')):.2f}, file x{s.get('file_ratio', float('nan')):.2f}")
+    print(f"load average (1/5/15 min) at the start {result['load_average']['start']}, "
+          f"at the end {result['load_average']['end']}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -189,6 +266,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     from experiments.bench_sweep import matmul_flops
 
     sizes = [int(s) for s in args.sizes.split(",")]
+    load_start = list(os.getloadavg())
     work = Path(tempfile.mkdtemp(prefix="bench_data_scaling-"))
     rows = []
     try:
@@ -202,7 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         shutil.rmtree(work, ignore_errors=True)
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "matmul_gflops": matmul_flops() / 1e9, "input_size": args.input_size, "epochs": args.epochs,
-              "held_out": HELD_OUT, "budget": args.budget, "rows": rows, "summary": summarise(rows)}
+              "held_out": HELD_OUT, "budget": args.budget,
+              "load_average": {"start": load_start, "end": list(os.getloadavg())}, "rows": rows, "summary": summarise(rows)}
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

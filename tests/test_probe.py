@@ -92,3 +92,41 @@ def test_two_backbones_features_side_by_side_probe_as_one_candidate():
     shuffled = {k: FeatureSplit(labels=s.labels[::-1], pooled=s.pooled) for k, s in b.items()}
     with pytest.raises(ValueError, match="different examples"):
         concat_pooled(a, shuffled)
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_chunked_fit_equals_the_whole_fit(standardize):
+    x, y, x_eval = _regression_data(300, 24, 3)
+    whole = probe.fit_ridge_eig(x, y, standardize=standardize)
+    chunked = probe.fit_ridge_chunked(x, y, standardize=standardize, chunk_rows=64)  # 300 rows: a padded last chunk
+    np.testing.assert_allclose(np.asarray(chunked.x_mean), np.asarray(whole.x_mean), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(chunked.x_scale), np.asarray(whole.x_scale), rtol=1e-5)
+    alphas = [0.5, 10.0, 300.0]
+    ours, ref = (np.asarray(probe.ridge_predict(c, x_eval, alphas)) for c in (chunked, whole))
+    np.testing.assert_allclose(ours / np.abs(ref).max(), ref / np.abs(ref).max(), atol=1e-5)
+    for i, alpha in enumerate(alphas):  # the weights on the original scale score the same
+        w, b = probe.ridge_weights(chunked, alpha)
+        scores = x_eval @ np.asarray(w) + np.asarray(b)
+        np.testing.assert_allclose(scores / np.abs(ref).max(), ref[i] / np.abs(ref).max(), atol=1e-5)
+
+
+def test_chunked_fit_only_centres_a_constant_feature():
+    x, y, x_eval = _regression_data(300, 24, 3)
+    x[:, 5] = 2.5
+    whole, chunked = probe.fit_ridge_eig(x, y), probe.fit_ridge_chunked(x, y, chunk_rows=64)
+    assert float(chunked.x_scale[5]) == float(whole.x_scale[5]) == 1.0
+    ours, ref = (np.asarray(probe.ridge_predict(c, x_eval, [300.0])) for c in (chunked, whole))
+    np.testing.assert_allclose(ours / np.abs(ref).max(), ref / np.abs(ref).max(), atol=1e-5)
+
+
+def test_a_long_training_split_is_fitted_in_chunks_with_the_same_result():
+    train, val = _blobs(2100, 0), _blobs(100, 1)  # 8,400 rows > RIDGE_CHUNK_ROWS
+    assert probe.uses_chunks(len(train), 16) and not probe.uses_chunks(len(val), 16)
+    chunked = probe.ridge_probe(train, val, l2_grid=[1.0, 1e3, 1e5])
+    y = np.eye(4, dtype=np.float32)[train.labels]
+    whole = probe.fit_ridge_eig(train.pooled.astype(np.float32), y)
+    scores = np.asarray(probe.ridge_predict(whole, val.pooled.astype(np.float32), [1.0, 1e3, 1e5]))
+    np.testing.assert_allclose(chunked["val"]["accuracy"], (scores.argmax(-1) == val.labels).mean(-1), atol=1e-6)
+    maps_only = FeatureSplit(labels=train.labels, maps=np.broadcast_to(train.pooled[:, None, None], (8400, 2, 2, 16)))
+    again = probe.ridge_probe(maps_only, val, l2_grid=[1.0, 1e3, 1e5])
+    assert again["val"] == chunked["val"] and again["num_train"] == 8400 and again["num_features"] == 16

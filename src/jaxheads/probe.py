@@ -17,13 +17,18 @@ keeps the scores on a probability-like scale.) For a given λ the predictions eq
 
 The L2 strength is chosen by validation accuracy (multiclass) or validation macro average precision (multilabel);
 equal scores go to the larger λ, the more regularised model.
+
+A training split longer than :data:`RIDGE_CHUNK_ROWS` (and with N ≥ D) is never held whole: :func:`fit_ridge_chunked`
+reads it in row chunks, once for the feature means and once to accumulate the centred ``Xᵀ X`` and ``Xᵀ Y`` (the
+standard deviations are the Gram diagonal's), then standardises the D×D Gram and eigendecomposes it as above, so
+its memory does not grow with N and a lazily read (memory-mapped) split stays on disk.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +41,8 @@ HIGHEST = jax.lax.Precision.HIGHEST
 DEFAULT_L2_GRID: tuple[float, ...] = tuple(2.0**k for k in range(-10, 21))
 """Absolute λ values (big_vision's default range). With standardised features the eigenvalues of Xᵀ X sum to
 N·D, so the useful part of the grid moves up with the training-set size; 2⁻¹⁰…2²⁰ covers N up to ~10⁵."""
+RIDGE_CHUNK_ROWS = 8192
+"""Training rows read at once by the chunked fit; longer training splits (with N ≥ D) are fitted chunk by chunk."""
 
 
 class RidgeCache(NamedTuple):
@@ -70,6 +77,57 @@ def fit_ridge_eig(x: jax.Array, y: jax.Array, *, standardize: bool = True) -> Ri
         basis = jnp.matmul(xc.T, u, precision=HIGHEST)
         projected = jnp.matmul(u.T, yc, precision=HIGHEST)
     return RidgeCache(x_mean, x_scale, y_mean, jnp.maximum(eigvals, 0.0), basis, projected)
+
+
+def uses_chunks(num_points: int, dim: int, chunk_rows: int = RIDGE_CHUNK_ROWS) -> bool:
+    """Whether :func:`ridge_probe` fits ``num_points`` training rows of ``dim`` features chunk by chunk."""
+    return num_points > chunk_rows and num_points >= dim
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _accumulate_gram(gram: jax.Array, cross: jax.Array, x: jax.Array, y: jax.Array, x_mean: jax.Array,
+                     y_mean: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``gram + Xcᵀ Xc`` and ``cross + Xcᵀ Yc`` of one chunk, centred by the whole split's means."""
+    xc, yc = x - x_mean[None, :], y - y_mean[None, :]
+    return (gram + jnp.matmul(xc.T, xc, precision=HIGHEST), cross + jnp.matmul(xc.T, yc, precision=HIGHEST))
+
+
+@functools.partial(jax.jit, static_argnames="standardize")
+def _solve_gram(gram: jax.Array, cross: jax.Array, x_mean: jax.Array, y_mean: jax.Array, num_points: jax.Array, *,
+                standardize: bool) -> RidgeCache:
+    """:func:`fit_ridge_eig`'s primal path from the centred Gram matrix and cross products."""
+    dim = gram.shape[0]
+    x_scale = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0) / num_points) if standardize else jnp.ones(dim)
+    x_scale = jnp.where(x_scale > 1e-6 * jnp.max(x_scale), x_scale, 1.0)  # like StandardScaler: constant → 1
+    eigvals, q = jnp.linalg.eigh(gram / (x_scale[:, None] * x_scale[None, :]))
+    projected = jnp.matmul(q.T, cross / x_scale[:, None], precision=HIGHEST)
+    return RidgeCache(x_mean, x_scale, y_mean, jnp.maximum(eigvals, 0.0), q, projected)
+
+
+def fit_ridge_chunked(features: Any, y: np.ndarray, *, standardize: bool = True,
+                      chunk_rows: int = RIDGE_CHUNK_ROWS) -> RidgeCache:
+    """:func:`fit_ridge_eig` of (N, D) ``features`` (N ≥ D) read ``chunk_rows`` at a time: any array-like whose
+    row slices are arrays (a memory-mapped :class:`~jaxheads.feature_lazy.LazyRows` too), or a
+    :class:`FeatureSplit` (its pooled features, else its maps averaged). Equal to the whole fit within float32
+    rounding; memory: a few chunks and the D×D Gram matrix."""
+    read = (lambda a, b: _pooled_rows(features, a, b)) if isinstance(features, FeatureSplit) else (  # noqa: E731
+        lambda a, b: np.asarray(features[a:b], np.float32))
+    y = np.asarray(y, np.float32)
+    num_points, starts = len(y), range(0, len(y), chunk_rows)
+    total = sum(read(a, min(a + chunk_rows, num_points)).sum(axis=0, dtype=np.float64) for a in starts)
+    x_mean, y_mean = (total / num_points).astype(np.float32), y.mean(axis=0, dtype=np.float64).astype(np.float32)
+    dim = len(x_mean)
+    if num_points < dim:
+        raise ValueError(f"fit_ridge_chunked: needs at least as many rows as features, got N={num_points} < D={dim}")
+    gram, cross = jnp.zeros((dim, dim), jnp.float32), jnp.zeros((dim, y.shape[1]), jnp.float32)
+    for a in starts:
+        x, part = read(a, min(a + chunk_rows, num_points)), y[a:a + chunk_rows]
+        if len(x) < chunk_rows and num_points > chunk_rows:  # pad the last chunk with mean rows (they add 0): one
+            pad = chunk_rows - len(x)  # compiled shape for every chunk
+            x, part = np.concatenate([x, np.broadcast_to(x_mean, (pad, dim))]), np.concatenate(
+                [part, np.broadcast_to(y_mean, (pad, y.shape[1]))])
+        gram, cross = _accumulate_gram(gram, cross, x, part, x_mean, y_mean)
+    return _solve_gram(gram, cross, x_mean, y_mean, jnp.float32(num_points), standardize=standardize)
 
 
 @jax.jit
@@ -107,10 +165,16 @@ def _predict_path(cache: RidgeCache, x: jax.Array, l2s: jax.Array) -> jax.Array:
 
 def _pooled(split: FeatureSplit) -> np.ndarray:
     """(N, C) pooled features of a split, averaging the spatial maps when only those were cached."""
+    return _pooled_rows(split, 0, len(split))
+
+
+def _pooled_rows(split: FeatureSplit, start: int, stop: int) -> np.ndarray:
+    """(stop - start, C) float32 pooled features of rows ``start:stop`` (the maps averaged when only those were
+    cached), reading only those rows of a lazy split."""
     if split.pooled is not None:
-        return np.asarray(split.pooled, np.float32)
+        return np.asarray(split.pooled[start:stop], np.float32)
     if split.maps is not None:
-        return np.asarray(split.maps, np.float32).mean(axis=(1, 2))
+        return np.asarray(split.maps[start:stop], np.float32).mean(axis=(1, 2))
     raise ValueError("FeatureSplit has neither pooled features nor maps")
 
 
@@ -174,14 +238,14 @@ def ridge_probe(
          "targets": "0/1", "time_s": seconds}
     """
     start = time.perf_counter()
-    x_train, x_val = _pooled(train), _pooled(val)
+    x_val = _pooled(val)
     multilabel = np.ndim(train.labels) == 2
     l2_list = sorted(float(v) for v in l2_grid)
     l2s = jnp.asarray(l2_list, jnp.float32)
     if not l2_list or l2_list[0] <= 0:
         raise ValueError(f"l2_grid must hold positive strengths, got {list(l2_grid)}")
     y_train, num_classes, select = _targets(train, val, test, multilabel, num_classes, select_metric)
-    cache = fit_ridge_eig(x_train, y_train, standardize=standardize)
+    cache = _fit(train, y_train, standardize)
     val_path, test_path = _metric_paths(cache, x_val, val, test, multilabel, l2s)
     index = _best_index(val_path, select)
     result = {
@@ -191,10 +255,10 @@ def ridge_probe(
         "l2_grid": l2_list,
         "val": {k: v for k, v in val_path.items() if np.ndim(v) == 1},
         "best": {"l2": l2_list[index], "index": index, "val": _pick(val_path, index)},
-        "params": int(x_train.shape[1] * num_classes + num_classes),
-        "num_features": int(x_train.shape[1]),
+        "params": int(x_val.shape[1] * num_classes + num_classes),
+        "num_features": int(x_val.shape[1]),
         "num_classes": num_classes,
-        "num_train": int(x_train.shape[0]),
+        "num_train": len(train),
         "standardize": standardize,
         "targets": "0/1",
     }
@@ -203,6 +267,14 @@ def ridge_probe(
         result["best"]["test"] = _pick(test_path, index)
     result["time_s"] = time.perf_counter() - start
     return result
+
+
+def _fit(train: FeatureSplit, y_train: np.ndarray, standardize: bool) -> RidgeCache:
+    """The ridge path of the training split: whole, or chunk by chunk when it is long (:func:`uses_chunks`)."""
+    x = train.pooled if train.pooled is not None else train.maps
+    if x is not None and uses_chunks(len(train), x.shape[-1]):
+        return fit_ridge_chunked(train, y_train, standardize=standardize)
+    return fit_ridge_eig(_pooled(train), y_train, standardize=standardize)
 
 
 def _targets(train: FeatureSplit, val: FeatureSplit, test: FeatureSplit | None, multilabel: bool,
@@ -257,10 +329,7 @@ def compile_ridge_probe(train: FeatureSplit, val: FeatureSplit, test: FeatureSpl
         raise ValueError("compile_ridge_probe: num_classes is needed for multiclass labels")
     labels = lambda split: jax.ShapeDtypeStruct(  # noqa: E731  (what jnp.asarray makes of the host labels)
         split.labels.shape, jax.dtypes.canonicalize_dtype(split.labels.dtype))
-    fit = fit_ridge_eig.trace(pooled(train), jax.ShapeDtypeStruct((len(train), k), np.float32),
-                              standardize=standardize)
-    fit.lower().compile()
-    cache, l2s = fit.out_info, jax.ShapeDtypeStruct((grid_size,), np.float32)
+    cache, l2s = _compile_fit(pooled(train), k, standardize), jax.ShapeDtypeStruct((grid_size,), np.float32)
     if multilabel:
         evaluation = test if test is not None else val
         _multilabel_path.lower(cache, pooled(val), labels(val), pooled(evaluation), labels(evaluation),
@@ -268,6 +337,22 @@ def compile_ridge_probe(train: FeatureSplit, val: FeatureSplit, test: FeatureSpl
         return
     for split in (val, test) if test is not None else (val,):
         _multiclass_path.lower(cache, pooled(split), labels(split), l2s).compile()
+
+
+def _compile_fit(x: jax.ShapeDtypeStruct, targets: int, standardize: bool) -> Any:
+    """Compile the fit :func:`ridge_probe` runs on (N, D) training features; returns the abstract RidgeCache."""
+    (num_points, dim), f32 = x.shape, np.float32
+    if not uses_chunks(num_points, dim):
+        fit = fit_ridge_eig.trace(x, jax.ShapeDtypeStruct((num_points, targets), f32), standardize=standardize)
+        fit.lower().compile()
+        return fit.out_info
+    shape = lambda *dims: jax.ShapeDtypeStruct(dims, f32)  # noqa: E731
+    _accumulate_gram.lower(shape(dim, dim), shape(dim, targets), shape(RIDGE_CHUNK_ROWS, dim),
+                           shape(RIDGE_CHUNK_ROWS, targets), shape(dim), shape(targets)).compile()
+    solve = _solve_gram.trace(shape(dim, dim), shape(dim, targets), shape(dim), shape(targets), shape(),
+                              standardize=standardize)
+    solve.lower().compile()
+    return solve.out_info
 
 
 def sweep_rows(splits: Mapping[str, FeatureSplit], *, l2: Sequence[float] | None = None, num_classes: int,
