@@ -21,6 +21,7 @@ from jaxheads import feature_store as store
 from jaxheads.feature_lazy import LazyRows, lazy_gather
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import SweepSpec, run_sweep
+from jaxheads.sweep import stream
 from jaxheads.sweep.stream import parse_bytes
 
 HERE = Path(__file__).parent
@@ -171,3 +172,13 @@ def test_two_hosts_each_read_only_their_own_shards(tmp_path: Path) -> None:
         assert host["opened"] and all(k % 2 == rank for k in host["opened"]), (rank, host["opened"])
         assert host["streamed"]
     assert out[0]["members"] == out[1]["members"]
+
+
+def test_the_cpu_default_budget_counts_reclaimable_page_cache(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:          100000 kB\nMemAvailable:   12000000 kB\n")
+    assert stream.host_available_bytes(meminfo) == 12000000 * 1024  # not MemFree: page cache can be dropped
+    meminfo.write_text("MemTotal:       24000000 kB\n")  # no MemAvailable (old kernels): the free pages
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for fallback in (meminfo, tmp_path / "missing"):
+        assert 0 < stream.host_available_bytes(fallback) <= physical

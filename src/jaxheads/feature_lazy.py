@@ -3,13 +3,19 @@ features fit on no host.
 
 :class:`LazyRows` is what ``features.extract_all(..., lazy=True)`` puts in a :class:`~jaxheads.splits.FeatureSplit`
 instead of an in-memory array: ``shape``, ``dtype``, ``len`` and ``take(indices)`` / ``x[indices]``, reading only the
-shards the asked-for rows fall in (each opened once, memory-mapped, on first use). ``np.asarray(x)`` reads every row,
+shards the asked-for rows fall in. ``np.asarray(x)`` reads every row,
 so code that wants the whole split in memory still works. Rows read through it are bit-identical to those
 ``feature_store.gather`` copies into memory (the same float16 values, in the same order).
 
 Only the ``kept`` flags (one bool per row) of every shard of the split are read up front: every process needs the
 labels of the whole split. The feature arrays of a shard are opened only when some row of it is asked for, and
 :attr:`LazyRows.opened` says which shards were, so a multi-host run can check that each host read only its share.
+
+Each read maps the shard's file, copies the asked-for rows and unmaps it again. A map kept open for the whole run
+would keep every page it ever touched in this process's resident set, so an epoch over the split would end with
+the whole file resident (file-backed, droppable by the kernel, but counted in the peak RSS and by schedulers that
+limit it). Mapping per read costs a header parse and an ``mmap`` per shard and call (well under a millisecond), and
+keeps the kernel's page cache and readahead; reading rows by offset (``os.pread``) would cost a system call per row.
 """
 
 from __future__ import annotations
@@ -34,8 +40,7 @@ class LazyRows:
         self.rows = np.asarray(rows, np.int64)
         self.shape = (len(self.rows), *row_shape)
         self.dtype = np.dtype(np.float16)
-        self.opened: set[int] = set()  # shard numbers whose feature arrays were opened (first use)
-        self._shards: dict[int, np.ndarray] = {}
+        self.opened: set[int] = set()  # shard numbers whose feature arrays were read
 
     @property
     def ndim(self) -> int:
@@ -53,17 +58,20 @@ class LazyRows:
         k % processes)."""
         return self.rows // self.plan.shard_size
 
-    def _shard(self, k: int) -> np.ndarray:
-        """Shard ``k``'s memory-mapped array of this kind (opened on first use)."""
-        if k not in self._shards:
-            start, stop = self.plan.shards[k]
-            shard = open_shard(self.folder, start, stop, need_maps=self.kind == "maps")
-            if shard is None:
-                raise FileNotFoundError(f"{shard_path(self.folder, start, stop, self.kind)}: feature shard missing "
-                                        "or incomplete")
-            self._shards[k] = shard.maps if self.kind == "maps" else shard.pooled
-            self.opened.add(k)
-        return self._shards[k]
+    def _read(self, k: int, local: np.ndarray) -> np.ndarray:
+        """Rows ``local`` (ascending, within the shard) of shard ``k``, copied out of a map that is closed when
+        this returns (module docstring)."""
+        start, stop = self.plan.shards[k]
+        path = shard_path(self.folder, start, stop, self.kind)
+        try:
+            mapped = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(f"{path}: feature shard missing or incomplete") from err
+        if mapped.shape != (stop - start, *self.shape[1:]) or mapped.dtype != self.dtype:
+            raise FileNotFoundError(f"{path}: feature shard incomplete: expected shape {(stop - start, *self.shape[1:])}"
+                                    f" {self.dtype}, found {mapped.shape} {mapped.dtype}")
+        self.opened.add(k)
+        return np.asarray(mapped[local])  # fancy indexing copies: the map closes with ``mapped``
 
     def take(self, indices: Any) -> np.ndarray:
         """Rows ``indices`` (a 1-D integer array into this split, negatives from the end) as an in-memory float16
@@ -82,7 +90,7 @@ class LazyRows:
             at = np.flatnonzero(which == k)
             local = wanted[at] - self.plan.shards[k][0]
             order = np.argsort(local, kind="stable")
-            out[at[order]] = self._shard(k)[local[order]]
+            out[at[order]] = self._read(k, local[order])
         return out
 
     def __getitem__(self, key: Any) -> np.ndarray:

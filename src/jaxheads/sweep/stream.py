@@ -12,8 +12,9 @@ order (``program.member_metrics``).
 
 The budget: ``run_sweep(device_memory_budget=...)`` bytes per device, ``jaxheads sweep --device-memory-budget
 2GiB``; by default half of what the device reports it can hold (GPU/TPU ``memory_stats()["bytes_limit"]``), else
-half of the host's available memory divided by the local device count (a CPU's devices share it). Fixed splits
-only: with cross-validation folds a group that exceeds the budget stops with an error naming the flags.
+half of the host's available memory (``MemAvailable``: free plus reclaimable page cache) divided by the local
+device count (a CPU's devices share it). Fixed splits only: with cross-validation folds a group that exceeds the
+budget stops with an error naming the flags.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import functools
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -66,8 +68,19 @@ def default_budget(devices: Sequence[jax.Device] | None = None) -> int:
     stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return int(BUDGET_FRACTION * stats["bytes_limit"])
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return max(1, int(BUDGET_FRACTION * available / len(devices)))
+    return max(1, int(BUDGET_FRACTION * host_available_bytes() / len(devices)))
+
+
+def host_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """What the host can still allocate: ``MemAvailable`` (free pages plus page cache the kernel can drop, so a
+    cache just filled by the feature pass counts), else, without ``/proc/meminfo``, the free pages alone."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the kernel writes kB meaning KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def resolve_budget(budget: int | str | None) -> int:
