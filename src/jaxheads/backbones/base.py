@@ -87,20 +87,37 @@ class Backbone(NamedTuple):
 # whole batch (activations stay in cache). Figures: experiments/README.md, "Backbone forward"
 # (experiments/bench_backbones.py -> experiments/results/bench_backbones.json).
 MICRO_BATCH = 8
+# Images per call through a module's leading ``high_res_layers``, whose large maps only stay in cache one image at a
+# time. Figures: experiments/README.md, "Feature-pass speed" (experiments/bench_feature_pass.py).
+HIGH_RES_MICRO_BATCH = 1
+
+
+def _in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, micro_batch: int) -> jax.Array:
+    """``fn`` over ``x``'s rows ``micro_batch`` at a time (``lax.map``; all at once when the count does not divide)."""
+    n = x.shape[0]
+    k = micro_batch if 0 < micro_batch < n and n % micro_batch == 0 else n
+    out = jax.lax.map(fn, x.reshape(n // k, k, *x.shape[1:]))
+    return out.reshape(n, *out.shape[2:])
 
 
 def feature_maps(module: nn.Module, variables: Variables, images: jax.Array, preprocessing: Preprocessing,
-                 micro_batch: int = MICRO_BATCH) -> jax.Array:
+                 micro_batch: int = MICRO_BATCH, high_res_micro_batch: int = HIGH_RES_MICRO_BATCH) -> jax.Array:
     """(N, h, w, C) float32 last feature map of RGB ``images`` in [0, 255], computed ``micro_batch`` images at a
-    time (``lax.map``; the whole batch when N does not divide). Pure: jit, shard_map and vmap compose."""
-    n = images.shape[0]
-    k = micro_batch if 0 < micro_batch < n and n % micro_batch == 0 else n
+    time (``lax.map``; the whole batch when N does not divide). A module with ``high_res_layers`` > 0 (whose call
+    takes ``start``/``stop`` layer indices) runs those leading layers ``high_res_micro_batch`` images at a time;
+    ``high_res_micro_batch=0`` runs the whole network at ``micro_batch``. Pure: jit, shard_map and vmap compose."""
+    split = getattr(module, "high_res_layers", 0) if high_res_micro_batch > 0 else 0
 
-    def one(chunk: jax.Array) -> jax.Array:
-        return module.apply(variables, preprocessing(chunk), train=False)["features"].astype(jnp.float32)
+    def high_res(chunk: jax.Array) -> jax.Array:
+        return module.apply(variables, preprocessing(chunk), train=False, stop=split)["features"]
 
-    maps = jax.lax.map(one, images.reshape(n // k, k, *images.shape[1:]))
-    return maps.reshape(n, *maps.shape[2:])
+    def rest(chunk: jax.Array) -> jax.Array:
+        return module.apply(variables, chunk, train=False, start=split)["features"].astype(jnp.float32)
+
+    if not split:
+        return _in_chunks(lambda chunk: module.apply(variables, preprocessing(chunk), train=False)["features"]
+                          .astype(jnp.float32), images, micro_batch)
+    return _in_chunks(rest, _in_chunks(high_res, images, high_res_micro_batch), micro_batch)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

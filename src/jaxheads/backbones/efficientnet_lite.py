@@ -34,6 +34,9 @@ BN_MOMENTUM = 0.99
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 IMAGENET_CLASSES = 1000
+# The stem and the blocks on 112x112 to 28x28 maps run one image at a time: a batch of 8 of their expanded maps
+# outgrows the caches and runs several times slower. Figures: experiments/README.md, "Feature-pass speed".
+HIGH_RES_LAYERS = 7
 
 
 # ----------------------------------------------------------------------------------------------- architecture
@@ -123,11 +126,12 @@ class ConvBN(nn.Module):
     stride: int = 1
     depthwise: bool = False
     act: bool = True
+    phases: bool = True  # strided depthwise views through a phase reshape (keras_layers.DepthwiseConv)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         if self.depthwise:
-            x = DepthwiseConv(self.kernel, self.stride, "same", name="conv")(x)
+            x = DepthwiseConv(self.kernel, self.stride, "same", phases=self.phases, name="conv")(x)
         else:
             x = Conv(self.features, self.kernel, self.stride, "same", use_bias=False, name="conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name="bn")(x)
@@ -138,13 +142,14 @@ class MBConv(nn.Module):
     """Inverted residual: 1x1 expand (if expand > 1) -> depthwise kxk -> 1x1 project, residual when shapes match."""
 
     spec: BlockSpec
+    phases: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         s = self.spec
         hidden = s.in_channels * s.expand
         h = ConvBN(hidden, name="expand")(x, train) if s.expand != 1 else x
-        h = ConvBN(hidden, s.kernel, s.stride, depthwise=True, name="depthwise")(h, train)
+        h = ConvBN(hidden, s.kernel, s.stride, depthwise=True, phases=self.phases, name="depthwise")(h, train)
         h = ConvBN(s.out_channels, act=False, name="project")(h, train)
         return h + x if s.stride == 1 and s.in_channels == s.out_channels else h
 
@@ -161,14 +166,24 @@ class EfficientNetLite(nn.Module):
     blocks: tuple[BlockSpec, ...]
     num_classes: int = 0
     dropout: float = 0.2
+    high_res_layers: int = HIGH_RES_LAYERS
+    """Leading layers (stem, then blocks) that ``backbones.base.feature_maps`` runs one image at a time."""
+    phases: bool = True
+    """Strided depthwise convs read their inputs through a phase reshape; False: strided slices (same numbers)."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        x = ConvBN(STEM_CHANNELS, 3, 2, name="stem")(x, train)
-        for i, spec in enumerate(self.blocks):
-            x = MBConv(spec, name=block_name(i))(x, train)
-        x = ConvBN(HEAD_CHANNELS, name="head")(x, train)
+    def __call__(self, x: jax.Array, *, train: bool = False, start: int = 0, stop: int | None = None
+                 ) -> dict[str, jax.Array]:
+        """Layers ``start`` to ``stop`` (0 = stem, then the blocks, then the head; all by default) on ``x``, the
+        images or the map entering layer ``start``; ``features`` is the map leaving the last layer run."""
+        layers = [ConvBN(STEM_CHANNELS, 3, 2, name="stem")]
+        layers += [MBConv(spec, self.phases, name=block_name(i)) for i, spec in enumerate(self.blocks)]
+        layers.append(ConvBN(HEAD_CHANNELS, name="head"))
+        for layer in layers[start:stop]:
+            x = layer(x, train)
         out = {"features": x}
+        if stop is not None and stop < len(layers):
+            return out
         if self.num_classes > 0:
             out["pre_logits"] = pooled = jnp.mean(x, axis=(1, 2))
             pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
