@@ -1,33 +1,38 @@
 """Benchmark: images/s of the feature pass (EfficientNet-Lite0 at 224 px, its shipped weights), the fraction of the
 matmul rate it reaches, and an in-network per-layer time profile; old and new forward side by side in one run.
 
-    python experiments/bench_feature_pass.py [--batch 32] [--rounds 6] [--calls 3]
+    python experiments/bench_feature_pass.py [--batch 32] [--rounds 6] [--calls 3] [--profile-repeats 3]
         [--out experiments/results/bench_feature_pass.json] [--quick]
 
 The forward is ``jaxheads.feature_pass._forward`` as ``jaxheads.features`` runs it (jitted, the batch sharded over
 the devices of a mesh, uint8 images in, pooled float16 out), on synthetic uint8 images. The host is split into one
 JAX device per core as the CLI does (``distributed.split_cpu_host``). Compared, alternating call by call each round:
 
-* implementation ``old``: the whole network in ``lax.map`` micro-batches of 8 (``high_res_layers=0``, the code
-  before this benchmark); ``new``: the default module, whose leading ``high_res_layers`` run one image at a time
-  (``backbones.base.HIGH_RES_MICRO_BATCH``) and the rest in micro-batches of 8;
+* implementation ``old``: the whole network in ``lax.map`` micro-batches of 8 and strided depthwise convolutions
+  through strided slices (``high_res_layers=0, phases=False``: the code before this benchmark); ``new``: the default
+  module, whose leading ``high_res_layers`` run one image at a time (``backbones.base.HIGH_RES_MICRO_BATCH``), the
+  rest in micro-batches of 8, strided depthwise views read through a phase reshape;
 * layout ``2dev`` (the batch split over both CPU devices, the CLI's default) and ``1dev`` (one device).
 
-Every case must give the same pooled features as ``old`` (the max abs difference is recorded). GFLOPs per image:
+Every case's pooled features are compared with ``old``'s, and the float32 feature maps of old and new on real
+images (the first ``--batch`` ELPV training images) too: max abs differences in the JSON. GFLOPs per image:
 multiply-adds of every conv counted from the model's block specs (x2), and XLA's ``cost_analysis`` of a one-image
 forward. The matmul rate is ``bench_sweep.matmul_flops`` (2048x2048 float32), taken before and after; the fraction
 uses the best of the two.
 
-Profile: one traced call (``jax.profiler``, a perfetto trace) of each implementation on the 2-device layout; every
-executed XLA op is mapped to its layer through the compiled HLO's ``op_name`` metadata (Flax module path), and its
-time summed per layer and per kind (stem, 1x1 expand, depthwise kxk/stride, 1x1 project, head, other). Depthwise
-kinds also report the bytes their maps move (input + output, float32) and the resulting GB/s, next to a measured
-streaming rate (an elementwise pass over 256 MiB).
+Profile: every case is traced (``jax.profiler``, a perfetto trace of ``--calls`` calls) ``--profile-repeats``
+times, alternating; every executed XLA op is mapped to its layer through the compiled HLO's ``op_name`` metadata
+(the Flax module path; loops and calls are left out, their events span the ops inside), and a layer's time is its
+least over the traces (load from other users only adds time). Summed per layer and per kind (stem, 1x1 expand,
+depthwise k x k / stride, 1x1 project, head, other), with GFLOP/s and the GB/s of the float32 maps each kind reads
+and writes, next to a measured streaming rate (an elementwise pass over 256 MiB). On 2 devices the op times of
+both are summed, so they are device-seconds per image, about twice the wall time.
 
 JSON fields: ``cases`` (per implementation/layout: best and median img/s, every round's img/s, max abs diff),
 ``speedup`` (new/old per layout: of the best, of the medians, and per round), ``gflops_per_image``,
-``matmul_gflops``, ``fraction_of_matmul`` (best img/s x GFLOPs / matmul GFLOP/s), ``profile`` (per implementation:
-by kind and by layer, milliseconds per image and share), ``stream_gbytes_s``, platform and versions.
+``xla_gflops_per_image``, ``matmul_gflops``, ``fraction_of_matmul`` (best img/s x GFLOPs / matmul GFLOP/s),
+``profile`` (per case: by kind and by layer, milliseconds per image and share; ``traced_ms_per_image`` their sum),
+``real_images``, ``stream_gbytes_s``, platform and versions.
 ``--quick`` is a smoke run (batch 8, one round, no profile): not a measurement.
 """
 
@@ -196,34 +201,55 @@ def traced_op_times(fn: Callable[[], Any], calls: int) -> dict[str, float]:
     return times
 
 
-def profile(case: Case, batch: np.ndarray, macs: dict[str, tuple[str, int, int]], calls: int) -> dict[str, Any]:
-    """Per layer and per kind over ``calls`` traced calls: milliseconds per image, share of the traced op time,
-    GFLOP/s, and the GB/s of the maps each kind reads and writes."""
+def hlo_layers(case: Case, batch: np.ndarray) -> dict[str, str]:
+    """:func:`op_layers` of the compiled feature pass of ``case`` on a batch like ``batch``."""
+    x = case.put(batch)
+    return op_layers(case.forward.func.lower(case.variables, x, **case.forward.keywords).compile().as_text())
+
+
+def layer_times(case: Case, batch: np.ndarray, layers: dict[str, str], calls: int) -> dict[str, float]:
+    """Traced seconds per image of every layer over ``calls`` calls of ``case`` on ``batch``."""
     x = case.put(batch)
     case(x)
-    layers = op_layers(case.forward.func.lower(case.variables, x, **case.forward.keywords).compile().as_text())
-    times = traced_op_times(lambda: case(x), calls)
     per_layer: dict[str, float] = collections.defaultdict(float)
-    for op, seconds in times.items():
+    for op, seconds in traced_op_times(lambda: case(x), calls).items():
         if op in layers:
-            per_layer[layers[op]] += seconds
+            per_layer[layers[op]] += seconds / (len(batch) * calls)
+    return per_layer
+
+
+def profile(cases: dict[str, Case], batch: np.ndarray, macs: dict[str, tuple[str, int, int]], calls: int,
+            repeats: int) -> dict[str, Any]:
+    """Per case, by layer and by kind: traced milliseconds per image (each layer's least over ``repeats`` traces
+    of ``calls`` calls, the cases alternating: load from other users only adds time), share of the traced op
+    time, GFLOP/s, and the GB/s of the maps each kind reads and writes."""
+    layers = {name: hlo_layers(case, batch) for name, case in cases.items()}
+    best: dict[str, dict[str, float]] = {name: {} for name in cases}
+    for _ in range(repeats):
+        for name, case in cases.items():
+            for layer, seconds in layer_times(case, batch, layers[name], calls).items():
+                best[name][layer] = min(best[name].get(layer, math.inf), seconds)
+    return {name: profile_table(per_layer, macs) for name, per_layer in best.items()}
+
+
+def profile_table(per_layer: dict[str, float], macs: dict[str, tuple[str, int, int]]) -> dict[str, Any]:
+    """One case's per-layer seconds per image summed by kind, with rates."""
     total = sum(per_layer.values())
-    n = len(batch) * calls
-    by_kind: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"ms": 0.0, "macs": 0, "bytes": 0})
+    by_kind: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"s": 0.0, "macs": 0, "bytes": 0})
     for layer, seconds in per_layer.items():
-        kind, layer_macs_, layer_bytes = macs.get(layer, ("other", 0, 0))
-        by_kind[kind]["ms"] += seconds * 1e3 / n
-        by_kind[kind]["macs"] += layer_macs_
-        by_kind[kind]["bytes"] += layer_bytes
+        kind, multiply_adds, map_bytes = macs.get(layer, ("other", 0, 0))
+        by_kind[kind]["s"] += seconds
+        by_kind[kind]["macs"] += multiply_adds
+        by_kind[kind]["bytes"] += map_bytes
     kinds = {}
-    for kind, row in sorted(by_kind.items(), key=lambda item: -item[1]["ms"]):
-        seconds = row["ms"] / 1e3
-        kinds[kind] = {"ms_per_image": row["ms"], "share": row["ms"] * n / 1e3 / total,
+    for kind, row in sorted(by_kind.items(), key=lambda item: -item[1]["s"]):
+        seconds = row["s"]
+        kinds[kind] = {"ms_per_image": seconds * 1e3, "share": seconds / total,
                        "mmacs_per_image": row["macs"] / 1e6,
                        "gflop_s": 2 * row["macs"] / seconds / 1e9 if seconds else 0.0,
                        "gbyte_s": row["bytes"] / seconds / 1e9 if seconds else 0.0}
-    return {"traced_ms_per_image": total * 1e3 / n, "by_kind": kinds,
-            "by_layer_ms_per_image": {k: v * 1e3 / n for k, v in sorted(per_layer.items())}}
+    return {"traced_ms_per_image": total * 1e3, "by_kind": kinds,
+            "by_layer_ms_per_image": {k: v * 1e3 for k, v in sorted(per_layer.items())}}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -246,17 +272,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "per_round": [n / o for n, o in zip(new["rounds"], old["rounds"])]}
     record: dict[str, Any] = {
         "backbone": BACKBONE, "image_size": SIZE, "batch": args.batch, "rounds": args.rounds, "calls": args.calls,
-        "cases": timings, "speedup": speedup, "gflops_per_image": gflops,
+        "profile_repeats": args.profile_repeats, "cases": timings, "speedup": speedup, "gflops_per_image": gflops,
         "xla_gflops_per_image": xla_flops_per_image(backbone) / 1e9,
         "matmul_gflops": {"before": matmul_before, "best": matmul},
         "fraction_of_matmul": {name: case["best"] * gflops / matmul for name, case in timings.items()},
         "stream_gbytes_s": stream_rate() / 1e9,
     }
     if not args.quick:
-        first = next(iter(layouts))
-        record["profile"] = {impl: profile(cases[f"{impl}/{first}"], batch, macs, args.calls)
-                             for impl in ("old", "new")}
-        record["profile_layout"] = first
+        record["profile"] = profile(cases, batch, macs, args.calls, args.profile_repeats)
         record["real_images"] = real_image_diff(backbone, args.batch)
     record.update(platform=platform.platform(), processor=platform.processor(), jax=jax.__version__,
                   devices=len(devices))
@@ -280,8 +303,8 @@ def print_tables(record: dict[str, Any]) -> None:
         print(f"old vs new feature maps on {real['images']} ELPV images: max abs diff {real['max_abs_diff']:.3g} "
               f"(largest value {real['max_abs_value']:.3g})")
     for impl, prof in record.get("profile", {}).items():
-        print(f"\nprofile, {impl} ({record['profile_layout']}; traced op time "
-              f"{prof['traced_ms_per_image']:.2f} ms/image, both devices summed)")
+        print(f"\nprofile, {impl} (traced op time {prof['traced_ms_per_image']:.2f} ms/image, the devices summed, "
+              f"each layer's best of {record['profile_repeats']} traces)")
         print(f"{'kind':8s} {'ms/img':>7s} {'share':>6s} {'MMACs':>7s} {'GFLOP/s':>8s} {'GB/s':>6s}")
         for kind, row in prof["by_kind"].items():
             print(f"{kind:8s} {row['ms_per_image']:7.2f} {row['share']:6.1%} {row['mmacs_per_image']:7.1f} "
@@ -293,12 +316,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="images per feature-pass call (the CLI's default)")
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds over the cases")
     parser.add_argument("--calls", type=int, default=3, help="calls per case per round")
+    parser.add_argument("--profile-repeats", type=int, default=3, help="traces per case; each layer's least counts")
     parser.add_argument("--out", type=Path, default=Path("experiments/results/bench_feature_pass.json"))
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 8, one round, no profile")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.rounds, args.calls = 8, 1, 1
-    for flag, value in (("--batch", args.batch), ("--rounds", args.rounds), ("--calls", args.calls)):
+    for flag, value in (("--batch", args.batch), ("--rounds", args.rounds), ("--calls", args.calls),
+                        ("--profile-repeats", args.profile_repeats)):
         if value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
     record = run(args)
