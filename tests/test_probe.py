@@ -120,13 +120,13 @@ def test_chunked_fit_only_centres_a_constant_feature():
 
 
 def test_a_long_training_split_is_fitted_in_chunks_with_the_same_result():
-    train, val = _blobs(2100, 0), _blobs(100, 1)  # 8,400 rows > RIDGE_CHUNK_ROWS
+    train, val = _blobs(1050, 0), _blobs(100, 1)  # 4,200 rows > RIDGE_CHUNK_ROWS
     assert probe.uses_chunks(len(train), 16) and not probe.uses_chunks(len(val), 16)
     chunked = probe.ridge_probe(train, val, l2_grid=[1.0, 1e3, 1e5])
     y = np.eye(4, dtype=np.float32)[train.labels]
     whole = probe.fit_ridge_eig(train.pooled.astype(np.float32), y)
     scores = np.asarray(probe.ridge_predict(whole, val.pooled.astype(np.float32), [1.0, 1e3, 1e5]))
     np.testing.assert_allclose(chunked["val"]["accuracy"], (scores.argmax(-1) == val.labels).mean(-1), atol=1e-6)
-    maps_only = FeatureSplit(labels=train.labels, maps=np.broadcast_to(train.pooled[:, None, None], (8400, 2, 2, 16)))
+    maps_only = FeatureSplit(labels=train.labels, maps=np.broadcast_to(train.pooled[:, None, None], (4200, 2, 2, 16)))
     again = probe.ridge_probe(maps_only, val, l2_grid=[1.0, 1e3, 1e5])
-    assert again["val"] == chunked["val"] and again["num_train"] == 8400 and again["num_features"] == 16
+    assert again["val"] == chunked["val"] and again["num_train"] == 4200 and again["num_features"] == 16

@@ -18,7 +18,7 @@ keeps the scores on a probability-like scale.) For a given λ the predictions eq
 The L2 strength is chosen by validation accuracy (multiclass) or validation macro average precision (multilabel);
 equal scores go to the larger λ, the more regularised model.
 
-A training split longer than :data:`RIDGE_CHUNK_ROWS` (and with N ≥ D) is never held whole: :func:`fit_ridge_chunked`
+A training split longer than :data:`RIDGE_CHUNK_ROWS` rows (and with N ≥ D) is never held whole: :func:`fit_ridge_chunked`
 reads it in row chunks, once for the feature means and once to accumulate the centred ``Xᵀ X`` and ``Xᵀ Y`` (the
 standard deviations are the Gram diagonal's), then standardises the D×D Gram and eigendecomposes it as above, so
 its memory does not grow with N and a lazily read (memory-mapped) split stays on disk.
@@ -41,7 +41,7 @@ HIGHEST = jax.lax.Precision.HIGHEST
 DEFAULT_L2_GRID: tuple[float, ...] = tuple(2.0**k for k in range(-10, 21))
 """Absolute λ values (big_vision's default range). With standardised features the eigenvalues of Xᵀ X sum to
 N·D, so the useful part of the grid moves up with the training-set size; 2⁻¹⁰…2²⁰ covers N up to ~10⁵."""
-RIDGE_CHUNK_ROWS = 8192
+RIDGE_CHUNK_ROWS = 4096
 """Training rows read at once by the chunked fit; longer training splits (with N ≥ D) are fitted chunk by chunk."""
 
 

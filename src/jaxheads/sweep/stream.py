@@ -241,6 +241,7 @@ class StreamedEpoch:
             state, loss = self.program(state, consts, active, *batch, jnp.asarray(first + a, jnp.int32))
             if previous is not None:
                 losses.append(parallel.to_host(previous))  # waits on chunk i-1: two chunks on a device at most
+                stream_read.release_freed_memory()  # chunk i-1's host buffers are freed by now
             if a + self.chunk_steps < len(idx):
                 batch = self._put(x, idx[a + self.chunk_steps: a + 2 * self.chunk_steps])
             previous = loss

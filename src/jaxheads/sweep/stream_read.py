@@ -19,9 +19,12 @@ it owns, and put back in split order before the metrics.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import itertools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -161,6 +164,24 @@ class StreamSplit:
         rows = np.asarray(rows)
         labels = np.asarray(self.labels)[np.maximum(rows, 0) % len(self)]
         return labels.astype(jax.dtypes.canonicalize_dtype(labels.dtype))
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the pages of freed host buffers back to the kernel. Each chunk allocates and frees buffers of tens of
+    MiB; glibc then raises its mmap threshold and keeps such freed blocks in its heaps, fragmented, so the resident
+    set creeps up with every chunk (and so with N) though the live data does not grow."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def global_array(local: np.ndarray, sharding: NamedSharding, global_shape: Sequence[int]) -> jax.Array:
