@@ -127,6 +127,7 @@ def fit_ridge_chunked(features: Any, y: np.ndarray, *, standardize: bool = True,
             x, part = np.concatenate([x, np.broadcast_to(x_mean, (pad, dim))]), np.concatenate(
                 [part, np.broadcast_to(y_mean, (pad, y.shape[1]))])
         gram, cross = _accumulate_gram(gram, cross, x, part, x_mean, y_mean)
+        gram.block_until_ready()  # else the reads outrun the products and every chunk's copy queues up (N-sized)
     return _solve_gram(gram, cross, x_mean, y_mean, jnp.float32(num_points), standardize=standardize)
 
 
