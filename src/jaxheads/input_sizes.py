@@ -73,13 +73,16 @@ def size_config(config: str, size: int) -> str:
 def run_sizes(sweep: SweepSpec, splits_by_size: Mapping[int, Mapping[str, FeatureSplit]], *, num_classes: int,
               task: str = "multiclass", label_names: Sequence[str] | None = None,
               progress: Callable[[dict[str, Any]], None] | None = None,
-              checkpoint_dir: str | os.PathLike[str] | None = None) -> SizedSweepResult:
-    """:func:`run_sweep` of ``sweep`` on every size's features (the same members, folds and seeds), merged."""
+              checkpoint_dir: str | os.PathLike[str] | None = None,
+              device_memory_budget: int | str | None = None) -> SizedSweepResult:
+    """:func:`run_sweep` of ``sweep`` on every size's features (the same members, folds and seeds, the same
+    device-memory budget), merged."""
     results = {}
     for size, splits in splits_by_size.items():
         where = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{size}px"
         results[int(size)] = run_sweep(sweep, splits, num_classes=num_classes, task=task, progress=progress,
-                                       label_names=label_names, checkpoint_dir=where)
+                                       label_names=label_names, checkpoint_dir=where,
+                                       device_memory_budget=device_memory_budget)
     return merge_sizes(results)
 
 

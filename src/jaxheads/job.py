@@ -112,9 +112,9 @@ def sweep_job(
                                         **view_options, view_splits=_view_splits(sweep, ds, tta))
                for size, source in sources.items()}
     run_args = dict(num_classes=ds.num_classes, task=ds.task, progress=sweep_progress, label_names=list(ds.classes),
-                    checkpoint_dir=Path(out_dir) / SWEEP_STATE)
+                    checkpoint_dir=Path(out_dir) / SWEEP_STATE, device_memory_budget=device_memory_budget)
     if len(sizes) == 1:
-        result = run_sweep(sweep, by_size[sizes[0]], **run_args, device_memory_budget=device_memory_budget)
+        result = run_sweep(sweep, by_size[sizes[0]], **run_args)
         key = sizes[0]
     else:
         result = input_sizes.run_sizes(sweep, by_size, **run_args)
