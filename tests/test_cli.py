@@ -377,6 +377,21 @@ def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp
     assert len(plan["groups"]) == len(result["groups"]) and plan["members"] == len(result["members"])
 
 
+def test_dry_run_plans_every_input_size_on_its_own_maps(image_folder, tmp_path, capsys, monkeypatch,
+                                                        jaxheads_cache):
+    from jaxheads import dry_run
+
+    fixed = dry_run.Calibration(flops_per_s=1e10, step_s=1e-4, eval_s=1e-3, group_s=2.0, took_s=0.0)
+    monkeypatch.setattr(dry_run, "calibrate", lambda: fixed)
+    flags = ["--dataset", image_folder, "--out", tmp_path / "run", *TINY_SWEEP, "--pooling", "max"]
+    code, stdout, err = _run(capsys, "sweep", "--dry-run", "--input-size", "32,64", *flags)
+    assert code == 0, err
+    text = " ".join(stdout.split())
+    assert "at 32 px" in text and "maps (8, 8, 16)" in text and "at 64 px" in text and "maps (16, 16, 16)" in text
+    code, _, err = _run(capsys, "sweep", "--dry-run", "--input-size", "2", *flags)
+    assert code == 2 and "--input-size" in err and len(err.strip().splitlines()) == 1
+
+
 def test_second_run_compiles_nothing(image_folder, tmp_path):
     """JAX's persistent compilation cache, on by default: a fresh interpreter running the same tiny sweep twice
     finds every program stored by the first."""

@@ -67,33 +67,44 @@ def _run_key(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     from jaxheads import job
 
     return {"dataset": str(args.dataset or job.DEFAULT_DATASET), "backbone": args.backbone or job.DEFAULT_BACKBONE,
-            "weights": str(args.weights), "task": args.task, "seed": args.seed, "sweep": spec.to_dict()}
+            "weights": str(args.weights), "task": args.task, "seed": args.seed, "sweep": spec.to_dict(),
+            "input_size": str(args.input_size), "views": args.views}
 
 
 def _dry_run(args: argparse.Namespace, spec: Any) -> int:
-    """Plan the sweep on the backbone's architecture and the dataset's sizes, estimate its time, run nothing."""
-    from jaxheads import data, dry_run, job
+    """Plan the sweep on the backbone's architecture and the dataset's sizes (at each ``--input-size``), estimate
+    its time, run nothing."""
+    from jaxheads import data, dry_run, features, input_sizes, job
     from jaxheads.backbones import describe
 
+    backbone = args.backbone or job.DEFAULT_BACKBONE
+    arch = describe.architecture(backbone)
+    pixels = input_sizes.parse_sizes(args.input_size) or (arch.input_size,)
+    for px in pixels:
+        features.backbone_source(backbone, args.weights, input_size=px)  # a size below the minimum fails here
     ds = data.load_dataset(args.dataset or job.DEFAULT_DATASET, data_dir=args.data_dir, task=args.task,
                            seed=args.seed)
     if "train" not in ds.splits or "val" not in ds.splits:
         raise data.DatasetError(f"dataset {ds.name}: needs 'train' and 'val' splits, has {sorted(ds.splits)}")
-    backbone = args.backbone or job.DEFAULT_BACKBONE
-    arch = describe.architecture(backbone)
-    shapes = {"pooled": (arch.feature_shape[-1],), "maps": arch.feature_shape}
     sizes = {name: len(ds.split(name)) for name in ds.splits}
-    plan = dry_run.plan_sweep(spec.resolve_folds(sizes["train"] + sizes["val"]), shapes, sizes, ds.num_classes,
-                              ds.task, views=args.views)
+    counts = ", ".join(f"{k} {n}" for k, n in sizes.items())
     log.info("calibrating on this machine (a matmul and a tiny sweep)...")
-    calib = dry_run.calibrate()
-    times = dry_run.estimate(plan, calib)
-    dry_run.print_plan(plan, calib, times, console=_console(),
-                       header=f"{ds.name} ({', '.join(f'{k} {n}' for k, n in sizes.items())}) on {backbone}: ")
-    path = dry_run.record(_run_key(args, spec), dry_run.plan_json(plan, calib, times))
-    log.info("Nothing ran. The feature pass (%d images at %d px, skipped for images already cached) comes first. "
-             "A run with the same flags records this estimate beside its time (%s).", sum(sizes.values()),
-             arch.input_size, path)
+    calib, totals, plans = dry_run.calibrate(), {}, {}
+    for px in pixels:  # each input size is its own sweep on its own feature maps
+        side = -(-px // features.min_input_size(backbone))
+        shapes = {"pooled": (arch.feature_shape[-1],), "maps": (side, side, arch.feature_shape[-1])}
+        plan = dry_run.plan_sweep(spec.resolve_folds(sizes["train"] + sizes["val"]), shapes, sizes, ds.num_classes,
+                                  ds.task, views=args.views)
+        times = dry_run.estimate(plan, calib)
+        totals = {k: totals.get(k, 0.0) + v for k, v in times.items()}
+        plans[px] = dry_run.plan_json(plan, calib, times)
+        dry_run.print_plan(plan, calib, times, console=_console(),
+                           header=f"{ds.name} ({counts}) on {backbone} at {px} px: ")
+    recorded = {**plans[pixels[-1]], "estimate": totals, **({"by_input_size": plans} if len(pixels) > 1 else {})}
+    path = dry_run.record(_run_key(args, spec), recorded)
+    log.info("Nothing ran. The feature pass (%d images at %s px, skipped for images already cached) comes first. "
+             "A run with the same flags records this estimate beside its time (%s).", sum(sizes.values()) * len(
+                 pixels), ", ".join(map(str, pixels)), path)
     return 0
 
 
