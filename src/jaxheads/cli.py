@@ -64,17 +64,18 @@ def sweep_spec_from_args(args: argparse.Namespace) -> Any:
 
 def _run_key(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     """What decides a sweep's plan: a dry run and a later run with the same flags share it."""
-    from jaxheads import job
+    from jaxheads import job, variants
 
+    views = variants.parse_views(args.views)  # one K keys as the int it always was
     return {"dataset": str(args.dataset or job.DEFAULT_DATASET), "backbone": args.backbone or job.DEFAULT_BACKBONE,
             "weights": str(args.weights), "task": args.task, "seed": args.seed, "sweep": spec.to_dict(),
-            "input_size": str(args.input_size), "views": args.views}
+            "input_size": str(args.input_size), "views": views[0] if len(views) == 1 else list(views)}
 
 
 def _dry_run(args: argparse.Namespace, spec: Any) -> int:
     """Plan the sweep on the backbone's architecture and the dataset's sizes (at each ``--input-size``), estimate
     its time, run nothing."""
-    from jaxheads import data, dry_run, features, input_sizes, job
+    from jaxheads import data, dry_run, features, input_sizes, job, variants
     from jaxheads.backbones import describe
 
     backbone = args.backbone or job.DEFAULT_BACKBONE
@@ -93,10 +94,11 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
     for px in pixels:  # each input size is its own sweep on its own feature maps
         side = -(-px // features.min_input_size(backbone))
         shapes = {"pooled": (arch.feature_shape[-1],), "maps": (side, side, arch.feature_shape[-1])}
-        plan = dry_run.plan_sweep(spec.resolve_folds(sizes["train"] + sizes["val"]), shapes, sizes, ds.num_classes,
-                                  ds.task, views=args.views)
-        times = dry_run.estimate(plan, calib)
-        totals = {k: totals.get(k, 0.0) + v for k, v in times.items()}
+        for k in variants.parse_views(args.views):  # each K is its own sweep too; the largest K's plan is shown
+            plan = dry_run.plan_sweep(spec.resolve_folds(sizes["train"] + sizes["val"]), shapes, sizes,
+                                      ds.num_classes, ds.task, views=k)
+            times = dry_run.estimate(plan, calib)
+            totals = {key: totals.get(key, 0.0) + v for key, v in times.items()}
         plans[px] = dry_run.plan_json(plan, calib, times)
         dry_run.print_plan(plan, calib, times, console=_console(),
                            header=f"{ds.name} ({counts}) on {backbone} at {px} px: ")
@@ -134,9 +136,9 @@ def _record_estimate(args: argparse.Namespace, spec: Any, output: Any) -> dict[s
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from jaxheads import augment, distributed
+    from jaxheads import augment, distributed, variants
 
-    augment.check_views(args.views), augment.parse_policy(args.augment)  # bad flags fail before any work
+    variants.parse_views(args.views), augment.parse_policy(args.augment)  # bad flags fail before any work
     if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
         distributed.split_cpu_host()  # CPU-only hosts: members run side by side, one JAX device per core
     spec = sweep_spec_from_args(args)

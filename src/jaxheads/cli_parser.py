@@ -280,8 +280,9 @@ def _view_flags(parser: argparse.ArgumentParser) -> None:
     from jaxheads.augment import AUGMENTATIONS, DEFAULT_POLICY
 
     group = parser.add_argument_group("augmented views (the backbone runs once per view; cached like the images)")
-    group.add_argument("--views", type=int, default=1, metavar="K", help="heads train on a random one of K views "
-                       "of each image per epoch: the plain image and K-1 augmented; default 1 (no augmentation)")
+    group.add_argument("--views", default="1", metavar="K[,K...]", help="heads train on a random one of K views "
+                       "of each image per epoch: the plain image and K-1 augmented; default 1 (no augmentation); "
+                       "several (e.g. 1,4) sweep at each K and ask 'Views' as a question")
     group.add_argument("--augment", default=",".join(DEFAULT_POLICY), metavar="NAME,...", help="what the views do: "
                        f"{', '.join(AUGMENTATIONS)} (crop: random-resized, 60-100%% of the area; dihedral: the 8 "
                        "rotations and reflections, for images without an up); default "

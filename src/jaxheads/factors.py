@@ -22,6 +22,7 @@ QUESTION_AXES: tuple[tuple[str, str], ...] = (
     ("optimizer", "Optimiser"),
     ("batch_size", "Batch size"),
     ("input_size", "Input size"),
+    ("views", "Views"),
 )
 QUESTION_AXES_NAMES = tuple(a for a, _ in QUESTION_AXES)
 
@@ -76,6 +77,7 @@ def member_factors(spec: Mapping[str, Any]) -> dict[str, Hashable]:
         "batch_size": int(spec.get("batch_size", 0)),
         # Set only in a sweep over several input sizes (jaxheads.input_sizes); None elsewhere, so never asked.
         "input_size": spec.get("input_size"),
+        "views": spec.get("views"),  # likewise, a sweep over several --views K (jaxheads.variants)
         "fixed": json.dumps(fixed, sort_keys=True),
     }
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxheads import checkpoint, data, distributed, features, heads_io, input_sizes, metrics, report
+from jaxheads import checkpoint, data, distributed, features, heads_io, input_sizes, metrics, report, variants
 from jaxheads.augment import DEFAULT_POLICY, check_views, parse_policy
 from jaxheads.backbones import describe
 from jaxheads.heads import ConvStage
@@ -82,7 +82,7 @@ def sweep_job(
     sweep_progress: Callable[[dict[str, Any]], None] | None = None,
     input_size: int | str | Sequence[int] | None = None,
     device_memory_budget: int | str | None = None,
-    views: int = 1,
+    views: int | str | Sequence[int] = 1,
     augment: str | Sequence[str] = DEFAULT_POLICY,
     tta: bool = False,
 ) -> JobOutput:
@@ -96,9 +96,15 @@ def sweep_job(
     "2GiB"; default: half the device's memory): a sweep group whose inputs exceed it streams its features from the
     memory-mapped cache (``run_sweep``); when some group may, the features are read lazily (``extract_all(lazy=True)``).
     ``views`` K > 1: heads train on a random one of K views per example per epoch (:func:`_view_options`).
+    Several K (``"1,4"``): one sweep per K on the same plain val/test rows, merged (:mod:`jaxheads.variants`); with
+    ``tta`` each K's test figures average its own K views (K = 1: none). Several sizes and several K are refused.
     """
-    view_options = _view_options(views, augment)
+    view_counts = variants.parse_views(views)
+    view_options = _view_options(max(view_counts), augment)
     sizes = input_sizes.parse_sizes(input_size) or (None,)
+    if len(sizes) > 1 and len(view_counts) > 1:
+        raise ValueError(f"--input-size {input_size} with --views {views}: sweep several input sizes or several "
+                         "view counts, not both")
     # Every size is checked against the backbone before any data is read.
     sources = {size: features.backbone_source(backbone, weights, seed=seed, input_size=size) for size in sizes}
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
@@ -113,13 +119,8 @@ def sweep_job(
                for size, source in sources.items()}
     run_args = dict(num_classes=ds.num_classes, task=ds.task, progress=sweep_progress, label_names=list(ds.classes),
                     checkpoint_dir=Path(out_dir) / SWEEP_STATE, device_memory_budget=device_memory_budget)
-    if len(sizes) == 1:
-        result = run_sweep(sweep, by_size[sizes[0]], **run_args)
-        key = sizes[0]
-    else:
-        result = input_sizes.run_sizes(sweep, by_size, **run_args)
-        key = result.input_size() if result.recommended is not None else sizes[0]
-    source, splits = sources[key], by_size[key]
+    result, key, trained_views = _run_levels(sweep, by_size, view_counts, run_args)
+    source, splits = sources[key], variants.splits_at_views(by_size[key], trained_views)
     trained_at = source.preprocessing.input_size
     _add_confusion_matrices(result)
     files: dict[str, Path] = {}
@@ -127,8 +128,33 @@ def sweep_job(
         files = write_outputs(result, out_dir, backbone=backbone, weights="none" if weights is None else str(weights),
                               weights_id=source.weights_id, dataset=ds.name, input_size=trained_at,
                               **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}),
-                              **({**view_options, "test_views": views if tta else 1} if views > 1 else {}))
+                              **_view_provenance(view_counts, trained_views, view_options["augment"], tta))
     return JobOutput(result, splits, ds, files)
+
+
+def _run_levels(sweep: SweepSpec, by_size: dict[Any, dict[str, FeatureSplit]], view_counts: Sequence[int],
+                run_args: dict[str, Any]) -> tuple[SweepResult, Any, int]:
+    """One sweep, or one per input size or per K merged; with the recommended head's size (key) and K."""
+    key, trained_views = next(iter(by_size)), view_counts[0]
+    if len(view_counts) > 1:  # the largest K's cache holds every smaller K's views: no backbone work repeats
+        by_views = {k: variants.splits_at_views(by_size[key], k) for k in view_counts}
+        result = variants.run_variants(sweep, by_views, "views", **run_args)
+        trained_views = result.level() if result.recommended is not None else trained_views
+    elif len(by_size) == 1:
+        result = run_sweep(sweep, by_size[key], **run_args)
+    else:
+        result = input_sizes.run_sizes(sweep, by_size, **run_args)
+        key = result.input_size() if result.recommended is not None else key
+    return result, key, trained_views
+
+
+def _view_provenance(view_counts: Sequence[int], trained_views: int, policy: list[str], tta: bool) -> dict[str, Any]:
+    """What the saved head and results.json record of the views: the recommended head's K, every K swept, the
+    policy, and how many views its test figures average (TTA applies where a K > 1 gave the test split views)."""
+    if max(view_counts) == 1:
+        return {}
+    swept = {"views_swept": list(view_counts)} if len(view_counts) > 1 else {}
+    return {"views": trained_views, **swept, "augment": policy, "test_views": trained_views if tta else 1}
 
 
 def _view_options(views: int, augment: str | Sequence[str]) -> dict[str, Any]:

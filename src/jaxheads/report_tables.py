@@ -56,6 +56,8 @@ def spec_summary(spec: Mapping[str, Any], axes: Iterable[str] | None = None) -> 
             parts.append(f"{label} {_fmt_level(f[key])}".strip())
     if "input_size" in show and f["input_size"] is not None:
         parts.append(f"{f['input_size']} px")
+    if "views" in show and f["views"] is not None:
+        parts.append(f"{f['views']} view{'s' if f['views'] != 1 else ''}")
     return " · ".join(parts)
 
 
