@@ -23,14 +23,16 @@ import test_finetune as tiny  # noqa: E402  (registers the tiny backbone, make_c
 
 @pytest.mark.parametrize(("flags", "named"), [(["--views", "0,4"], "--views 0,4"), (["--views", "a"], "--views a"),
                                               (["--views", "2,2"], "--views 2,2"),
-                                              (["--views", "1,2", "--input-size", "40,48"], "--views 1,2")])
+                                              (["--views", "1,2", "--input-size", "40,48"], "--views 1,2"),
+                                              (["--views", "1,2", "--input-size", "40,48", "--dry-run"],
+                                               "--views 1,2")])
 def test_bad_view_lists_fail_with_one_line_naming_the_flag(flags: list[str], named: str, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["sweep", "--out", str(tmp_path), "--backbone", tiny.TINY, "--dataset", str(tmp_path / "no"),
                      *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and named in err, err
-    if "--input-size" in flags:
+    if "--input-size" in flags:  # refused in the job too (jaxheads.job.sweep_job), before any data is read
         assert "--input-size 40,48" in err  # both flags named: several sizes and several K are refused
 
 

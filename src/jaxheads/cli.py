@@ -139,6 +139,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from jaxheads import augment, distributed, variants
 
     variants.parse_views(args.views), augment.parse_policy(args.augment)  # bad flags fail before any work
+    variants.check_one_axis(args.input_size, args.views)  # a dry run too
     if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
         distributed.split_cpu_host()  # CPU-only hosts: members run side by side, one JAX device per core
     spec = sweep_spec_from_args(args)

@@ -102,9 +102,7 @@ def sweep_job(
     view_counts = variants.parse_views(views)
     view_options = _view_options(max(view_counts), augment)
     sizes = input_sizes.parse_sizes(input_size) or (None,)
-    if len(sizes) > 1 and len(view_counts) > 1:
-        raise ValueError(f"--input-size {input_size} with --views {views}: sweep several input sizes or several "
-                         "view counts, not both")
+    variants.check_one_axis(",".join(map(str, sizes)) if len(sizes) > 1 else None, ",".join(map(str, view_counts)))
     # Every size is checked against the backbone before any data is read.
     sources = {size: features.backbone_source(backbone, weights, seed=seed, input_size=size) for size in sizes}
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(

@@ -24,8 +24,8 @@ from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepResult, SweepSpec, leaderboard, run_sweep
 from jaxheads.sweep import verdicts
 
-__all__ = ["VARIANT_AXES", "VariantSweepResult", "merge_variants", "parse_views", "run_variants", "splits_at_views",
-           "variant_config"]
+__all__ = ["VARIANT_AXES", "VariantSweepResult", "check_one_axis", "merge_variants", "parse_views", "run_variants",
+           "splits_at_views", "variant_config"]
 
 # axis -> (config id suffix for a level, what results.json lists the levels as, a level in words)
 VARIANT_AXES: dict[str, tuple[str, str, str]] = {
@@ -94,6 +94,15 @@ def parse_views(text: str | int | Sequence[int]) -> tuple[int, ...]:
         raise ValueError(f"--views {text}: expected distinct view counts K >= 1 (1 = the plain image only), e.g. "
                          "4 or 1,4")
     return tuple(sorted(counts))
+
+
+def check_one_axis(input_size: Any, views: Any) -> None:
+    """Several input sizes and several K in one job are refused (one merge axis at a time): a one-line error naming
+    both flags."""
+    sizes = str(input_size).split(",") if input_size is not None else []
+    if len(sizes) > 1 and len(parse_views(views)) > 1:
+        raise ValueError(f"--input-size {input_size} with --views {views}: sweep several input sizes or several "
+                         "view counts, not both")
 
 
 def splits_at_views(splits: Mapping[str, FeatureSplit], views: int) -> dict[str, FeatureSplit]:
