@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from jaxheads import cli, features, input_sizes
+from jaxheads import cli, ensembles, features, input_sizes
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import SweepSpec, run_sweep
 
@@ -66,6 +66,10 @@ def test_two_input_sizes_answer_the_input_size_question(labels: dict[str, np.nda
     spec, variables = merged.head()
     assert spec.pooling == "none" and variables is merged.variables[merged.recommended_member()]
     assert merged.to_dict()["input_sizes"] == [32, 64]
+    # The head soup of the recommended config (its two seeds) reads the merged spec through the result's head().
+    soup = ensembles.head_soup(merged, by_size[64])
+    assert soup.config == merged.recommended and len(soup.members) == 2 and 0.5 < soup.val <= 1.0
+    assert all(merged.members[m]["spec"]["input_size"] == 64 for m in soup.members)
 
 
 def test_merging_sizes_of_other_examples_is_refused(labels: dict[str, np.ndarray]) -> None:

@@ -35,7 +35,6 @@ from jaxheads.splits import FeatureSplit
 from jaxheads.sweep.folds import pooled_splits
 from jaxheads.sweep.result import SweepResult
 from jaxheads.sweep.scores import ConfigScores, config_scores
-from jaxheads.sweep.spec import MemberSpec
 
 __all__ = ["ConfigScores", "EnsembleReport", "SoupReport", "config_scores", "greedy_ensemble", "greedy_selection",
            "head_soup", "log_loss", "rank_configs", "soup_variables", "top_k_ensemble"]
@@ -311,7 +310,7 @@ def head_soup(result: SweepResult, splits: Mapping[str, FeatureSplit], config: s
         raise ValueError(f"head_soup: splits['val'] has {len(eval_splits['val'])} rows, the sweep's predictions "
                          f"{p['val'].shape[1]} (pass the splits the sweep ran on)")
     members = [result.members[i] for i in scores[config].members]
-    spec = MemberSpec.from_dict(members[0]["spec"]).head
+    spec = result.head(members[0]["member"])[0]  # a merged result (input sizes, views) strips its axis
     folds = sorted({m["spec"]["fold"] for m in members}, key=lambda f: -1 if f is None else f)
     val_probs = np.zeros(p["val"].shape[1:], np.float32)
     test_parts = []
