@@ -119,6 +119,18 @@ def test_chunked_fit_only_centres_a_constant_feature():
     np.testing.assert_allclose(ours / np.abs(ref).max(), ref / np.abs(ref).max(), atol=1e-5)
 
 
+def test_one_hot_targets_built_per_chunk_give_exactly_the_dense_fit():
+    x, _, _ = _regression_data(300, 24, 3)
+    labels = np.random.default_rng(3).integers(0, 5, 300)
+    sparse = probe.OneHotRows(labels, 5)
+    dense = np.eye(5, dtype=np.float32)[labels]
+    np.testing.assert_array_equal(np.asarray(sparse), dense)
+    np.testing.assert_array_equal(sparse[64:128], dense[64:128])
+    a, b = (probe.fit_ridge_chunked(x, y, chunk_rows=64) for y in (sparse, dense))
+    for leaf_a, leaf_b in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
+
+
 def test_a_long_training_split_is_fitted_in_chunks_with_the_same_result():
     train, val = _blobs(1050, 0), _blobs(100, 1)  # 4,200 rows > RIDGE_CHUNK_ROWS
     assert probe.uses_chunks(len(train), 16) and not probe.uses_chunks(len(val), 16)

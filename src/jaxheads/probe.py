@@ -79,6 +79,30 @@ def fit_ridge_eig(x: jax.Array, y: jax.Array, *, standardize: bool = True) -> Ri
     return RidgeCache(x_mean, x_scale, y_mean, jnp.maximum(eigvals, 0.0), basis, projected)
 
 
+class OneHotRows:
+    """(N, C) 0/1 multiclass targets built a slice at a time from the (N,) class ids: a long split's one-hot matrix
+    (N x C float32, ~5 GB for ImageNet-1k's train split) is never held whole. ``np.asarray`` gives the whole matrix
+    (what the in-memory fit takes)."""
+
+    def __init__(self, labels: np.ndarray, num_classes: int):
+        self.labels, self.num_classes = np.asarray(labels, np.int64), int(num_classes)
+        self.shape = (len(self.labels), self.num_classes)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return np.eye(self.num_classes, dtype=np.float32)[self.labels[rows]]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def column_means(self) -> np.ndarray:
+        """Each class's share of the rows, float64 (the one-hot matrix's column means, exactly)."""
+        return np.bincount(self.labels, minlength=self.num_classes) / max(len(self), 1)
+
+
 def uses_chunks(num_points: int, dim: int, chunk_rows: int = RIDGE_CHUNK_ROWS) -> bool:
     """Whether :func:`ridge_probe` fits ``num_points`` training rows of ``dim`` features chunk by chunk."""
     return num_points > chunk_rows and num_points >= dim
@@ -104,7 +128,7 @@ def _solve_gram(gram: jax.Array, cross: jax.Array, x_mean: jax.Array, y_mean: ja
     return RidgeCache(x_mean, x_scale, y_mean, jnp.maximum(eigvals, 0.0), q, projected)
 
 
-def fit_ridge_chunked(features: Any, y: np.ndarray, *, standardize: bool = True,
+def fit_ridge_chunked(features: Any, y: np.ndarray | OneHotRows, *, standardize: bool = True,
                       chunk_rows: int = RIDGE_CHUNK_ROWS) -> RidgeCache:
     """:func:`fit_ridge_eig` of (N, D) ``features`` (N ≥ D) read ``chunk_rows`` at a time: any array-like whose
     row slices are arrays (a memory-mapped :class:`~jaxheads.feature_lazy.LazyRows` too), or a
@@ -112,10 +136,11 @@ def fit_ridge_chunked(features: Any, y: np.ndarray, *, standardize: bool = True,
     rounding; memory: a few chunks and the D×D Gram matrix."""
     read = (lambda a, b: _pooled_rows(features, a, b)) if isinstance(features, FeatureSplit) else (  # noqa: E731
         lambda a, b: np.asarray(features[a:b], np.float32))
-    y = np.asarray(y, np.float32)
+    y = y if isinstance(y, OneHotRows) else np.asarray(y, np.float32)
     num_points, starts = len(y), range(0, len(y), chunk_rows)
     total = sum(read(a, min(a + chunk_rows, num_points)).sum(axis=0, dtype=np.float64) for a in starts)
-    x_mean, y_mean = (total / num_points).astype(np.float32), y.mean(axis=0, dtype=np.float64).astype(np.float32)
+    y_mean = y.column_means() if isinstance(y, OneHotRows) else y.mean(axis=0, dtype=np.float64)
+    x_mean, y_mean = (total / num_points).astype(np.float32), y_mean.astype(np.float32)
     dim = len(x_mean)
     if num_points < dim:
         raise ValueError(f"fit_ridge_chunked: needs at least as many rows as features, got N={num_points} < D={dim}")
@@ -270,25 +295,25 @@ def ridge_probe(
     return result
 
 
-def _fit(train: FeatureSplit, y_train: np.ndarray, standardize: bool) -> RidgeCache:
+def _fit(train: FeatureSplit, y_train: np.ndarray | OneHotRows, standardize: bool) -> RidgeCache:
     """The ridge path of the training split: whole, or chunk by chunk when it is long (:func:`uses_chunks`)."""
     x = train.pooled if train.pooled is not None else train.maps
     if x is not None and uses_chunks(len(train), x.shape[-1]):
         return fit_ridge_chunked(train, y_train, standardize=standardize)
-    return fit_ridge_eig(_pooled(train), y_train, standardize=standardize)
+    return fit_ridge_eig(_pooled(train), np.asarray(y_train, np.float32), standardize=standardize)
 
 
 def _targets(train: FeatureSplit, val: FeatureSplit, test: FeatureSplit | None, multilabel: bool,
-             num_classes: int | None, select_metric: str | None) -> tuple[np.ndarray, int, str]:
-    """(0/1 training targets (N, C), C, the validation metric λ is chosen by)."""
+             num_classes: int | None, select_metric: str | None) -> tuple[np.ndarray | OneHotRows, int, str]:
+    """(0/1 training targets (N, C), C, the validation metric λ is chosen by); multiclass targets are built a
+    chunk at a time (:class:`OneHotRows`)."""
     if multilabel:
         num_classes = int(np.shape(train.labels)[1])
         y_train = np.asarray(train.labels, np.float32)
         return y_train, num_classes, select_metric or metrics.metric_for_task("multilabel")
     seen = [np.asarray(s.labels) for s in (train, val, test) if s is not None]
     num_classes = num_classes or int(max(int(s.max()) for s in seen)) + 1
-    y_train = np.eye(num_classes, dtype=np.float32)[np.asarray(train.labels, np.int64)]
-    return y_train, num_classes, select_metric or metrics.metric_for_task("multiclass")
+    return OneHotRows(train.labels, num_classes), num_classes, select_metric or metrics.metric_for_task("multiclass")
 
 
 def _metric_paths(cache: RidgeCache, x_val: np.ndarray, val: FeatureSplit, test: FeatureSplit | None,
