@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxheads import data, features
+from jaxheads import backbones, data, features
 from jaxheads.dataset import image_set_fingerprint
 from jaxheads.feature_store import FeatureCacheError
 
@@ -88,7 +88,7 @@ def test_another_seed_or_fold_count_in_the_main_job_never_runs_the_backbone(
     spec = SweepSpec(pooling=("avg",), widths=(8,), depth=(0,), epochs=1, folds=2)
     first = job.features_for_sweep(features.backbone_source(named.TINY, "default", seed=0),
                                    data.load_dataset(images, seed=0), spec, cache_dir=tmp_path, batch_size=4)
-    monkeypatch.setattr(features.backbones, "load", lambda *a, **k: _never())
+    monkeypatch.setattr(backbones, "load", lambda *a, **k: _never())
     for seed, folds in ((1, 2), (0, 3), (2, 4)):
         events: list[features.Progress] = []
         ds = data.load_dataset(images, seed=seed)

@@ -92,8 +92,7 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
     log.info("calibrating on this machine (a matmul and a tiny sweep)...")
     calib, totals, plans = dry_run.calibrate(), {}, {}
     for px in pixels:  # each input size is its own sweep on its own feature maps
-        side = -(-px // features.min_input_size(backbone))
-        shapes = {"pooled": (arch.feature_shape[-1],), "maps": (side, side, arch.feature_shape[-1])}
+        shapes = {"pooled": (arch.feature_shape[-1],), "maps": features.feature_map_shape(backbone, px)}
         for k in variants.parse_views(args.views):  # each K is its own sweep too; the largest K's plan is shown
             plan = dry_run.plan_sweep(spec.resolve_folds(sizes["train"] + sizes["val"]), shapes, sizes,
                                       ds.num_classes, ds.task, views=k)

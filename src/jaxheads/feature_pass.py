@@ -25,7 +25,7 @@ from jaxheads.backbones.base import feature_maps
 from jaxheads.feature_store import Plan, write_shard
 
 if TYPE_CHECKING:
-    from jaxheads.features import BackboneSource
+    from jaxheads.feature_source import BackboneSource
 
 __all__ = ["Progress", "ProgressFn", "ShapesFn", "compute_shards"]
 

@@ -34,16 +34,18 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
-from jaxheads import backbones, checkpoint, data
+from jaxheads import checkpoint, data
 from jaxheads.augment import AUGMENT_METHOD, DEFAULT_POLICY, augmented_view, check_views, parse_policy
-from jaxheads.backbones import Backbone, Preprocessing
+from jaxheads.backbones import Backbone
 from jaxheads.dataset import image_set_fingerprint
 from jaxheads.feature_lazy import lazy_gather
+from jaxheads.feature_source import (BackboneSource, as_source, backbone_source, feature_map_shape,
+                                     min_input_size)
 from jaxheads.feature_pass import Progress, ProgressFn, ShapesFn, compute_shards
 from jaxheads.feature_store import (FeatureCacheError, Plan, create_plan, gather, is_foreign, open_shard, read_meta,
                                     read_plan, remove_foreign, remove_temporaries, shard_path, write_meta)
@@ -59,6 +61,7 @@ __all__ = [
     "default_cache_dir",
     "extract_all",
     "extract_features",
+    "feature_map_shape",
     "images_key",
     "min_input_size",
 ]
@@ -67,80 +70,15 @@ CACHE_FORMAT = 2
 """Bump when the on-disk layout or the way features are computed changes (it is part of every key)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class BackboneSource:
-    """What the cache needs to know about a backbone without building it, and how to build it.
-
-    ``weights_id`` must change whenever the weights do (a file hash, a pinned source hash, ``random-seed0``).
-    ``load`` is a zero-argument callable returning the :class:`~jaxheads.backbones.Backbone`; it is called at
-    most once per :func:`extract_all`, and not at all on a cache hit.
-    """
-
-    name: str
-    weights_id: str
-    preprocessing: Preprocessing
-    load: Callable[[], Backbone]
-
-    @classmethod
-    def of(cls, backbone: Backbone) -> BackboneSource:
-        """Wrap an already built backbone."""
-        return cls(backbone.config.name, backbone.weights_id, backbone.config.preprocessing, lambda: backbone)
-
-
-def backbone_source(name: str, weights: Any = "default", *, seed: int = 0,
-                    input_size: int | None = None) -> BackboneSource:
-    """A lazy :class:`BackboneSource` for ``jaxheads.backbones.load(name, weights, seed=seed)``.
-
-    The weights id is found without loading: ``random-seed{seed}`` for ``None``, the file's sha256 (first 16 hex
-    digits) for a path (what the families' file loaders return), and for a named source the id the family pins
-    in ``config.weights_ids`` (so the lazy key equals the key of the built backbone), else ``"named:<name>"``.
-    ``input_size`` (default the backbone's own) resizes the images to that many pixels before the backbone; it
-    is part of the cache key, and below :func:`min_input_size` it is an error naming ``--input-size``.
-    """
-    config = backbones.get_config(name)
-    if weights == "default":
-        weights = config.default_weights
-    if weights is None:
-        weights_id = f"random-seed{seed}"
-    elif isinstance(weights, (str, os.PathLike)) and str(weights) in config.weights:
-        weights_id = config.weights_ids.get(str(weights), f"named:{weights}")
-    elif isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
-        weights_id = backbones.sha256_file(weights)[:16]
-    else:
-        weights_id = f"other:{weights}"  # backbones.load gives the clear error when it is called
-    preprocessing = config.preprocessing
-    if input_size is not None and int(input_size) != preprocessing.input_size:
-        least = min_input_size(config.name)
-        if int(input_size) < least:
-            raise ValueError(f"--input-size {input_size}: {config.name} needs at least {least} px (its feature map "
-                             f"is 1/{least} of the input side)")
-        preprocessing = dataclasses.replace(preprocessing, input_size=int(input_size))
-    loader = functools.cache(lambda: backbones.load(name, weights, seed=seed))
-    return BackboneSource(config.name, weights_id, preprocessing, loader)
-
-
-def min_input_size(name: str) -> int:
-    """The smallest input side backbone ``name`` takes: its total stride (32 for five stride-2 stages), read from
-    the feature map it gives at its own input size, so the last map is at least 1x1."""
-    from jaxheads.backbones import describe
-
-    arch = describe.architecture(name)
-    return 2 ** round(math.log2(arch.input_size / arch.feature_shape[0]))
-
-
 def default_cache_dir() -> Path:
     """``$JAXHEADS_CACHE/features`` (``./checkpoints/features`` when unset): next to the converted backbones."""
     return checkpoint.cache_dir() / "features"
 
 
-def _as_source(backbone: Backbone | BackboneSource) -> BackboneSource:
-    return backbone if isinstance(backbone, BackboneSource) else BackboneSource.of(backbone)
-
-
 def images_key(backbone: Backbone | BackboneSource, dataset: data.Dataset) -> str:
     """The cache directory name for (backbone, the dataset's set of images): readable prefix + hash of every input
     that decides the features. The same for every way of splitting the same images."""
-    source = _as_source(backbone)
+    source = as_source(backbone)
     return _folder_name(source, dataset, dataset.images_fingerprint())
 
 
@@ -148,7 +86,7 @@ def cache_key(backbone: Backbone | BackboneSource, dataset: data.Dataset, split:
     """A name for one split's features: :func:`images_key`'s inputs plus the split's fingerprint (which images,
     in which order, with which labels). The cache itself is per image set (:func:`images_key`); this names what a
     caller derives from one split."""
-    source = _as_source(backbone)
+    source = as_source(backbone)
     identity = {**_identity(source, dataset.images_fingerprint()), "split": split,
                 "dataset": dataset.fingerprint(split)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
@@ -249,7 +187,7 @@ def extract_all(
     including those found in the cache. ``lazy``: the features are :class:`~jaxheads.feature_lazy.LazyRows` over
     the memory-mapped shards, read on demand, instead of in-memory arrays (bit-identical rows)."""
     views, policy = check_views(views), parse_policy(augment)
-    source = _as_source(backbone)
+    source = as_source(backbone)
     source = dataclasses.replace(source, load=functools.cache(source.load))
     names = list(dataset.splits) if splits is None else list(splits)
     for name in names:

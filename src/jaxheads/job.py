@@ -11,7 +11,6 @@ import concurrent.futures
 import dataclasses
 import io
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,7 +20,6 @@ import numpy as np
 
 from jaxheads import checkpoint, data, distributed, features, heads_io, input_sizes, metrics, report, variants
 from jaxheads.augment import DEFAULT_POLICY, check_views, parse_policy
-from jaxheads.backbones import describe
 from jaxheads.heads import ConvStage
 from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep, stream
@@ -169,10 +167,7 @@ def _view_splits(sweep: SweepSpec, ds: data.Dataset, tta: bool) -> tuple[str, ..
 
 def _may_stream(backbone: str, source: features.BackboneSource, ds: data.Dataset, budget: int | str | None) -> bool:
     """Whether a group reading the backbone's feature maps (at the source's input size) could exceed the budget."""
-    arch = describe.architecture(backbone)
-    scale = source.preprocessing.input_size / arch.input_size
-    h, w, c = arch.feature_shape
-    shape = (math.ceil(h * scale), math.ceil(w * scale), c)
+    shape = features.feature_map_shape(backbone, source.preprocessing.input_size)
     return stream.may_stream(sum(len(ds.split(name)) for name in ds.splits), shape, budget)
 
 
