@@ -21,16 +21,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 import test_features as tiny  # noqa: E402  (TINY: a random-init backbone, make_folder)
 
-SOURCE = features.backbone_source(tiny.TINY, None, seed=0)
-OPTIONS = {"need_maps": True, "batch_size": 4, "chunk_size": 4}
-
-
-def _never() -> object:
-    raise AssertionError("the backbone was built although every view was cached")
-
-
-def _counting(calls: list[int]) -> features.BackboneSource:
-    return dataclasses.replace(SOURCE, load=lambda: calls.append(1) or SOURCE.load())
+from test_feature_cache import OPTIONS, SOURCE, _counting, _never  # noqa: E402  (the tiny backbone's source)
 
 
 def _assert_same(a: FeatureSplit, b: FeatureSplit) -> None:
