@@ -66,7 +66,7 @@ from jaxheads.backbones.efficientnet_lite import STEM_CHANNELS, HEAD_CHANNELS, b
 from jaxheads.feature_pass import _forward  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sweep import matmul_flops  # noqa: E402
+from bench_sweep import best_seconds, matmul_flops  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 CONTAINER_OPS = {"while", "call", "conditional"}
@@ -119,14 +119,7 @@ def xla_flops_per_image(backbone: backbones.Backbone) -> float:
 def stream_rate(mib: int = 256, repeats: int = 5) -> float:
     """Bytes/s of an elementwise pass (read + write) over ``mib`` MiB of float32."""
     x = jnp.ones((mib * 1024 * 1024 // 4,), jnp.float32)
-    fn = jax.jit(lambda a: a * 1.0001 + 1.0)
-    fn(x).block_until_ready()
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * x.nbytes / best
+    return 2 * x.nbytes / best_seconds(jax.jit(lambda a: a * 1.0001 + 1.0), x, repeats)
 
 
 class Case:

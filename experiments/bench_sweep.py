@@ -32,6 +32,7 @@ import math
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,17 +45,21 @@ from jaxheads.splits import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepSpec, run_sweep
 
 
-def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of an n×n float32 matmul (best of ``repeats``)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
+def best_seconds(f: Callable[[jax.Array], jax.Array], x: jax.Array, repeats: int) -> float:
+    """The least wall time of ``repeats`` calls of jitted ``f(x)``, after one warm-up (compile) call."""
+    f(x).block_until_ready()
     best = math.inf
     for _ in range(repeats):
         t = time.perf_counter()
-        f(a).block_until_ready()
+        f(x).block_until_ready()
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return best
+
+
+def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of an n×n float32 matmul (best of ``repeats``)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    return 2 * n**3 / best_seconds(jax.jit(lambda x: x @ x), a, repeats)
 
 
 def train_flops(width: int, batch: int, dim: int = 1280, classes: int = 10) -> int:
