@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ is not an installed package
 from experiments.bench_sweep import matmul_flops  # noqa: E402
 from jaxheads import checkpoint  # noqa: E402
-from jaxheads.splits import FeatureSplit  # noqa: E402
+from jaxheads.features.split import FeatureSplit  # noqa: E402
 from jaxheads.sweep import DEPTH_GROUPING_DEFAULT, SweepSpec, run_sweep  # noqa: E402
 
 SETTINGS = ("separate", "gated")

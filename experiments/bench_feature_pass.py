@@ -4,7 +4,7 @@ matmul rate it reaches, and an in-network per-layer time profile; old and new fo
     python experiments/bench_feature_pass.py [--batch 32] [--rounds 6] [--calls 3] [--profile-repeats 3]
         [--out experiments/results/bench_feature_pass.json] [--quick]
 
-The forward is ``jaxheads.feature_pass._forward`` as ``jaxheads.features`` runs it (jitted, the batch sharded over
+The forward is ``jaxheads.features.compute._forward`` as ``jaxheads.features`` runs it (jitted, the batch sharded over
 the devices of a mesh, uint8 images in, pooled float16 out), on synthetic uint8 images. The host is split into one
 JAX device per core as the CLI does (``distributed.split_cpu_host``). Compared, alternating call by call each round:
 
@@ -60,10 +60,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxheads import backbones, images, loaders, parallel  # noqa: E402
+from jaxheads import backbones, parallel  # noqa: E402
+from jaxheads.data import images  # noqa: E402
+from jaxheads.data import sources as loaders  # noqa: E402
 from jaxheads.backbones.base import feature_maps  # noqa: E402
 from jaxheads.backbones.efficientnet_lite import STEM_CHANNELS, HEAD_CHANNELS, block_name  # noqa: E402
-from jaxheads.feature_pass import _forward  # noqa: E402
+from jaxheads.features.compute import _forward  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sweep import best_seconds, matmul_flops  # noqa: E402

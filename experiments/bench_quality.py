@@ -12,7 +12,7 @@ to the one before, every choice is made on val only, and test is scored at the e
    (``features.extract_all(views=K, augment=...)``; ``--views``, ``--augment``); kept for the next steps only if
    its recommended head beats step 2's on val;
 4. + input size — the same grid (with the views if kept) also on features at the second size (ELPV: 300 px, its cells'
-   own size; Fashion-MNIST: 96 vs 64 px), both sweeps merged (``jaxheads.input_sizes``): the recommended config
+   own size; Fashion-MNIST: 96 vs 64 px), both sweeps merged (``jaxheads.sweep.sizes``): the recommended config
    over both sizes, and the "Input size" question's paired verdict;
 5. + ensemble — greedy ensemble selection (Caruana et al. 2004) over the merged sweep's configs (top-k beside);
 6. + fine-tune — the step-4 head with its top backbone block at its input size (``FinetuneConfig`` defaults:
@@ -58,8 +58,8 @@ from experiments.bench_quality_parts import (DatasetSetup, comparison_dict, figu
                                              print_table, ridge_row, setup_dataset)
 from experiments.bench_sweep import matmul_flops  # noqa: E402
 import jaxheads  # noqa: E402
-from jaxheads import ensembles, features, input_sizes, stats  # noqa: E402
-from jaxheads.sweep import SweepResult, SweepSpec, run_sweep  # noqa: E402
+from jaxheads import ensembles, features, stats  # noqa: E402
+from jaxheads.sweep import SweepResult, SweepSpec, run_sweep, variants  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 GRID = {"pooling": ("avg", "max"), "widths": (128, 512), "depth": (1,), "dropout": (0.0, 0.5),
@@ -165,7 +165,7 @@ def run_steps(args: argparse.Namespace, setup: DatasetSetup) -> dict[str, Any]:
         at_base, views = (with_views, views) if kept else (frozen, 1)
     at_other_features, other_feat_s = timed_features(setup, other, views, passes)
     at_other, other_sweep_s = timed_sweep(spec, at_other_features, setup)
-    merged = input_sizes.merge_sizes({base: at_base, other: at_other})
+    merged = variants.merge_variants({base: at_base, other: at_other}, "input_size")
     question = size_question(merged)
     step_s = other_feat_s + other_sweep_s  # this step's own cost: the second size's features and sweep
     verdict = "" if question is None else (f"{question['title']}: {question['diff']:+.4f} [{question['low']:+.4f}, "

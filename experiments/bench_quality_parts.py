@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxheads import data, finetuning, heads_io, probe, stats
+from jaxheads import data, finetuning, probe, stats
+from jaxheads.heads import io as heads_io
 from jaxheads.sweep import SweepResult
 
 N_BOOT = 2000

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec, run_sweep
 
 

@@ -33,7 +33,7 @@ SETTINGS = ("in_memory", "streamed")
 
 def write_cache(folder: Path, n: int, channels: int, classes: int = 10, shard: int = 512, seed: int = 0):
     """A synthetic cache of ``n`` images' maps; returns (plan, labels)."""
-    from jaxheads import feature_store as store
+    from jaxheads.features import store
 
     rng = np.random.default_rng(seed)
     plan = store.Plan(np.asarray([f"img{i:07d}".encode() for i in range(n)], "S32"), shard)
@@ -47,8 +47,8 @@ def write_cache(folder: Path, n: int, channels: int, classes: int = 10, shard: i
 
 
 def lazy_splits(folder: Path, plan, labels: np.ndarray) -> dict:
-    from jaxheads.feature_lazy import lazy_gather
-    from jaxheads.splits import FeatureSplit
+    from jaxheads.features.lazy import lazy_gather
+    from jaxheads.features.split import FeatureSplit
 
     n = len(plan.rows)
     perm = np.random.default_rng(1).permutation(n)

@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 
 from jaxheads import checkpoint, distributed, parallel
 from jaxheads.heads import HeadSpec, param_count
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepSpec, run_sweep
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxheads import augment, data, distributed
-from jaxheads.splits import FeatureSplit
+from jaxheads import data, distributed
+from jaxheads.data import augment
+from jaxheads.features.split import FeatureSplit
 
 
 def render_times(images: int, size: int = 224) -> dict[str, float]:

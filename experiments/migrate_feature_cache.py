@@ -1,6 +1,6 @@
 """Carry a feature cache of the old per-split layout (format 1: ``<backbone>-<dataset>-<split>-<hash>/`` with
 ``indices.npy``, ``pooled.npy``, ``maps.npy`` and ``meta.json``) over to the per-image sharded layout
-(:mod:`jaxheads.feature_store`), so a dataset whose features were computed before the change is not computed again.
+(:mod:`jaxheads.features.store`), so a dataset whose features were computed before the change is not computed again.
 
 The old caches are copied, not recomputed: each must say (in its meta.json) that it was built from this backbone,
 weights, preprocessing and resize, and from exactly this split of the dataset (its fingerprint). Every image of the
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxheads import data, features
-from jaxheads.feature_store import open_shard, write_shard
+from jaxheads.features.store import open_shard, write_shard
 
 
 def old_split_caches(cache_dir: Path, source: features.BackboneSource, ds: data.Dataset) -> dict[str, Path]:

@@ -26,7 +26,7 @@ def synthetic_splits(n: int, dim: int = 24, classes: int = 3, seed: int = 0):
     """Seeded blobs, split 60/20/20: every process builds the same arrays."""
     import numpy as np
 
-    from jaxheads.splits import FeatureSplit
+    from jaxheads.features.split import FeatureSplit
 
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 1.5, (classes, dim))

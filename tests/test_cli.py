@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxheads import backbones, cli, distributed, heads_io
+from jaxheads import backbones, cli, distributed
+from jaxheads.heads import io as heads_io
 
 # The main job's folds, conv and BN axes are switched off: these tests need a small grid.
 SWEEP_FLAGS = ["--pooling", "avg,none", "--conv", "none", "--norm", "none", "--folds", "none", "--design", "grid",
@@ -174,7 +175,8 @@ def _sweep_help(capsys) -> str:
 
 
 def test_help_states_each_flag_meaning_and_real_default(capsys):
-    from jaxheads import cli_parser, job
+    from jaxheads import job
+    from jaxheads.cli import parser as cli_parser
 
     with pytest.raises(SystemExit):
         cli.main(["--help"])
@@ -200,14 +202,14 @@ def test_help_states_each_flag_meaning_and_real_default(capsys):
 
 
 def test_conv_flag_syntax_and_optional_scalars():
-    from jaxheads.cli_parser import conv_stack_text, flag_text
+    from jaxheads.cli.parser import conv_stack_text, flag_text
     from jaxheads.heads import ConvStage
 
-    stacks = cli._conv_stacks("none,1x1:448+pool2,1x1:448>3x3:256/s2")
+    stacks = cli.conv_stacks("none,1x1:448+pool2,1x1:448>3x3:256/s2")
     assert stacks == ((), (ConvStage(448, 1, 1, 2),), (ConvStage(448, 1, 1, 1), ConvStage(256, 3, 2, 1)))
     assert flag_text("conv", stacks) == "none,1x1:448+pool2,1x1:448>3x3:256/s2"
     assert [conv_stack_text(s) for s in stacks] == ["none", "1x1:448+pool2", "1x1:448>3x3:256/s2"]
-    args = cli._parser().parse_args(["sweep", "--folds", "none", "--patience", "off", "--sample", "3",
+    args = cli.build_parser().parse_args(["sweep", "--folds", "none", "--patience", "off", "--sample", "3",
                                      "--conv", "1x1:448+pool2", "--widths", "112", "--depths", "1"])
     spec = cli.sweep_spec_from_args(args)
     assert (spec.folds, spec.patience, spec.sample) == (None, None, 3)
@@ -225,7 +227,7 @@ def test_bad_flag_values_say_what_was_expected(argv, expected, capsys, jaxheads_
 
 
 def test_quiet_verbose_and_debug_go_before_or_after_the_command():
-    parse = cli._parser().parse_args
+    parse = cli.build_parser().parse_args
     assert (parse(["-q", "backbones", "list"]).quiet, parse(["backbones", "list", "-q"]).quiet) == (True, True)
     assert parse(["sweep", "--verbose"]).verbose and not parse(["sweep"]).verbose
     assert parse(["--debug", "predict", "h", "x.jpg"]).debug and parse(["predict", "h", "x.jpg", "--debug"]).debug
@@ -315,7 +317,8 @@ def test_console_log_levels_and_recorders(capsys):
     import logging
     import warnings
 
-    from jaxheads import data, progress
+    from jaxheads import data
+    from jaxheads.cli import progress
 
     def emit() -> None:
         warnings.warn("skipping unreadable image a/b.jpg: cannot decode image (OSError: x)", data.BadImageWarning)
@@ -344,7 +347,7 @@ def test_console_log_levels_and_recorders(capsys):
 
 def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp_path, capsys, monkeypatch,
                                                                jaxheads_cache):
-    from jaxheads import dry_run
+    from jaxheads.cli import dry_run
 
     fixed = dry_run.Calibration(flops_per_s=1e10, step_s=1e-4, eval_s=1e-3, group_s=2.0, took_s=0.0)
     monkeypatch.setattr(dry_run, "calibrate", lambda: fixed)
@@ -365,8 +368,8 @@ def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp
     code, stdout, err = _run(capsys, "sweep", *flags)
     assert code == 0, err
     result = json.loads((out / "results.json").read_text())
-    key = cli._run_key(cli._parser().parse_args(["sweep", *map(str, flags)]), cli.sweep_spec_from_args(
-        cli._parser().parse_args(["sweep", *map(str, flags)])))
+    key = cli.run_key(cli.build_parser().parse_args(["sweep", *map(str, flags)]), cli.sweep_spec_from_args(
+        cli.build_parser().parse_args(["sweep", *map(str, flags)])))
     plan = dry_run.recorded(key)
     assert plan is not None and result["estimate"]["total_s"] == plan["estimate"]["total_s"] > 0
     assert "its dry run estimated about" in (out / "report.md").read_text() and "dry run estimated" in stdout
@@ -379,7 +382,7 @@ def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp
 
 def test_dry_run_plans_every_input_size_on_its_own_maps(image_folder, tmp_path, capsys, monkeypatch,
                                                         jaxheads_cache):
-    from jaxheads import dry_run
+    from jaxheads.cli import dry_run
 
     fixed = dry_run.Calibration(flops_per_s=1e10, step_s=1e-4, eval_s=1e-3, group_s=2.0, took_s=0.0)
     monkeypatch.setattr(dry_run, "calibrate", lambda: fixed)

@@ -269,7 +269,9 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path: Path) -> None:
 
 
 def test_data_re_exports_its_modules_and_split_is_image_split():
-    from jaxheads import dataset, images, loaders
+    from jaxheads.data import dataset
+    from jaxheads.data import images
+    from jaxheads.data import sources as loaders
 
     assert data.Split is data.ImageSplit is dataset.ImageSplit
     for name in data.__all__:

@@ -11,8 +11,9 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from jaxheads import data, loaders
-from jaxheads.dataset import LazyImages
+from jaxheads import data
+from jaxheads.data import sources as loaders
+from jaxheads.data.dataset import LazyImages
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -1,4 +1,4 @@
-"""jaxheads.dry_run: the plan is the sweep's own (the groups a real run trains), its arithmetic is checkable by hand,
+"""jaxheads.cli.dry_run: the plan is the sweep's own (the groups a real run trains), its arithmetic is checkable by hand,
 the estimate follows the calibration, and the calibration measures this machine."""
 
 import io
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from jaxheads import dry_run, heads
-from jaxheads.splits import FeatureSplit
+from jaxheads import heads
+from jaxheads.cli import dry_run
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec, run_sweep
 
 SHAPES = {"pooled": (6,), "maps": (2, 2, 6)}

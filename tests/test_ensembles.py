@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh
 
 from jaxheads import ensembles, heads, predict
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepResult, SweepSpec, run_sweep
 from jaxheads.sweep.spec import MemberSpec
 from jaxheads.sweep.scores import val_scores as _val_scores

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from jaxheads import backbones, data, features
-from jaxheads.dataset import image_set_fingerprint
-from jaxheads.feature_store import FeatureCacheError
+from jaxheads.data.dataset import image_set_fingerprint
+from jaxheads.features.store import FeatureCacheError
 
 HERE = Path(__file__).parent
 if str(HERE) not in sys.path:
@@ -134,7 +134,7 @@ def test_a_shard_deleted_between_runs_is_computed_again(images: Path, tmp_path: 
 def test_the_first_plan_wins_over_a_run_with_other_splits_started_at_once(tmp_path: Path) -> None:
     """Two runs (seeds 0 and 1) find no plan and each lays out its own row order: the second must read the
     first's plan, not replace it under shards already written in the first's order."""
-    from jaxheads import feature_store
+    from jaxheads.features import store as feature_store
 
     rows = np.asarray([b"%032d" % i for i in range(6)], "S32")
     identity = {"format": features.CACHE_FORMAT, "images": image_set_fingerprint([rows])}

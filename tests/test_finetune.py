@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxheads import backbones, cli, data, features, finetuning, heads, heads_io
+from jaxheads import backbones, cli, data, features, finetuning, heads
+from jaxheads.heads import io as heads_io
 from jaxheads.backbones import BackboneConfig, Preprocessing
 from jaxheads.sweep import SweepSpec, run_sweep
 
@@ -266,7 +267,7 @@ def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.Capt
 
 
 def test_cli_finetune_flags_map_to_config_fields_and_state_their_defaults() -> None:
-    parse = cli._parser().parse_args
+    parse = cli.build_parser().parse_args
     assert cli.finetune_config_from_args(parse(["finetune", "head"])) == finetuning.FinetuneConfig()
     defaults = {field.name: field.default for field in dataclasses.fields(finetuning.FinetuneConfig)}
     for flag in cli.FINETUNE_FLAGS:
@@ -281,7 +282,7 @@ def test_cli_finetune_flags_map_to_config_fields_and_state_their_defaults() -> N
 
 
 def test_schedule_warms_up_then_decays_and_rates_decay_down_the_blocks() -> None:
-    from jaxheads import finetune_step
+    from jaxheads.finetuning import step as finetune_step
 
     config = finetuning.FinetuneConfig(epochs=4, warmup_epochs=1.0)
     steps = finetune_step.schedule_steps(config, 10)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxheads import heads_io
+from jaxheads.heads import io as heads_io
 from jaxheads.heads import (ConvStage, HeadSpec, apply_head, dropout, example_losses, forward, init_head,
                             param_count, unpad_variables)
 

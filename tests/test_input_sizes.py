@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from jaxheads import cli, ensembles, features, input_sizes
-from jaxheads.splits import FeatureSplit
-from jaxheads.sweep import SweepSpec, run_sweep
+from jaxheads import cli, ensembles, features
+from jaxheads.features.split import FeatureSplit
+from jaxheads.sweep import SweepSpec, run_sweep, variants
 
 SWEEP = SweepSpec(pooling=("none",), widths=(8,), depth=(0, 1), learning_rate=(3e-2,), epochs=6, seeds=2,
                   batch_size=(32,), patience=None, map_batch="vmap", ridge_l2=(), folds=None)
@@ -43,8 +43,8 @@ def test_an_input_size_below_the_backbone_minimum_is_a_one_line_error_naming_the
     assert code == 2 and len(err.splitlines()) == 1
     assert "--input-size 8" in err and "at least 32 px" in err
     with pytest.raises(ValueError, match="--input-size 'a,224': expected comma-separated pixel sizes"):
-        input_sizes.parse_sizes("a,224")
-    assert input_sizes.parse_sizes("224, 300") == (224, 300) and input_sizes.parse_sizes(None) is None
+        variants.parse_sizes("a,224")
+    assert variants.parse_sizes("224, 300") == (224, 300) and variants.parse_sizes(None) is None
     assert features.backbone_source("efficientnet_lite0", input_size=300).preprocessing.input_size == 300
 
 
@@ -52,7 +52,7 @@ def test_two_input_sizes_answer_the_input_size_question(labels: dict[str, np.nda
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("members", "data"))
     by_size = {32: _splits(labels, 0.0, 1), 64: _splits(labels, 2.5, 2)}  # the larger size sees the class
     alone = {size: run_sweep(SWEEP, splits, num_classes=3, mesh=mesh) for size, splits in by_size.items()}
-    merged = input_sizes.merge_sizes(alone)
+    merged = variants.merge_variants(alone, "input_size")
     assert merged.input_sizes == [32, 64] and len(merged.members) == 8
     assert [m["spec"]["input_size"] for m in merged.members] == [32] * 4 + [64] * 4
     # The members' predictions are the per-size sweeps' own, side by side.
@@ -80,7 +80,7 @@ def test_merging_sizes_of_other_examples_is_refused(labels: dict[str, np.ndarray
     results = {32: run_sweep(sweep, _splits(labels, 1.0, 1), num_classes=3, mesh=mesh),
                64: run_sweep(sweep, _splits(other, 1.0, 1), num_classes=3, mesh=mesh)}
     with pytest.raises(ValueError, match="val_labels differ between the 32 px and 64 px sweeps"):
-        input_sizes.merge_sizes(results)
+        variants.merge_variants(results, "input_size")
 
 
 def test_the_job_sweeps_two_sizes_and_the_saved_head_predicts_at_its_own(tmp_path: Path) -> None:
@@ -89,7 +89,8 @@ def test_the_job_sweeps_two_sizes_and_the_saved_head_predicts_at_its_own(tmp_pat
     sys.path.insert(0, str(Path(__file__).parent))
     import test_finetune as tiny  # registers the tiny backbone (total stride 4)
 
-    from jaxheads import heads_io, job, predict
+    from jaxheads import job, predict
+    from jaxheads.heads import io as heads_io
 
     root = tiny.make_colour_folder(tmp_path / "colours", per_class=10)
     sweep = SweepSpec(pooling=("flatten",), widths=(8,), depth=(1,), epochs=2, seeds=2, patience=None,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxheads import backbones, cli, data, heads, heads_io, predict
+from jaxheads import backbones, cli, data, heads, predict
+from jaxheads.heads import io as heads_io
 
 HERE = Path(__file__).parent
 if str(HERE) not in sys.path:  # pytest's default import mode puts it there already

@@ -8,7 +8,7 @@ from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
 from jaxheads import probe
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 
 
 def _regression_data(n: int, d: int, c: int, seed: int = 0):
@@ -80,7 +80,7 @@ def test_sweep_rows_schema():
 
 
 def test_two_backbones_features_side_by_side_probe_as_one_candidate():
-    from jaxheads.splits import concat_pooled
+    from jaxheads.features.split import concat_pooled
 
     a = {"train": _blobs(20, 0), "val": _blobs(8, 1)}
     b = {k: FeatureSplit(labels=s.labels, pooled=s.pooled[:, :3] * 2.0) for k, s in a.items()}

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from jaxheads import backbones, data, ensembles, finetuning, heads_io, stats
-from jaxheads.splits import FeatureSplit
+from jaxheads import backbones, data, ensembles, finetuning, stats
+from jaxheads.heads import io as heads_io
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec, run_sweep
 
 HERE = Path(__file__).parent

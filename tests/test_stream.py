@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from jaxheads import cli, features
-from jaxheads import feature_store as store
-from jaxheads.feature_lazy import LazyRows, lazy_gather
-from jaxheads.splits import FeatureSplit
+from jaxheads.features import store
+from jaxheads.features.lazy import LazyRows, lazy_gather
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec, run_sweep
 from jaxheads.sweep import stream
 from jaxheads.sweep.stream import parse_bytes
@@ -133,10 +133,10 @@ def test_bad_budget_is_a_one_line_error_naming_the_flag(tmp_path: Path, capsys: 
             parse_bytes(bad)
         assert "\n" not in str(err.value)
     with pytest.raises(SystemExit):
-        cli._parser().parse_args(["sweep", "--device-memory-budget", "lots"])
+        cli.build_parser().parse_args(["sweep", "--device-memory-budget", "lots"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--device-memory-budget" in err and "2GiB" in err
-    assert cli._parser().parse_args(["sweep", "--device-memory-budget", "1GiB"]).device_memory_budget == 2**30
+    assert cli.build_parser().parse_args(["sweep", "--device-memory-budget", "1GiB"]).device_memory_budget == 2**30
     plan, labels = write_cache(tmp_path)
     splits = cache_splits(tmp_path, plan, labels, lazy=True)
     with pytest.raises(ValueError, match="device_memory_budget"):

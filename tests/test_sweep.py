@@ -10,9 +10,9 @@ import pytest
 from jax.sharding import Mesh
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from jaxheads import heads_io
+from jaxheads.heads import io as heads_io
 from jaxheads.heads import HeadSpec, apply_head, param_count
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepSpec, abstract_splits, compile_sweep, leaderboard, run_sweep
 
 TOL = 1e-5

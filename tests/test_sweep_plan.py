@@ -60,7 +60,7 @@ def test_compaction_keeps_live_slots_first_and_pads_to_the_mesh():
 
 def test_progress_events_name_the_group_size():
     rng = np.random.default_rng(0)
-    from jaxheads.splits import FeatureSplit
+    from jaxheads.features.split import FeatureSplit
 
     split = lambda n: FeatureSplit(labels=rng.integers(0, 3, n), pooled=rng.normal(size=(n, 8)).astype(np.float32))  # noqa: E731
     events = []
@@ -71,7 +71,7 @@ def test_progress_events_name_the_group_size():
 
 def test_a_linear_head_in_a_norm_grid_is_one_config_and_trains():
     rng = np.random.default_rng(1)
-    from jaxheads.splits import FeatureSplit
+    from jaxheads.features.split import FeatureSplit
 
     split = lambda n: FeatureSplit(labels=rng.integers(0, 3, n), pooled=rng.normal(size=(n, 8)).astype(np.float32))  # noqa: E731
     sweep = SweepSpec(pooling=("none",), widths=(4,), depth=(0, 1), norm=("none", "batch"), epochs=2,

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxheads import cli, variants
-from jaxheads.splits import FeatureSplit
+from jaxheads import cli
+from jaxheads.sweep import variants
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec
 
 HERE = Path(__file__).parent
@@ -49,7 +50,8 @@ def test_parse_views_and_truncating_views_to_a_smaller_k() -> None:
 
 
 def test_the_job_sweeps_two_view_counts_and_the_saved_head_records_its_k(tmp_path: Path) -> None:
-    from jaxheads import heads_io, job
+    from jaxheads import job
+    from jaxheads.heads import io as heads_io
 
     root = tiny.make_colour_folder(tmp_path / "colours", per_class=10)
     sweep = SweepSpec(pooling=("avg",), widths=(8,), depth=(0,), epochs=2, seeds=2, patience=None,

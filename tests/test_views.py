@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxheads import augment, cli, data, features
-from jaxheads.splits import FeatureSplit
+from jaxheads import cli, data, features
+from jaxheads.data import augment
+from jaxheads.features.split import FeatureSplit
 
 HERE = Path(__file__).parent
 if str(HERE) not in sys.path:

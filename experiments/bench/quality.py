@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxheads import data, features
 from jaxheads.features import BackboneSource
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepResult, run_sweep
 from experiments.bench.backbone_pair import BackbonePair
 from experiments.bench.config import BenchSize

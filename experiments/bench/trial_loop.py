@@ -33,7 +33,7 @@ import optax
 from jaxheads import data, features, job
 from jaxheads import heads as H
 from jaxheads.features import BackboneSource
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import MemberSpec, SweepResult, SweepSpec, run_sweep
 from experiments.bench.backbone_pair import BackbonePair
 from experiments.bench.config import BenchSize, HeadDesign

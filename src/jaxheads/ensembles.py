@@ -29,9 +29,10 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from jaxheads import heads_io, predict, stats
+from jaxheads import predict, stats
+from jaxheads.heads import io as heads_io
 from jaxheads.heads import HeadSpec
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep.folds import pooled_splits
 from jaxheads.sweep.result import SweepResult
 from jaxheads.sweep.scores import ConfigScores, config_scores

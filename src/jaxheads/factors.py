@@ -75,9 +75,9 @@ def member_factors(spec: Mapping[str, Any]) -> dict[str, Hashable]:
         "weight_decay": float(spec.get("weight_decay", 0.0)),
         "optimizer": spec.get("optimizer"),
         "batch_size": int(spec.get("batch_size", 0)),
-        # Set only in a sweep over several input sizes (jaxheads.input_sizes); None elsewhere, so never asked.
+        # Set only in a sweep over several input sizes (jaxheads.sweep.sizes); None elsewhere, so never asked.
         "input_size": spec.get("input_size"),
-        "views": spec.get("views"),  # likewise, a sweep over several --views K (jaxheads.variants)
+        "views": spec.get("views"),  # likewise, a sweep over several --views K (jaxheads.sweep.variants)
         "fixed": json.dumps(fixed, sort_keys=True),
     }
 

@@ -18,10 +18,12 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxheads import checkpoint, data, distributed, features, heads_io, input_sizes, metrics, report, variants
-from jaxheads.augment import DEFAULT_POLICY, check_views, parse_policy
+from jaxheads import checkpoint, data, distributed, features, metrics, report
+from jaxheads.heads import io as heads_io
+from jaxheads.sweep import variants
+from jaxheads.data.augment import DEFAULT_POLICY, check_views, parse_policy
 from jaxheads.heads import ConvStage
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep, stream
 
 DEFAULT_DATASET = "elpv"
@@ -89,17 +91,17 @@ def sweep_job(
     The backbone is built only when some split is not cached yet (``cache_dir``, default
     ``features.default_cache_dir()``). ``seed`` seeds the carved dataset splits (and a ``weights=None`` init).
     ``input_size``: the images' side before the backbone (default its own); several sizes (``(224, 300)``) run
-    the sweep on each size's features and merge them (:mod:`jaxheads.input_sizes`), so "Input size" is a question
+    the sweep on each size's features and merge them (:mod:`jaxheads.sweep.sizes`), so "Input size" is a question
     and the recommended head records the size it was trained at. ``device_memory_budget`` (bytes per device or
     "2GiB"; default: half the device's memory): a sweep group whose inputs exceed it streams its features from the
     memory-mapped cache (``run_sweep``); when some group may, the features are read lazily (``extract_all(lazy=True)``).
     ``views`` K > 1: heads train on a random one of K views per example per epoch (:func:`_view_options`).
-    Several K (``"1,4"``): one sweep per K on the same plain val/test rows, merged (:mod:`jaxheads.variants`); with
+    Several K (``"1,4"``): one sweep per K on the same plain val/test rows, merged (:mod:`jaxheads.sweep.variants`); with
     ``tta`` each K's test figures average its own K views (K = 1: none). Several sizes and several K are refused.
     """
     view_counts = variants.parse_views(views)
     view_options = _view_options(max(view_counts), augment)
-    sizes = input_sizes.parse_sizes(input_size) or (None,)
+    sizes = variants.parse_sizes(input_size) or (None,)
     variants.check_one_axis(",".join(map(str, sizes)) if len(sizes) > 1 else None, ",".join(map(str, view_counts)))
     # Every size is checked against the backbone before any data is read.
     sources = {size: features.backbone_source(backbone, weights, seed=seed, input_size=size) for size in sizes}
@@ -139,7 +141,7 @@ def _run_levels(sweep: SweepSpec, by_size: dict[Any, dict[str, FeatureSplit]], v
     elif len(by_size) == 1:
         result = run_sweep(sweep, by_size[key], **run_args)
     else:
-        result = input_sizes.run_sizes(sweep, by_size, **run_args)
+        result = variants.run_variants(sweep, by_size, "input_size", **run_args)
         key = result.input_size() if result.recommended is not None else key
     return result, key, trained_views
 
@@ -155,7 +157,7 @@ def _view_provenance(view_counts: Sequence[int], trained_views: int, policy: lis
 
 def _view_options(views: int, augment: str | Sequence[str]) -> dict[str, Any]:
     """``extract_all``'s views and policy, checked (one-line errors naming --views / --augment). View 0 is the
-    plain image, views 1..K-1 are augmented under the policy (:mod:`jaxheads.augment`); with ``tta`` (job) the test
+    plain image, views 1..K-1 are augmented under the policy (:mod:`jaxheads.data.augment`); with ``tta`` (job) the test
     split gets its K views too and the test figures average over them (``selection.test_views``)."""
     return {"views": check_views(views), "augment": list(parse_policy(augment))}
 

@@ -1,7 +1,7 @@
 """Apply a head saved by ``jaxheads sweep`` to new images: rebuild its backbone, extract features, run the head.
 
 The head's checkpoint meta records the backbone name, the weights argument and the weights id it was trained on;
-:func:`jaxheads.heads_io.load_swept_head` rebuilds the backbone from those (a random init with its seed) and
+:func:`jaxheads.heads.io.load_swept_head` rebuilds the backbone from those (a random init with its seed) and
 refuses it if its weights id differs (features would not match).
 
 Also the ranking helpers every prediction path shares: :func:`probabilities`, :func:`top_k`, :func:`top_labels`
@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxheads import backbones, data, heads_io
+from jaxheads import backbones, data
+from jaxheads.heads import io as heads_io
 
 Ranked = list[tuple[str, float]]
 """One image's (label, probability) pairs, most probable first."""

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxheads import metrics
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 
 HIGHEST = jax.lax.Precision.HIGHEST
 DEFAULT_L2_GRID: tuple[float, ...] = tuple(2.0**k for k in range(-10, 21))
@@ -131,7 +131,7 @@ def _solve_gram(gram: jax.Array, cross: jax.Array, x_mean: jax.Array, y_mean: ja
 def fit_ridge_chunked(features: Any, y: np.ndarray | OneHotRows, *, standardize: bool = True,
                       chunk_rows: int = RIDGE_CHUNK_ROWS) -> RidgeCache:
     """:func:`fit_ridge_eig` of (N, D) ``features`` (N ≥ D) read ``chunk_rows`` at a time: any array-like whose
-    row slices are arrays (a memory-mapped :class:`~jaxheads.feature_lazy.LazyRows` too), or a
+    row slices are arrays (a memory-mapped :class:`~jaxheads.features.lazy.LazyRows` too), or a
     :class:`FeatureSplit` (its pooled features, else its maps averaged). Equal to the whole fit within float32
     rounding; memory: a few chunks and the D×D Gram matrix."""
     read = (lambda a, b: _pooled_rows(features, a, b)) if isinstance(features, FeatureSplit) else (  # noqa: E731

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 
 
 def _strata(labels: np.ndarray) -> np.ndarray:

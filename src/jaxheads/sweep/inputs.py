@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxheads import heads, parallel
 from jaxheads.heads import HeadSpec
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 
 from .plan import GroupPlan
 from .spec import MemberSpec

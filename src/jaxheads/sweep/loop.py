@@ -3,7 +3,7 @@
 Between epochs: the NaN guard's flags, early stopping (patience on the val metric, best weights kept) and
 successive halving; once stopped members hold half of the device slots, they are finalised and the device arrays
 are compacted to the live ones. The decisions are pure functions on arrays; the loop alone owns the mutable state
-(:class:`MemberBook` on the host, :class:`~.group.LiveMembers` on the devices).
+(:class:`~.book.MemberBook` on the host, :class:`~.group.LiveMembers` on the devices).
 """
 
 from __future__ import annotations
@@ -18,47 +18,12 @@ import numpy as np
 from jaxheads import parallel
 
 from . import records
+from .book import MemberBook
 from .group import LiveMembers, Programs, epoch_args, epoch_batches, view_generator
 from .inputs import GroupInputs
 from .plan import GroupPlan
 from .program import keep_best
 from .spec import MemberSpec, SweepSpec
-
-
-class MemberBook:
-    """Host bookkeeping of a group's members, indexed by member position j (not by device slot); only its own
-    methods change it."""
-
-    def __init__(self, n: int):
-        self.best = np.full(n, -np.inf)
-        self.best_epoch = np.zeros(n, int)
-        self.epochs_run = np.zeros(n, int)
-        self.since = np.zeros(n, int)  # epochs since the last improvement
-        self.active = np.ones(n, bool)
-        self.stopped = ["completed"] * n
-        self.curves: list[dict[str, Any]] = [{"train_loss": [], "val": {}} for _ in range(n)]
-        self.best_val: list[dict[str, np.ndarray] | None] = [None] * n  # val metrics at best_epoch
-
-    def record_epoch(self, epoch: int, slots: np.ndarray, was_active: np.ndarray, improved: np.ndarray,
-                     score: np.ndarray, losses: np.ndarray, val: Mapping[str, np.ndarray]) -> None:
-        """Book one epoch of the slots that trained in it."""
-        for slot in np.flatnonzero(was_active):
-            j = slots[slot]
-            self.epochs_run[j] = epoch
-            self.curves[j]["train_loss"].append(float(np.mean(losses[slot])))
-            for k, v in val.items():
-                if v[slot].ndim == 0:
-                    self.curves[j]["val"].setdefault(k, []).append(float(v[slot]))
-            if improved[slot]:
-                self.best[j], self.best_epoch[j], self.since[j] = score[slot], epoch, 0
-                self.best_val[j] = {k: v[slot] for k, v in val.items()}
-            else:
-                self.since[j] += 1
-
-    def stop(self, js: np.ndarray, why: str) -> None:
-        for j in js:
-            self.stopped[j] = why
-        self.active[js] = False
 
 
 def patience_exhausted(active: np.ndarray, since: np.ndarray, patience: int | None) -> np.ndarray:

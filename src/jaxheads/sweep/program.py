@@ -102,7 +102,7 @@ def _map_members(f: Callable, xs: Any, map_batch: int | str) -> Any:
     return lax.map(f, xs, batch_size=int(map_batch))
 
 
-def _update_members(f: Callable, state: Any, rest: Any, map_batch: int | str) -> tuple[Any, Any]:
+def update_members(f: Callable, state: Any, rest: Any, map_batch: int | str) -> tuple[Any, Any]:
     """``f(state_i, rest_i) -> (new_state_i, out_i)`` for every member, as :func:`_map_members` batches them; with
     ``lax.map(batch_size=k)``-style chunks the stacked ``state`` is updated in place in a loop carry.
 
@@ -154,7 +154,7 @@ def swap_first_kernel(params: Any, structure: HeadSpec) -> Any:
     return params
 
 
-def _member_step(prog: ProgramKey, global_batch: int, xb: Array, yb: Array, step: Array, member: tuple) -> tuple:
+def member_step(prog: ProgramKey, global_batch: int, xb: Array, yb: Array, step: Array, member: tuple) -> tuple:
     """One optimiser step of one member on its local slice of the batch (gradients summed over "data")."""
     spec, tx = prog.structure, make_optimizer(prog.optimizer)
     (variables, opt_state, diverged), consts, active = member
@@ -187,7 +187,7 @@ def _member_step(prog: ProgramKey, global_batch: int, xb: Array, yb: Array, step
 
 def _local_epoch(prog: ProgramKey, state: GroupState, consts: MemberConsts, active: Array, x: Array, y: Array,
                  idx: Array, step0: Array) -> tuple[GroupState, Array]:
-    """One device's share of an epoch, member-major: chunks of k of its members (:func:`_update_members`), each
+    """One device's share of an epoch, member-major: chunks of k of its members (:func:`update_members`), each
     chunk a vmapped ``lax.scan`` over the epoch's index batches (k = all members is ``vmap``, i.e. step-major).
 
     Members are independent for a whole epoch (early stopping and halving look at epoch ends), so a chunk of k
@@ -204,27 +204,27 @@ def _local_epoch(prog: ProgramKey, state: GroupState, consts: MemberConsts, acti
 
         def body(carry: GroupState, inp: tuple[Array, Array]) -> tuple[GroupState, Array]:
             s, ids = inp
-            return _member_step(prog, global_batch, _member_input(x, member_consts)[ids], y[ids], step0 + s,
+            return member_step(prog, global_batch, member_input(x, member_consts)[ids], y[ids], step0 + s,
                                 (carry, member_consts, member_active))
 
         return lax.scan(body, member_state, (steps, idx if member_idx is None else member_idx))
 
     member_idx = idx if prog.per_member_batches else None
-    return _update_members(member_epoch, state, (consts, active, member_idx), prog.map_batch)  # losses: (M, S)
+    return update_members(member_epoch, state, (consts, active, member_idx), prog.map_batch)  # losses: (M, S)
 
 
-def _member_input(x: Array, consts: MemberConsts) -> Array:
+def member_input(x: Array, consts: MemberConsts) -> Array:
     """The member's input array out of the group's stack ``x`` (S, N, ...). With one source every member reads
     the same array (kept unbatched under vmap: the first layer is then one product for all members)."""
     return x[0] if x.shape[0] == 1 else x[consts.source]
 
 
-def _local_predict(prog: ProgramKey, variables: Any, consts: MemberConsts, x: Array, rows: Array) -> Array:
+def local_predict(prog: ProgramKey, variables: Any, consts: MemberConsts, x: Array, rows: Array) -> Array:
     """Every member's logits on ``x`` or, with ``per_member_batches`` (folds), on its own ``rows`` of ``x``."""
     def one(member: tuple) -> Array:
         v, c, r = member
         v = dict(v, params=swap_first_kernel(v["params"], prog.structure))
-        inputs = _member_input(x, c)
+        inputs = member_input(x, c)
         return heads.forward(v, inputs[r] if prog.per_member_batches else inputs, prog.structure, train=False,
                              masks=c.masks, depth=c.depth if prog.gated else None)[0]
 
@@ -236,7 +236,7 @@ def _local_evaluate(prog: ProgramKey, variables: Any, consts: MemberConsts, x: A
     """Per-member metrics and logits of one evaluation split. ``rows`` (members, R) are the rows each member is
     scored on when members have their own (folds: its own fold, so a member computes only those), else unused;
     ``mask`` (members, R or rows) is false on padding rows."""
-    logits = _local_predict(prog, variables, consts, x, rows)
+    logits = local_predict(prog, variables, consts, x, rows)
     metric = functools.partial(member_metrics, prog.task)
     if prog.per_member_batches:
         return jax.vmap(metric)(logits, y[rows], mask), logits

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxheads import heads, metrics, parallel
 
+from .book import MemberBook
 from .inputs import GroupInputs, eval_selection, fold_eval_rows
 from .plan import GroupPlan
 from .program import MemberConsts, swap_first_kernel
@@ -21,7 +22,6 @@ from .spec import MemberSpec
 
 if TYPE_CHECKING:
     from .group import LiveMembers
-    from .loop import MemberBook
 
 
 def evaluate(evaluate_fn: Callable, plan: GroupPlan, inputs: GroupInputs, consts: MemberConsts, slots: np.ndarray,

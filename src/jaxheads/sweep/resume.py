@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from jaxheads import checkpoint
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 
 from .spec import SweepSpec
 

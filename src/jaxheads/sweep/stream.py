@@ -5,7 +5,7 @@ device-memory budget, the group streams: its epoch is a host loop over chunks of
 batches (steps_c, batch, ...) from the split (:mod:`.stream_read`: memory-mapped shards, pooled on the host for
 conv-free heads), and puts chunk i+1 on the devices while chunk i trains (JAX dispatch is asynchronous; the host
 waits on chunk i-1 before it reads chunk i+1, so at most two chunks are on a device). A jitted program runs the
-member step of the in-memory epoch (``program._member_step``) over the given batches, with the same batch order,
+member step of the in-memory epoch (``program.member_step``) over the given batches, with the same batch order,
 the same step numbers (``step0 + s``) for the dropout keys and the same per-member logic, so its metrics equal the
 in-memory sweep's. Evaluation streams too: chunks of rows -> logits, and the metrics of the logits put back in split
 order (``program.member_metrics``).
@@ -35,14 +35,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxheads import parallel
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 
 from . import stream_read
 from .group import PendingInit, Programs
 from .inputs import GroupInputs, split_features
 from .plan import GroupPlan
-from .program import (GroupState, MemberConsts, ProgramKey, _local_predict, _member_input, _member_step,
-                      _update_members, member_metrics)
+from .program import (GroupState, MemberConsts, ProgramKey, local_predict, member_input, member_metrics, member_step,
+                      update_members)
 from .spec import MemberSpec
 
 log = logging.getLogger("jaxheads")
@@ -148,7 +148,7 @@ def stream_inputs(plan: GroupPlan, members: Sequence[MemberSpec], splits: Mappin
 def _local_chunk(prog: ProgramKey, state: GroupState, consts: MemberConsts, active: jax.Array, xs: jax.Array,
                  ys: jax.Array, step0: jax.Array) -> tuple[GroupState, jax.Array]:
     """``program._local_epoch`` over given batches: ``xs`` (steps, sources, local batch, ...), ``ys`` (steps,
-    local batch, ...); every member runs the same ``_member_step`` on step ``step0 + s``."""
+    local batch, ...); every member runs the same ``member_step`` on step ``step0 + s``."""
     global_batch = ys.shape[1] * prog.mesh.shape[parallel.DATA]
     steps = jnp.arange(ys.shape[0], dtype=jnp.int32)
 
@@ -157,17 +157,17 @@ def _local_chunk(prog: ProgramKey, state: GroupState, consts: MemberConsts, acti
 
         def body(carry: GroupState, inp: tuple) -> tuple[GroupState, jax.Array]:
             s, xb, yb = inp
-            return _member_step(prog, global_batch, _member_input(xb, member_consts), yb, step0 + s,
+            return member_step(prog, global_batch, member_input(xb, member_consts), yb, step0 + s,
                                 (carry, member_consts, member_active))
 
         return lax.scan(body, member_state, (steps, xs, ys))
 
-    return _update_members(member_epoch, state, (consts, active), prog.map_batch)
+    return update_members(member_epoch, state, (consts, active), prog.map_batch)
 
 
 def _local_logits(prog: ProgramKey, variables: Any, consts: MemberConsts, x: jax.Array) -> jax.Array:
     """Every member's logits of a chunk of rows ``x`` (sources, local rows, ...)."""
-    return _local_predict(prog, variables, consts, x, None)
+    return local_predict(prog, variables, consts, x, None)
 
 
 def _local_metrics(task: str, logits: jax.Array, y: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:

@@ -1,7 +1,7 @@
 """The host side of a streamed group: which rows each process reads, and the batches it builds from them.
 
 A streamed group (:mod:`.stream`) never places a split on the devices. The host reads the rows of each chunk of
-steps from the cached features (memory-mapped :class:`~jaxheads.feature_lazy.LazyRows`, or in-memory arrays),
+steps from the cached features (memory-mapped :class:`~jaxheads.features.lazy.LazyRows`, or in-memory arrays),
 pools them as ``inputs._program_input`` does for conv-free heads, and hands the devices its part of the global batch
 (``jax.make_array_from_process_local_data``).
 
@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from jaxheads import heads, parallel
-from jaxheads.feature_lazy import LazyRows
+from jaxheads.features.lazy import LazyRows
 from jaxheads.heads import HeadSpec
 
 

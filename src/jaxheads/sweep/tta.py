@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxheads import heads
 from jaxheads.heads import HeadSpec
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 
 from .spec import MemberSpec
 

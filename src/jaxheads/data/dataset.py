@@ -33,7 +33,7 @@ class RecordReader(Protocol):
 
 
 class ImageRef(NamedTuple):
-    """An image not read yet: item ``index`` of ``reader``; :func:`jaxheads.images.load_image` reads and decodes it."""
+    """An image not read yet: item ``index`` of ``reader``; :func:`jaxheads.data.images.load_image` reads and decodes it."""
 
     reader: RecordReader
     index: int
@@ -91,7 +91,7 @@ class BadImageWarning(UserWarning):
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageSplit:
     """One split as images still to decode, with their labels (what the backbone reads); the same split's cached
-    backbone features are a :class:`jaxheads.splits.FeatureSplit` (what the heads train on).
+    backbone features are a :class:`jaxheads.features.split.FeatureSplit` (what the heads train on).
 
     The items keep a fixed order: the order of the cached features.
     sources: file paths (str), encoded images (bytes), one (N, H, W[, C]) uint8 array, or :class:`LazyImages`.

@@ -1,6 +1,6 @@
 """Augmented views of an image, as data: a policy (a few named transforms) and a view index decide the pixels.
 
-View 0 is always the plain image, exactly what :func:`jaxheads.images.resize_center_crop` gives. View v >= 1 is a
+View 0 is always the plain image, exactly what :func:`jaxheads.data.images.resize_center_crop` gives. View v >= 1 is a
 transform drawn from (the image's id, v, the policy) alone, so every process and every rerun computes the same view
 and the feature cache can key, shard and resume views like plain images (:func:`jaxheads.features.extract_all`).
 
@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from jaxheads.images import resize_center_crop
+from jaxheads.data.images import resize_center_crop
 
 __all__ = ["AUGMENTATIONS", "AUGMENT_METHOD", "DEFAULT_POLICY", "augmented_view", "check_views", "parse_policy"]
 

@@ -27,7 +27,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from jaxheads import heads, parallel
-from jaxheads.cli_parser import conv_stack_text
+from jaxheads.cli.parser import conv_stack_text
 from jaxheads.sweep import SweepSpec
 from jaxheads.sweep.plan import GroupPlan, cached_shape, fixed_map_batch, group_members, make_plan, member_bytes
 
@@ -168,7 +168,7 @@ def _tiny_sweep() -> dict[str, Any]:
     """One group of a real sweep on synthetic pooled features: two members per device, 4 epochs of 32 steps."""
     import jax
 
-    from jaxheads.splits import FeatureSplit
+    from jaxheads.features.split import FeatureSplit
     from jaxheads.sweep import run_sweep
 
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 :class:`Bars` draws the feature pass per split, then the sweep's groups and epochs. :func:`console_log` turns the
 ``jaxheads`` logger into plain lines on stderr for the length of a command, at a level set by ``--quiet`` /
-``--verbose``, and shows the library's :class:`~jaxheads.dataset.BadImageWarning` as log lines (one per skipped
+``--verbose``, and shows the library's :class:`~jaxheads.data.dataset.BadImageWarning` as log lines (one per skipped
 file with its reason, then the count) instead of Python warnings with source lines. Library callers keep the
 warnings: only the command installs this, and anything recording warnings around it (``warnings.catch_warnings
 (record=True)``, pytest) still receives them.
@@ -85,7 +85,7 @@ class _Formatter(logging.Formatter):
         return text if record.levelno == logging.INFO else f"{record.levelname.lower()}: {text}"
 
 
-# The library's messages (jaxheads.images / jaxheads.features) -> log lines.
+# The library's messages (jaxheads.data.images / jaxheads.features) -> log lines.
 _SKIPPED_ONE = re.compile(r"skipping unreadable image (?P<name>.+?): (?P<why>.*)", re.DOTALL)
 _LEFT_OUT = re.compile(r".*: \d+ unreadable image\(s\) were left out when this cache was built "
                        r"\(first: (?P<names>.*)\)", re.DOTALL)
@@ -112,9 +112,9 @@ class _BadImages:
 @contextlib.contextmanager
 def console_log(level: int = NORMAL) -> Iterator[logging.Logger]:
     """For the length of a command: ``jaxheads`` log records at ``level`` and above go to stderr as plain lines,
-    and a :class:`~jaxheads.dataset.BadImageWarning` becomes log lines (see the module docstring). Other warnings
+    and a :class:`~jaxheads.data.dataset.BadImageWarning` becomes log lines (see the module docstring). Other warnings
     are shown as Python shows them."""
-    from jaxheads.dataset import BadImageWarning
+    from jaxheads.data.dataset import BadImageWarning
 
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())

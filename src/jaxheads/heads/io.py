@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxheads import backbones, checkpoint
-from jaxheads.heads import HeadSpec, Variables, apply_head, check_input
+from jaxheads.heads.head import Variables, apply_head
+from jaxheads.heads.spec import HeadSpec, check_input
 
 KIND = "jaxheads.head"
 PROVENANCE_FIELDS = ("backbone", "weights", "weights_id")

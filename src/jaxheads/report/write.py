@@ -1,22 +1,4 @@
-"""Render a sweep's results: terminal leaderboard, Markdown/HTML report, plots, and the head questions answered.
-
-Input is the plain JSON dict of ``SweepResult.to_json()`` (schema ``jaxheads.sweep_result/1``, documented in
-``jaxheads/sweep/schema.py``), so a report can be rebuilt from ``results.json`` long after the sweep ran. Non-finite
-numbers arrive as ``null`` there; every reader maps them back to NaN.
-
-The head questions ("avg vs flatten", "1 vs 2 vs 3 dense layers", "width 256 vs 512 vs 1024", "dropout 0 vs 0.5",
-"batch norm or not", "1x1 conv first or not", and any training axis the sweep varied) are answered by the sweep's
-bootstrap (``questions``) when present, else by :func:`answer_head_questions` from matched comparisons.
-
-Optional fields read when present (not in schema v1): a member's ``"confusion_matrix": {"val": [[int]],
-"test": [[int]]}`` (rows true, columns predicted), drawn for the recommended head of a multiclass sweep; and
-``"estimate"`` (``{"total_s", "compile_s", "train_s"}``), a dry run's estimate of the sweep's time, shown beside
-the time it took.
-
-The work is split by kind: :mod:`jaxheads.report_tables` (numbers as rows and sentences),
-:mod:`jaxheads.report_plots` (figures), :mod:`jaxheads.report_render` (Markdown and the self-contained HTML page).
-Every public name stays importable from here.
-"""
+"""Write a sweep's report: the printed leaderboard and answers, ``report.md``, ``report.html`` and plots."""
 
 from __future__ import annotations
 
@@ -25,10 +7,10 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxheads.report_plots import (plot_confusion, plot_learning_curves, plot_val_vs_params,
+from jaxheads.report.plots import (plot_confusion, plot_learning_curves, plot_val_vs_params,
                                    recommended_confusion)
-from jaxheads.report_render import Table, data_uri, render_html, render_markdown, sections
-from jaxheads.report_tables import (INTERVAL_QUESTION_COLUMNS, LEADERBOARD_COLUMNS, NOISE_SE, QUESTION_COLUMNS,
+from jaxheads.report.render import Table, data_uri, render_html, render_markdown, sections
+from jaxheads.report.tables import (INTERVAL_QUESTION_COLUMNS, LEADERBOARD_COLUMNS, NOISE_SE, QUESTION_COLUMNS,
                                     answer_head_questions, fmt, leaderboard_columns, leaderboard_rows,
                                     questions_table, recommendation_text, ridge_baseline, selection_lines,
                                     spec_summary, table_cells, timing_text)

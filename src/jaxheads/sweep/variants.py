@@ -1,8 +1,8 @@
 """Feature variants as a sweep axis: the same sweep run on several variants of the features, merged into one result.
 
 A variant is one level of a feature axis the jitted engine cannot vary inside one program: the input size the
-images were featured at (``input_size``, :mod:`jaxheads.input_sizes`) or the number K of views heads train on
-(``views``: the plain image and K-1 augmented views, :mod:`jaxheads.augment`). Each level is its own
+images were featured at (``input_size``, :mod:`jaxheads.sweep.sizes`) or the number K of views heads train on
+(``views``: the plain image and K-1 augmented views, :mod:`jaxheads.data.augment`). Each level is its own
 :func:`run_sweep` on the same members, folds and seeds; :func:`merge_variants` joins the results into one
 :class:`VariantSweepResult` whose member specs carry the axis as a factor (:func:`jaxheads.factors.member_factors`).
 The examples scored are the same at every level (checked on the labels and folds; views only add training rows),
@@ -20,11 +20,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxheads.heads import HeadSpec
-from jaxheads.splits import FeatureSplit
-from jaxheads.sweep import MemberSpec, SweepResult, SweepSpec, leaderboard, run_sweep
+from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import verdicts
+from jaxheads.sweep.result import SweepResult, leaderboard
+from jaxheads.sweep.run import run_sweep
+from jaxheads.sweep.spec import MemberSpec, SweepSpec
 
-__all__ = ["VARIANT_AXES", "VariantSweepResult", "check_one_axis", "merge_variants", "parse_views", "run_variants",
+__all__ = ["VARIANT_AXES", "VariantSweepResult", "check_one_axis", "merge_variants", "parse_sizes", "parse_views", "run_variants",
            "splits_at_views", "variant_config"]
 
 # axis -> (config id suffix for a level, what results.json lists the levels as, a level in words)
@@ -79,6 +81,21 @@ class VariantSweepResult(SweepResult):
 def variant_config(config: str, axis: str, level: int) -> str:
     """A config id at one level: the head's id and the level (the same head at two levels is two configs)."""
     return f"{config}@{VARIANT_AXES[axis][0].format(level)}"
+
+
+def parse_sizes(text: str | int | Sequence[int] | None) -> tuple[int, ...] | None:
+    """``"224,300"`` (or an int, or ints) -> (224, 300); None stays None (the backbone's own size). Sizes must be
+    distinct positive integers; anything else is a one-line error naming ``--input-size``."""
+    if text is None:
+        return None
+    items = [text] if isinstance(text, int) else text.split(",") if isinstance(text, str) else list(text)
+    try:
+        sizes = tuple(int(str(v).strip()) for v in items)
+    except ValueError:
+        raise ValueError(f"--input-size {text!r}: expected comma-separated pixel sizes, e.g. 224,300") from None
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise ValueError(f"--input-size {text!r}: expected distinct positive pixel sizes, e.g. 224,300")
+    return sizes
 
 
 def parse_views(text: str | int | Sequence[int]) -> tuple[int, ...]:

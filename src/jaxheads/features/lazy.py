@@ -1,7 +1,7 @@
 """A split of the feature cache read lazily: an array-like over the memory-mapped shards, for datasets whose
 features fit on no host.
 
-:class:`LazyRows` is what ``features.extract_all(..., lazy=True)`` puts in a :class:`~jaxheads.splits.FeatureSplit`
+:class:`LazyRows` is what ``features.extract_all(..., lazy=True)`` puts in a :class:`~jaxheads.features.split.FeatureSplit`
 instead of an in-memory array: ``shape``, ``dtype``, ``len`` and ``take(indices)`` / ``x[indices]``, reading only the
 shards the asked-for rows fall in. ``np.asarray(x)`` reads every row,
 so code that wants the whole split in memory still works. Rows read through it are bit-identical to those
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxheads.feature_store import Plan, open_shard, shard_path
+from jaxheads.features.store import Plan, open_shard, shard_path
 
 
 class LazyRows:

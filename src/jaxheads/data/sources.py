@@ -1,5 +1,5 @@
 """Where images come from: an image folder, a CSV of ``path,label`` rows, the embedded elpv solar-cell dataset,
-Debian's Fashion-MNIST IDX files, and any TFDS dataset. Each returns a :class:`~jaxheads.dataset.Dataset` whose
+Debian's Fashion-MNIST IDX files, and any TFDS dataset. Each returns a :class:`~jaxheads.data.dataset.Dataset` whose
 splits hold image sources (nothing is decoded here); :func:`jaxheads.data.load_dataset` picks the source, and
 :mod:`jaxheads.data` re-exports these names.
 """
@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxheads.dataset import (Dataset, DatasetError, ImageSource, ImageSplit, LazyImages, Task, check_class_count,
+from jaxheads.data.dataset import (Dataset, DatasetError, ImageSource, ImageSplit, LazyImages, Task, check_class_count,
                               check_multiclass_labels, complete_splits, split_fractions, stratified_split)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})

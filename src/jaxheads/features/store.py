@@ -34,7 +34,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from jaxheads.checkpoint import write_atomic, write_json_atomic
-from jaxheads.dataset import image_set_fingerprint
+from jaxheads.data.dataset import image_set_fingerprint
 
 META = "meta.json"
 PLAN = "plan.npz"

@@ -22,10 +22,10 @@ from PIL import Image
 from jaxheads import data, parallel
 from jaxheads.backbones import Preprocessing
 from jaxheads.backbones.base import feature_maps
-from jaxheads.feature_store import Plan, write_shard
+from jaxheads.features.store import Plan, write_shard
 
 if TYPE_CHECKING:
-    from jaxheads.feature_source import BackboneSource
+    from jaxheads.features.source import BackboneSource
 
 __all__ = ["Progress", "ProgressFn", "ShapesFn", "compute_shards"]
 

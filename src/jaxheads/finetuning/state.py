@@ -12,14 +12,14 @@ import jax
 import numpy as np
 
 from jaxheads import backbones, checkpoint
-from jaxheads.finetune_config import FinetuneResult
-from jaxheads.finetune_loop import EpochLoop
-from jaxheads.finetune_model import MODEL_KIND, Variables, feature_shape
+from jaxheads.finetuning.config import FinetuneResult
+from jaxheads.finetuning.loop import EpochLoop
+from jaxheads.finetuning.model import MODEL_KIND, Variables, feature_shape
 
 __all__ = ["KEEP_CHECKPOINTS", "MODEL_DIR", "RESULT_FILE", "STATE_DIR", "STATE_KIND", "finished", "restore",
            "save_model", "save_state"]
 
-STATE_KIND = "jaxheads.finetune_state"
+STATE_KIND = "jaxheads.finetuning.state"
 MODEL_DIR = "model"
 STATE_DIR = "finetune_state"
 RESULT_FILE = "finetune.json"

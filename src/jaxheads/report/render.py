@@ -13,7 +13,7 @@ import html
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from jaxheads.report_tables import (NOISE_SE, fmt, leaderboard_columns, leaderboard_rows, per_class_table,
+from jaxheads.report.tables import (NOISE_SE, fmt, leaderboard_columns, leaderboard_rows, per_class_table,
                                     questions_table, recommendation_text, ridge_baseline, selection_lines,
                                     table_cells, timing_text)
 

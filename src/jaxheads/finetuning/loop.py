@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxheads import data, heads, metrics, parallel, predict, stats
-from jaxheads.finetune_model import Variables, predict_fn
-from jaxheads.finetune_step import FinetuneSetup, TrainState, make_optimizer, schedule_steps, train_step
+from jaxheads.finetuning.model import Variables, predict_fn
+from jaxheads.finetuning.step import FinetuneSetup, TrainState, make_optimizer, schedule_steps, train_step
 from jaxheads.heads import HeadSpec
 
 __all__ = ["GAIN_LEVEL", "GAIN_N_BOOT", "EpochLoop", "compare_models", "score", "val_metrics"]
@@ -119,7 +119,7 @@ class EpochLoop:
     def gain(self, *, n_boot: int = GAIN_N_BOOT, seed: int = 0) -> dict[str, Any]:
         """The kept model against the starting one on val (from the probabilities kept while training) and, when
         the dataset has a non-empty test split, on test (both evaluated once, here): see
-        :attr:`jaxheads.finetune_config.FinetuneResult.gain`."""
+        :attr:`jaxheads.finetuning.config.FinetuneResult.gain`."""
         task = self.setup.spec.task
         out: dict[str, Any] = {"val": compare_models(self.val_start, self.val_best, self.val_labels, task,
                                                      n_boot=n_boot, seed=seed),

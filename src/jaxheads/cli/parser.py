@@ -10,6 +10,7 @@ comma-separated levels; a *scalar* takes one value. ``jaxheads.cli`` re-exports 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import re
 import textwrap
@@ -59,7 +60,7 @@ def _conv_stage(text: str) -> Any:
     return ConvStage(features=int(match[3]), kernel=int(match[1]), stride=int(match[4] or 1), pool=int(match[5] or 1))
 
 
-def _conv_stacks(text: str) -> tuple[tuple[Any, ...], ...]:
+def conv_stacks(text: str) -> tuple[tuple[Any, ...], ...]:
     """Comma-separated conv stacks, each "none" or stages joined by ">": ``none,1x1:448+pool2>3x3:256/s2``."""
     return tuple(() if stack.strip() == "none" else tuple(_conv_stage(s) for s in stack.split(">"))
                  for stack in text.split(","))
@@ -82,7 +83,7 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--patience": ("patience", _optional_int),
     "--sample": ("sample", _optional_int),
     "--depth-grouping": ("depth_grouping", str),
-    "--conv": ("conv", _conv_stacks),
+    "--conv": ("conv", conv_stacks),
     "--folds": ("folds", _folds),
     "--metric": ("metric", str),
     "--design": ("design", str),
@@ -91,27 +92,39 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 
 class ConfigFlag(NamedTuple):
-    """A command-line flag that sets one FinetuneConfig field; ``parse`` is ``bool`` for a switch (no value)."""
+    """A command-line flag that sets one FinetuneConfig field. ``parse`` is ``bool`` for a switch (no value), which
+    sets the field to ``switch_value``; the help's default is read from FinetuneConfig."""
 
     name: str
     field: str
     parse: Callable[[str], Any]
     help: str
+    switch_value: Any = None
 
 
 # Fine-tune settings settable from the command line; an absent flag leaves FinetuneConfig's default.
 FINETUNE_FLAGS: tuple[ConfigFlag, ...] = (
-    ConfigFlag("--unfreeze", "unfreeze", int, "how many top backbone blocks train, 0: head only (default 1)"),
-    ConfigFlag("--train-bn", "freeze_bn", bool, "let batch-norm statistics train (default: frozen)"),
-    ConfigFlag("--lr", "learning_rate", float, "head learning rate (default 0.001)"),
-    ConfigFlag("--backbone-lr", "backbone_learning_rate", float, "unfrozen blocks' learning rate (default 0.0001)"),
-    ConfigFlag("--weight-decay", "weight_decay", float, "AdamW weight decay of head and blocks (default 0.0)"),
-    ConfigFlag("--epochs", "epochs", int, "most epochs to train (default 10)"),
-    ConfigFlag("--batch-size", "batch_size", int, "images per step (default 32)"),
-    ConfigFlag("--patience", "patience", int, "epochs without val improvement before stopping (default 3)"),
-    ConfigFlag("--image-size", "image_size", int, "input size (default: the size the head was swept at)"),
-    ConfigFlag("--seed", "seed", int, "seed of shuffles, crops, flips and dropout (default 0)"),
+    ConfigFlag("--unfreeze", "unfreeze", int, "how many top backbone blocks train, 0: head only"),
+    ConfigFlag("--train-bn", "freeze_bn", bool, "let batch-norm statistics train", switch_value=False),
+    ConfigFlag("--lr", "learning_rate", float, "head learning rate"),
+    ConfigFlag("--backbone-lr", "backbone_learning_rate", float, "unfrozen blocks' learning rate"),
+    ConfigFlag("--weight-decay", "weight_decay", float, "AdamW weight decay of head and blocks"),
+    ConfigFlag("--epochs", "epochs", int, "most epochs to train"),
+    ConfigFlag("--batch-size", "batch_size", int, "images per step"),
+    ConfigFlag("--patience", "patience", int, "epochs without val improvement before stopping"),
+    ConfigFlag("--image-size", "image_size", int, "input size"),
+    ConfigFlag("--seed", "seed", int, "seed of shuffles, crops, flips and dropout"),
 )
+
+
+def finetune_flag_help(flag: ConfigFlag) -> str:
+    """A finetune flag's help with FinetuneConfig's default for its field (a switch is off by default)."""
+    from jaxheads.finetuning.config import FinetuneConfig
+
+    if flag.parse is bool:
+        return f"{flag.help} (default: off)"
+    default = next(f.default for f in dataclasses.fields(FinetuneConfig) if f.name == flag.field)
+    return f"{flag.help} (default {'the size the head was swept at' if default is None else default})"
 
 
 DESCRIPTION = "Train and compare classifier heads on the cached features of a pretrained image backbone."
@@ -240,10 +253,10 @@ def _finetune_parser(sub: Any) -> None:
     for flag in FINETUNE_FLAGS:
         if flag.parse is bool:  # a switch: present means the opposite of the field's default
             ft.add_argument(flag.name, dest=f"config_{flag.field}", action="store_true", default=None,
-                            help=flag.help)
+                            help=finetune_flag_help(flag))
         else:
             ft.add_argument(flag.name, dest=f"config_{flag.field}", type=flag.parse, default=None,
-                            metavar=flag.field.upper(), help=flag.help)
+                            metavar=flag.field.upper(), help=finetune_flag_help(flag))
     ft.add_argument("--split-seed", type=int, default=0, help="dataset split seed (the sweep's --seed); default 0")
     ft.add_argument("--data-dir", type=Path, help="TFDS data_dir for tfds:NAME")
     ft.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
@@ -277,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _view_flags(parser: argparse.ArgumentParser) -> None:
-    from jaxheads.augment import AUGMENTATIONS, DEFAULT_POLICY
+    from jaxheads.data.augment import AUGMENTATIONS, DEFAULT_POLICY
 
     group = parser.add_argument_group("augmented views (the backbone runs once per view; cached like the images)")
     group.add_argument("--views", default="1", metavar="K[,K...]", help="heads train on a random one of K views "
@@ -298,7 +311,7 @@ def _distributed_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--process-id", type=int, help="this process's rank, 0 to num-processes - 1")
 
 
-_EXPECTED = {_ints: "comma-separated integers", _floats: "comma-separated numbers", int: "an integer",
+EXPECTED = {_ints: "comma-separated integers", _floats: "comma-separated numbers", int: "an integer",
              _optional_int: "an integer or none", _strs: "comma-separated names", _folds: "auto, or an integer or none"}
 
 
@@ -315,7 +328,7 @@ class FlagHelp(NamedTuple):
 @functools.cache
 def sweep_help() -> dict[str, FlagHelp]:
     """Flag -> :class:`FlagHelp` of every sweep flag (built on first use: it reads the sweep's constants)."""
-    from jaxheads.head_spec import ACTIVATIONS, NORMS, POOLINGS
+    from jaxheads.heads.spec import ACTIVATIONS, NORMS, POOLINGS
     from jaxheads.metrics import DEFAULT_METRIC
     from jaxheads.stats import RANKING_METRICS
     from jaxheads.sweep.spec import DEPTH_GROUPINGS, DESIGNS, MAP_BATCH_MODES, OPTIMIZERS

@@ -1,12 +1,4 @@
-"""The ``jaxheads`` command: ``sweep`` (the main job), ``predict``, ``finetune``, ``classify``,
-``backbones list|compare``.
-
-Every subcommand is a thin shell over the Python API. Errors print one line naming what was wrong (the file, the
-field, the name) and exit with status 2; ``--debug`` shows the traceback instead. Progress and log lines go to
-stderr (``--quiet`` / ``--verbose``, see :mod:`jaxheads.progress`), results to stdout. ``sweep``, ``predict`` and
-``finetune`` keep their compiled programs in JAX's persistent cache (:mod:`jaxheads.compile_cache`) unless
-``--no-compile-cache``; ``sweep --dry-run`` plans and estimates without running anything (:mod:`jaxheads.dry_run`).
-"""
+"""The ``jaxheads`` command: each sub-command's function, reading the parsed flags into the library's calls."""
 
 from __future__ import annotations
 
@@ -20,12 +12,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from jaxheads.cli_parser import (_EXPECTED, FINETUNE_FLAGS, SWEEP_FLAGS, ConfigFlag, _conv_stacks,  # noqa: F401
-                                 _conv_stage, _floats, _ints, _strs)
-from jaxheads.cli_parser import build_parser as _parser
+from jaxheads.cli.parser import EXPECTED, FINETUNE_FLAGS, SWEEP_FLAGS, build_parser
 
 if TYPE_CHECKING:
-    from jaxheads.finetune_config import FinetuneConfig
+    from jaxheads.finetuning.config import FinetuneConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (tf.data / TFDS) start-up chatter
 log = logging.getLogger("jaxheads")
@@ -56,15 +46,16 @@ def sweep_spec_from_args(args: argparse.Namespace) -> Any:
             try:
                 changes[field] = parse(text)
             except ValueError as e:
-                expected = _EXPECTED.get(parse, str(e))
+                expected = EXPECTED.get(parse, str(e))
                 raise ValueError(f"{flag} {text!r}: not a valid value for SweepSpec.{field} (expected "
                                  f"{expected})") from None
     return SweepSpec.from_dict({**spec.to_dict(), **changes}) if changes else spec
 
 
-def _run_key(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+def run_key(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     """What decides a sweep's plan: a dry run and a later run with the same flags share it."""
-    from jaxheads import job, variants
+    from jaxheads import job
+    from jaxheads.sweep import variants
 
     views = variants.parse_views(args.views)  # one K keys as the int it always was
     return {"dataset": str(args.dataset or job.DEFAULT_DATASET), "backbone": args.backbone or job.DEFAULT_BACKBONE,
@@ -75,12 +66,14 @@ def _run_key(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
 def _dry_run(args: argparse.Namespace, spec: Any) -> int:
     """Plan the sweep on the backbone's architecture and the dataset's sizes (at each ``--input-size``), estimate
     its time, run nothing."""
-    from jaxheads import data, dry_run, features, input_sizes, job, variants
+    from jaxheads import data, features, job
+    from jaxheads.cli import dry_run
+    from jaxheads.sweep import variants
     from jaxheads.backbones import describe
 
     backbone = args.backbone or job.DEFAULT_BACKBONE
     arch = describe.architecture(backbone)
-    pixels = input_sizes.parse_sizes(args.input_size) or (arch.input_size,)
+    pixels = variants.parse_sizes(args.input_size) or (arch.input_size,)
     for px in pixels:
         features.backbone_source(backbone, args.weights, input_size=px)  # a size below the minimum fails here
     ds = data.load_dataset(args.dataset or job.DEFAULT_DATASET, data_dir=args.data_dir, task=args.task,
@@ -102,7 +95,7 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
         dry_run.print_plan(plan, calib, times, console=_console(),
                            header=f"{ds.name} ({counts}) on {backbone} at {px} px: ")
     recorded = {**plans[pixels[-1]], "estimate": totals, **({"by_input_size": plans} if len(pixels) > 1 else {})}
-    path = dry_run.record(_run_key(args, spec), recorded)
+    path = dry_run.record(run_key(args, spec), recorded)
     log.info("Nothing ran. The feature pass (%d images at %s px, skipped for images already cached) comes first. "
              "A run with the same flags records this estimate beside its time (%s).", sum(sizes.values()) * len(
                  pixels), ", ".join(map(str, pixels)), path)
@@ -122,11 +115,12 @@ def _console() -> Any:
 def _record_estimate(args: argparse.Namespace, spec: Any, output: Any) -> dict[str, Any]:
     """results.json as written, plus the dry run's estimate for the same flags when one was recorded (then the
     report is rendered again to show it)."""
-    from jaxheads import checkpoint, dry_run, report
+    from jaxheads import checkpoint, report
+    from jaxheads.cli import dry_run
 
     path = output.files.get("results")
     result_json = json.loads(path.read_text()) if path else json.loads(output.result.to_json())
-    recorded = dry_run.recorded(_run_key(args, spec))
+    recorded = dry_run.recorded(run_key(args, spec))
     if path is not None and recorded is not None and recorded.get("estimate"):
         result_json["estimate"] = {**recorded["estimate"], "calibration": recorded.get("calibration")}
         checkpoint.write_json_atomic(path, result_json)
@@ -135,7 +129,9 @@ def _record_estimate(args: argparse.Namespace, spec: Any, output: Any) -> dict[s
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from jaxheads import augment, distributed, variants
+    from jaxheads import distributed
+    from jaxheads.data import augment
+    from jaxheads.sweep import variants
 
     variants.parse_views(args.views), augment.parse_policy(args.augment)  # bad flags fail before any work
     variants.check_one_axis(args.input_size, args.views)  # a dry run too
@@ -144,7 +140,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     spec = sweep_spec_from_args(args)
     if args.dry_run:
         return _dry_run(args, spec)
-    from jaxheads import job, progress, report
+    from jaxheads import job, report
+    from jaxheads.cli import progress
 
     weights = None if str(args.weights).lower() == "none" else args.weights
     main = distributed.is_main_process()
@@ -166,7 +163,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _compile_cache(args: argparse.Namespace) -> Iterator[None]:
     """The persistent compilation cache around a command (unless --no-compile-cache); says what it did."""
-    from jaxheads import compile_cache
+    from jaxheads.cli import compile_cache
 
     with compile_cache.persistent(not getattr(args, "no_compile_cache", False)) as stats:
         yield
@@ -186,14 +183,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def finetune_config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     """The FinetuneConfig of the finetune flags given; the others keep their defaults."""
-    from jaxheads.finetune_config import FinetuneConfig
+    from jaxheads.finetuning.config import FinetuneConfig
 
-    defaults = {field.name: field.default for field in dataclasses.fields(FinetuneConfig)}
     changes = {}
     for flag in FINETUNE_FLAGS:
         value = getattr(args, f"config_{flag.field}")
         if value is not None:
-            changes[flag.field] = (not defaults[flag.field]) if flag.parse is bool else value
+            changes[flag.field] = flag.switch_value if flag.parse is bool else value
     return FinetuneConfig(**changes)
 
 
@@ -259,7 +255,7 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     if args.backbones_command == "list":
         return _backbones_table(args)
     from jaxheads import data, features
-    from jaxheads.splits import concat_pooled
+    from jaxheads.features.split import concat_pooled
 
     ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
     print(f"{'backbone':<24} {'features':>8} {'val':>8} {'test':>8} {'l2':>10}")
@@ -290,8 +286,8 @@ COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "finetune": _cmd_finet
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxheads`` console script."""
-    args = _parser().parse_args(argv)
-    from jaxheads import progress
+    args = build_parser().parse_args(argv)
+    from jaxheads.cli import progress
 
     try:
         with progress.console_log(progress.level_of(args.quiet, args.verbose)):

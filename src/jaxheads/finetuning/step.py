@@ -15,8 +15,8 @@ import optax
 
 from jaxheads import heads
 from jaxheads.backbones import Preprocessing
-from jaxheads.finetune_config import FinetuneConfig
-from jaxheads.finetune_model import Variables, pool_for_head
+from jaxheads.finetuning.config import FinetuneConfig
+from jaxheads.finetuning.model import Variables, pool_for_head
 from jaxheads.heads import HeadSpec
 
 __all__ = ["FinetuneSetup", "TrainState", "augment", "block_rates", "lr_scale", "make_optimizer", "schedule_steps",

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxheads.factors import varied_axes
-from jaxheads.report_tables import leaderboard_rows, num, ridge_baseline, spec_summary
+from jaxheads.report.tables import leaderboard_rows, num, ridge_baseline, spec_summary
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Any:

@@ -1,7 +1,7 @@
 """The report's numbers as rows and sentences: the leaderboard, the ridge baseline, the head questions (the sweep's
 bootstrap verdicts when present, else :func:`answer_head_questions` from seed noise), per-class recall and the
 recommendation. Input is the plain JSON dict of ``results.json`` (see :mod:`jaxheads.report`); null numbers read
-as NaN. The terminal and the documents (:mod:`jaxheads.report_render`) render these same rows.
+as NaN. The terminal and the documents (:mod:`jaxheads.report.render`) render these same rows.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """From image sources to pixels: decode (:func:`load_image`), resize and centre-crop (:func:`resize_center_crop`),
 and the threaded, prefetching batch pipeline (:func:`iter_batches`) the feature pass reads.
 
-An unreadable image is found here, when decoded: it is skipped with a :class:`~jaxheads.dataset.BadImageWarning`
-naming it, or raises :class:`~jaxheads.dataset.BadImageError` with ``strict=True``. :mod:`jaxheads.data`
+An unreadable image is found here, when decoded: it is skipped with a :class:`~jaxheads.data.dataset.BadImageWarning`
+naming it, or raises :class:`~jaxheads.data.dataset.BadImageError` with ``strict=True``. :mod:`jaxheads.data`
 re-exports these names.
 """
 
@@ -18,7 +18,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxheads.dataset import BadImageError, BadImageWarning, ImageRef, ImageSource, ImageSplit
+from jaxheads.data.dataset import BadImageError, BadImageWarning, ImageRef, ImageSource, ImageSplit
 
 RESIZE_METHOD = "pil-bilinear-shorter-side-center-crop-v1"
 """Names what :func:`resize_center_crop` does; part of the feature-cache key, so change it when the resize does."""
@@ -100,7 +100,7 @@ def iter_batches(
 
     An unreadable image is left out of its batch with a :class:`BadImageWarning` naming it (and a closing warning
     with the count), or raises :class:`BadImageError` when ``strict``. ``transform(image, index)`` replaces the
-    resize+crop (augmented views, :mod:`jaxheads.augment`). Batches keep their place even when every
+    resize+crop (augmented views, :mod:`jaxheads.data.augment`). Batches keep their place even when every
     image in one is bad (``images`` is then empty), so callers can track progress by ``indices``/``skipped``.
     """
     order = np.arange(len(split)) if indices is None else np.asarray(indices, np.int64)

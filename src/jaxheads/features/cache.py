@@ -1,27 +1,4 @@
-"""The feature cache: run the frozen backbone once over a dataset's images and keep what the heads train on.
-
-:func:`extract_features` returns a :class:`~jaxheads.splits.FeatureSplit` (labels, pooled (N, C) vectors, and
-(N, h, w, C) maps when asked) for one split, :func:`extract_all` for several. The backbone is given as a
-:class:`BackboneSource`: its identity (name, weights id, preprocessing) is known without building it, and
-``load()`` is only called when something has to be computed, so a cache hit never builds the backbone.
-
-Features are cached per image, not per split: one cache entry holds every image of the dataset (all its splits),
-and a split is taken from it by index. Drawing the splits again (another ``seed``, other fractions) or dividing
-them into folds finds every image's features and never runs the backbone.
-
-Key (:func:`images_key`): backbone name + weights id + input size + ``Preprocessing.key()`` + the resize method +
-the cache format + the *set* of the dataset's images (``Dataset.image_ids``: relative path, size and mtime of a
-file, the content of bytes and arrays; not labels, not splits). Anything that changes the features changes the key,
-so a cache built with another backbone or preprocessing is never read (nor overwritten: it has another directory).
-
-On disk (laid out and written by :mod:`jaxheads.feature_store`): the plan (which image each row holds; the first
-pass orders the rows split by split, train first), then fixed-size float16 shards of rows, each written
-atomically, then ``meta.json`` once every shard is complete. A call computes only the shards that hold images of
-the splits it asks for and are not complete yet: a killed pass resumes at its first missing shard, a deleted or
-damaged shard is computed again (the backbone is deterministic per image; batches are padded to one shape). A
-split is gathered from the memory-mapped shards, so the whole image set is never in memory. The backbone pass that
-computes the missing shards is :mod:`jaxheads.feature_pass`.
-"""
+"""The feature cache: extract a dataset's backbone features once per image and read them back as splits."""
 
 from __future__ import annotations
 
@@ -40,16 +17,16 @@ import jax
 import numpy as np
 
 from jaxheads import checkpoint, data
-from jaxheads.augment import AUGMENT_METHOD, DEFAULT_POLICY, augmented_view, check_views, parse_policy
+from jaxheads.data.augment import AUGMENT_METHOD, DEFAULT_POLICY, augmented_view, check_views, parse_policy
 from jaxheads.backbones import Backbone
-from jaxheads.dataset import image_set_fingerprint
-from jaxheads.feature_lazy import lazy_gather
-from jaxheads.feature_source import (BackboneSource, as_source, backbone_source, feature_map_shape,
+from jaxheads.data.dataset import image_set_fingerprint
+from jaxheads.features.lazy import lazy_gather
+from jaxheads.features.source import (BackboneSource, as_source, backbone_source, feature_map_shape,
                                      min_input_size)
-from jaxheads.feature_pass import Progress, ProgressFn, ShapesFn, compute_shards
-from jaxheads.feature_store import (FeatureCacheError, Plan, create_plan, gather, is_foreign, open_shard, read_meta,
+from jaxheads.features.compute import Progress, ProgressFn, ShapesFn, compute_shards
+from jaxheads.features.store import (FeatureCacheError, Plan, create_plan, gather, is_foreign, open_shard, read_meta,
                                     read_plan, remove_foreign, remove_temporaries, shard_path, write_meta)
-from jaxheads.splits import FeatureSplit
+from jaxheads.features.split import FeatureSplit
 
 __all__ = [
     "CACHE_FORMAT",
@@ -176,7 +153,7 @@ def extract_all(
 
     Augmented views: with ``views`` K > 1 the splits in ``view_splits`` (default train alone, what heads train on;
     add "val" when folds pool train and val, "test" for test-time augmentation) also get views 1..K-1 under the
-    policy ``augment`` (:mod:`jaxheads.augment`), in ``FeatureSplit.views``. View 0 is the plain cache entry, same
+    policy ``augment`` (:mod:`jaxheads.data.augment`), in ``FeatureSplit.views``. View 0 is the plain cache entry, same
     key and bytes as with K=1; every view v >= 1 is an image-set entry of its own, keyed by v and the policy, and
     cached, sharded, resumed and shared between processes exactly like view 0. View v does not depend on K (K=4
     computes only views 2 and 3 after K=2). ``on_shapes`` is called at most once.
@@ -184,7 +161,7 @@ def extract_all(
     Multi-host: every process calls this; process p computes shards p, p+P, ... of those missing, on its own
     devices, into the shared ``cache_dir``; after a barrier each process gathers the splits from the shards
     (none assembles them). Progress is reported per split (and view): ``done`` counts its images handled,
-    including those found in the cache. ``lazy``: the features are :class:`~jaxheads.feature_lazy.LazyRows` over
+    including those found in the cache. ``lazy``: the features are :class:`~jaxheads.features.lazy.LazyRows` over
     the memory-mapped shards, read on demand, instead of in-memory arrays (bit-identical rows)."""
     views, policy = check_views(views), parse_policy(augment)
     source = as_source(backbone)
