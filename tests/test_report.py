@@ -2,10 +2,8 @@
 
 import io
 import json
-import math
 
 import numpy as np
-import pytest
 from rich.console import Console
 
 from jaxheads import report
@@ -60,52 +58,52 @@ def _by_title(answers: list[dict]) -> dict[str, dict]:
     return {q["title"]: q for q in answers}
 
 
-def test_head_questions_by_hand():
-    answers = _by_title(report.answer_head_questions(_synthetic_result()))
-    assert set(answers) == {"Dropout: 0 vs 0.5", "Width: 16 vs 32", "Dense layers: 0 vs 1"}  # pooling never varied
-
-    # Dropout, matched within width 16 (d = .84-.80, .85-.82) and width 32 (d = .86-.79, .84-.83), seed by seed.
-    q = answers["Dropout: 0 vs 0.5"]
-    d16, d32 = np.array([0.04, 0.03]), np.array([0.07, 0.01])
-    pooled_var = (((d16 - d16.mean()) ** 2).sum() + ((d32 - d32.mean()) ** 2).sum()) / 2  # 0.000925
-    assert q["diff"] == pytest.approx(0.0375)
-    assert q["se"] == pytest.approx(math.sqrt(pooled_var * (1 / 2 + 1 / 2)) / 2) == pytest.approx(0.0152069, rel=1e-5)
-    assert (q["n_contexts"], q["n_pairs"], q["se_from"]) == (2, 4, "seeds")
-    assert q["mean_a"] == pytest.approx(np.mean([0.80, 0.82, 0.79, 0.83]))
-    assert q["within_noise"] is False and q["verdict"] == "0.5 better"  # 0.0375 > 2 × 0.0152
-
-    # Width 16 vs 32: d = (-.01, .01) at dropout 0 and (.02, -.01) at 0.5 → diff .0025 ± .0090: within noise.
-    q = answers["Width: 16 vs 32"]
-    assert q["diff"] == pytest.approx(0.0025)
-    assert q["se"] == pytest.approx(math.sqrt((0.0002 + 0.00045) / 2) / 2)
-    assert q["within_noise"] is True and q["verdict"] == "within noise"
-
-    # Linear vs one hidden layer: width and dropout do not apply to the linear head, so there is one context;
-    # its cells average the members per seed (the two identical linear configs, the four 1-layer configs).
-    q = answers["Dense layers: 0 vs 1"]
-    d = np.array([np.mean([0.80, 0.84, 0.79, 0.86]) - 0.70, np.mean([0.82, 0.85, 0.83, 0.84]) - 0.72])
-    assert q["n_contexts"] == 1 and q["n_pairs"] == 2
-    assert q["diff"] == pytest.approx(d.mean()) and q["se"] == pytest.approx(d.std(ddof=1) / math.sqrt(2))
-    assert q["z"] == pytest.approx(q["diff"] / q["se"])
+def _question(title: str, axis: str, a, b, mean_a: float, mean_b: float, low: float, high: float) -> dict:
+    verdict = "within noise" if low <= 0 <= high else f"{b if low > 0 else a} better"
+    return {"axis": axis, "title": title, "a": a, "b": b, "mean_a": mean_a, "mean_b": mean_b, "diff": mean_b - mean_a,
+            "low": low, "high": high, "p_b_better": 0.5, "level": 0.95, "metric": "accuracy", "n_pairs": 2,
+            "verdict": verdict}
 
 
-def test_single_seed_falls_back_to_context_spread():
-    result = _synthetic_result()
-    result["members"] = [m for m in result["members"] if m["spec"]["seed"] == 0]
-    q = _by_title(report.answer_head_questions(result))["Dropout: 0 vs 0.5"]
-    assert q["se_from"] == "contexts" and q["n_pairs"] == 2
-    assert q["diff"] == pytest.approx(0.055) and q["se"] == pytest.approx(np.std([0.04, 0.07], ddof=1) / math.sqrt(2))
+def _with_verdicts(result: dict, level: float = 0.95) -> dict:
+    """``result`` as the sweep's bootstrap leaves it: its questions and selection record (hand-made numbers)."""
+    questions = [_question("Dense layers: 0 vs 1", "depth", 0, 1, 0.71, 0.829, 0.08, 0.16),
+                 _question("Width: 16 vs 32", "width", 16, 32, 0.828, 0.830, -0.02, 0.025),
+                 _question("Dropout: 0 vs 0.5", "dropout", 0.0, 0.5, 0.81, 0.848, -0.004, 0.08)]
+    for q in questions:
+        q["level"] = level
+    selection = {"metric": "accuracy", "level": level, "n_boot": 2000, "method": "hand-made intervals.",
+                 "val": {"estimate": 0.85, "low": 0.8, "high": 0.9, "level": level, "optimistic": True},
+                 "test": None}
+    return {**result, "questions": questions, "selection": selection}
 
 
-def test_diverged_nan_members_are_left_out():
-    result = _synthetic_result()
-    result["members"][0]["val"]["accuracy"] = None  # (16,), dropout 0, seed 0: NaN written as null
-    q = _by_title(report.answer_head_questions(result))["Dropout: 0 vs 0.5"]
-    assert q["n_pairs"] == 3 and q["diff"] == pytest.approx(np.mean([0.03, np.mean([0.07, 0.01])]))
+def test_results_without_verdicts_get_a_note_not_a_second_method(tmp_path):
+    """An old results.json (no per-example predictions, so no bootstrap verdicts): one note, no question rows."""
+    result = json.loads(json.dumps(_synthetic_result()))
+    assert report.tables.questions_table(result)[1] == []
+    paths = report.write_report(result, tmp_path)
+    for doc in (paths["markdown"], paths["html"]):
+        text = doc.read_text()
+        assert report.NO_VERDICTS in text and "Dropout: 0 vs 0.5" not in text and "± SE" not in text
+    assert json.loads(paths["head_questions"].read_text()) == []
+    out = io.StringIO()
+    report.print_report(result, console=Console(file=out, width=160, color_system=None))
+    assert report.NO_VERDICTS in out.getvalue() and "Dropout" not in out.getvalue()
+
+
+def test_titles_read_the_level():
+    result = _with_verdicts(_synthetic_result(), level=0.9)
+    columns, rows = report.tables.questions_table(result)
+    assert columns[3] == "B − A [90% CI]" and len(rows) == 3
+    assert report.question_columns(_with_verdicts(_synthetic_result()))[3] == "B − A [95% CI]"
+    assert report.tables.leaderboard_columns(result)[3:5] == ("val [90% CI]", "vs best [90% CI]")
+    assert _by_title(result["questions"])["Dense layers: 0 vs 1"]["verdict"] == "1 better"
+    assert [r[4] for r in rows] == ["1 better", "within noise", "within noise"]
 
 
 def test_write_report_writes_every_artifact(tmp_path):
-    result = json.loads(json.dumps(_synthetic_result()))  # exactly what results.json gives back
+    result = json.loads(json.dumps(_with_verdicts(_synthetic_result())))  # exactly what results.json gives back
     paths = report.write_report(result, tmp_path / "out")
     assert set(paths) == {"markdown", "html", "head_questions", "val_vs_params", "learning_curves",
                           "confusion_matrix"}
@@ -125,7 +123,7 @@ def test_write_report_writes_every_artifact(tmp_path):
 
 
 def test_terminal_leaderboard_marks_the_recommended_head():
-    result = _synthetic_result()
+    result = _with_verdicts(_synthetic_result())
     out = io.StringIO()
     report.print_report(result, console=Console(file=out, width=160, color_system=None), top=2)
     text = out.getvalue()
@@ -143,9 +141,9 @@ def test_multilabel_result_without_confusion(tmp_path):
         m.pop("confusion_matrix", None)
     result["leaderboard"], result["recommended"] = leaderboard(result["members"], "macro_roc_auc")
     result["ridge"] = []
-    paths = report.write_report(result, tmp_path)
+    paths = report.write_report(_with_verdicts(result), tmp_path)
     assert "confusion_matrix" not in paths and paths["val_vs_params"].exists()
-    assert len(report.answer_head_questions(result)) == 3
+    assert len(json.loads(paths["head_questions"].read_text())) == 3
 
 
 def test_report_of_a_real_sweep(tmp_path):
@@ -172,10 +170,12 @@ def test_report_of_a_real_sweep(tmp_path):
     paths = report.write_report(result_json, tmp_path)
     assert {"markdown", "html", "val_vs_params", "learning_curves"} <= set(paths)
     assert all(p.exists() for p in paths.values())
-    answers = _by_title(report.answer_head_questions(result_json))
+    answers = _by_title(result_json["questions"])  # the sweep's bootstrap verdicts, the report's only source
     assert set(answers) == {"Width: 4 vs 8", "Dropout: 0 vs 0.5"}
     for q in answers.values():
-        assert (q["n_contexts"], q["n_pairs"], q["se_from"]) == (2, 4, "seeds") and math.isfinite(q["se"])
+        assert q["n_pairs"] == 2 and q["low"] <= q["diff"] <= q["high"] and q["level"] == report.tables.stats.LEVEL
+    md = paths["markdown"].read_text()
+    assert "B − A [95% CI]" in md and "Width: 4 vs 8" in md and report.NO_VERDICTS not in md
 
 
 def test_html_report_is_self_contained(tmp_path):
@@ -183,7 +183,7 @@ def test_html_report_is_self_contained(tmp_path):
     import base64
     import re
 
-    result = json.loads(json.dumps(_synthetic_result()))
+    result = json.loads(json.dumps(_with_verdicts(_synthetic_result())))
     paths = report.write_report(result, tmp_path / "out")
     page = paths["html"].read_text()
     sources = re.findall(r'src="([^"]*)"', page)
@@ -216,10 +216,10 @@ def test_estimate_is_shown_and_documents_render_again_without_plots(tmp_path):
 
 
 def test_report_names_stay_importable_after_the_split():
-    for name in ("answer_head_questions", "leaderboard_rows", "print_report", "write_report", "write_documents",
+    for name in ("leaderboard_rows", "print_report", "write_report", "write_documents",
                  "plot_val_vs_params", "plot_learning_curves", "plot_confusion", "recommended_confusion",
-                 "render_markdown", "render_html", "ridge_baseline", "spec_summary", "NOISE_SE",
-                 "LEADERBOARD_COLUMNS", "QUESTION_COLUMNS", "INTERVAL_QUESTION_COLUMNS"):
+                 "render_markdown", "render_html", "ridge_baseline", "spec_summary", "NO_VERDICTS",
+                 "LEADERBOARD_COLUMNS", "question_columns"):
         assert hasattr(report, name), name
     import inspect
 

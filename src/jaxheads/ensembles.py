@@ -40,8 +40,6 @@ from jaxheads.sweep.scores import ConfigScores, config_scores
 __all__ = ["ConfigScores", "EnsembleReport", "SoupReport", "config_scores", "greedy_ensemble", "greedy_selection",
            "head_soup", "log_loss", "rank_configs", "soup_variables", "top_k_ensemble"]
 
-N_BOOT = 2000
-LEVEL = 0.95
 _EPS = 1e-12
 
 
@@ -140,8 +138,8 @@ def _test_figures(probs: np.ndarray | None, single: np.ndarray | None, labels: n
     draws = stats.make_draws(np.zeros(len(labels), np.int64), 1, n_boot=n_boot, seed=seed)
     intervals, comparisons = {}, {}
     for m in metrics:
-        intervals[m] = stats.interval(probs[None], labels, m, task, draws, LEVEL)
-        comparisons[m] = stats.compare(single[None], probs[None], labels, m, task, draws, LEVEL)
+        intervals[m] = stats.interval(probs[None], labels, m, task, draws, stats.LEVEL)
+        comparisons[m] = stats.compare(single[None], probs[None], labels, m, task, draws, stats.LEVEL)
     return intervals, comparisons
 
 
@@ -163,7 +161,7 @@ def _report(result: SweepResult, scores: Mapping[str, ConfigScores], method: str
                           vs_single=comparisons, val_probs=val_probs, test_probs=test_probs)
 
 
-def top_k_ensemble(result: SweepResult, k: int = 5, *, metrics: Sequence[str] | None = None, n_boot: int = N_BOOT,
+def top_k_ensemble(result: SweepResult, k: int = 5, *, metrics: Sequence[str] | None = None, n_boot: int = stats.N_BOOT,
                    seed: int = 0) -> EnsembleReport:
     """The average of the ``k`` best configs by val (all of them when there are fewer), scored once on test in
     ``metrics`` (default: the sweep's ranking metric)."""
@@ -209,7 +207,7 @@ def greedy_selection(candidates: Mapping[str, np.ndarray], labels: np.ndarray, m
 
 
 def greedy_ensemble(result: SweepResult, *, steps: int = 25, metrics: Sequence[str] | None = None,
-                    n_boot: int = N_BOOT, seed: int = 0) -> EnsembleReport:
+                    n_boot: int = stats.N_BOOT, seed: int = 0) -> EnsembleReport:
     """Greedy ensemble selection with replacement over the sweep's configs (:func:`greedy_selection` on their
     seed-mean val predictors), scored once on test in ``metrics`` (default: the sweep's ranking metric)."""
     scores = config_scores(result)
@@ -285,7 +283,7 @@ def _head_probabilities(spec: HeadSpec, variables: Any, split: FeatureSplit, row
 
 
 def head_soup(result: SweepResult, splits: Mapping[str, FeatureSplit], config: str | None = None, *,
-              metrics: Sequence[str] | None = None, n_boot: int = N_BOOT, seed: int = 0,
+              metrics: Sequence[str] | None = None, n_boot: int = stats.N_BOOT, seed: int = 0,
               batch_size: int = 512) -> SoupReport:
     """Average the weights of ``config``'s seed replicas (default: the recommended config, else the best by val)
     and evaluate the soup on the features the sweep ran on (``splits``: the same dict given to ``run_sweep``).

@@ -80,9 +80,9 @@ def fit_ridge_eig(x: jax.Array, y: jax.Array, *, standardize: bool = True) -> Ri
 
 
 class OneHotRows:
-    """(N, C) 0/1 multiclass targets built a slice at a time from the (N,) class ids: a long split's one-hot matrix
-    (N x C float32, ~5 GB for ImageNet-1k's train split) is never held whole. ``np.asarray`` gives the whole matrix
-    (what the in-memory fit takes)."""
+    """(N, C) 0/1 multiclass targets built a slice at a time from the (N,) class ids: a long split's N x C float32
+    one-hot matrix (its size on ImageNet-1k: experiments/README.md, "Figures moved out of code comments") is never
+    held whole. ``np.asarray`` gives the whole matrix (what the in-memory fit takes)."""
 
     def __init__(self, labels: np.ndarray, num_classes: int):
         self.labels, self.num_classes = np.asarray(labels, np.int64), int(num_classes)

@@ -16,7 +16,11 @@ cancels out of their difference. Intervals are percentile intervals of the draws
 Metrics follow scikit-learn's definitions (and :mod:`jaxheads.metrics`); a weight-w example counts as w copies of
 it. Each is computed for all B draws at once: multiclass metrics from weighted confusion counts (one matrix product),
 ranking metrics from one sort per (seed, class) and weighted cumulative sums; B goes in chunks of about
-``_CHUNK_ELEMENTS`` weights (N = 3000, C = 10, S = 5, B = 2000: peak memory about 100 MB).
+``_CHUNK_ELEMENTS`` weights, so peak memory stays bounded (measured: experiments/README.md, "Figures moved out of
+code comments").
+
+``N_BOOT`` and ``LEVEL`` are the package's one number of draws and one interval level: the sweep's verdicts, the
+ensembles, the fine-tune's gain and the report's titles all read them from here.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ import numpy as np
 MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MULTILABEL_METRICS = ("macro_average_precision", "macro_roc_auc")
 RANKING_METRICS = {"multiclass": MULTICLASS_METRICS, "multilabel": MULTILABEL_METRICS}
+N_BOOT = 2000
+"""Bootstrap draws behind every interval of the package."""
+LEVEL = 0.95
+"""The level of every interval of the package (two-sided)."""
 _CHUNK_ELEMENTS = 1 << 22
-"""Draws x examples per chunk of B: 16 MB a float32 (chunk, N) array; the ranking metrics hold about ten such."""
+"""Draws x examples per chunk of B; the ranking metrics hold about ten (chunk, N) arrays (sizes: experiments/README.md,
+"Figures moved out of code comments")."""
 
 
 def check_metric(metric: str, task: str) -> str:
@@ -73,7 +82,7 @@ def _pick_counts(rng: np.random.Generator, picks: np.ndarray, size: int) -> np.n
 
 
 def make_draws(
-    folds: np.ndarray, n_seeds: int, *, n_boot: int = 2000, seed: int = 0, resample_folds: bool = True
+    folds: np.ndarray, n_seeds: int, *, n_boot: int = N_BOOT, seed: int = 0, resample_folds: bool = True
 ) -> Draws:
     """``n_boot`` hierarchical bootstrap draws for N examples in the folds ``folds`` and ``n_seeds`` seeds.
 
@@ -340,7 +349,7 @@ def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]
 
 
 def interval(
-    scores: np.ndarray, labels: np.ndarray, metric: str, task: str, draws: Draws, level: float = 0.95
+    scores: np.ndarray, labels: np.ndarray, metric: str, task: str, draws: Draws, level: float = LEVEL
 ) -> Interval:
     """The point estimate of one config and the percentile interval of its draws' statistics."""
     low, high = percentile_interval(draw_values(scores, labels, metric, task, draws), level)
@@ -348,7 +357,7 @@ def interval(
 
 
 def comparison_from_values(
-    a: float, b: float, draws_a: np.ndarray, draws_b: np.ndarray, level: float = 0.95
+    a: float, b: float, draws_a: np.ndarray, draws_b: np.ndarray, level: float = LEVEL
 ) -> Comparison:
     """A :class:`Comparison` from point estimates and per-draw statistics (B,) on the same draws. Draws where a side
     is NaN (its metric undefined on that draw) are left out of the interval and of ``p_b_better``."""
@@ -367,7 +376,7 @@ def compare(
     metric: str,
     task: str,
     draws: Draws,
-    level: float = 0.95,
+    level: float = LEVEL,
 ) -> Comparison:
     """Config b against config a, paired: both sides are evaluated on the same draws (examples and seeds)."""
     return compare_pooled([scores_a], [scores_b], labels, metric, task, draws, level)
@@ -391,7 +400,7 @@ def compare_pooled(
     metric: str,
     task: str,
     draws: Draws,
-    level: float = 0.95,
+    level: float = LEVEL,
 ) -> Comparison:
     """Side b against side a where each side pools several configs (each (S, N, C)): a side's estimate, and its
     statistic on each draw, is the mean over its configs. Paired: every config of both sides uses the same draws."""
@@ -400,7 +409,7 @@ def compare_pooled(
     return comparison_from_values(a, b, draws_a, draws_b, level)
 
 
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     """The Wilson score interval of a binomial proportion successes / n at ``level``."""
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"wilson_interval: need 0 <= successes <= n and n >= 1, got {successes} of {n}")

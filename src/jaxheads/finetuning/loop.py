@@ -18,10 +18,7 @@ from jaxheads.finetuning.model import Variables, predict_fn
 from jaxheads.finetuning.step import FinetuneSetup, TrainState, make_optimizer, schedule_steps, train_step
 from jaxheads.heads import HeadSpec
 
-__all__ = ["GAIN_LEVEL", "GAIN_N_BOOT", "EpochLoop", "compare_models", "score", "val_metrics"]
-
-GAIN_N_BOOT = 2000
-GAIN_LEVEL = 0.95
+__all__ = ["EpochLoop", "compare_models", "score", "val_metrics"]
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -116,15 +113,15 @@ class EpochLoop:
             values[self.metric] = stats.point_estimate(probs[None], y, self.metric, self.setup.spec.task)
         return values, probs, y
 
-    def gain(self, *, n_boot: int = GAIN_N_BOOT, seed: int = 0) -> dict[str, Any]:
+    def gain(self, *, n_boot: int = stats.N_BOOT, seed: int = 0) -> dict[str, Any]:
         """The kept model against the starting one on val (from the probabilities kept while training) and, when
         the dataset has a non-empty test split, on test (both evaluated once, here): see
         :attr:`jaxheads.finetuning.config.FinetuneResult.gain`."""
         task = self.setup.spec.task
         out: dict[str, Any] = {"val": compare_models(self.val_start, self.val_best, self.val_labels, task,
                                                      n_boot=n_boot, seed=seed),
-                               "test": None, "level": GAIN_LEVEL, "n_boot": n_boot,
-                               "method": f"{GAIN_LEVEL:.0%} percentile intervals of the difference from {n_boot:,} "
+                               "test": None, "level": stats.LEVEL, "n_boot": n_boot,
+                               "method": f"{stats.LEVEL:.0%} percentile intervals of the difference from {n_boot:,} "
                                          "paired bootstrap draws of the examples (the same draws for both models)",
                                "val_optimistic": True}
         if "test" in self.ds.splits and len(self.ds.split("test")) > 0:
@@ -162,13 +159,13 @@ def _as_variables(params: Variables, stats_tree: Variables) -> Variables:
 
 
 def compare_models(before: np.ndarray, after: np.ndarray, labels: np.ndarray, task: str, *,
-                   n_boot: int = GAIN_N_BOOT, seed: int = 0) -> dict[str, dict[str, Any]]:
+                   n_boot: int = stats.N_BOOT, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Every metric of ``task`` (:mod:`jaxheads.stats`): model a = ``before`` against model b = ``after``, both
     (rows, classes) probabilities on the same rows, paired on the same bootstrap draws of the rows; each as
     :class:`jaxheads.stats.Comparison` in a dict (``diff`` = after - before)."""
     draws = stats.make_draws(np.zeros(len(labels), np.int64), 1, n_boot=n_boot, seed=seed)
     names = stats.MULTICLASS_METRICS if task == "multiclass" else stats.MULTILABEL_METRICS
-    return {m: dataclasses.asdict(stats.compare(before[None], after[None], labels, m, task, draws, GAIN_LEVEL))
+    return {m: dataclasses.asdict(stats.compare(before[None], after[None], labels, m, task, draws, stats.LEVEL))
             for m in names}
 
 

@@ -6,7 +6,8 @@ numbers arrive as ``null`` there; every reader maps them back to NaN.
 
 The head questions ("avg vs flatten", "1 vs 2 vs 3 dense layers", "width 256 vs 512 vs 1024", "dropout 0 vs 0.5",
 "batch norm or not", "1x1 conv first or not", and any training axis the sweep varied) are answered by the sweep's
-bootstrap (``questions``) when present, else by :func:`answer_head_questions` from matched comparisons.
+bootstrap (``questions``, :mod:`jaxheads.sweep.verdicts`); a results.json without them (written before the
+bootstrap, or by a sweep whose configs have unequal seeds) gets a note that the questions need a rerun.
 
 Optional fields read when present (not in schema v1): a member's ``"confusion_matrix": {"val": [[int]],
 "test": [[int]]}`` (rows true, columns predicted), drawn for the recommended head of a multiclass sweep; and
@@ -20,22 +21,20 @@ Every public name stays importable from here.
 
 from .plots import plot_confusion, plot_learning_curves, plot_val_vs_params, recommended_confusion
 from .render import Table, data_uri, render_html, render_markdown, sections
-from .tables import INTERVAL_QUESTION_COLUMNS, LEADERBOARD_COLUMNS, NOISE_SE, QUESTION_COLUMNS, answer_head_questions, leaderboard_rows, ridge_baseline, spec_summary
+from .tables import LEADERBOARD_COLUMNS, NO_VERDICTS, leaderboard_rows, question_columns, ridge_baseline, spec_summary
 from .write import print_report, write_documents, write_report
 
 __all__ = [
-    "INTERVAL_QUESTION_COLUMNS",
     "LEADERBOARD_COLUMNS",
-    "NOISE_SE",
-    "QUESTION_COLUMNS",
+    "NO_VERDICTS",
     "Table",
-    "answer_head_questions",
     "data_uri",
     "leaderboard_rows",
     "plot_confusion",
     "plot_learning_curves",
     "plot_val_vs_params",
     "print_report",
+    "question_columns",
     "recommended_confusion",
     "render_html",
     "render_markdown",

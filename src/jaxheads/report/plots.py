@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxheads.factors import varied_axes
-from jaxheads.report.tables import leaderboard_rows, num, ridge_baseline, spec_summary
+from jaxheads.report.tables import leaderboard_rows, level_of, num, ridge_baseline, spec_summary
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Any:
@@ -22,7 +22,7 @@ def _figure(width: float = 7.0, height: float = 4.5) -> Any:
 
 
 def plot_val_vs_params(result_json: Mapping[str, Any], path: Path) -> Path:
-    """Validation metric against parameter count, log x: the bootstrap estimate and its 95% interval when the
+    """Validation metric against parameter count, log x: the bootstrap estimate and its interval when the
     sweep has them, else mean ± SEM over seeds; recommended head starred, ridge baseline as a dashed line."""
     metric = result_json["metric"]
     rows = leaderboard_rows(result_json)
@@ -47,7 +47,7 @@ def plot_val_vs_params(result_json: Mapping[str, Any], path: Path) -> Path:
         ax.axhline(ridge["val"], ls="--", color="gray", label=f"ridge probe (λ={ridge['l2']:g})")
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters")
-    ax.set_ylabel(f"val {metric} " + ("(95% interval)" if intervals else "(mean ± SEM)"))
+    ax.set_ylabel(f"val {metric} " + (f"({level_of(result_json):.0%} interval)" if intervals else "(mean ± SEM)"))
     ax.set_title("Validation metric vs head size")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)

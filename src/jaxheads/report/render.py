@@ -13,9 +13,9 @@ import html
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from jaxheads.report.tables import (NOISE_SE, fmt, leaderboard_columns, leaderboard_rows, per_class_table,
-                                    questions_table, recommendation_text, ridge_baseline, selection_lines,
-                                    table_cells, timing_text)
+from jaxheads.report.tables import (NO_VERDICTS, fmt, has_verdicts, leaderboard_columns, leaderboard_rows,
+                                    level_of, per_class_table, questions_table, recommendation_text,
+                                    ridge_baseline, selection_lines, table_cells, timing_text)
 
 
 class Table(NamedTuple):
@@ -37,12 +37,13 @@ def _leaderboard(result_json: Mapping[str, Any], rows: Sequence[Mapping[str, Any
 
 
 def _questions(result_json: Mapping[str, Any], metric: str) -> list[tuple[str, Any]]:
+    if not has_verdicts(result_json):
+        return [("h2", "The head questions"), ("note", f"The head questions: {NO_VERDICTS}.")]
     columns, rows = questions_table(result_json)
     if not rows:
         return [("h2", "The head questions"),
                 ("p", "The sweep varied none of the head axes, so there is nothing to compare.")]
-    rule = ("a side is called better only when the 95% interval of B − A excludes 0." if result_json.get("questions")
-            else f"± its standard error from the per-seed values; within noise when |B − A| < {NOISE_SE:g} SE.")
+    rule = f"a side is called better only when the {level_of(result_json):.0%} interval of B − A excludes 0."
     return [("h2", "The head questions"),
             ("p", f"Difference B − A in validation {metric} between configs that differ only on that axis; {rule}"),
             ("table", Table(list(columns), rows, left=frozenset({0, 4}), wrap=0))]

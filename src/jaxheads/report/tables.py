@@ -1,23 +1,23 @@
 """The report's numbers as rows and sentences: the leaderboard, the ridge baseline, the head questions (the sweep's
-bootstrap verdicts when present, else :func:`answer_head_questions` from seed noise), per-class recall and the
-recommendation. Input is the plain JSON dict of ``results.json`` (see :mod:`jaxheads.report`); null numbers read
+bootstrap verdicts, :mod:`jaxheads.sweep.verdicts`; one without them gets a note, not a second method), per-class
+recall and the recommendation. Input is the plain JSON dict of ``results.json`` (see :mod:`jaxheads.report`); null numbers read
 as NaN. The terminal and the documents (:mod:`jaxheads.report.render`) render these same rows.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 
-from jaxheads.factors import QUESTION_AXES, QUESTION_AXES_NAMES, matching_keys, member_factors, varied_axes
+from jaxheads.factors import QUESTION_AXES_NAMES, member_factors, varied_axes
 from jaxheads.factors import format_level as _fmt_level
-from jaxheads.factors import sort_levels as _sort_levels
 
-NOISE_SE = 2.0
-"""A difference counts as within noise when |diff| < NOISE_SE standard errors (≈ 95% two-sided)."""
+from jaxheads import stats
+
+NO_VERDICTS = "no per-example predictions: the questions need a rerun"
+"""The note for a results.json without the sweep's bootstrap verdicts (written before them, or by a sweep whose
+configs have unequal seeds, which the paired draws cannot hold)."""
 
 
 # ================================================================================================= helpers
@@ -60,122 +60,6 @@ def spec_summary(spec: Mapping[str, Any], axes: Iterable[str] | None = None) -> 
         parts.append(f"{f['views']} view{'s' if f['views'] != 1 else ''}")
     return " · ".join(parts)
 
-
-
-# ================================================================================================= questions
-def _compare(cells: dict[tuple, dict[Hashable, dict[int, float]]], a: Hashable, b: Hashable) -> dict[str, Any]:
-    """Paired comparison of level ``b`` against ``a`` over matched contexts.
-
-    ``cells[context][level][seed]`` is the mean validation metric of the members in that cell. For every context
-    holding both levels, the seeds present at both give paired differences d_cs = v_b - v_a. The answer is
-
-    * ``diff`` = mean over contexts of (mean over seeds of d_cs): every matched context weighs the same;
-    * ``se`` = sqrt(s_p² · Σ_c 1/n_c) / C with s_p² the pooled within-context variance of d_cs over seeds (seed
-      noise only, not how the effect varies between contexts), when some context has ≥ 2 seeds; with a single seed
-      everywhere it falls back to the spread of the per-context differences, std_c(d_c) / sqrt(C)
-      (``se_from = "contexts"``); NaN if neither exists.
-    """
-    diffs, mean_a, mean_b = [], [], []
-    for by_level in cells.values():
-        if a not in by_level or b not in by_level:
-            continue
-        seeds = sorted(set(by_level[a]) & set(by_level[b]))
-        if not seeds:
-            continue
-        va = np.array([by_level[a][s] for s in seeds])
-        vb = np.array([by_level[b][s] for s in seeds])
-        diffs.append(vb - va)
-        mean_a.append(va.mean())
-        mean_b.append(vb.mean())
-    n_contexts = len(diffs)
-    out: dict[str, Any] = {"a": a, "b": b, "n_contexts": n_contexts, "n_pairs": int(sum(len(d) for d in diffs))}
-    if not n_contexts:
-        return out | {"mean_a": math.nan, "mean_b": math.nan, "diff": math.nan, "se": math.nan, "se_from": None}
-    per_context = np.array([d.mean() for d in diffs])
-    dof = sum(len(d) - 1 for d in diffs)
-    if dof > 0:
-        pooled_var = sum(float(((d - d.mean()) ** 2).sum()) for d in diffs) / dof
-        se = math.sqrt(pooled_var * sum(1.0 / len(d) for d in diffs)) / n_contexts
-        se_from = "seeds"
-    elif n_contexts > 1:
-        se = float(per_context.std(ddof=1) / math.sqrt(n_contexts))
-        se_from = "contexts"
-    else:
-        se, se_from = math.nan, None
-    return out | {"mean_a": float(np.mean(mean_a)), "mean_b": float(np.mean(mean_b)),
-                  "diff": float(per_context.mean()), "se": se, "se_from": se_from}
-
-
-def _cells(members: Sequence[Mapping[str, Any]], metric: str, axis: str, a: Hashable, b: Hashable,
-           factors: Sequence[dict[str, Hashable]]) -> dict[tuple, dict[Hashable, dict[int, float]]]:
-    """Group the members at level a or b of ``axis`` by context (every other applicable factor) and seed."""
-    at = [i for i, f in enumerate(factors) if f[axis] in (a, b)]
-    keys = matching_keys(factors, axis, a, b)
-    sums: dict[tuple, dict[Hashable, dict[int, list[float]]]] = {}
-    for i in at:
-        value = num(members[i]["val"].get(metric))
-        if not math.isfinite(value):
-            continue
-        context = tuple(factors[i][k] for k in keys)
-        seed = int(members[i]["spec"].get("seed", 0))
-        sums.setdefault(context, {}).setdefault(factors[i][axis], {}).setdefault(seed, []).append(value)
-    return {c: {lvl: {s: float(np.mean(v)) for s, v in seeds.items()} for lvl, seeds in by_level.items()}
-            for c, by_level in sums.items()}
-
-
-def _verdict(q: Mapping[str, Any]) -> str:
-    if q["n_contexts"] == 0:
-        return "no matched pair"
-    if q["within_noise"] is None:
-        return "no noise estimate"
-    if q["within_noise"]:
-        return "within noise"
-    return f"{_fmt_level(q['b'] if q['diff'] > 0 else q['a'])} better"
-
-
-def answer_head_questions(result_json: Mapping[str, Any], noise_se: float = NOISE_SE) -> list[dict[str, Any]]:
-    """Answer "is level B better than level A?" for every question axis the sweep varied, from its own numbers.
-
-    For each axis (pooling, depth, width, dropout, norm, conv, then any varied training axis) and each pair of its
-    levels (ascending; "none" first), members are matched when they differ only on that axis: same value of every
-    other factor (factors that do not apply at one level, like the width of a linear head, are not matched on;
-    members sharing a context and seed are averaged). See :func:`_compare` for ``diff`` and its standard error.
-
-    Returns one dict per comparison::
-
-        {"axis", "title" ("Pooling: avg vs flatten"), "metric", "a", "b", "mean_a", "mean_b",
-         "diff" (mean_b - mean_a), "se", "se_from" ("seeds" | "contexts" | None), "z" (diff / se),
-         "n_contexts", "n_pairs", "within_noise" (|diff| < noise_se·se; None without an se), "verdict"}
-
-    Axes with one level, and level pairs that never occur in matched contexts, are left out.
-    """
-    members = [m for m in result_json.get("members", []) if m.get("val")]
-    metric = result_json["metric"]
-    if not members:
-        return []
-    factors = [member_factors(m["spec"]) for m in members]
-    titles = dict(QUESTION_AXES)
-    answers = []
-    for axis in varied_axes({"members": members}):
-        levels = _sort_levels({f[axis] for f in factors if f[axis] is not None})
-        for a, b in itertools.combinations(levels, 2):
-            q = _compare(_cells(members, metric, axis, a, b, factors), a, b)
-            if q["n_contexts"] == 0:
-                continue
-            se_ok = math.isfinite(q["se"]) and math.isfinite(q["diff"])
-            q["z"] = q["diff"] / q["se"] if se_ok and q["se"] > 0 else (math.inf if se_ok and q["diff"] else math.nan)
-            q["within_noise"] = bool(abs(q["diff"]) < noise_se * q["se"]) if se_ok else None
-            q.update(axis=axis, metric=metric, title=f"{titles[axis]}: {_fmt_level(a)} vs {_fmt_level(b)}")
-            q["verdict"] = _verdict(q)
-            answers.append(q)
-    return answers
-
-
-def _question_line(q: Mapping[str, Any]) -> tuple[str, str, str, str, str, str]:
-    """(question, mean A, mean B, diff ± se, verdict, matched) as text."""
-    se = f" ± {q['se']:.3f}" if math.isfinite(q["se"]) else ""
-    return (q["title"], fmt(q["mean_a"]), fmt(q["mean_b"]), f"{q['diff']:+.3f}{se}", q["verdict"],
-            f"{q['n_pairs']}/{q['n_contexts']}")
 
 
 # ================================================================================================= leaderboard
@@ -250,25 +134,42 @@ def table_cells(r: Mapping[str, Any]) -> list[str]:
             pm_text(r["test"], r["n_seeds"]), f"{r['epochs']:.1f}", str(r["n_seeds"])]
 
 
+def level_of(result_json: Mapping[str, Any]) -> float:
+    """The level of the result's intervals (its selection record's), else the package's :data:`stats.LEVEL`."""
+    return float((result_json.get("selection") or {}).get("level") or stats.LEVEL)
+
+
+def ci_title(result_json: Mapping[str, Any]) -> str:
+    """``95% CI`` at the result's level."""
+    return f"{level_of(result_json):.0%} CI"
+
+
 def leaderboard_columns(result_json: Mapping[str, Any]) -> tuple[str, ...]:
     if result_json.get("selection"):
-        return ("rank", "head", "params", "val [95% CI]", "vs best [95% CI]", "epochs", "members")
+        ci = ci_title(result_json)
+        return ("rank", "head", "params", f"val [{ci}]", f"vs best [{ci}]", "epochs", "members")
     return LEADERBOARD_COLUMNS
 
 
 LEADERBOARD_COLUMNS = ("rank", "head", "params", "val", "test", "epochs", "seeds")
-QUESTION_COLUMNS = ("question", "mean A", "mean B", "B − A ± SE", "verdict", "pairs/ctx")
-INTERVAL_QUESTION_COLUMNS = ("question", "A", "B", "B − A [95% CI]", "verdict", "P(B > A)")
+
+
+def question_columns(result_json: Mapping[str, Any]) -> tuple[str, ...]:
+    return ("question", "A", "B", f"B − A [{ci_title(result_json)}]", "verdict", "P(B > A)")
+
+
+def has_verdicts(result_json: Mapping[str, Any]) -> bool:
+    """Whether the sweep's bootstrap answered the questions (a selection record is written with them)."""
+    return bool(result_json.get("selection")) and result_json.get("questions") is not None
 
 
 def questions_table(result_json: Mapping[str, Any]) -> tuple[tuple[str, ...], list[list[str]]]:
-    """The head questions as (columns, rows): the sweep's bootstrap verdicts when present, else seed-SE ones."""
-    if result_json.get("questions"):
-        return INTERVAL_QUESTION_COLUMNS, [
-            [q["title"], fmt(q["mean_a"]), fmt(q["mean_b"]), ci_text(q, signed=True), q["verdict"],
-             f"{num(q['p_b_better']):.2f}"]
-            for q in result_json["questions"]]
-    return QUESTION_COLUMNS, [list(_question_line(q)) for q in answer_head_questions(result_json)]
+    """The head questions as (columns, rows), from the sweep's bootstrap verdicts (no rows without them)."""
+    asked = result_json.get("questions") or [] if has_verdicts(result_json) else []
+    return question_columns(result_json), [
+        [q["title"], fmt(q["mean_a"]), fmt(q["mean_b"]), ci_text(q, signed=True), q["verdict"],
+         f"{num(q['p_b_better']):.2f}"]
+        for q in asked]
 
 
 RARE_RECALL = 0.2
@@ -309,7 +210,8 @@ def recommendation_text(result_json: Mapping[str, Any], rows: Sequence[Mapping[s
     if sel:
         test = (f"test {ci_text(sel['test'])} (scored once: the honest estimate)" if sel.get("test")
                 else "no test split")
-        return (f"Recommended head (the smallest whose 95% interval against the best covers 0): {rec['summary']} — "
+        return (f"Recommended head (the smallest whose {level_of(result_json):.0%} interval against the best covers 0): "
+                f"{rec['summary']} — "
                 f"{rec['params']:,} params, val {ci_text(sel['val'])} (optimistic: chosen on val), {test} "
                 f"(rank {rec['rank']}, config {rec['config']}).")
     return (f"Recommended head (smallest within one SEM of the best val {metric}): {rec['summary']} — "

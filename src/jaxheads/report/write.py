@@ -10,14 +10,13 @@ from typing import Any, Mapping
 from jaxheads.report.plots import (plot_confusion, plot_learning_curves, plot_val_vs_params,
                                    recommended_confusion)
 from jaxheads.report.render import Table, data_uri, render_html, render_markdown, sections
-from jaxheads.report.tables import (INTERVAL_QUESTION_COLUMNS, LEADERBOARD_COLUMNS, NOISE_SE, QUESTION_COLUMNS,
-                                    answer_head_questions, fmt, leaderboard_columns, leaderboard_rows,
-                                    questions_table, recommendation_text, ridge_baseline, selection_lines,
-                                    spec_summary, table_cells, timing_text)
+from jaxheads.report.tables import (LEADERBOARD_COLUMNS, NO_VERDICTS, fmt, has_verdicts, leaderboard_columns,
+                                    leaderboard_rows, level_of, questions_table, recommendation_text,
+                                    ridge_baseline, selection_lines, spec_summary, table_cells, timing_text)
 
 __all__ = [
-    "INTERVAL_QUESTION_COLUMNS", "LEADERBOARD_COLUMNS", "NOISE_SE", "QUESTION_COLUMNS", "Table",
-    "answer_head_questions", "data_uri", "leaderboard_rows", "plot_confusion", "plot_learning_curves",
+    "LEADERBOARD_COLUMNS", "NO_VERDICTS", "Table", "data_uri", "leaderboard_rows", "plot_confusion",
+    "plot_learning_curves",
     "plot_val_vs_params", "print_report", "recommended_confusion", "render_html", "render_markdown",
     "ridge_baseline", "sections", "spec_summary", "write_documents", "write_report",
 ]
@@ -34,7 +33,7 @@ def print_report(result_json: Mapping[str, Any], console: Any = None, top: int =
     console = console or Console()
     metric = result_json["metric"]
     rows = leaderboard_rows(result_json)
-    caption = (f"val {metric} with its 95% interval, and the difference to the best row; ★ recommended"
+    caption = (f"val {metric} with its {level_of(result_json):.0%} interval, and the difference to the best row; ★ recommended"
                if result_json.get("selection") else f"val/test: {metric}, mean ± std over seeds; ★ recommended")
     table = RichTable(title=f"jaxheads leaderboard — {result_json['task']}, ranked by val {metric}", caption=caption)
     for i, name in enumerate(leaderboard_columns(result_json)):
@@ -54,9 +53,10 @@ def print_report(result_json: Mapping[str, Any], console: Any = None, top: int =
     for line in selection_lines(result_json):
         console.print(line, style="bold red" if line.startswith("Warning") else "dim")
     columns, question_rows = questions_table(result_json)
-    if question_rows:
-        rule = ("better only when the 95% interval excludes 0" if result_json.get("questions")
-                else f"within noise = |B − A| < {NOISE_SE:g} SE")
+    if not has_verdicts(result_json):
+        console.print(f"The head questions: {NO_VERDICTS}.", style="dim")
+    elif question_rows:
+        rule = f"better only when the {level_of(result_json):.0%} interval excludes 0"
         qt = RichTable(title=f"The head questions (val {metric}; {rule})")
         for i, name in enumerate(columns):
             qt.add_column(name, justify="left" if i in (0, 4) else "right", no_wrap=i in (1, 2, 3))
@@ -92,7 +92,7 @@ def write_documents(result_json: Mapping[str, Any], out_dir: str | Path,
     paths = {"markdown": out / "report.md", "html": out / "report.html", "head_questions": out / "head_questions.json"}
     paths["markdown"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(render_html(blocks), encoding="utf-8")
-    asked = result_json.get("questions") or answer_head_questions(result_json)  # the sweep's bootstrap verdicts
+    asked = result_json.get("questions") or [] if has_verdicts(result_json) else []  # the sweep's bootstrap verdicts
     questions = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in q.items()}
                  for q in asked]
     paths["head_questions"].write_text(json.dumps(questions, indent=2, default=str), encoding="utf-8")

@@ -15,13 +15,12 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 
 from jaxheads import stats
+from jaxheads.stats import LEVEL, N_BOOT
 from jaxheads.factors import QUESTION_AXES, format_level, matching_keys, member_factors, sort_levels, varied_axes
 
 from .result import SweepResult
 from .scores import ConfigScores, config_scores
 
-N_BOOT = 2000
-LEVEL = 0.95
 
 
 class _Evidence:
