@@ -273,9 +273,11 @@ def from_tfds(
     string) is carved from train with a seeded stratified split. A builder prepared as ArrayRecord is read lazily:
     its labels are read once in chunks, and each image is read from disk when its batch is built (``as_data_source``),
     so memory does not grow with the dataset; its image ids name the record (``tfds:NAME/VERSION/split/size[i]``).
-    A TFRecord-only builder is read through ``tf.data`` and keeps its encoded images in memory. ``label_key`` names a ``ClassLabel`` (multiclass) or a ``Sequence(ClassLabel)`` (multilabel).
+    A TFRecord-only builder is read through ``tf.data`` and keeps its encoded images in memory; that needs TensorFlow,
+    which is not in the default install (``pip install "jaxheads[tfrecord]"``). ``label_key`` names a ``ClassLabel``
+    (multiclass) or a ``Sequence(ClassLabel)`` (multilabel).
     """
-    import tensorflow_datasets as tfds  # heavy (imports TensorFlow): only when a TFDS dataset is asked for
+    import tensorflow_datasets as tfds  # about 1 s to import (TensorFlow is not imported): only when asked for
 
     try:
         builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
@@ -393,6 +395,7 @@ def _eager_tfds_split(
     """Every (encoded image, label) of one TFDS split in memory, through ``tf.data`` (TFRecord-only builders)."""
     import tensorflow_datasets as tfds
 
+    _require_tensorflow(builder)
     try:
         ds = builder.as_dataset(split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
     except (ValueError, KeyError) as err:
@@ -400,10 +403,7 @@ def _eager_tfds_split(
             raise DatasetError(f"tfds:{builder.name}: cannot read split {split!r} ({err})") from err
         return None
     except AssertionError as err:  # TFDS asserts when the data is not prepared in data_dir
-        raise DatasetError(
-            f"tfds:{builder.name}: not prepared in {builder.data_dir}; prepare it once with "
-            f"`tfds build {builder.name} --data_dir DIR` (needs the network) and pass that data_dir"
-        ) from err
+        raise _not_prepared(builder) from err
     sources: list[ImageSource] = []
     labels: list[Any] = []
     for example in tfds.as_numpy(ds):
@@ -411,3 +411,24 @@ def _eager_tfds_split(
         labels.append(example[label_key])
     names = [f"tfds:{builder.name}/{split}[{i}]" for i in range(len(sources))]
     return ImageSplit(sources, _label_array(labels, num_classes, multilabel), names)
+
+
+def _not_prepared(builder: Any) -> DatasetError:
+    return DatasetError(
+        f"tfds:{builder.name}: not prepared in {builder.data_dir}; prepare it once with "
+        f"`tfds build {builder.name} --data_dir DIR` (needs the network) and pass that data_dir"
+    )
+
+
+def _require_tensorflow(builder: Any) -> None:
+    """Refuse, in one line naming the extra, a TFRecord-only builder when TensorFlow (``tf.data``) is not installed."""
+    try:
+        import tensorflow  # noqa: F401  (only the [tfrecord] extra installs it)
+    except ImportError as err:
+        if not builder.is_prepared():
+            raise _not_prepared(builder) from err
+        raise DatasetError(
+            f"tfds:{builder.name}: prepared in {builder.data_dir} as TFRecord only, which is read through TensorFlow "
+            f'(not installed): pip install "jaxheads[tfrecord]", or prepare it as ArrayRecord once with '
+            f"`tfds build {builder.name} --file_format=array_record --data_dir DIR`"
+        ) from err
