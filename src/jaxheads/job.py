@@ -107,9 +107,7 @@ def sweep_job(
     sources = {size: features.backbone_source(backbone, weights, seed=seed, input_size=size) for size in sizes}
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
         dataset, data_dir=data_dir, task=task, seed=seed)  # fmt: skip
-    if "train" not in ds.splits or "val" not in ds.splits:
-        raise data.DatasetError(f"dataset {ds.name}: needs 'train' and 'val' splits, has {sorted(ds.splits)}")
-    sweep = sweep.resolve_folds(len(ds.split("train")) + len(ds.split("val")))
+    sweep = sweep.for_splits(ds.split_sizes(), f"dataset {ds.name}")
     lazy = any(_may_stream(backbone, source, ds, device_memory_budget) for source in sources.values())
     by_size = {size: features_for_sweep(source, ds, sweep, cache_dir=cache_dir, batch_size=batch_size,
                                         progress=feature_progress, strict=strict, lazy=lazy,

@@ -39,6 +39,20 @@ def metric_for_task(task: str) -> str:
     return DEFAULT_METRIC[task]
 
 
+def probabilities(logits: Array, task: str) -> Array:
+    """The task's link on (..., K) logits: a softmax over classes (multiclass) or a sigmoid per class (multilabel)."""
+    return jax.nn.softmax(logits, -1) if task == "multiclass" else jax.nn.sigmoid(logits)
+
+
+def balanced_accuracy(logits: Array, labels: Array, mask: Array) -> Array:
+    """Mean recall over the classes present among the valid rows (scikit-learn's balanced_accuracy_score)."""
+    truth = jax.nn.one_hot(labels, logits.shape[-1]) * mask[:, None]
+    hits = jnp.sum(truth * jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1]), axis=0)
+    count = jnp.sum(truth, axis=0)
+    present = count > 0
+    return jnp.sum(jnp.where(present, hits / jnp.maximum(count, 1), 0.0)) / jnp.maximum(jnp.sum(present), 1)
+
+
 def _valid(mask: Array) -> Array:
     return jnp.asarray(mask).astype(bool)
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxheads import backbones, data
+from jaxheads import backbones, data, metrics
 from jaxheads.heads import io as heads_io
 
 Ranked = list[tuple[str, float]]
@@ -55,8 +55,8 @@ def _feature_fn(backbone: backbones.Backbone, *, pooled: bool) -> Callable[..., 
 
 
 def probabilities(logits: jax.Array | np.ndarray, task: str) -> np.ndarray:
-    """Softmax over classes (multiclass) or a sigmoid per class (multilabel), as a NumPy array."""
-    return np.asarray(jax.nn.sigmoid(logits) if task == "multilabel" else jax.nn.softmax(logits))
+    """:func:`jaxheads.metrics.probabilities` as a NumPy array."""
+    return np.asarray(metrics.probabilities(logits, task))
 
 
 def top_k(probs: np.ndarray, k: int) -> np.ndarray:

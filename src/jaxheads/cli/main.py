@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -78,16 +77,15 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
         features.backbone_source(backbone, args.weights, input_size=px)  # a size below the minimum fails here
     ds = data.load_dataset(args.dataset or job.DEFAULT_DATASET, data_dir=args.data_dir, task=args.task,
                            seed=args.seed)
-    if "train" not in ds.splits or "val" not in ds.splits:
-        raise data.DatasetError(f"dataset {ds.name}: needs 'train' and 'val' splits, has {sorted(ds.splits)}")
-    sizes = {name: len(ds.split(name)) for name in ds.splits}
+    sizes = ds.split_sizes()
+    resolved = spec.for_splits(sizes, f"dataset {ds.name}")
     counts = ", ".join(f"{k} {n}" for k, n in sizes.items())
     log.info("calibrating on this machine (a matmul and a tiny sweep)...")
     calib, totals, plans = dry_run.calibrate(), {}, {}
     for px in pixels:  # each input size is its own sweep on its own feature maps
         shapes = {"pooled": (arch.feature_shape[-1],), "maps": features.feature_map_shape(backbone, px)}
         for k in variants.parse_views(args.views):  # each K is its own sweep too; the largest K's plan is shown
-            plan = dry_run.plan_sweep(spec.resolve_folds(sizes["train"] + sizes["val"]), shapes, sizes,
+            plan = dry_run.plan_sweep(resolved, shapes, sizes,
                                       ds.num_classes, ds.task, views=k)
             times = dry_run.estimate(plan, calib)
             totals = {key: totals.get(key, 0.0) + v for key, v in times.items()}

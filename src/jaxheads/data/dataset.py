@@ -155,6 +155,10 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def split_sizes(self) -> dict[str, int]:
+        """{split name: its number of examples}."""
+        return {name: len(split) for name, split in self.splits.items()}
+
     def split(self, name: str) -> ImageSplit:
         """The split called ``name``; a clear error lists the ones there are."""
         if name not in self.splits:

@@ -1,10 +1,31 @@
-"""A group's member bookkeeping on the host: best scores, epochs, stop reasons and curves, by member position."""
+"""A group's run on the host: what it trains with (:class:`GroupRun`) and its members' bookkeeping
+(:class:`MemberBook`: best scores, epochs, stop reasons and curves, by member position)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .group import Programs
+    from .inputs import GroupInputs
+    from .plan import GroupPlan
+    from .spec import MemberSpec, SweepSpec
+
+
+class GroupRun(NamedTuple):
+    """What every stage of one group's training reads: its plan, placed inputs, compiled programs, the sweep, the
+    ranking metric, the task, the sweep's members and the group's timings (seconds, accumulated in place)."""
+
+    plan: GroupPlan
+    inputs: GroupInputs
+    programs: Programs
+    sweep: SweepSpec
+    metric: str
+    task: str
+    members: Sequence[MemberSpec]
+    timings: dict[str, float]
 
 
 class MemberBook:

@@ -18,12 +18,12 @@ import numpy as np
 from jaxheads import parallel
 
 from . import records
-from .book import MemberBook
+from .book import GroupRun, MemberBook
 from .group import LiveMembers, Programs, epoch_args, epoch_batches, view_generator
 from .inputs import GroupInputs
 from .plan import GroupPlan
 from .program import keep_best
-from .spec import MemberSpec, SweepSpec
+from .spec import SweepSpec
 
 
 def patience_exhausted(active: np.ndarray, since: np.ndarray, patience: int | None) -> np.ndarray:
@@ -93,14 +93,19 @@ def _decide(book: MemberBook, slots: np.ndarray, was_active: np.ndarray, diverge
         book.stop(halving_victims(book.active, book.best, sweep.halving_fraction), "halving")
 
 
-def train_group(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, programs: Programs, sweep: SweepSpec,
-                metric: str, task: str, members: list[MemberSpec], rngs: list[np.random.Generator],
-                timings: dict[str, float], progress: Callable | None) -> tuple[dict[int, tuple], list[int]]:
+def _report(progress: Callable | None, run: GroupRun, epoch: int, book: MemberBook) -> None:
+    if progress is not None:
+        progress({"group": run.plan.gid, "epoch": epoch, "epochs": run.sweep.epochs,
+                  "active": int(book.active.sum()), "members": len(run.plan.ids), "best": float(np.max(book.best))})
+
+
+def train_group(run: GroupRun, live: LiveMembers, rngs: list[np.random.Generator],
+                progress: Callable | None) -> tuple[dict[int, tuple], list[int]]:
     """Train the group; returns ({member index: (record, unpadded variables, predictions)}, slots computed per
     epoch). ``rngs``: the batch-order generator, one copy per fold with folds."""
+    plan, inputs, programs, sweep, timings = run.plan, run.inputs, run.programs, run.sweep, run.timings
     book, done, slots_per_epoch, step0 = MemberBook(len(plan.ids)), {}, [], 0
-    finish = lambda lv, which: done.update(records.finalize(  # noqa: E731
-        plan, inputs, programs.evaluate, lv, which, book, task, members, timings))
+    finish = lambda lv, which: done.update(records.finalize(run, lv, which, book))  # noqa: E731
     for epoch in range(1, sweep.epochs + 1):
         if not book.active.any():
             break
@@ -110,16 +115,14 @@ def train_group(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, program
         live, losses, val = _train_epoch(plan, inputs, live, programs, was_active, idx, step0, timings, epoch == 1)
         slots_per_epoch.append(len(live.slots))
         step0 += plan.steps_per_epoch
-        score = np.nan_to_num(np.asarray(val[metric], np.float64), nan=-np.inf)
+        score = np.nan_to_num(np.asarray(val[run.metric], np.float64), nan=-np.inf)
         diverged = parallel.to_host(live.state.diverged)
         improved = was_active & ~diverged & (score > book.best[js])
         book.record_epoch(epoch, live.slots, was_active, improved, score, losses, val)
         best = keep_best(live.best, live.state.variables, jax.device_put(improved, parallel.member_sharding(plan.mesh)))
         live = live._replace(best=best)
         _decide(book, live.slots, was_active, diverged, epoch, sweep)
-        if progress is not None:
-            progress({"group": plan.gid, "epoch": epoch, "epochs": sweep.epochs, "active": int(book.active.sum()),
-                      "members": len(plan.ids), "best": float(np.max(book.best))})
+        _report(progress, run, epoch, book)
         # Free the compute of stopped members once they hold at least half of the device slots.
         if book.active.any() and np.sum(real & ~book.active[js]) >= len(live.slots) // 2:
             finish(live, np.asarray([s for s in _unfinished(plan, live.slots, done)
@@ -127,5 +130,7 @@ def train_group(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, program
             shrink = compaction(live.slots, book.active, plan.mesh)
             if shrink is not None:
                 live = _compact(plan, live, *shrink)
+    if book.epochs_run.max(initial=0) < sweep.epochs:  # stopped early: the group is done, so its bar ends full
+        _report(progress, run, sweep.epochs, book)
     finish(live, _unfinished(plan, live.slots, done))
     return done, slots_per_epoch

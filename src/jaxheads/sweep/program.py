@@ -106,9 +106,8 @@ def update_members(f: Callable, state: Any, rest: Any, map_batch: int | str) -> 
     """``f(state_i, rest_i) -> (new_state_i, out_i)`` for every member, as :func:`_map_members` batches them; with
     ``lax.map(batch_size=k)``-style chunks the stacked ``state`` is updated in place in a loop carry.
 
-    Why not ``lax.map``: its stacked outputs made XLA copy the whole group's state several times per call (eight
-    state-sized copies per epoch for 8 members of 1280 -> 512, in the compiled HLO), on a CPU several percent of
-    an epoch. A ``fori_loop`` over chunks that slices the carry and writes each chunk back in place copies nothing
+    Why not ``lax.map``: its stacked outputs made XLA copy the whole group's state several times per call (the
+    count: experiments/README.md, "Figures moved out of code comments"). A ``fori_loop`` over chunks that slices the carry and writes each chunk back in place copies nothing
     (the epoch donates ``state``)."""
     m = jax.tree.leaves(state)[0].shape[0]
     if _one_vmap(map_batch, m):
@@ -141,7 +140,7 @@ def swap_first_kernel(params: Any, structure: HeadSpec) -> Any:
     Inside a group the first dense layer (of a head without conv stages) reads the input every member shares, so
     under vmap its weight gradient is one product of the batch with all members' output gradients, which XLA
     lays out (M·out, in). Stored (M, out, in) the kernel takes that result as it is; stored (M, in, out) XLA
-    transposes it at every step (0.17 GB per step for 64 members of 1280 -> 512, seen in the compiled HLO)."""
+    transposes it at every step (its size: experiments/README.md, "Figures moved out of code comments")."""
     if structure.conv:
         return params
     params = dict(params)
@@ -269,22 +268,13 @@ def keep_best(best: Any, current: Any, improved: Array) -> Any:
     return jax.tree.map(lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b), best, current)
 
 
-def _balanced_accuracy(logits: Array, labels: Array, mask: Array) -> Array:
-    """Mean recall over the classes present among the valid rows (scikit-learn's balanced_accuracy_score)."""
-    truth = jax.nn.one_hot(labels, logits.shape[-1]) * mask[:, None]
-    hits = jnp.sum(truth * jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1]), axis=0)
-    count = jnp.sum(truth, axis=0)
-    present = count > 0
-    return jnp.sum(jnp.where(present, hits / jnp.maximum(count, 1), 0.0)) / jnp.maximum(jnp.sum(present), 1)
-
-
 def member_metrics(task: str, logits: Array, labels: Array, mask: Array) -> dict[str, Array]:
     """One member's metrics of (N, K) logits (the shared jaxheads.metrics functions) and its unsmoothed loss, over
     the rows where ``mask`` is true."""
     valid = mask.astype(logits.dtype)
     if task == "multiclass":
         out = metrics.multiclass_metrics(logits, labels, mask)
-        out["balanced_accuracy"] = _balanced_accuracy(logits, labels, mask)
+        out["balanced_accuracy"] = metrics.balanced_accuracy(logits, labels, mask)
         nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], 1)[:, 0]
         out["loss"] = jnp.sum(nll * valid) / jnp.sum(valid)
         return out

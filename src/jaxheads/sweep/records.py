@@ -7,18 +7,17 @@ only for multilabel thresholds (tuned per member on val) or a member that never 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import jax
 import numpy as np
 
 from jaxheads import heads, metrics, parallel
 
-from .book import MemberBook
+from .book import GroupRun, MemberBook
 from .inputs import GroupInputs, eval_selection, fold_eval_rows
 from .plan import GroupPlan
 from .program import MemberConsts, swap_first_kernel
-from .spec import MemberSpec
 
 if TYPE_CHECKING:
     from .group import LiveMembers
@@ -115,25 +114,24 @@ def _unpadded(final: _Final, slot: int, plan: GroupPlan, head: heads.HeadSpec) -
 
 
 def _probabilities(final: _Final, slot: int, task: str) -> dict[str, np.ndarray]:
-    link = (lambda z: jax.nn.softmax(z, -1)) if task == "multiclass" else jax.nn.sigmoid
-    probs = lambda logits: np.asarray(link(np.asarray(logits, np.float32)), np.float32)  # noqa: E731
+    probs = lambda logits: np.asarray(metrics.probabilities(np.asarray(logits, np.float32), task), np.float32)  # noqa: E731
     out = {"val": probs(final.val_logits[slot])}
     if final.test_logits is not None:
         out["test"] = probs(final.test_logits[slot])
     return out
 
 
-def finalize(plan: GroupPlan, inputs: GroupInputs, evaluate_fn: Callable, live: LiveMembers, which: np.ndarray,
-             book: MemberBook, task: str, members: Sequence[MemberSpec],
-             timings: dict[str, float]) -> dict[int, tuple[dict[str, Any], Any, dict[str, np.ndarray]]]:
+def finalize(run: GroupRun, live: LiveMembers, which: np.ndarray,
+             book: MemberBook) -> dict[int, tuple[dict[str, Any], Any, dict[str, np.ndarray]]]:
     """{member index: (record, unpadded variables, predictions)} of the members in slots ``which``; predictions
     are {"val", "test" (with a test split)} probabilities (rows, classes) float32 of the kept weights on every row
     of the split."""
     if len(which) == 0:
         return {}
+    plan, inputs, task, members, timings = run.plan, run.inputs, run.task, run.members, run.timings
     t = time.perf_counter()
     need_val = task == "multilabel" or any(book.best_val[live.slots[s]] is None for s in which)
-    final = _Final(plan, inputs, evaluate_fn, live, need_val)
+    final = _Final(plan, inputs, run.programs.evaluate, live, need_val)
     timings["eval_s"] += time.perf_counter() - t
     out = {}
     for slot in which:

@@ -16,17 +16,15 @@ from jaxheads.features.split import FeatureSplit
 
 from . import folds, stream, tta, verdicts
 from . import group as groups
-from .inputs import abstract_splits, check_inputs, feature_shapes, host_inputs, place_inputs
+from .book import GroupRun
+from .inputs import check_inputs, feature_shapes, host_inputs, place_inputs
 from .loop import train_group
-from .plan import CPU_MEMBER_MAJOR_PARAMS, fixed_map_batch, group_members, make_plan
-from .program import make_optimizer
+from .plan import fixed_map_batch, group_members, make_plan
 from .result import SweepResult, group_record, leaderboard
 from .resume import GroupStore
-from .schema import SCHEMA
-from .spec import DEPTH_GROUPING_DEFAULT, MemberSpec, SweepSpec
+from .spec import MemberSpec, SweepSpec
 
-__all__ = ["CPU_MEMBER_MAJOR_PARAMS", "DEPTH_GROUPING_DEFAULT", "SCHEMA", "MemberSpec", "SweepResult", "SweepSpec",
-           "abstract_splits", "compile_sweep", "leaderboard", "make_optimizer", "run_sweep"]
+__all__ = ["compile_sweep", "run_sweep"]
 
 
 class _Background:
@@ -87,8 +85,8 @@ def _train_one_group(plan: Any, splits: Mapping[str, FeatureSplit], fold_of: np.
                 else groups.compile_programs(pending, inputs, map_batch, task, pool))
     live = live if live is not None else groups.collect_init(pending)
     timings["compile_s"] += time.perf_counter() - t  # includes waiting for the init program
-    done, slots_per_epoch = train_group(plan, inputs, live, programs, sweep, metric, task, members, rngs, timings,
-                                        progress)
+    run = GroupRun(plan, inputs, programs, sweep, metric, task, members, timings)
+    done, slots_per_epoch = train_group(run, live, rngs, progress)
     record = group_record(plan, sweep.epochs, map_batch, probed, slots_per_epoch, timings)
     return done, {**record, "streamed": stream.record(plan, budget, inputs) if streamed else None}
 
@@ -120,9 +118,7 @@ def run_sweep(
     of placing them on the devices, with the same results; ``SweepResult.groups[*]["streamed"]`` says which did."""
     t_start = time.perf_counter()
     budget = stream.resolve_budget(device_memory_budget)
-    if "train" not in splits or "val" not in splits:
-        raise ValueError(f"run_sweep: splits need 'train' and 'val', got {sorted(splits)}")
-    sweep = sweep.resolve_folds(len(splits["train"]) + len(splits["val"]))
+    sweep = sweep.for_splits({name: len(split) for name, split in splits.items()}, "run_sweep")
     members = sweep.expand(num_classes, task)
     if not members:
         raise ValueError("run_sweep: the sweep has no members")
@@ -220,7 +216,7 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
 
     Not for ``map_batch="probe"`` (it times candidates on real data): such a sweep compiles nothing here."""
     t0 = time.perf_counter()
-    sweep = sweep.resolve_folds(len(splits["train"]) + len(splits["val"]))
+    sweep = sweep.for_splits({name: len(split) for name, split in splits.items()}, "compile_sweep")
     members = sweep.expand(num_classes, task)
     check_inputs(members, splits)
     shapes = feature_shapes(splits["train"])

@@ -93,7 +93,7 @@ class SweepSpec:
     ``member_memory_mb`` (cap on the
     activation memory of the members batched together on one device; bounds k), ``data_seed``.
     ``folds``: K-fold cross-validation over train+val pooled (None: the fixed val split; "auto": ``AUTO_FOLDS``
-    up to ``AUTO_FOLDS_MAX_EXAMPLES`` train+val examples, else None, see :meth:`resolve_folds`); folds are one
+    up to ``AUTO_FOLDS_MAX_EXAMPLES`` train+val examples, else None, see :meth:`for_splits`); folds are one
     more member axis, so K folds of every config train in the same programs. ``metric``: the val metric members
     are ranked and stopped by (None: the task's default, ``metrics.metric_for_task``). ``design``: ``"grid"``
     (the cross product) or ``"one_factor"`` (one factor at a time around the base, the first level of every
@@ -179,11 +179,17 @@ class SweepSpec:
         """The val metric members of ``task`` are ranked and stopped by (an error naming ``--metric`` otherwise)."""
         return stats.check_metric(self.metric or metric_for_task(task), task)
 
-    def resolve_folds(self, train_val_examples: int) -> "SweepSpec":
-        """This spec with ``folds="auto"`` decided for a dataset of ``train_val_examples`` train+val examples."""
+    def for_splits(self, sizes: Mapping[str, int], owner: str) -> "SweepSpec":
+        """This spec for splits of ``sizes`` ({split: examples}): they must hold ``train`` and ``val`` (else a
+        one-line DatasetError naming ``owner``, the dataset or caller), and ``folds="auto"`` is decided on their
+        train+val examples."""
+        from jaxheads.data.dataset import DatasetError
+
+        if "train" not in sizes or "val" not in sizes:
+            raise DatasetError(f"{owner}: needs 'train' and 'val' splits, has {sorted(sizes)}")
         if self.folds != "auto":
             return self
-        folds = AUTO_FOLDS if train_val_examples <= AUTO_FOLDS_MAX_EXAMPLES else None
+        folds = AUTO_FOLDS if sizes["train"] + sizes["val"] <= AUTO_FOLDS_MAX_EXAMPLES else None
         return dataclasses.replace(self, folds=folds)
 
     def expand(self, num_classes: int, task: str) -> list[MemberSpec]:
@@ -197,7 +203,7 @@ class SweepSpec:
         if self.sample is not None and self.sample < len(configs):
             configs = random.Random(self.sample_seed).sample(configs, self.sample)
         if self.folds == "auto":
-            raise ValueError("SweepSpec.folds 'auto': decide it for the dataset first (SweepSpec.resolve_folds)")
+            raise ValueError("SweepSpec.folds 'auto': decide it for the dataset first (SweepSpec.for_splits)")
         folds = range(self.folds) if self.folds else (None,)
         return [dataclasses.replace(c, seed=s, fold=f) for c in configs for s in range(self.seeds) for f in folds]
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from jaxheads import heads
+from jaxheads import heads, metrics
 from jaxheads.heads import HeadSpec
 from jaxheads.features.split import FeatureSplit
 
@@ -33,7 +33,7 @@ def test_views(test: FeatureSplit | None) -> int:
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _probabilities(variables: Any, x: jax.Array, spec: HeadSpec) -> jax.Array:
     logits = heads.apply_head(variables, x, spec)
-    return jax.nn.softmax(logits, -1) if spec.task == "multiclass" else jax.nn.sigmoid(logits)
+    return metrics.probabilities(logits, spec.task)
 
 
 def average_test_views(records: Sequence[dict[str, Any]], variables: Sequence[Any], test: FeatureSplit,
