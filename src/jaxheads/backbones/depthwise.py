@@ -7,7 +7,7 @@ kernel keeps Flax's grouped-conv layout (k, k, 1, C); the Flax module around it 
 
 A strided convolution reads its views through a (rows/s, s, cols/s, s) phase reshape of the padded input, so every
 view is a contiguous slice of one phase instead of a strided slice: the same products in the same order (bit-identical
-results), up to 2x faster on XLA's CPU backend for one 112x112 image (experiments/README.md, "Feature-pass speed").
+results), faster on XLA's CPU backend (by how much: experiments/README.md, "Feature-pass speed").
 """
 
 from __future__ import annotations

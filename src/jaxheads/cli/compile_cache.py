@@ -2,8 +2,8 @@
 
 :func:`persistent` points ``jax_compilation_cache_dir`` at ``checkpoint.cache_dir() / "xla"`` (next to the
 converted backbones and the feature cache) and stores every program that took at least
-:data:`MIN_COMPILE_SECONDS` to compile: 0, because JAX's default of 1 s leaves most of a sweep's programs out and
-the small ones cost next to nothing on disk (a tiny sweep: 71 files, under 1 MB). It counts
+:data:`MIN_COMPILE_SECONDS` to compile: 0, because JAX's default leaves most of a sweep's programs out and the
+small ones cost next to nothing on disk (experiments/README.md, "Figures moved out of code comments"). It counts
 the cache's hits and misses while it is active, and restores the previous settings on exit, so a library caller
 that runs a command in-process keeps its own configuration afterwards.
 """

@@ -8,10 +8,8 @@ The estimate comes from a short calibration on this machine (:func:`calibrate`):
 gives the FLOP rate, and a tiny real sweep (two members, synthetic features) gives the cost of compiling a group,
 of one training step beyond its arithmetic and of one evaluation. A group then costs its compile plus, every epoch,
 its steps and evaluation; every head is assumed to run all epochs, so early stopping only ends sooner. The
-backbone's feature pass is not included (it is skipped for images already in the cache). On the shared 2-core dev
-box a 16-member, 10-epoch sweep of pooled 1280-wide features was estimated at 17 s and took 24 s (its larger
-programs compile slower than the tiny one, and its steps reach ~70% of the matmul rate); a tiny 16-member sweep,
-10 s and 15 s.
+backbone's feature pass is not included (it is skipped for images already in the cache). How close the estimate
+comes: experiments/README.md, "Figures moved out of code comments".
 """
 
 from __future__ import annotations
