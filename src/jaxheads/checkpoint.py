@@ -66,16 +66,38 @@ def exists(path: str | Path) -> bool:
     return _complete(path) or _complete(_previous(path))
 
 
-def load(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """Read a checkpoint written by :func:`save`: (pytree of numpy arrays, meta dict)."""
+def _whole(path: str | Path) -> Path:
+    """The directory of the whole checkpoint at ``path`` (or of the one a killed save left beside it)."""
     path = Path(path).absolute()
     if not _complete(path) and _complete(_previous(path)):
         path = _previous(path)  # killed between save's two renames: the old checkpoint is whole
     if not _complete(path):
         raise FileNotFoundError(f"no complete jaxheads checkpoint at {path} (expected {STATE}/ and {META})")
+    return path
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / META).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path / META}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path / META}: expected a JSON object, found {type(meta).__name__}")
+    return meta
+
+
+def load_meta(path: str | Path) -> dict[str, Any]:
+    """The meta dict of the checkpoint at ``path``, without reading its arrays."""
+    return _read_meta(_whole(path))
+
+
+def load(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Read a checkpoint written by :func:`save`: (pytree of numpy arrays, meta dict). A corrupt ``meta.json`` is a
+    one-line ValueError naming it, found before the arrays are read."""
+    path = _whole(path)
+    meta = _read_meta(path)
     with _checkpointer() as checkpointer:
         tree = checkpointer.restore(path / STATE)
-    meta = json.loads((path / META).read_text())
     return jax.tree.map(np.asarray, tree), meta
 
 

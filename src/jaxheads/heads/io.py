@@ -59,7 +59,7 @@ def load_head(path: str | Path) -> tuple[HeadSpec, Variables, Callable[[Variable
 
 def load_meta(path: str | Path) -> dict[str, Any]:
     """The meta dict of a saved head (spec, feature_shape, label_names, extras)."""
-    return checkpoint.load(path)[1]
+    return checkpoint.load_meta(path)
 
 
 @functools.lru_cache(maxsize=32)
