@@ -42,8 +42,6 @@ def _synthetic_result() -> dict:
         for seed, val in enumerate(vals):
             members.append(_member(len(members), hidden, dropout, seed, val))
     board, recommended = leaderboard(members, "accuracy")
-    rec = next(m for m in members if m["config"] == recommended)
-    rec["confusion_matrix"] = {"val": [[5, 1, 0], [0, 6, 1], [1, 0, 7]], "test": [[4, 2, 0], [0, 7, 0], [1, 1, 6]]}
     return {
         "schema": "jaxheads.sweep_result/1", "task": "multiclass", "num_classes": 3, "label_names": ["a", "b", "c"],
         "metric": "accuracy", "feature_shapes": {"pooled": [8], "maps": None}, "sweep": {}, "members": members,
@@ -75,6 +73,9 @@ def _with_verdicts(result: dict, level: float = 0.95) -> dict:
     selection = {"metric": "accuracy", "level": level, "n_boot": 2000, "method": "hand-made intervals.",
                  "val": {"estimate": 0.85, "low": 0.8, "high": 0.9, "level": level, "optimistic": True},
                  "test": None}
+    if result["task"] == "multiclass":  # the job adds the recommended config's matrices to the selection record
+        selection["confusion_matrix"] = {"val": [[5, 1, 0], [0, 6, 1], [1, 0, 7]],
+                                         "test": [[4, 2, 0], [0, 7, 0], [1, 1, 6]], "seeds": 1}
     return {**result, "questions": questions, "selection": selection}
 
 
@@ -199,7 +200,7 @@ def test_html_report_is_self_contained(tmp_path):
 
 
 def test_estimate_is_shown_and_documents_render_again_without_plots(tmp_path):
-    result = json.loads(json.dumps(_synthetic_result()))
+    result = json.loads(json.dumps(_with_verdicts(_synthetic_result())))
     paths = report.write_report(result, tmp_path)
     before = {name: paths[name].stat().st_mtime_ns for name in ("val_vs_params", "learning_curves")}
     assert "dry run" not in paths["markdown"].read_text()

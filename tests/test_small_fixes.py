@@ -13,6 +13,7 @@ from PIL import Image
 
 import jaxheads
 from jaxheads import cli
+from jaxheads.sweep import scores
 
 
 def _saved_head(path: Path) -> Path:
@@ -45,3 +46,19 @@ def test_a_group_that_stops_early_ends_its_progress_full() -> None:
     assert max(m["epochs_run"] for m in result.members) < sweep.epochs  # the group did stop early
     last = [e for e in events if "epoch" in e][-1]
     assert last["epoch"] == last["epochs"] == sweep.epochs and last["active"] == 0
+
+
+def test_the_test_confusion_matrix_is_the_test_figures_predictor() -> None:
+    rng = np.random.default_rng(1)
+    y = np.arange(150) % 3
+    x = (np.eye(3)[y] * 1.5 + rng.normal(size=(150, 3))).astype(np.float32)
+    train, val, test = (jaxheads.FeatureSplit(labels=y[s], pooled=x[s])
+                        for s in (slice(0, 60), slice(60, 90), slice(90, 150)))
+    sweep = jaxheads.SweepSpec(pooling=("none",), depth=(0,), epochs=4, folds=3, seeds=2, ridge_l2=())
+    result = jaxheads.run_sweep(sweep, {"train": train, "val": val, "test": test}, num_classes=3)
+    matrices = scores.confusion_matrices(result, result.recommended)
+    test_cm = np.asarray(matrices["test"])
+    assert matrices["seeds"] == 2 and test_cm.sum() == 2 * len(test)
+    assert np.trace(test_cm) / test_cm.sum() == pytest.approx(result.selection["test"]["estimate"], abs=1e-12)
+    recall = np.diag(test_cm) / test_cm.sum(axis=1)
+    assert recall.tolist() == pytest.approx(list(result.selection["per_class_test"]["recall"].values()), abs=1e-12)

@@ -18,13 +18,13 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxheads import checkpoint, data, distributed, features, metrics, report
+from jaxheads import checkpoint, data, distributed, features, report
 from jaxheads.heads import io as heads_io
 from jaxheads.sweep import variants
 from jaxheads.data.augment import DEFAULT_POLICY, check_views, parse_policy
 from jaxheads.heads import ConvStage
 from jaxheads.features.split import FeatureSplit
-from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep, stream
+from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep, scores, stream
 
 DEFAULT_DATASET = "elpv"
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -228,23 +228,7 @@ def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], **proven
 
 
 def _add_confusion_matrices(result: SweepResult) -> None:
-    """Confusion matrices (val, test) of the recommended config's members of a multiclass sweep, from the
-    predictions the sweep kept: on val, a member's own rows (with folds, its fold; the rest of val trained it)."""
-    p = result.predictions
-    if result.task != "multiclass" or result.recommended is None or not p:
-        return
-    for record in result.members:
-        if record["config"] != result.recommended:
-            continue
-        member, fold = record["member"], record["spec"].get("fold")
-        rows = slice(None) if fold is None else p["val_fold"] == fold
-        matrices = {"val": _confusion(p["val"][member][rows], p["val_labels"][rows], result.num_classes)}
-        if "test" in p:
-            matrices["test"] = _confusion(p["test"][member], p["test_labels"], result.num_classes)
-        record["confusion_matrix"] = matrices
-
-
-def _confusion(probabilities: np.ndarray, labels: np.ndarray, num_classes: int) -> list[list[int]]:
-    labels = np.asarray(labels)
-    matrix = metrics.confusion_matrix(np.argmax(probabilities, -1), labels, num_classes, np.ones(labels.shape, bool))
-    return np.asarray(matrix).astype(int).tolist()
+    """The recommended config's confusion matrices (:func:`jaxheads.sweep.scores.confusion_matrices`: the very
+    predictions of its val and test figures) in the selection record of a multiclass sweep."""
+    if result.task == "multiclass" and result.recommended is not None and result.predictions:
+        result.selection["confusion_matrix"] = scores.confusion_matrices(result, result.recommended)

@@ -102,17 +102,11 @@ def _colors(n: int) -> list[Any]:
 
 
 def recommended_confusion(result_json: Mapping[str, Any]) -> tuple[np.ndarray, str] | None:
-    """(confusion matrix, split name) of the recommended config's best replica, when the result holds one."""
-    if result_json.get("task") != "multiclass" or result_json.get("recommended") is None:
-        return None
-    metric = result_json["metric"]
-    cands = [m for m in result_json.get("members", []) if m["config"] == result_json["recommended"]]
-    cands.sort(key=lambda m: -np.nan_to_num(num(m["val"].get(metric)), nan=-np.inf))
-    for m in cands:
-        cm = m.get("confusion_matrix") or {}
-        for split in ("test", "val"):
-            if cm.get(split) is not None:
-                return np.asarray(cm[split], np.int64), split
+    """(confusion matrix, split name) of the recommended config, test if the result holds it, else val."""
+    matrices = (result_json.get("selection") or {}).get("confusion_matrix") or {}
+    for split in ("test", "val"):
+        if matrices.get(split) is not None:
+            return np.asarray(matrices[split], np.int64), split
     return None
 
 

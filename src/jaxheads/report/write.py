@@ -76,8 +76,13 @@ def _plots(result_json: Mapping[str, Any], out: Path) -> dict[str, Path]:
         cm, split = confusion
         plots["confusion_matrix"] = plot_confusion(cm, result_json.get("label_names"),
                                                    out / PLOT_FILES["confusion_matrix"],
-                                                   f"Recommended head, {split} split")
+                                                   _confusion_title(split, result_json))
     return plots
+
+
+def _confusion_title(split: str, result_json: Mapping[str, Any]) -> str:
+    seeds = int(result_json["selection"]["confusion_matrix"].get("seeds", 1))
+    return f"Recommended head, {split} split" + (f" (summed over {seeds} seeds)" if seeds > 1 else "")
 
 
 def write_documents(result_json: Mapping[str, Any], out_dir: str | Path,

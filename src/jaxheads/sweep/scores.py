@@ -12,6 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxheads import metrics
+
 from .result import SweepResult
 
 
@@ -73,3 +75,23 @@ def config_scores(result: SweepResult) -> dict[str, ConfigScores]:
     return {config: ConfigScores(config, tuple(int(m["member"]) for m in members), val_scores(members, p),
                                  test_scores(members, p) if "test" in p else None)
             for config, members in by_config.items()}
+
+
+def confusion_matrices(result: SweepResult, config: str) -> dict[str, Any]:
+    """A multiclass config's confusion matrices from the very predictions its figures come from: ``val`` out of
+    fold, ``test`` each seed's mean over its fold models; each summed over the ``seeds`` (so its trace over its
+    total is the config's accuracy, and each row's diagonal share that class's recall)."""
+    scores = config_scores(result)[config]
+    p, k = result.predictions, result.num_classes
+    out: dict[str, Any] = {"val": _summed_confusion(scores.val, p["val_labels"], k), "seeds": scores.val.shape[0]}
+    if scores.test is not None:
+        out["test"] = _summed_confusion(scores.test, p["test_labels"], k)
+    return out
+
+
+def _summed_confusion(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> list[list[int]]:
+    """(seeds, rows, classes) -> the confusion matrix (true row, predicted column) summed over seeds."""
+    truth = np.asarray(labels, np.int64)
+    every = np.ones(truth.shape, bool)
+    return sum(np.asarray(metrics.confusion_matrix(s.argmax(-1), truth, num_classes, every), np.int64)
+               for s in scores).tolist()
