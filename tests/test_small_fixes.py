@@ -3,7 +3,6 @@ early ends its progress bar full, and the report's test confusion matrix comes f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
