@@ -8,6 +8,7 @@ other family), and :func:`list_backbones` imports them all.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import jax
 
 from jaxheads.backbones.base import Backbone, BackboneConfig, Preprocessing, sha256_file
+from jaxheads.backbones import timm_convert
 
 __all__ = ["Backbone", "BackboneConfig", "Preprocessing", "get_config", "list_backbones", "load", "register",
            "sha256_file"]
@@ -72,7 +74,10 @@ def load(name: str, weights: Any = "default", *, num_classes: int = 0, seed: int
         size = config.preprocessing.input_size
         variables = module.init(jax.random.key(seed), jax.numpy.zeros((1, size, size, 3)), train=False)
         return Backbone(config, module, variables, f"random-seed{seed}")
-    if isinstance(weights, (str, Path)) and str(weights) in config.weights:
+    if timm_convert.claims(config, weights):  # timm:NAME, a .safetensors file, a .pth in timm's key layout
+        config = dataclasses.replace(config, preprocessing=timm_convert.preprocessing(config, weights))
+        loader = timm_convert.load
+    elif isinstance(weights, (str, Path)) and str(weights) in config.weights:
         loader = config.weights[str(weights)]
     elif isinstance(weights, (str, Path)) and Path(weights).exists() and "file" in config.weights:
         loader = config.weights["file"]
