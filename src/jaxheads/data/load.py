@@ -6,40 +6,10 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from jaxheads.data.dataset import (SPLIT_NAMES, BadImageError, BadImageWarning, Dataset, DatasetError, ImageSource,
-                              ImageSplit, Split, Task, stratified_split)
-from jaxheads.data.images import RESIZE_METHOD, Batch, iter_batches, load_image, resize_center_crop
-from jaxheads.data.sources import (ELPV_CLASSES, ELPV_MULTILABEL_CLASSES, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR,
-                              IMAGE_EXTENSIONS, elpv, fashion_mnist, from_csv, from_folder, from_tfds)
+from jaxheads.data.dataset import Dataset, DatasetError, Task
+from jaxheads.data.sources import elpv, fashion_mnist, from_csv, from_folder, from_tfds
 
-__all__ = [
-    "BadImageError",
-    "BadImageWarning",
-    "Batch",
-    "Dataset",
-    "DatasetError",
-    "ELPV_CLASSES",
-    "ELPV_MULTILABEL_CLASSES",
-    "FASHION_MNIST_CLASSES",
-    "FASHION_MNIST_DIR",
-    "IMAGE_EXTENSIONS",
-    "ImageSource",
-    "ImageSplit",
-    "RESIZE_METHOD",
-    "SPLIT_NAMES",
-    "Split",
-    "Task",
-    "elpv",
-    "fashion_mnist",
-    "from_csv",
-    "from_folder",
-    "from_tfds",
-    "iter_batches",
-    "load_dataset",
-    "load_image",
-    "resize_center_crop",
-    "stratified_split",
-]
+__all__ = ["load_dataset"]
 
 
 def load_dataset(

@@ -7,19 +7,24 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxheads.report.plots import (plot_confusion, plot_learning_curves, plot_val_vs_params,
-                                   recommended_confusion)
-from jaxheads.report.render import Table, data_uri, render_html, render_markdown, sections
-from jaxheads.report.tables import (LEADERBOARD_COLUMNS, NO_VERDICTS, fmt, has_verdicts, leaderboard_columns,
-                                    leaderboard_rows, level_of, questions_table, recommendation_text,
-                                    ridge_baseline, selection_lines, spec_summary, table_cells, timing_text)
+from jaxheads.report.plots import plot_confusion, plot_learning_curves, plot_val_vs_params, recommended_confusion
+from jaxheads.report.render import render_html, render_markdown, sections
+from jaxheads.report.tables import (
+    NO_VERDICTS,
+    fmt,
+    has_verdicts,
+    leaderboard_columns,
+    leaderboard_rows,
+    level_of,
+    questions_table,
+    recommendation_text,
+    ridge_baseline,
+    selection_lines,
+    table_cells,
+    timing_text,
+)
 
-__all__ = [
-    "LEADERBOARD_COLUMNS", "NO_VERDICTS", "Table", "data_uri", "leaderboard_rows", "plot_confusion",
-    "plot_learning_curves",
-    "plot_val_vs_params", "print_report", "recommended_confusion", "render_html", "render_markdown",
-    "ridge_baseline", "sections", "spec_summary", "write_documents", "write_report",
-]
+__all__ = ["print_report", "write_documents", "write_report"]
 
 PLOT_FILES = {"val_vs_params": "val_vs_params.png", "learning_curves": "learning_curves.png",
               "confusion_matrix": "confusion_matrix.png"}
