@@ -10,7 +10,12 @@ Names (``--augment``):
 - ``dihedral``: one of the 8 rotations and reflections of the square (suits data without an up, such as ELPV's
   solar cells); it includes ``flip``;
 - ``crop``: a random-resized crop covering 60-100% of the image's area, aspect ratio 3/4 to 4/3;
-- ``scale``: a small scale jitter, zooming in by 0-15% around a slightly moved centre.
+- ``scale``: a small scale jitter, zooming in by 0-15% around a slightly moved centre;
+- ``affine``: a small affine jitter of the rendered view (``AFFINE_JITTER``: rotation up to ±3°, translation up to
+  ±2% of the side, scale ±2%; the ranges of Deitsch et al.'s ELPV recipe), edges replicated.
+
+The fine-tune (:mod:`jaxheads.finetuning.augment`) draws the same names on device, per example and step, inside its
+jitted step; the names and ranges are this module's, the pixels are computed there in JAX.
 
 Orientations are stratified: an image's views 1, 2, ... run through a random order of the group's non-identity
 elements before any repeats (with ``flip``: flipped, plain, flipped, ...), so a few views already cover the group.
@@ -28,23 +33,27 @@ from PIL import Image
 
 from jaxheads.data.images import resize_center_crop
 
-__all__ = ["AUGMENTATIONS", "AUGMENT_METHOD", "DEFAULT_POLICY", "augmented_view", "check_views", "parse_policy"]
+__all__ = ["AFFINE_JITTER", "AUGMENTATIONS", "AUGMENT_METHOD", "CROP_AREA", "CROP_ASPECT", "DEFAULT_POLICY",
+           "SCALE_ZOOM", "augmented_view", "check_views", "parse_policy"]
 
-AUGMENTATIONS = ("flip", "dihedral", "crop", "scale")
+# "affine" comes last: a policy's canonical text (part of its cache key) is unchanged for the older names.
+AUGMENTATIONS = ("flip", "dihedral", "crop", "scale", "affine")
 DEFAULT_POLICY = ("flip", "crop")
 """Safe for photos (no rotation); ELPV-like data without an up is better served by ``dihedral,crop``."""
 AUGMENT_METHOD = "augment-v1"
 """Names how views are drawn and rendered; part of every augmented view's cache key: change it when they change."""
 CROP_AREA, CROP_ASPECT, SCALE_ZOOM = (0.6, 1.0), (3 / 4, 4 / 3), (1.0, 1.15)
+AFFINE_JITTER = (3.0, 0.02, 0.02)
+"""``affine``'s largest rotation (degrees), translation (fraction of the side) and scale change (fraction)."""
 
 
-def parse_policy(names: str | Sequence[str]) -> tuple[str, ...]:
+def parse_policy(names: str | Sequence[str], *, allow_empty: bool = False) -> tuple[str, ...]:
     """The policy named by ``names`` (comma-separated text or a sequence) in canonical order (``AUGMENTATIONS``'s),
     so ``crop,flip`` and ``flip,crop`` are one policy and one cache entry; a one-line error naming ``--augment``
-    for an unknown or missing name."""
+    for an unknown or (unless ``allow_empty``: the fine-tune's "no augmentation") missing name."""
     given = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
     unknown = [n for n in given if n not in AUGMENTATIONS]
-    if unknown or not given:
+    if unknown or not (given or allow_empty):
         what = f"unknown augmentation {unknown[0]!r}" if unknown else "no augmentation named"
         raise ValueError(f"--augment {','.join(given)!r}: {what}; expected comma-separated names from "
                          f"{', '.join(AUGMENTATIONS)}")
@@ -105,6 +114,27 @@ def augmented_view(image: Image.Image, size: int, image_id: bytes, view: int,
         pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box), np.uint8)
     else:
         pixels = resize_center_crop(image, size)
+    if "affine" in policy:  # its own generator: the crop and scale draws stay those of the policy without it
+        pixels = _affine_jitter(pixels, _rng(image_id, policy, view, 1))
     element = _orientation(image_id, view, policy)
     pixels = np.rot90(pixels, element >> 1)
     return np.ascontiguousarray(pixels[:, ::-1] if element & 1 else pixels)
+
+
+def _affine_jitter(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``pixels`` (S, S, 3) rotated, moved and scaled about the centre by draws within ``AFFINE_JITTER``, bilinear,
+    the edges replicated (padded first, as PIL fills outside the image with a constant)."""
+    size = pixels.shape[0]
+    degrees, shift, zoom = AFFINE_JITTER
+    angle = math.radians(rng.uniform(-degrees, degrees))
+    tx, ty = rng.uniform(-shift, shift, 2) * size
+    scale = 1.0 + rng.uniform(-zoom, zoom)
+    pad = size // 4 + 1  # more than the jitter ever reaches beyond the image
+    padded = Image.fromarray(np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    cos, sin, c = math.cos(angle) / scale, math.sin(angle) / scale, size / 2
+    # output -> input: c + R(-angle) (p - c - t) / scale, then into the padded image's coordinates
+    a, b, d, e = cos, sin, -sin, cos
+    ox, oy = -c - tx, -c - ty
+    data = (a, b, a * ox + b * oy + c + pad, d, e, d * ox + e * oy + c + pad)
+    return np.asarray(padded.transform((size, size), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR),
+                      np.uint8)
