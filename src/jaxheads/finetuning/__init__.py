@@ -4,19 +4,23 @@ The last step of the data flow. ``finetune(head_dir, dataset, FinetuneConfig(...
 written by ``jaxheads sweep`` (``OUT/head``: its meta names the backbone, the weights and their id) and:
 
 * unfreezes the top ``unfreeze`` entries of ``config.blocks`` (for EfficientNet-Lite0: ``head``, ``block15``,
-  ...); the others get ``optax.set_to_zero`` and a ``stop_gradient`` in the forward pass, so no backward work is
-  spent below the lowest unfrozen block;
-* trains head and unfrozen blocks with AdamW (``optax.multi_transform``): the head at ``learning_rate``, the top
-  block at ``backbone_learning_rate`` and each block below it ``layer_decay`` times slower (layer-wise decay);
-  every rate rises linearly over ``warmup_epochs`` and then follows a cosine to 0 (``schedule``), so the first
-  steps — Adam's largest, relative to its gradients — cannot wreck the converged head;
+  ...; ``"all"``: every block, the whole network); the others get ``optax.set_to_zero`` and a ``stop_gradient`` in
+  the forward pass, so no backward work is spent below the lowest unfrozen block; with ``remat`` every unfrozen
+  block is rematerialised (``jax.checkpoint``) in the backward pass;
+* trains head and unfrozen blocks with AdamW or SGD with momentum (``optimizer``, ``optax.multi_transform``): the
+  head at ``learning_rate``, the top block at ``backbone_learning_rate`` and each block below it ``layer_decay``
+  times slower (discriminative rates by depth); every rate rises linearly over ``warmup_epochs`` and then follows a
+  cosine to 0 (``schedule``), so the first steps cannot wreck the converged head;
+* averages the gradients of ``accumulate`` batches per update (large effective batches in one batch's memory);
 * keeps batch-norm statistics frozen (``freeze_bn=True``: every BN layer normalises with its running statistics,
   as at inference) or lets them train (``freeze_bn=False``: the backbone runs in train mode, so every BN layer —
   frozen blocks' included, as the module has one ``train`` flag — uses batch statistics and updates its averages);
-* smooths the multiclass training labels (``label_smoothing``; val loss is the plain one);
+* smooths the multiclass training labels (``label_smoothing``) and weighs them by class (``class_weights``:
+  ``"balanced"`` from the train split's label frequencies); val loss is the plain one;
 * reads images, not cached features: each epoch decodes the train split in a seeded shuffled order at
-  ``crop_scale`` x the input size (default 1.0: no zoom) and takes a random crop and a random horizontal flip inside
-  the jitted step;
+  ``crop_scale`` x the input size (default 1.0: no zoom) and, inside the jitted step, takes a random crop and draws
+  the ``augment`` policy per example (:mod:`jaxheads.finetuning.augment`: the names of
+  :mod:`jaxheads.data.augment` — flips, the dihedral group, crops, scale and a small affine jitter — in JAX);
 * runs one jitted, data-parallel step: the batch is sharded over every device of ``parallel.make_mesh(1)``, the
   variables are replicated; the last (ragged) batch is padded to the compiled shape with copies of its own images
   and the copies are masked out of the loss;
@@ -27,8 +31,8 @@ written by ``jaxheads sweep`` (``OUT/head``: its meta names the backbone, the we
   when no epoch beats epoch 0 the saved model is the frozen one), and stops early after ``patience`` epochs
   without improvement;
 * writes a checkpoint after every epoch (through :mod:`jaxheads.checkpoint`, i.e. orbax), so a killed run started
-  again with the same arguments resumes from the last finished epoch and ends with the same model as an
-  uninterrupted run (the order, the crops and the dropout masks are functions of (seed, epoch, step));
+  again with ``resume`` (``--resume``) continues from the last finished epoch and ends with the same model as an
+  uninterrupted run (the order, the augmentation and the dropout masks are functions of (seed, epoch, step));
 * measures the gain over the frozen model with intervals: a paired bootstrap of the examples, on val (optimistic:
   the epoch was chosen there) and, when the dataset has a test split, on test, scored once at the end
   (``FinetuneResult.gain``, ``FinetuneResult.gain_lines()``);
@@ -45,7 +49,9 @@ Where the parts live:
 
 * :mod:`jaxheads.finetuning.config` — :class:`FinetuneConfig` (the settings) and :class:`FinetuneResult`;
 * :mod:`jaxheads.finetuning.model` — the inference forward pass, :class:`Model` and :func:`load_model`;
-* :mod:`jaxheads.finetuning.step` — the jitted training step (augmentation, frozen blocks, optimiser);
+* :mod:`jaxheads.finetuning.step` — the jitted training step (frozen blocks, weighted loss, accumulation, update);
+* :mod:`jaxheads.finetuning.augment` — the on-device augmentation; :mod:`jaxheads.finetuning.optim` — the
+  optimiser and its schedule; :mod:`jaxheads.finetuning.remat` — rematerialised blocks;
 * :mod:`jaxheads.finetuning.loop` — the epochs: batches, val evaluation, early stopping;
 * :mod:`jaxheads.finetuning.state` — epoch checkpoints, resume, and the saved model and result;
 * this module — :func:`finetune`, which checks the head, the dataset and the backbone against each other and runs

@@ -6,9 +6,16 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METRICS", "SCHEDULES", "FinetuneConfig", "FinetuneResult"]
+import numpy as np
+
+from jaxheads.data.augment import AFFINE_JITTER, parse_policy
+
+__all__ = ["CLASS_WEIGHTS", "METRICS", "OPTIMIZERS", "SCHEDULES", "ConfigError", "FinetuneConfig", "FinetuneResult",
+           "class_weights"]
 
 SCHEDULES = ("warmup_cosine", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+CLASS_WEIGHTS = ("none", "balanced")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_average_precision", "macro_roc_auc")
 """What early stopping can select on (those of :mod:`jaxheads.stats`; the task must have it)."""
 
@@ -20,13 +27,15 @@ class FinetuneConfig:
     The defaults are a small-data recipe that starts from the swept head and keeps only gains: epoch 0 is the
     frozen model, so a fine-tune that helps nothing saves the frozen model.
 
-    unfreeze: how many of the backbone's top ``config.blocks`` train (0: the head alone).
+    unfreeze: how many of the backbone's top ``config.blocks`` train (0: the head alone; ``"all"``: every block,
+        the whole network).
     freeze_bn: batch norm uses (and keeps) its running statistics; False lets them train (see
         :mod:`jaxheads.finetuning`).
-    learning_rate / backbone_learning_rate: peak AdamW step sizes of the head and of the top unfrozen block.
+    learning_rate / backbone_learning_rate: peak step sizes of the head and of the top unfrozen block.
+    optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``; 0: plain SGD), for the head and the blocks alike.
     layer_decay: layer-wise learning-rate decay: the k-th unfrozen block below the top trains at
         ``backbone_learning_rate * layer_decay ** k`` (1.0: one rate for all).
-    weight_decay: decoupled weight decay (AdamW) for both.
+    weight_decay: decoupled weight decay with AdamW, an L2 term added to the gradient with SGD.
     schedule: ``"warmup_cosine"`` (every rate rises linearly from ~0 over ``warmup_epochs``, then follows a cosine
         to 0 at ``epochs``) or ``"constant"`` (after the same warm-up).
     label_smoothing: of the multiclass training loss (replaces the head's own; val loss is never smoothed).
@@ -36,15 +45,23 @@ class FinetuneConfig:
     metric: what early stopping and the selection of the saved epoch use (None: the task's default metric,
         :func:`jaxheads.metrics.metric_for_task`); ties are broken by the lower val loss.
     epochs, batch_size, patience: the loop; ``patience=None`` never stops early.
+    accumulate: gradient accumulation: each update averages the gradients of ``accumulate`` batches of
+        ``batch_size`` images (computed one after the other inside the step, so memory is one batch's).
+    remat: rematerialise every unfrozen block in the backward pass (``jax.checkpoint``): only block inputs are kept
+        from the forward pass, at the cost of computing each unfrozen block's forward twice.
+    class_weights: ``"balanced"`` weighs each example's training loss by ``n / (classes * n_class)`` of the train
+        split (a weighted mean), ``"none"`` weighs all alike; multiclass only. Val loss is never weighted.
     image_size: the input size (default: the backbone's); crop_scale: images are decoded at
         ``round(image_size * crop_scale)`` and randomly cropped to ``image_size`` (1.0, the default: no crop, as
         the head was swept on whole centre-resized images; zoomed crops move the features away from those the head
-        learnt, and on ELPV their first epoch's train loss started far above the head's and val loss rose);
-        flip: random horizontal flips.
-    seed: decides the shuffles, crops, flips and dropout masks.
+        learnt, and on ELPV their first epoch's train loss started far above the head's and val loss rose).
+    augment: the policy drawn per example and step in the jitted step (:mod:`jaxheads.finetuning.augment`), in the
+        names of :mod:`jaxheads.data.augment` (``flip``, ``dihedral``, ``crop``, ``scale``, ``affine``; ``()``:
+        none); affine_jitter: ``affine``'s largest rotation (degrees), translation and scale change (fractions).
+    seed: decides the shuffles, the augmentation and the dropout masks.
     """
 
-    unfreeze: int = 1
+    unfreeze: int | str = 1
     freeze_bn: bool = True
     learning_rate: float = 1e-3
     backbone_learning_rate: float = 1e-4
@@ -54,7 +71,7 @@ class FinetuneConfig:
     patience: int | None = 3
     image_size: int | None = None
     crop_scale: float = 1.0
-    flip: bool = True
+    augment: tuple[str, ...] = ("flip",)
     seed: int = 0
     layer_decay: float = 0.7
     schedule: str = "warmup_cosine"
@@ -62,28 +79,61 @@ class FinetuneConfig:
     label_smoothing: float = 0.1
     ema_decay: float | None = 0.99
     metric: str | None = None
+    affine_jitter: tuple[float, float, float] = AFFINE_JITTER
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    accumulate: int = 1
+    remat: bool = False
+    class_weights: str = "none"
 
     def __post_init__(self) -> None:
+        # The canonical policy order makes "affine,flip" and "flip,affine" one run identity (and a JSON list a tuple).
+        object.__setattr__(self, "augment", parse_policy(self.augment, allow_empty=True))
+        object.__setattr__(self, "affine_jitter", tuple(float(v) for v in self.affine_jitter))
         checks = {
-            "unfreeze": self.unfreeze >= 0,
-            "learning_rate": self.learning_rate >= 0,
-            "backbone_learning_rate": self.backbone_learning_rate >= 0,
-            "weight_decay": self.weight_decay >= 0,
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
-            "patience": self.patience is None or self.patience >= 1,
-            "image_size": self.image_size is None or self.image_size >= 8,
-            "crop_scale": self.crop_scale >= 1.0,
-            "layer_decay": 0.0 <= self.layer_decay <= 1.0,
-            "schedule": self.schedule in SCHEDULES,
-            "warmup_epochs": self.warmup_epochs >= 0,
-            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
-            "ema_decay": self.ema_decay is None or 0.0 <= self.ema_decay < 1.0,
-            "metric": self.metric is None or self.metric in METRICS,
+            "unfreeze": (self.unfreeze == "all" or (isinstance(self.unfreeze, int) and not isinstance(
+                self.unfreeze, bool) and self.unfreeze >= 0), "a block count >= 0 or all"),
+            "learning_rate": (self.learning_rate >= 0, ">= 0"),
+            "backbone_learning_rate": (self.backbone_learning_rate >= 0, ">= 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "epochs": (self.epochs >= 0, "an integer >= 0"),
+            "batch_size": (self.batch_size >= 1, "an integer >= 1"),
+            "patience": (self.patience is None or self.patience >= 1, "an integer >= 1"),
+            "image_size": (self.image_size is None or self.image_size >= 8, "an integer >= 8"),
+            "crop_scale": (self.crop_scale >= 1.0, ">= 1"),
+            "layer_decay": (0.0 <= self.layer_decay <= 1.0, "0 to 1"),
+            "schedule": (self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            "warmup_epochs": (self.warmup_epochs >= 0, ">= 0"),
+            "label_smoothing": (0.0 <= self.label_smoothing < 1.0, "0 to below 1"),
+            "ema_decay": (self.ema_decay is None or 0.0 <= self.ema_decay < 1.0, "0 to below 1"),
+            "metric": (self.metric is None or self.metric in METRICS, f"one of {', '.join(METRICS)}"),
+            "affine_jitter": (len(self.affine_jitter) == 3 and min(self.affine_jitter) >= 0, "three values >= 0"),
+            "optimizer": (self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+            "momentum": (0.0 <= self.momentum < 1.0, "0 to below 1"),
+            "accumulate": (self.accumulate >= 1, "an integer >= 1"),
+            "class_weights": (self.class_weights in CLASS_WEIGHTS, f"one of {', '.join(CLASS_WEIGHTS)}"),
         }
-        for name, ok in checks.items():
+        for name, (ok, expected) in checks.items():
             if not ok:
-                raise ValueError(f"FinetuneConfig.{name}: invalid value {getattr(self, name)!r}")
+                raise ConfigError(name, getattr(self, name), expected)
+
+
+class ConfigError(ValueError):
+    """An invalid FinetuneConfig value: ``field``, ``value`` and what was ``expected`` (the CLI names its flag)."""
+
+    def __init__(self, field: str, value: Any, expected: str):
+        super().__init__(f"FinetuneConfig.{field}: invalid value {value!r}; expected {expected}")
+        self.field, self.value, self.expected = field, value, expected
+
+
+def class_weights(labels: Any, num_classes: int, mode: str) -> list[float]:
+    """Per-class weights of the training loss from the train ``labels`` (class ids): all 1 for ``"none"``;
+    ``n / (num_classes * n_c)`` for ``"balanced"`` (a class absent from train gets 1, it never weighs a row)."""
+    if mode == "none":
+        return [1.0] * num_classes
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes)[:num_classes]
+    total = counts.sum()
+    return [float(total / (num_classes * c)) if c else 1.0 for c in counts]
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxheads import data, heads, metrics, parallel, predict, stats
+from jaxheads.finetuning.config import class_weights
 from jaxheads.finetuning.model import Variables, predict_fn
 from jaxheads.finetuning.step import FinetuneSetup, TrainState, make_optimizer, schedule_steps, train_step
 from jaxheads.heads import HeadSpec
@@ -44,8 +45,13 @@ class EpochLoop:
         self.state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, stats_tree, opt_state, ema),
                                     self.rep)
         self.seed_words = jax.device_put(heads.seed_words(cfg.seed), self.rep)
-        steps_per_epoch = math.ceil(len(ds.split("train")) / cfg.batch_size)
-        self.steps = jax.device_put(schedule_steps(cfg, steps_per_epoch), self.rep)
+        train = ds.split("train")
+        # One optimiser update reads ``accumulate`` batches; the schedule counts updates.
+        self.steps = jax.device_put(schedule_steps(cfg, math.ceil(len(train) / (cfg.batch_size * cfg.accumulate))),
+                                    self.rep)
+        weights = class_weights(train.labels if setup.spec.task == "multiclass" else [], setup.spec.num_classes,
+                                cfg.class_weights)
+        self.class_weights = jax.device_put(np.asarray(weights, np.float32), self.rep)
         self.start: Variables = jax.tree.map(np.asarray, start)
         self.best_vars: Variables = self.start
         self.epoch, self.since, self.best_epoch = 0, 0, 0
@@ -79,8 +85,10 @@ class EpochLoop:
         split = self.ds.split("train")
         order = np.random.default_rng([self.setup.config.seed, epoch]).permutation(len(split))
         losses: list[float] = []
-        for images, labels, mask in self._batches(split, order, self.load_size):
-            self.state, loss = step(self.state, images, labels, mask, self.seed_words, self.steps)
+        accumulate = self.setup.config.accumulate
+        for images, labels, mask in self._batches(split, order, self.load_size, accumulate):
+            self.state, loss = step(self.state, images, labels, mask, self.class_weights, self.seed_words,
+                                    self.steps)
             losses.append(float(loss))
         current = self.eval_variables()
         val, probs, _ = self.evaluate(current)
@@ -131,18 +139,20 @@ class EpochLoop:
             out["test"] = compare_models(before, after, labels, task, n_boot=n_boot, seed=seed + 1)
         return out
 
-    def _batches(self, split: data.ImageSplit, order: np.ndarray,
-                 size: int) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
-        """Sharded (images, labels, mask) batches of the compiled size. A short batch (the last one, or one with
-        unreadable images, which are skipped with a warning) is padded with copies of its own images — so that
-        batch-norm statistics stay those of real images — and the copies get mask 0."""
-        for batch in data.iter_batches(split, image_size=size, batch_size=self.setup.config.batch_size,
+    def _batches(self, split: data.ImageSplit, order: np.ndarray, size: int,
+                 accumulate: int = 1) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+        """Sharded (images, labels, mask) batches of the compiled size (``accumulate`` batches per training step).
+        A short batch (the last one, or one with unreadable images, which are skipped with a warning) is padded
+        with copies of its own images — so that batch-norm statistics stay those of real images — and the copies
+        get mask 0."""
+        compiled = self.batch * accumulate
+        for batch in data.iter_batches(split, image_size=size, batch_size=self.setup.config.batch_size * accumulate,
                                        indices=order, strict=self.strict):
             n = len(batch.images)
             if n == 0:
                 continue
-            rows = np.arange(self.batch) % n
-            mask = (np.arange(self.batch) < n).astype(np.float32)
+            rows = np.arange(compiled) % n
+            mask = (np.arange(compiled) < n).astype(np.float32)
             yield (jax.device_put(batch.images[rows], self.shard), jax.device_put(batch.labels[rows], self.shard),
                    jax.device_put(mask, self.shard))
 

@@ -17,7 +17,7 @@ from jaxheads.finetuning.config import FinetuneConfig, FinetuneResult
 from jaxheads.finetuning.loop import EpochLoop, Progress
 from jaxheads.finetuning.model import MODEL_KIND, Model, Variables, feature_shape, load_model, model_logits
 from jaxheads.finetuning.state import (KEEP_CHECKPOINTS, MODEL_DIR, RESULT_FILE, STATE_DIR, STATE_KIND, finished,
-                                     restore, save_model, save_state)
+                                     last_epoch, restore, save_model, save_state)
 from jaxheads.finetuning.step import FinetuneSetup, TrainState
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "Model", "finetune", "load_model", "model_logits",
@@ -37,26 +37,33 @@ def finetune(
     strict: bool = False,
     devices: Sequence[jax.Device] | None = None,
     progress: Progress | None = None,
+    resume: bool = True,
 ) -> FinetuneResult:
     """Fine-tune the head in ``head_dir`` with the top ``config.unfreeze`` blocks of its backbone on ``dataset``'s
     ``train`` split, select on ``val``, and save the best model to ``out_dir/model`` (see the module doc).
 
     ``dataset`` is anything :func:`jaxheads.data.load_dataset` takes (the same one the head was swept on, so the
     classes agree; ``split_seed`` is the sweep's ``--seed``, so val is the same images) or a
-    :class:`~jaxheads.data.Dataset`. Re-running with the same arguments resumes from the last
-    epoch checkpoint in ``out_dir``, or returns the finished result. ``progress`` gets a dict after each epoch.
+    :class:`~jaxheads.data.Dataset`. With ``resume`` (the CLI's ``--resume``), a run killed in ``out_dir`` continues
+    from its last epoch checkpoint and ends with the weights an uninterrupted run ends with; without it, an
+    unfinished run's checkpoint in ``out_dir`` is an error. A finished run's result is returned as it is.
+    ``progress`` gets a dict after each epoch.
     """
     out = Path(out_dir)
     head = heads_io.read_swept_head(head_dir)
+    backbone = heads_io.load_backbone_of(head)
+    setup = _setup(head, backbone, config)  # a bad --unfreeze fails here, before any data is read
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
         dataset, data_dir=data_dir, seed=split_seed, task=head.spec.task)
-    _check_dataset(ds, head)
-    backbone = heads_io.load_backbone_of(head)
-    setup = _setup(head, backbone, config)
+    _check_dataset(ds, head, config)
     run_id = _run_identity(config, head, backbone, ds, devices)
     done = finished(out, run_id)
     if done is not None:
         return done
+    last = last_epoch(out / STATE_DIR)
+    if last is not None and not resume:
+        raise ValueError(f"--resume: {out} holds an unfinished fine-tune (last checkpoint: epoch {last}); pass "
+                         "--resume to continue it, or choose another --out")
     loop = EpochLoop(setup, ds, {"backbone": dict(backbone.variables), "head": head.variables}, devices, strict,
                      progress)
     resumed = restore(out / STATE_DIR, loop, run_id)
@@ -94,9 +101,12 @@ def _digest(tree: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_dataset(ds: data.Dataset, head: heads_io.SweptHead) -> None:
-    """The dataset must have train and val and the head's task and classes (in the head's order)."""
+def _check_dataset(ds: data.Dataset, head: heads_io.SweptHead, config: FinetuneConfig) -> None:
+    """The dataset must have train and val and the head's task and classes (in the head's order); balanced class
+    weights need a multiclass task."""
     spec = head.spec
+    if config.class_weights != "none" and spec.task != "multiclass":
+        raise ValueError(f"--class-weights {config.class_weights}: multiclass only; this head is {spec.task}")
     for split in ("train", "val"):
         if split not in ds.splits or len(ds.split(split)) == 0:
             raise data.DatasetError(f"dataset {ds.name}: fine-tuning needs a non-empty {split!r} split")
@@ -121,9 +131,12 @@ def _check_feature_shape(backbone: backbones.Backbone, head: heads_io.SweptHead,
                          f"gives {have}")
 
 
-def _trainable_blocks(config: backbones.BackboneConfig, unfreeze: int) -> tuple[str, ...]:
-    """Names of the top ``unfreeze`` blocks of ``config.blocks``."""
-    if unfreeze > len(config.blocks):
-        raise ValueError(f"unfreeze={unfreeze}: {config.name} has {len(config.blocks)} blocks "
-                         f"({', '.join(config.blocks) or 'none declared'})")
-    return tuple(config.blocks[len(config.blocks) - unfreeze:]) if unfreeze else ()
+def _trainable_blocks(config: backbones.BackboneConfig, unfreeze: int | str) -> tuple[str, ...]:
+    """Names of the top ``unfreeze`` blocks of ``config.blocks`` (``"all"``: every one)."""
+    depth = len(config.blocks)
+    count = depth if unfreeze == "all" else int(unfreeze)
+    if count > depth:
+        raise ValueError(f"--unfreeze {unfreeze} is beyond the backbone's depth of {depth} (unfreeze={unfreeze}: "
+                         f"{config.name} has {depth} blocks ({', '.join(config.blocks) or 'none declared'})); "
+                         f"expected 0 to {depth}, or all")
+    return tuple(config.blocks[depth - count:]) if count else ()

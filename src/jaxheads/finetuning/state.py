@@ -16,8 +16,8 @@ from jaxheads.finetuning.config import FinetuneResult
 from jaxheads.finetuning.loop import EpochLoop
 from jaxheads.finetuning.model import MODEL_KIND, Variables, feature_shape
 
-__all__ = ["KEEP_CHECKPOINTS", "MODEL_DIR", "RESULT_FILE", "STATE_DIR", "STATE_KIND", "finished", "restore",
-           "save_model", "save_state"]
+__all__ = ["KEEP_CHECKPOINTS", "MODEL_DIR", "RESULT_FILE", "STATE_DIR", "STATE_KIND", "finished", "last_epoch",
+           "restore", "save_model", "save_state"]
 
 STATE_KIND = "jaxheads.finetuning.state"
 MODEL_DIR = "model"
@@ -33,6 +33,12 @@ def _epoch_dir(root: Path, epoch: int) -> Path:
 def _complete_checkpoints(root: Path) -> list[Path]:
     """Epoch checkpoints under ``root`` that were fully written, oldest first."""
     return sorted(p for p in root.glob("epoch-*") if checkpoint.exists(p)) if root.is_dir() else []
+
+
+def last_epoch(root: Path) -> int | None:
+    """The epoch of the newest complete checkpoint under ``root`` (None: nothing to resume)."""
+    complete = _complete_checkpoints(root)
+    return int(complete[-1].name.split("-")[1]) if complete else None
 
 
 def save_state(root: Path, loop: EpochLoop, run_id: Mapping[str, Any]) -> None:

@@ -1,26 +1,27 @@
-"""The fine-tune's jitted training step: augmentation, the forward pass with frozen blocks behind ``stop_gradient``,
-the optimiser (``optax.multi_transform``: AdamW per part, the rates decaying layer by layer down the unfrozen
-blocks, all scaled by the warm-up/cosine schedule), the update and the moving average of the weights."""
+"""The fine-tune's jitted training step: on-device augmentation, the forward pass with frozen blocks behind
+``stop_gradient`` (unfrozen ones optionally rematerialised), the class-weighted loss, gradients accumulated over
+micro-batches, the optimiser (:mod:`jaxheads.finetuning.optim`) scaled by the schedule, the update and the moving
+average of the weights."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxheads import heads
-from jaxheads.backbones import Preprocessing
-from jaxheads.finetuning.config import FinetuneConfig
+from jaxheads.finetuning.augment import augment_batch
 from jaxheads.finetuning.model import Variables, pool_for_head
-from jaxheads.heads import HeadSpec
+from jaxheads.finetuning.optim import FinetuneSetup, block_rates, lr_scale, make_optimizer, schedule_steps
+from jaxheads.finetuning.remat import remat_blocks
 
-__all__ = ["FinetuneSetup", "TrainState", "augment", "block_rates", "lr_scale", "make_optimizer", "schedule_steps",
-           "train_step"]
+__all__ = ["Batch", "FinetuneSetup", "TrainState", "block_rates", "lr_scale", "make_optimizer", "schedule_steps",
+           "train_step", "weighted_mean"]
 
 
 class TrainState(NamedTuple):
@@ -35,137 +36,114 @@ class TrainState(NamedTuple):
     ema: Any = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneSetup:
-    """The static (hashable) setup of one fine-tune: what its compiled train step and val predictions depend on."""
+class Batch(NamedTuple):
+    """One micro-batch: uint8 images, labels, the mask of real rows (padding copies 0), each row's loss weight
+    (its class weight times its mask) and the whole update's weight total (what every micro-batch divides by)."""
 
-    module: Any
-    preprocessing: Preprocessing
-    spec: HeadSpec
-    trainable: tuple[str, ...]
-    config: FinetuneConfig
-    image_size: int
-
-
-def augment(images: jax.Array, words: jax.Array, size: int, flip: bool) -> jax.Array:
-    """Random ``size`` x ``size`` crops (one offset per image) and random horizontal flips of uint8 images.
-
-    Draws come from :func:`jaxheads.heads.hash_uniform` (a value per (seed words, salt, row)): cheap to compile
-    (jax.random's threefry costs seconds of XLA compile per call site on a small CPU) and the same whatever the
-    sharding of the batch."""
-    n, h, w = images.shape[:3]
-    u = heads.hash_uniform(words, 101, (n, 3))
-    ys = jnp.floor(u[:, 0] * (h - size + 1)).astype(jnp.int32)
-    xs = jnp.floor(u[:, 1] * (w - size + 1)).astype(jnp.int32)
-    crop = jax.vmap(lambda im, y, x: jax.lax.dynamic_slice(im, (y, x, 0), (size, size, 3)))(images, ys, xs)
-    if flip:
-        crop = jnp.where((u[:, 2] < 0.5)[:, None, None, None], crop[:, :, ::-1, :], crop)
-    return crop
+    images: jax.Array
+    labels: jax.Array
+    mask: jax.Array
+    weights: jax.Array
+    total: jax.Array
 
 
-def block_rates(setup: FinetuneSetup) -> dict[str, float]:
-    """Peak learning rate of the head (``"head"``) and of every unfrozen block (``"backbone/<block>"``: a backbone
-    may name its top block "head" too): ``backbone_learning_rate`` for the top block, times ``layer_decay`` for
-    each block further down."""
-    cfg = setup.config
-    rates = {"head": cfg.learning_rate}
-    for depth, name in enumerate(reversed(setup.trainable)):
-        rates[f"backbone/{name}"] = cfg.backbone_learning_rate * cfg.layer_decay ** depth
-    return rates
+def weighted_mean(losses: jax.Array, weights: jax.Array, total: jax.Array) -> jax.Array:
+    """``sum(losses * weights) / total``: with weights that are the mask (all class weights 1) and ``total`` the
+    number of real rows, the plain masked mean."""
+    return jnp.sum(losses * weights) / total
 
 
-def schedule_steps(config: FinetuneConfig, steps_per_epoch: int) -> np.ndarray:
-    """``[warm-up steps, total steps]`` (float32) of a fine-tune with ``steps_per_epoch``: the step's argument."""
-    return np.asarray([round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch], np.float32)
-
-
-def lr_scale(step: jax.Array, steps: jax.Array, schedule: str) -> jax.Array:
-    """The factor on every peak rate at (0-based) ``step``: ``(step + 1) / warm-up`` during the warm-up, then 1
-    (``"constant"``) or a cosine from 1 down to 0 at the last step (``"warmup_cosine"``); ``steps`` is
-    :func:`schedule_steps`."""
-    t = jnp.asarray(step, jnp.float32)
-    warmup, total = steps[0], steps[1]
-    rising = jnp.minimum((t + 1.0) / jnp.maximum(warmup, 1.0), 1.0)
-    if schedule == "constant":
-        return rising
-    progress = jnp.clip((t - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
-    return jnp.where(t < warmup, rising, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
-
-
-def _param_labels(params: Variables, trainable: Sequence[str]) -> Variables:
-    """multi_transform labels: ``head`` for the head, ``backbone/<block>`` for an unfrozen block, ``frozen``
-    otherwise."""
-    backbone = {name: jax.tree.map(lambda _, n=name: f"backbone/{n}" if n in trainable else "frozen", sub)
-                for name, sub in params["backbone"].items()}
-    return {"backbone": backbone, "head": jax.tree.map(lambda _: "head", params["head"])}
-
-
-def make_optimizer(setup: FinetuneSetup, params: Variables) -> optax.GradientTransformation:
-    """AdamW at each part's peak rate (:func:`block_rates`), set_to_zero for the frozen blocks. The schedule is
-    applied by the step, as a factor on the updates (AdamW's update is linear in its rate)."""
-    cfg = setup.config
-    parts: dict[str, optax.GradientTransformation] = {
-        name: optax.adamw(rate, weight_decay=cfg.weight_decay) for name, rate in block_rates(setup).items()}
-    parts["frozen"] = optax.set_to_zero()
-    return optax.multi_transform(parts, _param_labels(params, setup.trainable))
-
-
-def _loss(params: Variables, stats: Variables, images: jax.Array, labels: jax.Array, mask: jax.Array,
-          words: jax.Array, setup: FinetuneSetup) -> tuple[jax.Array, Variables]:
-    """Masked mean training loss (label-smoothed as configured), the new statistics and the head's own loss (as the
-    sweep and the val loss measure it). Frozen blocks sit behind ``stop_gradient``."""
-    cfg = setup.config
+def _features(params: Variables, stats: Variables, x: jax.Array, setup: FinetuneSetup) -> tuple[jax.Array, Any]:
+    """The backbone's map and its new statistics; frozen blocks behind ``stop_gradient``, unfrozen ones under
+    ``jax.checkpoint`` when ``remat`` is set."""
     backbone_params = {name: (sub if name in setup.trainable else jax.lax.stop_gradient(sub))
                        for name, sub in params["backbone"].items()}
-    x = setup.preprocessing(augment(images, heads.fold(words, 0), setup.image_size, cfg.flip))
     variables = {"params": backbone_params, "batch_stats": stats["backbone"]}
-    if cfg.freeze_bn:
-        out, new_backbone_stats = setup.module.apply(variables, x, train=False), stats["backbone"]
-    else:
+    scope = remat_blocks(setup.trainable) if setup.config.remat else contextlib.nullcontext()
+    with scope:
+        if setup.config.freeze_bn:
+            return setup.module.apply(variables, x, train=False)["features"], stats["backbone"]
         out, updates = setup.module.apply(variables, x, train=True, mutable=["batch_stats"])
-        new_backbone_stats = updates["batch_stats"]
+    return out["features"], updates["batch_stats"]
+
+
+def _loss(params: Variables, stats: Variables, batch: Batch, words: jax.Array,
+          setup: FinetuneSetup) -> tuple[jax.Array, tuple[Variables, jax.Array]]:
+    """This micro-batch's share of the update's weighted training loss (label-smoothed as configured), the new
+    statistics and the sum of the head's own (unweighted, unsmoothed) losses over its real rows."""
+    cfg = setup.config
+    x = setup.preprocessing(augment_batch(batch.images, heads.fold(words, 0), setup.image_size, cfg.augment,
+                                          cfg.affine_jitter))
+    fmap, backbone_stats = _features(params, stats, x, setup)
     head_vars = {"params": params["head"], "batch_stats": stats["head"]}
-    logits, new_head_stats = heads.forward(head_vars, pool_for_head(out["features"], setup.spec), setup.spec,
-                                           train=True, rng=heads.fold(words, 1))
-    total = jnp.maximum(jnp.sum(mask), 1.0)
-    plain = jnp.sum(heads.example_losses(logits, labels, setup.spec) * mask) / total
-    loss = plain
+    logits, head_stats = heads.forward(head_vars, pool_for_head(fmap, setup.spec), setup.spec, train=True,
+                                       rng=heads.fold(words, 1))
+    own = heads.example_losses(logits, batch.labels, setup.spec)
+    losses = own
     if setup.spec.task == "multiclass" and cfg.label_smoothing != setup.spec.label_smoothing:
-        smoothed = dataclasses.replace(setup.spec, label_smoothing=cfg.label_smoothing)
-        loss = jnp.sum(heads.example_losses(logits, labels, smoothed) * mask) / total
-    return loss, ({"backbone": new_backbone_stats, "head": new_head_stats}, plain)
+        losses = heads.example_losses(logits, batch.labels, dataclasses.replace(setup.spec,
+                                                                                label_smoothing=cfg.label_smoothing))
+    loss = weighted_mean(losses, batch.weights, batch.total)
+    return loss, ({"backbone": backbone_stats, "head": head_stats}, jnp.sum(own * batch.mask))
+
+
+def _gradients(state: TrainState, batch: Batch, words: jax.Array,
+               setup: FinetuneSetup) -> tuple[Variables, Variables, jax.Array]:
+    """Gradients of the whole update's loss, the new statistics and the summed own loss. With ``accumulate`` k, the
+    batch's rows ``b * k + a`` form micro-batch ``a`` (so each is spread over every device), computed one after the
+    other; their gradients add up to those of the whole batch's weighted mean."""
+    grad_fn = jax.grad(_loss, has_aux=True)
+    k = setup.config.accumulate
+    if k == 1:
+        grads, (stats, own) = grad_fn(state.params, state.stats, batch, words, setup)
+        return grads, stats, own
+    micro = jax.tree.map(lambda a: jnp.moveaxis(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 1, 0),
+                         batch._replace(total=jnp.zeros((batch.images.shape[0],), jnp.float32)))
+
+    def one(carry: tuple[Variables, Variables, jax.Array], xs: tuple[Batch, jax.Array]) -> tuple[Any, None]:
+        acc, stats, own_sum = carry
+        part, index = xs
+        g, (stats, own) = grad_fn(state.params, stats, part._replace(total=batch.total), heads.fold(words, index + 2),
+                                  setup)
+        return (jax.tree.map(jnp.add, acc, g), stats, own_sum + own), None
+
+    start = (jax.tree.map(jnp.zeros_like, state.params), state.stats, jnp.zeros((), jnp.float32))
+    (grads, stats, own), _ = jax.lax.scan(one, start, (micro, jnp.arange(k, dtype=jnp.int32)))
+    return grads, stats, own
 
 
 def train_step(setup: FinetuneSetup) -> Callable[..., tuple[TrainState, jax.Array]]:
     """The jitted step of ``setup``, shared by every fine-tune whose settings differ only in what the step does
-    not see (epochs, patience, batch size, crop scale and warm-up are shapes, loop settings or the ``steps``
-    argument; the seed is an argument)."""
+    not see (epochs, patience, batch size, crop scale, warm-up and class weights are shapes, loop settings or
+    arguments; the seed is an argument)."""
     loop_only = {"unfreeze": 0, "epochs": 0, "batch_size": 1, "patience": None, "image_size": None,
-                 "crop_scale": 1.0, "seed": 0, "warmup_epochs": 0.0, "metric": None}
+                 "crop_scale": 1.0, "seed": 0, "warmup_epochs": 0.0, "metric": None, "class_weights": "none"}
     return _compiled_step(dataclasses.replace(setup, config=dataclasses.replace(setup.config, **loop_only)))
 
 
 @functools.lru_cache(maxsize=8)
 def _compiled_step(setup: FinetuneSetup) -> Callable[..., tuple[TrainState, jax.Array]]:
-    """The jitted step: augment, forward, backward through the unfrozen part, multi-transform update scaled by
-    the schedule, moving average."""
+    """The jitted step: gradients (augmented, accumulated), multi-transform update scaled by the schedule, moving
+    average."""
     cfg = setup.config
 
-    def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array, seed_words: jax.Array,
-             steps: jax.Array) -> tuple[TrainState, jax.Array]:
-        """``seed_words``: (2,) uint32 of the run's seed; each step's randomness folds in the step counter.
+    def step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array, class_weights: jax.Array,
+             seed_words: jax.Array, steps: jax.Array) -> tuple[TrainState, jax.Array]:
+        """``class_weights``: (classes,) float32, each class's loss weight (multiclass; ignored otherwise).
+        ``seed_words``: (2,) uint32 of the run's seed; each step's randomness folds in the step counter.
         ``steps``: :func:`schedule_steps`. Returns the new state and the head's unsmoothed training loss."""
         words = heads.fold(seed_words, state.step)
-        (_, (stats, plain)), grads = jax.value_and_grad(_loss, has_aux=True)(
-            state.params, state.stats, images, labels, mask, words, setup)
-        tx = make_optimizer(setup, state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        weights = class_weights[labels] * mask if setup.spec.task == "multiclass" else mask
+        total = jnp.sum(weights)
+        batch = Batch(images, labels, mask, weights, jnp.where(total > 0, total, 1.0))
+        grads, stats, own = _gradients(state, batch, words, setup)
+        updates, opt_state = make_optimizer(setup, state.params).update(grads, state.opt_state, state.params)
         scale = lr_scale(state.step, steps, cfg.schedule)
         params = optax.apply_updates(state.params, jax.tree.map(lambda u: u * scale.astype(u.dtype), updates))
         ema = state.ema
         if cfg.ema_decay is not None:
-            d = cfg.ema_decay
-            ema = jax.tree.map(lambda avg, new: d * avg + (1.0 - d) * new, state.ema, (params, stats))
-        return TrainState(state.step + 1, params, stats, opt_state, ema), plain
+            d = cfg.ema_decay  # the increment form leaves an average equal to the weights exactly unchanged
+            ema = jax.tree.map(lambda avg, new: avg + (1.0 - d) * (new - avg), state.ema, (params, stats))
+        return TrainState(state.step + 1, params, stats, opt_state, ema), own / jnp.maximum(jnp.sum(mask), 1.0)
 
     return jax.jit(step, donate_argnums=0)
