@@ -180,15 +180,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def finetune_config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    """The FinetuneConfig of the finetune flags given; the others keep their defaults."""
-    from jaxheads.finetuning.config import FinetuneConfig
+    """The FinetuneConfig of the finetune flags given; the others keep their defaults. An invalid value is a
+    one-line error naming its flag."""
+    from jaxheads.finetuning.config import ConfigError, FinetuneConfig
 
     changes = {}
     for flag in FINETUNE_FLAGS:
         value = getattr(args, f"config_{flag.field}")
         if value is not None:
             changes[flag.field] = flag.switch_value if flag.parse is bool else value
-    return FinetuneConfig(**changes)
+    try:
+        return FinetuneConfig(**changes)
+    except ConfigError as e:
+        name = next((f.name for f in FINETUNE_FLAGS if f.field == e.field), f"FinetuneConfig.{e.field}")
+        raise ValueError(f"{name} {e.value}: expected {e.expected}") from None
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -201,7 +206,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     with _compile_cache(args):
         result = finetune(args.head, args.dataset, finetune_config_from_args(args), out_dir=args.out,
-                          split_seed=args.split_seed, data_dir=args.data_dir, strict=args.strict, progress=show)
+                          split_seed=args.split_seed, data_dir=args.data_dir, strict=args.strict, progress=show,
+                          resume=args.resume)
     before, best = result.before[result.metric], result.best[result.metric]
     verdict = f"improved at epoch {result.best_epoch}" if result.improved else "no epoch beat the starting model"
     print(f"val {result.metric}: {before:.4f} -> {best:.4f} ({verdict})")

@@ -85,6 +85,7 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--depth-grouping": ("depth_grouping", str),
     "--conv": ("conv", conv_stacks),
     "--folds": ("folds", _folds),
+    "--repeats": ("repeats", int),
     "--metric": ("metric", str),
     "--design": ("design", str),
     "--map-batch": ("map_batch", lambda text: text if text in ("auto", "probe", "vmap") else int(text)),  # or k
@@ -102,18 +103,40 @@ class ConfigFlag(NamedTuple):
     switch_value: Any = None
 
 
+def _unfreeze(text: str) -> int | str:
+    return "all" if text.strip() == "all" else int(text)
+
+
+def _policy(text: str) -> tuple[str, ...]:
+    """Augmentation names as given ("none": no augmentation); FinetuneConfig checks them, naming --augment."""
+    return () if text.strip() == "none" else _strs(text)
+
+
 # Fine-tune settings settable from the command line; an absent flag leaves FinetuneConfig's default.
 FINETUNE_FLAGS: tuple[ConfigFlag, ...] = (
-    ConfigFlag("--unfreeze", "unfreeze", int, "how many top backbone blocks train, 0: head only"),
+    ConfigFlag("--unfreeze", "unfreeze", _unfreeze, "how many top backbone blocks train: 0 (the head alone) up to "
+               "the backbone's depth, or all (the whole network)"),
     ConfigFlag("--train-bn", "freeze_bn", bool, "let batch-norm statistics train", switch_value=False),
     ConfigFlag("--lr", "learning_rate", float, "head learning rate"),
-    ConfigFlag("--backbone-lr", "backbone_learning_rate", float, "unfrozen blocks' learning rate"),
-    ConfigFlag("--weight-decay", "weight_decay", float, "AdamW weight decay of head and blocks"),
+    ConfigFlag("--backbone-lr", "backbone_learning_rate", float, "top unfrozen block's learning rate (each block "
+               "below it trains layer-decay times slower)"),
+    ConfigFlag("--optimizer", "optimizer", str, "adamw or sgd (with --momentum)"),
+    ConfigFlag("--momentum", "momentum", float, "SGD momentum"),
+    ConfigFlag("--weight-decay", "weight_decay", float, "weight decay of head and blocks (AdamW: decoupled)"),
     ConfigFlag("--epochs", "epochs", int, "most epochs to train"),
-    ConfigFlag("--batch-size", "batch_size", int, "images per step"),
+    ConfigFlag("--batch-size", "batch_size", int, "images per batch"),
+    ConfigFlag("--accumulate", "accumulate", int, "batches whose gradients make one update (effective batch "
+               "size: batch size x N, in one batch's memory)"),
+    ConfigFlag("--remat", "remat", bool, "recompute unfrozen blocks in the backward pass (jax.checkpoint): less "
+               "memory, more compute", switch_value=True),
+    ConfigFlag("--augment", "augment", _policy, "augmentation drawn per image and step on device: comma-separated "
+               "names from flip, dihedral, crop, scale, affine (±3° rotation, ±2%% shift and scale), or none; "
+               "e.g. dihedral,affine"),
+    ConfigFlag("--class-weights", "class_weights", str, "balanced: weigh the training loss by inverse class "
+               "frequency of train; none"),
     ConfigFlag("--patience", "patience", int, "epochs without val improvement before stopping"),
     ConfigFlag("--image-size", "image_size", int, "input size"),
-    ConfigFlag("--seed", "seed", int, "seed of shuffles, crops, flips and dropout"),
+    ConfigFlag("--seed", "seed", int, "seed of shuffles, augmentation and dropout"),
 )
 
 
@@ -124,6 +147,8 @@ def finetune_flag_help(flag: ConfigFlag) -> str:
     if flag.parse is bool:
         return f"{flag.help} (default: off)"
     default = next(f.default for f in dataclasses.fields(FinetuneConfig) if f.name == flag.field)
+    if isinstance(default, tuple):  # written back in the flag's own syntax
+        default = ",".join(default) or "none"
     return f"{flag.help} (default {'the size the head was swept at' if default is None else default})"
 
 
@@ -249,7 +274,10 @@ def _finetune_parser(sub: Any) -> None:
     ft.add_argument("--dataset", default="elpv", help="the dataset the head was swept on (same forms as sweep); "
                     "default elpv")
     ft.add_argument("--out", type=Path, default=Path("runs/finetune"), help="output directory (model/, "
-                    "finetune.json); re-running with the same arguments resumes a killed run; default runs/finetune")
+                    "finetune.json, the epoch checkpoints); default runs/finetune")
+    ft.add_argument("--resume", action="store_true", help="continue a killed run in --out from its last epoch "
+                    "checkpoint (the same flags; it ends with the weights an uninterrupted run ends with); without "
+                    "it, an unfinished run in --out is an error")
     for flag in FINETUNE_FLAGS:
         if flag.parse is bool:  # a switch: present means the opposite of the field's default
             ft.add_argument(flag.name, dest=f"config_{flag.field}", action="store_true", default=None,
@@ -357,6 +385,8 @@ def sweep_help() -> dict[str, FlagHelp]:
         "--folds": FlagHelp("K-fold cross-validation over train+val, so every example validates once; auto = 5 "
                             "folds up to 10,000 train+val examples, else none; none = train on train, validate on "
                             "the fixed val split", "K", none="the fixed val split"),
+        "--repeats": FlagHelp("independent K-fold partitions (repeated cross-validation): each (repeat, fold) "
+                              "member has its own rows and seed; needs folds", "R", "3"),
         "--metric": FlagHelp("val metric that ranks and early-stops heads: "
                              f"{' | '.join(RANKING_METRICS['multiclass'])}; multilabel: "
                              f"{' | '.join(RANKING_METRICS['multilabel'])}", "METRIC",
