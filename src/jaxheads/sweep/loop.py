@@ -19,8 +19,7 @@ from jaxheads import parallel
 
 from . import records
 from .book import GroupRun, MemberBook
-from .group import LiveMembers, Programs, epoch_args, epoch_batches, view_generator
-from .inputs import GroupInputs
+from .group import LiveMembers, epoch_args, epoch_batches, view_generator
 from .plan import GroupPlan
 from .program import keep_best
 from .spec import SweepSpec
@@ -69,10 +68,10 @@ def _unfinished(plan: GroupPlan, slots: np.ndarray, done: Mapping[int, Any]) -> 
     return np.asarray([s for s, j in enumerate(slots) if j >= 0 and plan.ids[j] not in done], int)
 
 
-def _train_epoch(plan: GroupPlan, inputs: GroupInputs, live: LiveMembers, programs: Programs,
-                 active: np.ndarray, idx: np.ndarray, step0: int, timings: dict[str, float],
+def _train_epoch(run: GroupRun, live: LiveMembers, active: np.ndarray, idx: np.ndarray, step0: int,
                  first: bool) -> tuple[LiveMembers, np.ndarray, dict[str, np.ndarray]]:
     """One jitted epoch and the val metrics after it: (live with the new state, losses, val metrics)."""
+    plan, inputs, programs, timings = run.plan, run.inputs, run.programs, run.timings
     t = time.perf_counter()
     state, losses = programs.epoch(*epoch_args(plan, live, inputs, active, idx, step0))
     losses = parallel.to_host(losses)
@@ -103,7 +102,7 @@ def train_group(run: GroupRun, live: LiveMembers, rngs: list[np.random.Generator
                 progress: Callable | None) -> tuple[dict[int, tuple], list[int]]:
     """Train the group; returns ({member index: (record, unpadded variables, predictions)}, slots computed per
     epoch). ``rngs``: the batch-order generator, one copy per fold with folds."""
-    plan, inputs, programs, sweep, timings = run.plan, run.inputs, run.programs, run.sweep, run.timings
+    plan, inputs, sweep = run.plan, run.inputs, run.sweep
     book, done, slots_per_epoch, step0 = MemberBook(len(plan.ids)), {}, [], 0
     finish = lambda lv, which: done.update(records.finalize(run, lv, which, book))  # noqa: E731
     for epoch in range(1, sweep.epochs + 1):
@@ -112,7 +111,7 @@ def train_group(run: GroupRun, live: LiveMembers, rngs: list[np.random.Generator
         real, js = live.slots >= 0, np.maximum(live.slots, 0)
         was_active = real & book.active[js]
         idx = epoch_batches(plan, inputs, rngs, live.slots, view_generator(sweep.data_seed, plan.gid, epoch))
-        live, losses, val = _train_epoch(plan, inputs, live, programs, was_active, idx, step0, timings, epoch == 1)
+        live, losses, val = _train_epoch(run, live, was_active, idx, step0, epoch == 1)
         slots_per_epoch.append(len(live.slots))
         step0 += plan.steps_per_epoch
         score = np.nan_to_num(np.asarray(val[run.metric], np.float64), nan=-np.inf)

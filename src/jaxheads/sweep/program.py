@@ -107,7 +107,8 @@ def update_members(f: Callable, state: Any, rest: Any, map_batch: int | str) -> 
     ``lax.map(batch_size=k)``-style chunks the stacked ``state`` is updated in place in a loop carry.
 
     Why not ``lax.map``: its stacked outputs made XLA copy the whole group's state several times per call (the
-    count: experiments/README.md, "Figures moved out of code comments"). A ``fori_loop`` over chunks that slices the carry and writes each chunk back in place copies nothing
+    count: experiments/README.md, "Figures moved out of code comments"). A ``fori_loop`` over chunks that slices
+    the carry and writes each chunk back in place copies nothing
     (the epoch donates ``state``)."""
     m = jax.tree.leaves(state)[0].shape[0]
     if _one_vmap(map_batch, m):

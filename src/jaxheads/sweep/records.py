@@ -114,7 +114,9 @@ def _unpadded(final: _Final, slot: int, plan: GroupPlan, head: heads.HeadSpec) -
 
 
 def _probabilities(final: _Final, slot: int, task: str) -> dict[str, np.ndarray]:
-    probs = lambda logits: np.asarray(metrics.probabilities(np.asarray(logits, np.float32), task), np.float32)  # noqa: E731
+    def probs(logits: Any) -> np.ndarray:
+        return np.asarray(metrics.probabilities(np.asarray(logits, np.float32), task), np.float32)
+
     out = {"val": probs(final.val_logits[slot])}
     if final.test_logits is not None:
         out["test"] = probs(final.test_logits[slot])

@@ -57,12 +57,27 @@ def _ridge_rows(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], num_classe
     return rows, time.perf_counter() - t
 
 
-def _train_one_group(plan: Any, splits: Mapping[str, FeatureSplit], fold_of: np.ndarray | None,
-                     members: list[MemberSpec], sweep: SweepSpec, task: str, metric: str,
-                     pool: concurrent.futures.Executor, progress: Callable | None,
-                     budget: int) -> tuple[dict[int, tuple], dict[str, Any]]:
-    """Place (or, over ``budget`` bytes per device, stream), initialise, compile and train one group: ({member:
+class _SweepRun(NamedTuple):
+    """What every group of one sweep trains with: the resolved sweep, the splits the heads train on, the fold of
+    every pooled row (None without folds), the members, task, ranking metric, progress callback and the
+    device-memory budget (bytes per device) over which a group streams."""
+
+    sweep: SweepSpec
+    splits: Mapping[str, FeatureSplit]
+    fold_of: np.ndarray | None
+    members: list[MemberSpec]
+    task: str
+    metric: str
+    progress: Callable | None
+    budget: int
+
+
+def _train_one_group(run: _SweepRun, plan: Any,
+                     pool: concurrent.futures.Executor) -> tuple[dict[int, tuple], dict[str, Any]]:
+    """Place (or, over ``run.budget`` bytes per device, stream), initialise, compile and train one group: ({member:
     (record, variables, predictions)}, its record)."""
+    splits, fold_of, members, sweep, task = run.splits, run.fold_of, run.members, run.sweep, run.task
+    budget = run.budget
     t0 = time.perf_counter()
     streamed = stream.streams(plan, splits, fold_of is not None, budget)
     host_x = None if streamed else host_inputs(plan, members, splits)
@@ -85,8 +100,8 @@ def _train_one_group(plan: Any, splits: Mapping[str, FeatureSplit], fold_of: np.
                 else groups.compile_programs(pending, inputs, map_batch, task, pool))
     live = live if live is not None else groups.collect_init(pending)
     timings["compile_s"] += time.perf_counter() - t  # includes waiting for the init program
-    run = GroupRun(plan, inputs, programs, sweep, metric, task, members, timings)
-    done, slots_per_epoch = train_group(run, live, rngs, progress)
+    group_run = GroupRun(plan, inputs, programs, sweep, run.metric, task, members, timings)
+    done, slots_per_epoch = train_group(group_run, live, rngs, run.progress)
     record = group_record(plan, sweep.epochs, map_batch, probed, slots_per_epoch, timings)
     return done, {**record, "streamed": stream.record(plan, budget, inputs) if streamed else None}
 
@@ -128,7 +143,8 @@ def run_sweep(
     # The ridge baseline is independent of the heads: on one process it runs in a thread while the groups train.
     ridge_job = _Background(_ridge_rows, sweep, splits, num_classes, metric, background=jax.process_count() == 1)
     train_splits, fold_of = _cross_validation(sweep, splits, label_names)
-    trained = _train_groups(sweep, train_splits, fold_of, members, task, metric, mesh, store, progress, budget)
+    run = _SweepRun(sweep, train_splits, fold_of, members, task, metric, progress, budget)
+    trained = _train_groups(run, mesh, store)
     ridge, ridge_s = ridge_job.result()
     board, recommended = leaderboard(trained.records, metric)
     store.clear()
@@ -167,10 +183,9 @@ def _cross_validation(sweep: SweepSpec, splits: Mapping[str, FeatureSplit],
     return pool, folds.assign_folds(pool["train"].labels, sweep.folds, sweep.data_seed)
 
 
-def _train_groups(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], fold_of: np.ndarray | None,
-                  members: list[MemberSpec], task: str, metric: str, mesh: Mesh | None, store: GroupStore,
-                  progress: Callable | None, budget: int) -> _Trained:
+def _train_groups(run: _SweepRun, mesh: Mesh | None, store: GroupStore) -> _Trained:
     """Every group, restored from ``store`` when it finished in an earlier run, else trained and saved."""
+    sweep, splits, fold_of, members = run.sweep, run.splits, run.fold_of, run.members
     out = _Trained([None] * len(members), [None] * len(members), [None] * len(members), [])
     shapes = feature_shapes(splits["train"])
     n_train = len(splits["train"]) if fold_of is None else min(int(np.sum(fold_of != f)) for f in range(sweep.folds))
@@ -180,8 +195,7 @@ def _train_groups(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], fold_of:
             if store.restore(gid, ids, out.records, out.variables, out.predictions, out.groups):
                 continue
             plan = make_plan(gid, ids, members, shapes, n_train, sweep, mesh)
-            done, group_json = _train_one_group(plan, splits, fold_of, members, sweep, task, metric, pool, progress,
-                                                budget)
+            done, group_json = _train_one_group(run, plan, pool)
             for i, (record, member_vars, predictions) in done.items():
                 out.records[i], out.variables[i], out.predictions[i] = record, member_vars, predictions
             out.groups.append(group_json)

@@ -26,8 +26,8 @@ from jaxheads.sweep.result import SweepResult, leaderboard
 from jaxheads.sweep.run import run_sweep
 from jaxheads.sweep.spec import MemberSpec, SweepSpec
 
-__all__ = ["VARIANT_AXES", "VariantSweepResult", "check_one_axis", "merge_variants", "parse_sizes", "parse_views", "run_variants",
-           "splits_at_views", "variant_config"]
+__all__ = ["VARIANT_AXES", "VariantSweepResult", "check_one_axis", "merge_variants", "parse_sizes", "parse_views",
+           "run_variants", "splits_at_views", "variant_config"]
 
 # axis -> (config id suffix for a level, what results.json lists the levels as, a level in words)
 VARIANT_AXES: dict[str, tuple[str, str, str]] = {
