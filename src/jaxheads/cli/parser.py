@@ -211,7 +211,8 @@ def _sweep_parser(sub: Any) -> None:
     data.add_argument("--backbone", default=None, help="a name from `jaxheads backbones list`; default "
                       f"{job.DEFAULT_BACKBONE}")
     data.add_argument("--weights", default="default", help="the backbone's weights: default (its ImageNet weights), "
-                      "imagenet, a weights file, or none (random init); default: default")
+                      "imagenet, a weights file (a timm .safetensors/.pth too), timm:NAME (timm's weights from the "
+                      "Hugging Face hub), or none (random init); default: default")
     data.add_argument("--task", choices=("multiclass", "multilabel"), help="for a CSV: one label per image or "
                       "several; default multilabel")
     data.add_argument("--data-dir", type=Path, help="TFDS data_dir for tfds:NAME; default TFDS's own")
