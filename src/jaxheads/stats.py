@@ -438,15 +438,19 @@ def smallest_within_noise(comparisons_vs_best: Sequence[Comparison], sizes: Sequ
     return min(candidates, key=lambda i: (sizes[i], abs(comparisons_vs_best[i].diff), i))
 
 
-def describe_method(n_boot: int, folds: int, seeds: int, level: float, *, resample_folds: bool = True) -> str:
-    """One sentence for a report saying how the intervals were computed (``resample_folds`` as in make_draws)."""
+def describe_method(n_boot: int, folds: int, seeds: int, level: float, *, resample_folds: bool = True,
+                    repeats: int = 1) -> str:
+    """One sentence for a report saying how the intervals were computed (``resample_folds`` as in make_draws;
+    ``repeats`` > 1: the ``seeds`` replicas are the repeats' passes, resampled as seeds on the first partition)."""
+    of = f" of the first of {repeats} partitions" if repeats > 1 else ""
     if folds > 1 and resample_folds:
-        units = f"the {folds} cross-validation folds, the evaluation examples within each drawn fold"
+        units = f"the {folds} cross-validation folds{of}, the evaluation examples within each drawn fold"
     elif folds > 1:
-        units = f"the evaluation examples within each of the {folds} cross-validation folds"
+        units = f"the evaluation examples within each of the {folds} cross-validation folds{of}"
     else:
         units = "the evaluation examples"
-    units += f" and the {seeds} seeds" if seeds > 1 else " (one seed: seed-to-seed noise is not included)"
+    replicas = f"the {seeds} passes (every repeat and seed)" if repeats > 1 else f"the {seeds} seeds"
+    units += f" and {replicas}" if seeds > 1 else " (one seed: seed-to-seed noise is not included)"
     return (
         f"{level:.0%} percentile intervals from {n_boot:,} paired bootstrap draws (the same draws for every "
         f"config), each resampling with replacement {units}."

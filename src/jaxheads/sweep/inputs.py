@@ -19,6 +19,7 @@ from jaxheads import heads, parallel
 from jaxheads.heads import HeadSpec
 from jaxheads.features.split import FeatureSplit
 
+from . import folds
 from .plan import GroupPlan
 from .spec import MemberSpec
 
@@ -145,22 +146,26 @@ def place_inputs(plan: GroupPlan, x: Mapping[str, Any], splits: Mapping[str, Fea
     labels = {"train": _put(_train_labels(splits["train"]), rep)}  # "val" rows (< N) read view 0's labels
     labels.update({k: labels["train"] if s is splits["train"] else _put(s.labels, rep)
                    for k, s in splits.items() if k != "train"})
+    if max(s.fold for s in plan.specs) >= folds.fold_count(fold_of):
+        raise ValueError(f"--repeats: the members need {max(s.fold for s in plan.specs) + 1} folds, and the rows "
+                         f"come in {folds.fold_count(fold_of)} (one partition where the sweep repeats several)")
     eval_rows, mask, train_rows = _fold_rows(fold_of, n_eval)
     return GroupInputs(x=placed, y=labels, mask=mask, n_eval=n_eval, idx_sharding=NamedSharding(plan.mesh, per_member),
                        eval_rows=eval_rows, train_rows=train_rows, **views)
 
 
 def _fold_rows(fold_of: np.ndarray, n_eval: Mapping[str, int]) -> tuple[dict, dict, tuple]:
-    """(eval rows, their masks, the training rows of each fold), eval rows padded to the longest fold or split."""
-    k = int(fold_of.max()) + 1
-    sizes = [int(np.sum(fold_of == f)) for f in range(k)]
+    """(eval rows, their masks, the training rows of each fold), eval rows padded to the longest fold or split.
+    ``fold_of`` (N,) or, repeated, (R, N): one entry per global fold id (:func:`.folds.fold_rows`)."""
+    members = [folds.fold_rows(fold_of, f) for f in range(folds.fold_count(fold_of))]
+    sizes = [len(scored) for scored, _ in members]
     width = max(sizes + [n for name, n in n_eval.items() if name != "val"])
     pad = lambda idx: np.concatenate([idx, np.zeros(width - len(idx), idx.dtype)])  # noqa: E731
     rows = {name: pad(np.arange(n)) for name, n in n_eval.items() if name != "val"}
     mask = {name: np.arange(width) < n for name, n in n_eval.items() if name != "val"}
-    rows["val"] = np.stack([pad(np.flatnonzero(fold_of == f)) for f in range(k)])
+    rows["val"] = np.stack([pad(scored) for scored, _ in members])
     mask["val"] = np.stack([np.arange(width) < n for n in sizes])
-    return rows, mask, tuple(np.flatnonzero(fold_of != f) for f in range(k))
+    return rows, mask, tuple(trained for _, trained in members)
 
 
 def fold_eval_rows(inputs: GroupInputs, fold: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Each config's per-example scores, assembled from its members' kept predictions (``SweepResult.predictions``).
 
 A config's val scores are (seeds, rows, classes): with cross-validation every pooled row is scored by the member
-of that seed whose fold the row is, so no row is scored by a model that trained on it. Its test scores are
+of that seed whose fold the row is, so no row is scored by a model that trained on it. With repeats the "seeds"
+are the passes r * S + s (a member's seed, :class:`.spec.SweepSpec`), each a complete scoring of the rows. Its test scores are
 (seeds, test rows, classes), each seed's mean over its fold models. The verdicts and the ensembles read these.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from jaxheads import metrics
 
+from . import folds
 from .result import SweepResult
 
 
@@ -49,7 +51,7 @@ def val_scores(members: Sequence[Mapping[str, Any]], predictions: Mapping[str, n
     covered = np.zeros(out.shape[:2], bool)
     for m in members:
         s = seeds.index(int(m["spec"]["seed"]))
-        rows = np.ones(out.shape[1], bool) if fold_of is None else fold_of == m["spec"]["fold"]
+        rows = slice(None) if fold_of is None else folds.fold_rows(fold_of, m["spec"]["fold"])[0]
         out[s, rows] = predictions["val"][m["member"]][rows]
         covered[s, rows] = True
     if not covered.all():

@@ -52,6 +52,14 @@ class MemberSpec:
         if int(self.batch_size) < 1:
             raise ValueError(f"MemberSpec.batch_size: must be >= 1, got {self.batch_size!r}")
 
+    def _check_repeats(self) -> None:
+        """``repeats`` is a whole number >= 1, and above 1 only with folds; a one-line error naming the flag."""
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"--repeats: must be a whole number >= 1 (got {self.repeats!r})")
+        if self.repeats > 1 and self.folds is None:
+            raise ValueError(f"--repeats {self.repeats}: repeats partition the folds, and --folds none has none; "
+                             "pass --folds K (or auto)")
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["head"] = self.head.to_dict()
@@ -94,7 +102,10 @@ class SweepSpec:
     activation memory of the members batched together on one device; bounds k), ``data_seed``.
     ``folds``: K-fold cross-validation over train+val pooled (None: the fixed val split; "auto": ``AUTO_FOLDS``
     up to ``AUTO_FOLDS_MAX_EXAMPLES`` train+val examples, else None, see :meth:`for_splits`); folds are one
-    more member axis, so K folds of every config train in the same programs. ``metric``: the val metric members
+    more member axis, so K folds of every config train in the same programs. ``repeats``: R independent K-fold
+    partitions (repeated cross-validation, :mod:`.folds`); the member of (repeat r, seed s, fold k) has fold id
+    r * K + k and seed r * S + s, so the split, the initialisation and the batch order vary together, and R * K
+    members of every config and seed train in the same programs (1: plain K-fold). ``metric``: the val metric members
     are ranked and stopped by (None: the task's default, ``metrics.metric_for_task``). ``design``: ``"grid"``
     (the cross product) or ``"one_factor"`` (one factor at a time around the base, the first level of every
     axis).
@@ -133,6 +144,7 @@ class SweepSpec:
     data_seed: int = 0
     depth_grouping: str = DEPTH_GROUPING_DEFAULT
     folds: int | str | None = None
+    repeats: int = 1
     metric: str | None = None
     design: str = "grid"
 
@@ -160,10 +172,19 @@ class SweepSpec:
             raise ValueError(f"SweepSpec.depth_grouping: {self.depth_grouping!r} is not one of {DEPTH_GROUPINGS}")
         if self.folds is not None and self.folds != "auto" and (isinstance(self.folds, bool) or int(self.folds) < 2):
             raise ValueError(f"--folds: must be >= 2 (got {self.folds!r}); leave it out for a fixed validation split")
+        self._check_repeats()
         if self.design not in DESIGNS:
             raise ValueError(f"--design: {self.design!r} is not one of {DESIGNS}")
         if not (self.map_batch in MAP_BATCH_MODES or (isinstance(self.map_batch, int) and self.map_batch >= 1)):
             raise ValueError(f"SweepSpec.map_batch: one of {MAP_BATCH_MODES} or an int >= 1, got {self.map_batch!r}")
+
+    def _check_repeats(self) -> None:
+        """``repeats`` is a whole number >= 1, and above 1 only with folds; a one-line error naming the flag."""
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"--repeats: must be a whole number >= 1 (got {self.repeats!r})")
+        if self.repeats > 1 and self.folds is None:
+            raise ValueError(f"--repeats {self.repeats}: repeats partition the folds, and --folds none has none; "
+                             "pass --folds K (or auto)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -190,11 +211,14 @@ class SweepSpec:
         if self.folds != "auto":
             return self
         folds = AUTO_FOLDS if sizes["train"] + sizes["val"] <= AUTO_FOLDS_MAX_EXAMPLES else None
+        if folds is None and self.repeats > 1:
+            raise ValueError(f"--repeats {self.repeats}: --folds auto chose the fixed split for "
+                             f"{sizes['train'] + sizes['val']:,} train+val examples; pass --folds K to repeat them")
         return dataclasses.replace(self, folds=folds)
 
     def expand(self, num_classes: int, task: str) -> list[MemberSpec]:
         """Every member: explicit ``members``, else the (sampled) configs of the design, each repeated for every
-        seed and, with ``folds``, every fold (in that order: config, seed, fold)."""
+        seed and, with ``folds``, every fold (in that order: config, repeat, seed, fold)."""
         if self.members:
             return [m if m.head.num_classes == num_classes and m.head.task == task else dataclasses.replace(
                 m, head=m.head.replace(num_classes=num_classes, task=task)) for m in self.members]
@@ -204,8 +228,11 @@ class SweepSpec:
             configs = random.Random(self.sample_seed).sample(configs, self.sample)
         if self.folds == "auto":
             raise ValueError("SweepSpec.folds 'auto': decide it for the dataset first (SweepSpec.for_splits)")
-        folds = range(self.folds) if self.folds else (None,)
-        return [dataclasses.replace(c, seed=s, fold=f) for c in configs for s in range(self.seeds) for f in folds]
+        if not self.folds:
+            return [dataclasses.replace(c, seed=s) for c in configs for s in range(self.seeds)]
+        k, n_seeds = self.folds, self.seeds
+        return [dataclasses.replace(c, seed=r * n_seeds + s, fold=r * k + f) for c in configs
+                for r in range(self.repeats) for s in range(n_seeds) for f in range(k)]
 
     def _axes(self) -> list[tuple[Any, ...]]:
         """The levels of every axis, in the order of :meth:`_member`'s arguments (the first level is the base)."""

@@ -95,8 +95,8 @@ def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> Swee
     n_seeds = {s.shape[0] for s in scores.values()}
     if len(n_seeds) != 1:
         return result  # explicit members with unequal replicas: no paired draws
-    folds = p.get("val_fold", np.zeros(len(labels), np.int64))
-    draws = stats.make_draws(folds, n_seeds.pop(), n_boot=n_boot, seed=seed)
+    first = np.atleast_2d(p.get("val_fold", np.zeros(len(labels), np.int64)))[0]  # with repeats: partition 0's
+    draws = stats.make_draws(first, n_seeds.pop(), n_boot=n_boot, seed=seed)
     evidence = _Evidence(scores, labels, metric, task, draws)
     board = [dict(row) for row in result.leaderboard]
     for row in board:
@@ -119,9 +119,10 @@ def _selection(result: SweepResult, scores: ConfigScores, val: stats.Interval, l
                seed: int) -> dict[str, Any]:
     p, task, metric = result.predictions, result.task, result.metric
     n_folds = int(p["val_fold"].max()) + 1 if "val_fold" in p else 1
+    repeats = len(np.atleast_2d(p["val_fold"])) if "val_fold" in p else 1
     out: dict[str, Any] = {
         "metric": metric, "level": LEVEL, "n_boot": n_boot,
-        "method": stats.describe_method(n_boot, n_folds, scores.val.shape[0], LEVEL),
+        "method": stats.describe_method(n_boot, n_folds, scores.val.shape[0], LEVEL, repeats=repeats),
         "val": {**dataclasses.asdict(val), "optimistic": True},
         "test": None}
     names = result.label_names or [str(k) for k in range(result.num_classes)]
