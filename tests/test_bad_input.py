@@ -9,54 +9,15 @@ import io
 import json
 from pathlib import Path
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxheads import backbones, cli, data, features
-from jaxheads.backbones import BackboneConfig, Preprocessing
 
-TINY_A, TINY_B, TINY_C = "tiny_bad_input_a", "tiny_bad_input_b", "tiny_bad_input_c"
 SWEEP = ["--pooling", "none", "--conv", "none", "--norm", "none", "--folds", "none", "--design", "grid",
          "--depths", "0", "--dropouts", "0", "--epochs", "2", "--seeds", "1",
          "--batch-size", "8", "--feature-batch-size", "8", "--lr", "0.01"]
-
-
-class _Tiny(nn.Module):
-    """Two named conv blocks: (N, 32, 32, 3) -> {"features": (N, 8, 8, 16)}."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        x = nn.relu(nn.Conv(8, (3, 3), strides=2, name="stem")(x))
-        return {"features": nn.relu(nn.Conv(16, (3, 3), strides=2, name="head")(x))}
-
-
-def _weights(seed: int) -> object:
-    """A weights loader drawing with NumPy (jax.random would cost seconds of compile on this CPU)."""
-
-    def load(config: BackboneConfig, weights: object) -> tuple[dict, str]:
-        shapes = jax.eval_shape(_Tiny().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-        rng = np.random.default_rng(seed)
-        fill = lambda s: (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)  # noqa: E731
-        return jax.tree.map(fill, shapes), f"tiny-seed{seed}"
-
-    return load
-
-
-def _register(name: str, seed: int, std: float) -> None:
-    backbones.register(BackboneConfig(
-        name=name, build=lambda num_classes=0: _Tiny(), feature_channels=16, blocks=("stem", "head"),
-        preprocessing=Preprocessing(32, mean=(127.5,) * 3, std=(std,) * 3),
-        weights={"w": _weights(seed)}, default_weights="w", weights_ids={"w": f"tiny-seed{seed}"},
-    ))  # fmt: skip
-
-
-_register(TINY_A, 0, 127.5)
-_register(TINY_B, 1, 127.5)  # another backbone (other weights)
-_register(TINY_C, 0, 64.0)  # the same weights with other preprocessing
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
@@ -122,10 +83,11 @@ def _cache_metas(cache: Path) -> list[dict]:
 
 
 def test_unreadable_images_are_skipped_named_and_counted_and_no_good_one_is_lost(
-        bad_folder: tuple[Path, set[str], set[str]], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        bad_folder: tuple[Path, set[str], set[str]], tmp_path: Path, capsys: pytest.CaptureFixture,
+        tiny_backbone) -> None:
     root, good, bad = bad_folder
     with pytest.warns(data.BadImageWarning) as record:
-        code, out, err = _sweep(capsys, "--dataset", root, "--backbone", TINY_A, "--out", tmp_path / "run",
+        code, out, err = _sweep(capsys, "--dataset", root, "--backbone", tiny_backbone, "--out", tmp_path / "run",
                                 "--cache-dir", tmp_path / "cache", *SWEEP)
     assert code == 0, err
     messages = [str(w.message) for w in record]
@@ -137,9 +99,9 @@ def test_unreadable_images_are_skipped_named_and_counted_and_no_good_one_is_lost
     assert set(meta["skipped_names"]) == bad
     # Every readable image is in the cache under its own label (RGBA, CMYK, 16-bit, 3x2 px ... all converted).
     ds = data.load_dataset(root)
-    cached = dataclasses.replace(features.backbone_source(TINY_A), load=_never)
+    cached = dataclasses.replace(features.backbone_source(tiny_backbone), load=_never)
     with pytest.warns(data.BadImageWarning, match="left out"):
-        splits = features.extract_all(cached, ds, cache_dir=tmp_path / "cache")
+        splits = features.extract_all(cached, ds, features.ExtractOptions(cache_dir=tmp_path / "cache"))
     assert sorted(splits) == ["test", "train", "val"]
     kept: set[str] = set()
     for name, split in splits.items():
@@ -154,19 +116,19 @@ def test_unreadable_images_are_skipped_named_and_counted_and_no_good_one_is_lost
 
     # --strict fails instead, naming the first unreadable file (a fresh cache, and also on the cache above:
     # a cache that left images out must not let a strict run pass).
-    code, _, err = _sweep(capsys, "--dataset", root, "--backbone", TINY_A, "--out", tmp_path / "strict",
+    code, _, err = _sweep(capsys, "--dataset", root, "--backbone", tiny_backbone, "--out", tmp_path / "strict",
                           "--cache-dir", tmp_path / "strict_cache", "--strict", *SWEEP)
     assert code == 2 and "cannot decode image" in err and any(Path(p).name in err for p in bad)
-    code, _, err = _sweep(capsys, "--dataset", root, "--backbone", TINY_A, "--out", tmp_path / "strict2",
+    code, _, err = _sweep(capsys, "--dataset", root, "--backbone", tiny_backbone, "--out", tmp_path / "strict2",
                           "--cache-dir", tmp_path / "cache", "--strict", *SWEEP)
     assert code == 2 and "left out" in err and any(Path(p).name in err for p in bad)
 
 
 def test_finetune_skips_unreadable_images_too(bad_folder: tuple[Path, set[str], set[str]], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+                                              capsys: pytest.CaptureFixture, tiny_backbone) -> None:
     root, _, bad = bad_folder
     with pytest.warns(data.BadImageWarning):
-        code, _, err = _sweep(capsys, "--dataset", root, "--backbone", TINY_A, "--out", tmp_path / "run",
+        code, _, err = _sweep(capsys, "--dataset", root, "--backbone", tiny_backbone, "--out", tmp_path / "run",
                               "--cache-dir", tmp_path / "cache", *SWEEP)
     assert code == 0, err
     with pytest.warns(data.BadImageWarning) as record:
@@ -183,14 +145,14 @@ def test_finetune_skips_unreadable_images_too(bad_folder: tuple[Path, set[str], 
 
 
 def test_dataset_shapes_that_cannot_train_fail_naming_the_folder(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+                                                                 capsys: pytest.CaptureFixture, tiny_backbone) -> None:
     rng = np.random.default_rng(1)
     pixels = lambda: Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))  # noqa: E731
     one_class = tmp_path / "one_class"
     (one_class / "cat").mkdir(parents=True)
     for i in range(4):
         pixels().save(one_class / "cat" / f"{i}.png")
-    code, _, err = _sweep(capsys, "--dataset", one_class, "--backbone", TINY_A, "--out", tmp_path / "o", *SWEEP)
+    code, _, err = _sweep(capsys, "--dataset", one_class, "--backbone", tiny_backbone, "--out", tmp_path / "o", *SWEEP)
     assert code == 2 and "needs at least 2 classes, found 1 (cat)" in err and str(one_class) in err
 
     empty_class = tmp_path / "empty_class"
@@ -199,12 +161,13 @@ def test_dataset_shapes_that_cannot_train_fail_naming_the_folder(tmp_path: Path,
         for i in range(n):
             pixels().save(empty_class / name / f"{i}.png")
     (empty_class / "bird" / "readme.txt").write_text("no images here")
-    code, _, err = _sweep(capsys, "--dataset", empty_class, "--backbone", TINY_A, "--out", tmp_path / "e", *SWEEP)
+    code, _, err = _sweep(capsys, "--dataset", empty_class, "--backbone", tiny_backbone, "--out", tmp_path / "e",
+                          *SWEEP)
     assert code == 2 and f"{empty_class / 'bird'}: class folder is empty" in err
 
 
-def test_csv_labels_outside_the_class_list_missing_files_and_one_class(tmp_path: Path,
-                                                                        capsys: pytest.CaptureFixture) -> None:
+def test_csv_labels_outside_the_class_list_missing_files_and_one_class(
+        tmp_path: Path, capsys: pytest.CaptureFixture, tiny_backbone) -> None:
     rng = np.random.default_rng(2)
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
@@ -214,7 +177,7 @@ def test_csv_labels_outside_the_class_list_missing_files_and_one_class(tmp_path:
         data.load_dataset(outside, classes=("cat", "dog"), task="multiclass")
     missing = tmp_path / "missing.csv"
     missing.write_text("0.png,cat\n1.png,dog\ngone.png,cat\n3.png,dog\nalso_gone.png,dog\n")
-    code, _, err = _sweep(capsys, "--dataset", missing, "--task", "multiclass", "--backbone", TINY_A,
+    code, _, err = _sweep(capsys, "--dataset", missing, "--task", "multiclass", "--backbone", tiny_backbone,
                           "--out", tmp_path / "m", *SWEEP)
     assert code == 2 and "missing.csv:3: image file 'gone.png' does not exist" in err
     assert "1 more rows name missing files" in err
@@ -229,30 +192,32 @@ def test_csv_labels_outside_the_class_list_missing_files_and_one_class(tmp_path:
 
 
 def test_a_cache_of_another_backbone_or_preprocessing_is_rebuilt_never_mixed(
-        bad_folder: tuple[Path, set[str], set[str]], tmp_path: Path) -> None:
+        bad_folder: tuple[Path, set[str], set[str]], tmp_path: Path, tiny_backbone, tiny_relatives) -> None:
     root, good, _ = bad_folder
+    tiny_b, tiny_c = tiny_relatives  # B: other weights; C: A's weights with other preprocessing
     ds = data.load_dataset(root)
     cache = tmp_path / "cache"
-    kwargs = {"batch_size": 8, "splits": ["train"]}
+    options, kwargs = features.ExtractOptions(cache_dir=cache, batch_size=8), {"splits": ["train"]}
     with pytest.warns(data.BadImageWarning):
-        a = features.extract_all(features.backbone_source(TINY_A), ds, cache_dir=cache, **kwargs)["train"]
+        a = features.extract_all(features.backbone_source(tiny_backbone), ds, options, **kwargs)["train"]
     snapshot = {p: p.read_bytes() for p in cache.rglob("*") if p.is_file()}
     with pytest.warns(data.BadImageWarning):
-        b = features.extract_all(features.backbone_source(TINY_B), ds, cache_dir=cache, **kwargs)["train"]
-        c = features.extract_all(features.backbone_source(TINY_C), ds, cache_dir=cache, **kwargs)["train"]
+        b = features.extract_all(features.backbone_source(tiny_b), ds, options, **kwargs)["train"]
+        c = features.extract_all(features.backbone_source(tiny_c), ds, options, **kwargs)["train"]
     assert len(list(cache.glob("*/meta.json"))) == 3  # three keys side by side
     assert {p: p.read_bytes() for p in snapshot} == snapshot  # A's cache untouched
     assert not np.array_equal(a.pooled, b.pooled) and not np.array_equal(a.pooled, c.pooled)
     with pytest.warns(data.BadImageWarning):
-        fresh_c = features.extract_all(features.backbone_source(TINY_C), ds, cache_dir=tmp_path / "fresh",
+        fresh_c = features.extract_all(features.backbone_source(tiny_c), ds,
+                                       options.replace(cache_dir=tmp_path / "fresh"),
                                        **kwargs)["train"]
     np.testing.assert_array_equal(c.pooled, fresh_c.pooled)  # nothing of A leaked into C's features
     # A cache whose meta names other preprocessing under A's key (e.g. copied in by hand) is rebuilt.
-    (meta_path,) = [p for p in cache.glob("*/meta.json") if json.loads(p.read_text())["backbone"] == TINY_A]
+    (meta_path,) = [p for p in cache.glob("*/meta.json") if json.loads(p.read_text())["backbone"] == tiny_backbone]
     meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "preprocessing": features.backbone_source(TINY_C).preprocessing.key()}))
+    meta_path.write_text(json.dumps({**meta, "preprocessing": features.backbone_source(tiny_c).preprocessing.key()}))
     np.save(meta_path.parent / "pooled.npy", np.zeros_like(a.pooled))
     with pytest.warns(data.BadImageWarning):
-        again = features.extract_all(features.backbone_source(TINY_A), ds, cache_dir=cache, **kwargs)["train"]
+        again = features.extract_all(features.backbone_source(tiny_backbone), ds, options, **kwargs)["train"]
     np.testing.assert_array_equal(again.pooled, a.pooled)
     assert len(again) == len(a)

@@ -254,37 +254,18 @@ def test_backbones_list_is_a_table_of_what_is_here(capsys, jaxheads_cache):
     assert describe.architecture("efficientnet_lite0") == describe.trace_architecture(get_config("efficientnet_lite0"))
 
 
-TINY_BACKBONE = '''
-import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
-from jaxheads import backbones
-from jaxheads.backbones import BackboneConfig, Preprocessing
-
-
-class Tiny(nn.Module):  # (N, 32, 32, 3) -> {"features": (N, 8, 8, 16)}
-    @nn.compact
-    def __call__(self, x, *, train=False):
-        x = nn.relu(nn.Conv(8, (3, 3), strides=2, name="stem")(x))
-        return {"features": nn.relu(nn.Conv(16, (3, 3), strides=2, name="head")(x))}
-
-
-def load(config, weights):  # NumPy draws: no compile for the weights
-    shapes = jax.eval_shape(Tiny().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    rng = np.random.default_rng(0)
-    return jax.tree.map(lambda s: (rng.normal(size=s.shape) / 8).astype(np.float32), shapes), "tiny-0"
-
-
-backbones.register(BackboneConfig(
-    name="tiny_cli", build=lambda num_classes=0: Tiny(), feature_channels=16, blocks=("stem", "head"),
-    preprocessing=Preprocessing(32, mean=(127.5,) * 3, std=(127.5,) * 3), weights={"w": load},
-    default_weights="w", weights_ids={"w": "tiny-0"}))
-'''
 PIN = ["--conv", "none", "--norm", "none", "--folds", "none", "--design", "grid"]  # a small grid, as above
-TINY_SWEEP = ["--backbone", "tiny_cli", "--pooling", "none", "--widths", "8", "--depths", "1", "--dropouts", "0",
-              "--epochs", "2", "--seeds", "1", "--batch-size", "8", "--feature-batch-size", "8", *PIN]
-exec(TINY_BACKBONE)  # registers tiny_cli in this process too
+SMALL_SWEEP = ["--pooling", "none", "--widths", "8", "--depths", "1", "--dropouts", "0", "--epochs", "2", "--seeds",
+               "1", "--batch-size", "8", "--feature-batch-size", "8", *PIN]
 
 
-def test_skipped_images_are_log_lines_not_warnings(image_folder, tmp_path, capsys, jaxheads_cache):
+@pytest.fixture(scope="module")
+def tiny_sweep(tiny_backbone):
+    """The flags of a small sweep on the tiny backbone."""
+    return ["--backbone", tiny_backbone, *SMALL_SWEEP]
+
+
+def test_skipped_images_are_log_lines_not_warnings(image_folder, tmp_path, capsys, jaxheads_cache, tiny_sweep):
     """One line per skipped file with its reason, then the count; no Python warning text. Whoever records warnings
     (here pytest) still gets them, so library callers keep theirs."""
     import shutil
@@ -296,7 +277,7 @@ def test_skipped_images_are_log_lines_not_warnings(image_folder, tmp_path, capsy
     shutil.copytree(image_folder, folder)
     (folder / "red" / "broken.jpg").write_bytes(b"not an image")
     with pytest.warns(data.BadImageWarning) as record:
-        code, out, err = _run(capsys, "sweep", "--dataset", folder, "--out", tmp_path / "run", *TINY_SWEEP)
+        code, out, err = _run(capsys, "sweep", "--dataset", folder, "--out", tmp_path / "run", *tiny_sweep)
     assert code == 0, err
     assert any("broken.jpg" in str(w.message) for w in record)
     lines = err.splitlines()
@@ -307,7 +288,7 @@ def test_skipped_images_are_log_lines_not_warnings(image_folder, tmp_path, capsy
     assert "BadImageWarning" not in err and "warnings.warn" not in err and "for batch in" not in err
     # A cache hit names nothing new: one warning per split that lost an image; --quiet keeps just that.
     with warnings.catch_warnings(record=True):
-        code, _, err = _run(capsys, "sweep", "--dataset", folder, "--out", tmp_path / "run2", "-q", *TINY_SWEEP)
+        code, _, err = _run(capsys, "sweep", "--dataset", folder, "--out", tmp_path / "run2", "-q", *tiny_sweep)
     assert code == 0 and "skipped /" not in err and "compile cache" not in err
     assert [line for line in err.splitlines() if line.strip()] == [
         line for line in err.splitlines() if line.startswith("warning: ") and "left out" in line]
@@ -357,7 +338,7 @@ def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp
 
     monkeypatch.setattr(backbones, "load", refuse)
     out = tmp_path / "run"
-    flags = ["--dataset", image_folder, "--out", out, *TINY_SWEEP[2:], "--pooling", "avg,none", "--depths", "0,1"]
+    flags = ["--dataset", image_folder, "--out", out, *SMALL_SWEEP, "--pooling", "avg,none", "--depths", "0,1"]
     code, stdout, err = _run(capsys, "sweep", "--dry-run", *flags)
     assert code == 0, err
     assert not out.exists()  # nothing written where the run goes
@@ -381,12 +362,12 @@ def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp
 
 
 def test_dry_run_plans_every_input_size_on_its_own_maps(image_folder, tmp_path, capsys, monkeypatch,
-                                                        jaxheads_cache):
+                                                        jaxheads_cache, tiny_sweep):
     from jaxheads.cli import dry_run
 
     fixed = dry_run.Calibration(flops_per_s=1e10, step_s=1e-4, eval_s=1e-3, group_s=2.0, took_s=0.0)
     monkeypatch.setattr(dry_run, "calibrate", lambda: fixed)
-    flags = ["--dataset", image_folder, "--out", tmp_path / "run", *TINY_SWEEP, "--pooling", "max"]
+    flags = ["--dataset", image_folder, "--out", tmp_path / "run", *tiny_sweep, "--pooling", "max"]
     code, stdout, err = _run(capsys, "sweep", "--dry-run", "--input-size", "32,64", *flags)
     assert code == 0, err
     text = " ".join(stdout.split())
@@ -395,15 +376,17 @@ def test_dry_run_plans_every_input_size_on_its_own_maps(image_folder, tmp_path, 
     assert code == 2 and "--input-size" in err and len(err.strip().splitlines()) == 1
 
 
-def test_second_run_compiles_nothing(image_folder, tmp_path):
+def test_second_run_compiles_nothing(image_folder, tmp_path, tiny_sweep, tests_dir):
     """JAX's persistent compilation cache, on by default: a fresh interpreter running the same tiny sweep twice
     finds every program stored by the first."""
     script = tmp_path / "run_cli.py"
-    script.write_text(TINY_BACKBONE + "\nimport sys\nfrom jaxheads import cli\nsys.exit(cli.main(sys.argv[1:]))\n")
+    script.write_text(f"import sys\nsys.path.insert(0, {str(tests_dir)!r})\n"
+                      "import tiny  # registers the tiny backbone\n"
+                      "from jaxheads import cli\nsys.exit(cli.main(sys.argv[1:]))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
     env["JAXHEADS_CACHE"] = str(tmp_path / "cache")
     argv = [sys.executable, str(script), "sweep", "--dataset", str(image_folder), "--out", str(tmp_path / "o"),
-            *TINY_SWEEP]
+            *tiny_sweep]
 
     def run() -> tuple[int, int]:
         err = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stderr

@@ -28,11 +28,6 @@ from jaxheads.sweep import SweepSpec
 HERE = Path(__file__).parent
 TIMEOUT_S = 240
 
-
-if str(HERE) not in sys.path:  # pytest's default import mode puts it there already
-    sys.path.insert(0, str(HERE))
-import test_finetune as tiny  # noqa: E402  (the TINY backbone with named blocks; make_colour_folder; save_tiny_head)
-
 SWEEP = SweepSpec(pooling=("none", "catavgmax"), widths=(8,), depth=(0, 1), dropout=(0.0,), learning_rate=(1e-2,),
                   batch_size=(8,), epochs=6, seeds=2, patience=None, ridge_l2=(1.0,), map_batch="vmap")
 """Four groups (pooling x depth: catavgmax is twice as wide as the pooled vector, so it cannot share a group with
@@ -41,12 +36,13 @@ SWEEP = SweepSpec(pooling=("none", "catavgmax"), widths=(8,), depth=(0, 1), drop
 _PRELUDE = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-import test_finetune as tiny  # registers the tiny backbone
+import tiny  # registers the tiny backbone
 """
 
 _JOB_CHILD = _PRELUDE + """
 import json
 from jaxheads import job
+from jaxheads.features import ExtractOptions
 from jaxheads.sweep import SweepSpec
 def features(event):
     print("features", event.split, event.done, flush=True)
@@ -54,8 +50,9 @@ def features(event):
 def sweep(event):
     print("sweep", event["group"], event["epoch"], flush=True)
     time.sleep(0.05)
-job.sweep_job(sys.argv[2], tiny.TINY, sweep=SweepSpec.from_dict(json.loads(sys.argv[5])), out_dir=sys.argv[3],
-              cache_dir=sys.argv[4], batch_size=2, feature_progress=features, sweep_progress=sweep)
+job.sweep_job(sys.argv[2], tiny.NAME, sweep=SweepSpec.from_dict(json.loads(sys.argv[5])),
+              options=job.JobOptions(out_dir=sys.argv[3]), extract=ExtractOptions(cache_dir=sys.argv[4], batch_size=2),
+              feature_progress=features, sweep_progress=sweep)
 print("done", flush=True)
 """
 
@@ -106,32 +103,34 @@ def _comparable(results: dict) -> dict:
     return results
 
 
-def _features_of(cache: Path, colours: Path) -> dict[str, dict[str, np.ndarray]]:
+def _features_of(cache: Path, colours: Path, backbone: str) -> dict[str, dict[str, np.ndarray]]:
     """Every split of the job's dataset as the feature cache holds it (read without the backbone), by split name:
     its arrays."""
     def never() -> Any:
         raise AssertionError("the feature cache is not complete")
 
-    source = dataclasses.replace(features.backbone_source(tiny.TINY), load=never)
-    splits = features.extract_all(source, data.load_dataset(colours), cache_dir=cache, need_maps=True)
+    source = dataclasses.replace(features.backbone_source(backbone), load=never)
+    splits = features.extract_all(source, data.load_dataset(colours),
+                                  features.ExtractOptions(cache_dir=cache, need_maps=True))
     return {name: {k: np.asarray(v) for k, v in split._asdict().items()} for name, split in splits.items()}
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.make_colour_folder(tmp_path_factory.mktemp("faults") / "colours", per_class=24)
+def colours(tmp_path_factory: pytest.TempPathFactory, make_colour_folder) -> Path:
+    return make_colour_folder(tmp_path_factory.mktemp("faults") / "colours", per_class=24)
 
 
 @pytest.fixture(scope="module")
-def reference(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def reference(colours: Path, tmp_path_factory: pytest.TempPathFactory, tiny_backbone: str) -> tuple[Path, Path]:
     """The uninterrupted main job: (out dir, feature cache)."""
     root = tmp_path_factory.mktemp("reference")
-    job.sweep_job(colours, tiny.TINY, sweep=SWEEP, out_dir=root / "out", cache_dir=root / "cache", batch_size=2)
+    job.sweep_job(colours, tiny_backbone, sweep=SWEEP, options=job.JobOptions(out_dir=root / "out"),
+                  extract=features.ExtractOptions(cache_dir=root / "cache", batch_size=2))
     return root / "out", root / "cache"
 
 
 def test_sigkill_during_feature_extraction_resumes_to_identical_results(
-        colours: Path, reference: tuple[Path, Path], tmp_path: Path) -> None:
+        colours: Path, reference: tuple[Path, Path], tmp_path: Path, tiny_backbone) -> None:
     rng = random.Random(8)
     kill_at = rng.randint(16, 30)  # images done in train: after its first 16-image chunk, before the last
     delay = rng.uniform(0.0, 0.3)
@@ -144,12 +143,12 @@ def test_sigkill_during_feature_extraction_resumes_to_identical_results(
     (entry,) = list(cache.iterdir())  # one cache for all the splits' images, train's first
     assert not (entry / "meta.json").exists() and list((entry / "shards").glob("*.kept.npy"))
     events: list[Any] = []
-    job.sweep_job(colours, tiny.TINY, sweep=SWEEP, out_dir=out, cache_dir=cache, batch_size=2,
-                  feature_progress=events.append)
+    job.sweep_job(colours, tiny_backbone, sweep=SWEEP, options=job.JobOptions(out_dir=out),
+                  extract=features.ExtractOptions(cache_dir=cache, batch_size=2), feature_progress=events.append)
     first_train = next(e for e in events if e.split == "train")
     assert first_train.done >= 16 and not first_train.cached  # resumed after the chunks on disk
     ref_out, ref_cache = reference
-    got, want = _features_of(cache, colours), _features_of(ref_cache, colours)
+    got, want = _features_of(cache, colours, tiny_backbone), _features_of(ref_cache, colours, tiny_backbone)
     assert sorted(got) == sorted(want) == ["test", "train", "val"]
     for split in want:
         for name in want[split]:
@@ -158,9 +157,9 @@ def test_sigkill_during_feature_extraction_resumes_to_identical_results(
         _comparable(json.loads((ref_out / "results.json").read_text()))
 
 
-def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_path: Path) -> None:
+def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_path: Path, save_tiny_head) -> None:
     ds = data.load_dataset(colours)
-    head = tiny.save_tiny_head(tmp_path / "head", ds.classes)
+    head = save_tiny_head(tmp_path / "head", ds.classes)
     settings = {"unfreeze": 2, "epochs": 4, "batch_size": 6, "patience": None}
     want = finetuning.finetune(head, colours, finetuning.FinetuneConfig(**settings), out_dir=tmp_path / "ref")
     rng = random.Random(9)
@@ -179,7 +178,7 @@ def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_pa
 
 
 def test_sigkill_during_the_sweep_resumes_to_identical_results(
-        colours: Path, reference: tuple[Path, Path], tmp_path: Path) -> None:
+        colours: Path, reference: tuple[Path, Path], tmp_path: Path, tiny_backbone) -> None:
     ref_out, ref_cache = reference
     rng = random.Random(10)
     kill_group, kill_epoch, delay = rng.randint(1, 3), rng.randint(1, SWEEP.epochs), rng.uniform(0.0, 0.1)
@@ -192,8 +191,8 @@ def test_sigkill_during_the_sweep_resumes_to_identical_results(
     finished = sorted(p.name for p in state.iterdir() if (p / "meta.json").exists())
     assert finished[: kill_group] == [f"group-{g:04d}" for g in range(kill_group)]
     events: list[dict] = []
-    job.sweep_job(colours, tiny.TINY, sweep=SWEEP, out_dir=out, cache_dir=cache, batch_size=2,
-                  sweep_progress=events.append)
+    job.sweep_job(colours, tiny_backbone, sweep=SWEEP, options=job.JobOptions(out_dir=out),
+                  extract=features.ExtractOptions(cache_dir=cache, batch_size=2), sweep_progress=events.append)
     trained = sorted({e["group"] for e in events})
     assert trained == list(range(len(finished), 4))  # the finished groups were loaded, not trained again
     assert _comparable(json.loads((out / "results.json").read_text())) == \

@@ -9,7 +9,6 @@ import json
 import os
 import resource
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,9 @@ from jaxheads import backbones, data, features
 from jaxheads.data.dataset import image_set_fingerprint
 from jaxheads.features.store import FeatureCacheError
 
-HERE = Path(__file__).parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-import test_features as tiny  # noqa: E402  (TINY: a random-init backbone, make_folder)
-import test_finetune as named  # noqa: E402  (TINY with named weights: its weights id does not depend on the seed)
-
-SOURCE = features.backbone_source(tiny.TINY, None, seed=0)
-OPTIONS = {"need_maps": True, "batch_size": 4, "chunk_size": 4}
-
 
 def _never() -> object:
     raise AssertionError("the backbone was built although every image was cached")
-
-
-def _counting(calls: list[int]) -> features.BackboneSource:
-    return dataclasses.replace(SOURCE, load=lambda: calls.append(1) or SOURCE.load())
 
 
 def _by_image(ds: data.Dataset, splits: dict[str, features.FeatureSplit]) -> dict[str, tuple[np.ndarray, ...]]:
@@ -47,25 +33,29 @@ def _by_image(ds: data.Dataset, splits: dict[str, features.FeatureSplit]) -> dic
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tiny.make_folder(tmp_path_factory.mktemp("cache") / "imgs", per_class=6)
+def images(tmp_path_factory: pytest.TempPathFactory, make_folder) -> Path:
+    root = make_folder(tmp_path_factory.mktemp("cache") / "imgs", per_class=6)
     rows = [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(root.rglob("*.*"))]
     (root.parent / "labels.csv").write_text("path,label\n" + "\n".join(f"imgs/{r}" for r in rows) + "\n")
     return root
 
 
 @pytest.mark.parametrize("kind", ["folder", "csv"])
-def test_another_split_seed_reads_every_image_from_the_cache(images: Path, tmp_path: Path, kind: str) -> None:
+def test_another_split_seed_reads_every_image_from_the_cache(
+        images: Path, tmp_path: Path, kind: str, tiny_source, extract_options, tiny_source_cached,
+        tiny_source_counted) -> None:
     where = images if kind == "folder" else images.parent / "labels.csv"
     first_ds = data.load_dataset(where, seed=0)
     again_ds = data.load_dataset(where, seed=1)
     assert list(first_ds.split("train").sources) != list(again_ds.split("train").sources)
     calls: list[int] = []
-    first = features.extract_all(_counting(calls), first_ds, cache_dir=tmp_path, **OPTIONS)
+    first = features.extract_all(tiny_source_counted(calls), first_ds,
+                                 features.ExtractOptions(cache_dir=tmp_path, **extract_options))
     assert calls == [1]
     events: list[features.Progress] = []
-    again = features.extract_all(dataclasses.replace(SOURCE, load=_never), again_ds, cache_dir=tmp_path,
-                                 progress=events.append, **OPTIONS)
+    again = features.extract_all(tiny_source_cached, again_ds,
+                                 features.ExtractOptions(cache_dir=tmp_path, **extract_options),
+                                 progress=events.append)
     assert {e.split for e in events} == set(again_ds.splits) and all(e.cached for e in events)
     want, got = _by_image(first_ds, first), _by_image(again_ds, again)
     assert sorted(got) == sorted(want) and len(got) == 12
@@ -74,34 +64,36 @@ def test_another_split_seed_reads_every_image_from_the_cache(images: Path, tmp_p
             np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=path)
     for name, split in again.items():  # labels follow the new split
         np.testing.assert_array_equal(split.labels, again_ds.split(name).labels)
-    assert features.images_key(SOURCE, first_ds) == features.images_key(SOURCE, again_ds)
-    assert [p.name for p in tmp_path.iterdir()] == [features.images_key(SOURCE, first_ds)]
+    assert features.images_key(tiny_source, first_ds) == features.images_key(tiny_source, again_ds)
+    assert [p.name for p in tmp_path.iterdir()] == [features.images_key(tiny_source, first_ds)]
 
 
 def test_another_seed_or_fold_count_in_the_main_job_never_runs_the_backbone(
-        images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone) -> None:
     """What `jaxheads sweep --seed S --folds K` does before the sweep (job.sweep_job -> job.features_for_sweep),
     for a backbone whose weights do not depend on the seed."""
     from jaxheads import job
     from jaxheads.sweep import SweepSpec
 
     spec = SweepSpec(pooling=("avg",), widths=(8,), depth=(0,), epochs=1, folds=2)
-    first = job.features_for_sweep(features.backbone_source(named.TINY, "default", seed=0),
-                                   data.load_dataset(images, seed=0), spec, cache_dir=tmp_path, batch_size=4)
+    first = job.features_for_sweep(features.backbone_source(tiny_backbone, "default", seed=0),
+                                   data.load_dataset(images, seed=0), spec,
+                                   features.ExtractOptions(cache_dir=tmp_path, batch_size=4))
     monkeypatch.setattr(backbones, "load", lambda *a, **k: _never())
     for seed, folds in ((1, 2), (0, 3), (2, 4)):
         events: list[features.Progress] = []
         ds = data.load_dataset(images, seed=seed)
-        out = job.features_for_sweep(features.backbone_source(named.TINY, "default", seed=seed), ds,
-                                     dataclasses.replace(spec, folds=folds), cache_dir=tmp_path, batch_size=4,
-                                     progress=events.append)
+        out = job.features_for_sweep(features.backbone_source(tiny_backbone, "default", seed=seed), ds,
+                                     dataclasses.replace(spec, folds=folds),
+                                     features.ExtractOptions(cache_dir=tmp_path, batch_size=4), progress=events.append)
         assert events and all(e.cached for e in events)
         assert sum(len(s) for s in out.values()) == sum(len(s) for s in first.values()) == 12
 
 
-def test_shards_are_fixed_size_float16_npy_files_read_memory_mapped(images: Path, tmp_path: Path) -> None:
+def test_shards_are_fixed_size_float16_npy_files_read_memory_mapped(
+        images: Path, tmp_path: Path, tiny_source, extract_options) -> None:
     ds = data.load_dataset(images)
-    features.extract_all(SOURCE, ds, cache_dir=tmp_path, **OPTIONS)
+    features.extract_all(tiny_source, ds, features.ExtractOptions(cache_dir=tmp_path, **extract_options))
     (entry,) = tmp_path.iterdir()
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["shard_size"] == 4 and meta["shards"] == [[0, 4], [4, 8], [8, 12]] and meta["has_maps"]
@@ -115,14 +107,16 @@ def test_shards_are_fixed_size_float16_npy_files_read_memory_mapped(images: Path
 
 
 @pytest.mark.parametrize("deleted", ["pooled", "maps", "kept"])
-def test_a_shard_deleted_between_runs_is_computed_again(images: Path, tmp_path: Path, deleted: str) -> None:
+def test_a_shard_deleted_between_runs_is_computed_again(
+        images: Path, tmp_path: Path, deleted: str, tiny_source, extract_options, tiny_source_counted) -> None:
     ds = data.load_dataset(images)
-    want = features.extract_all(SOURCE, ds, cache_dir=tmp_path, **OPTIONS)
+    want = features.extract_all(tiny_source, ds, features.ExtractOptions(cache_dir=tmp_path, **extract_options))
     (entry,) = tmp_path.iterdir()
     (entry / "shards" / f"{4:010d}-{8:010d}.{deleted}.npy").unlink()
     calls: list[int] = []
     events: list[features.Progress] = []
-    got = features.extract_all(_counting(calls), ds, cache_dir=tmp_path, progress=events.append, **OPTIONS)
+    got = features.extract_all(tiny_source_counted(calls), ds,
+                               features.ExtractOptions(cache_dir=tmp_path, **extract_options), progress=events.append)
     assert calls == [1]
     assert not all(e.cached for e in events)
     for name in want:
@@ -152,10 +146,12 @@ def _assert_one_line_naming(err: pytest.ExceptionInfo, path: Path) -> None:
     assert "\n" not in message and str(path) in message, message
 
 
-def test_a_full_disk_stops_with_one_line_and_leaves_no_torn_shard(images: Path, tmp_path: Path) -> None:
+def test_a_full_disk_stops_with_one_line_and_leaves_no_torn_shard(
+        images: Path, tmp_path: Path, tiny_source, extract_options, tiny_source_counted) -> None:
     """A file-size limit makes writes fail mid-file (EFBIG) the way a full disk does (ENOSPC)."""
     ds = data.load_dataset(images)
-    features.extract_all(SOURCE, ds, cache_dir=tmp_path, **{**OPTIONS, "need_maps": False})
+    features.extract_all(tiny_source, ds,
+                         features.ExtractOptions(cache_dir=tmp_path, **{**extract_options, "need_maps": False}))
     (entry,) = tmp_path.iterdir()
     before = sorted(p.name for p in (entry / "shards").iterdir())
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -163,15 +159,17 @@ def test_a_full_disk_stops_with_one_line_and_leaves_no_torn_shard(images: Path, 
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # a pooled shard fits, a maps shard (8 KiB) does not
     try:
         with pytest.raises(FeatureCacheError) as err:
-            features.extract_all(SOURCE, ds, cache_dir=tmp_path, **OPTIONS)
+            features.extract_all(tiny_source, ds, features.ExtractOptions(cache_dir=tmp_path, **extract_options))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)
     _assert_one_line_naming(err, entry / "shards")
     assert sorted(p.name for p in (entry / "shards").iterdir()) == before  # no maps, no temporary file
     calls: list[int] = []
-    got = features.extract_all(_counting(calls), ds, cache_dir=tmp_path, **OPTIONS)
-    want = features.extract_all(SOURCE, ds, cache_dir=tmp_path / "fresh", **OPTIONS)
+    got = features.extract_all(tiny_source_counted(calls), ds,
+                               features.ExtractOptions(cache_dir=tmp_path, **extract_options))
+    want = features.extract_all(tiny_source, ds,
+                                features.ExtractOptions(cache_dir=tmp_path / "fresh", **extract_options))
     assert calls == [1]
     for name in want:
         for a, b in zip(want[name], got[name], strict=True):
@@ -179,11 +177,11 @@ def test_a_full_disk_stops_with_one_line_and_leaves_no_torn_shard(images: Path, 
 
 
 def test_a_read_only_cache_dir_stops_with_one_line_naming_it_and_a_complete_one_is_read(
-        images: Path, tmp_path: Path) -> None:
+        images: Path, tmp_path: Path, tiny_source, extract_options, tiny_source_cached) -> None:
     ds = data.load_dataset(images)
     empty, full = tmp_path / "empty", tmp_path / "full"
     empty.mkdir()
-    want = features.extract_all(SOURCE, ds, cache_dir=full, **OPTIONS)
+    want = features.extract_all(tiny_source, ds, features.ExtractOptions(cache_dir=full, **extract_options))
     folders = [empty, full, *full.iterdir(), *full.glob("*/shards")]
     for folder in folders:
         folder.chmod(0o555)
@@ -191,10 +189,10 @@ def test_a_read_only_cache_dir_stops_with_one_line_naming_it_and_a_complete_one_
         if os.access(empty, os.W_OK):
             pytest.skip("chmod does not stop this user (root) from writing")
         with pytest.raises(FeatureCacheError) as err:
-            features.extract_all(SOURCE, ds, cache_dir=empty, **OPTIONS)
+            features.extract_all(tiny_source, ds, features.ExtractOptions(cache_dir=empty, **extract_options))
         _assert_one_line_naming(err, empty)
         assert not any(empty.iterdir())
-        got = features.extract_all(dataclasses.replace(SOURCE, load=_never), ds, cache_dir=full, **OPTIONS)
+        got = features.extract_all(tiny_source_cached, ds, features.ExtractOptions(cache_dir=full, **extract_options))
         for name in want:
             np.testing.assert_array_equal(got[name].maps, want[name].maps)
     finally:

@@ -7,99 +7,32 @@ import dataclasses
 import json
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 from jaxheads import backbones, cli, data, features, finetuning, heads
 from jaxheads.heads import io as heads_io
-from jaxheads.backbones import BackboneConfig, Preprocessing
 from jaxheads.sweep import SweepSpec, run_sweep
-
-TINY = "tiny_finetune_test"
-TINY_BLOCKS = ("stem", "block0", "block1", "head")
-
-
-class _ConvBN(nn.Module):
-    """3x3 conv -> batch norm -> relu: one named block of the tiny backbone."""
-
-    features: int
-    stride: int = 1
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.features, (3, 3), strides=self.stride, use_bias=False, name="conv")(x)
-        return nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x))
-
-
-class TinyBackbone(nn.Module):
-    """(N, S, S, 3) -> {"features": (N, S/4, S/4, 16)} through four named blocks with batch norm."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        x = _ConvBN(8, 2, name="stem")(x, train)
-        x = _ConvBN(8, 1, name="block0")(x, train)
-        x = _ConvBN(16, 2, name="block1")(x, train)
-        return {"features": _ConvBN(16, 1, name="head")(x, train)}
-
-
-def _tiny_weights(config: BackboneConfig, weights: object) -> tuple[dict, str]:
-    """Deterministic "pretrained" weights drawn with NumPy (no jax.random: its compile costs seconds here)."""
-    shapes = jax.eval_shape(TinyBackbone().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    rng = np.random.default_rng(0)
-
-    def fill(path: tuple, leaf: jax.ShapeDtypeStruct) -> np.ndarray:
-        name = path[-1].key
-        if name == "kernel":
-            return (rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
-        if name == "var":
-            return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
-        if name == "mean":
-            return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-        return np.ones(leaf.shape, np.float32) if name == "scale" else np.zeros(leaf.shape, np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes), "tiny-v1"
-
-
-backbones.register(BackboneConfig(
-    name=TINY, build=lambda num_classes=0: TinyBackbone(),
-    preprocessing=Preprocessing(32, mean=(127.5,) * 3, std=(127.5,) * 3), feature_channels=16,
-    weights={"tiny": _tiny_weights}, default_weights="tiny", weights_ids={"tiny": "tiny-v1"}, blocks=TINY_BLOCKS,
-))  # fmt: skip
-
-
-def make_colour_folder(root: Path, per_class: int = 12, size: tuple[int, int] = (44, 40)) -> Path:
-    """Two classes of noisy colour images (PNG), easy enough that a few steps move the validation loss."""
-    rng = np.random.default_rng(0)
-    for name, colour in (("red", (200, 50, 40)), ("blue", (40, 60, 200))):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.clip(np.asarray(colour) + rng.normal(0, 60, (size[1], size[0], 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i:02d}.png")
-    return root
-
-
-def save_tiny_head(path: Path, classes: tuple[str, ...], *, seed: int = 0) -> Path:
-    """A pooled-feature head for the tiny backbone, with the provenance `jaxheads sweep` writes."""
-    spec = heads.HeadSpec(num_classes=len(classes), pooling="none", hidden=(8,), dropout=0.1)
-    variables = heads.init_head(seed, spec, (16,))
-    extra = {"backbone": TINY, "weights": "default", "weights_id": "tiny-v1"}
-    return heads_io.save_head(path, spec, variables, (16,), label_names=classes, extra=extra)
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> data.Dataset:
+def colours(tmp_path_factory: pytest.TempPathFactory, make_colour_folder) -> data.Dataset:
     root = make_colour_folder(tmp_path_factory.mktemp("finetune") / "colours")
     return data.load_dataset(root, val_fraction=0.25, test_fraction=0.0)
 
 
-def _tiny_run(colours: data.Dataset, tmp_path: Path, **kwargs: object) -> finetuning.FinetuneResult:
-    head = save_tiny_head(tmp_path / "head", colours.classes)
-    settings = {"epochs": 2, "batch_size": 6, "patience": None, **kwargs}
-    return finetuning.finetune(head, colours, finetuning.FinetuneConfig(**settings), out_dir=tmp_path / "ft")
+@pytest.fixture(scope="module")
+def tiny_run(save_tiny_head):
+    """``tiny_run(colours, tmp_path, **config)``: a short fine-tune of a fresh tiny head (saved in tmp_path/head)."""
+
+    def run(colours: data.Dataset, tmp_path: Path, **kwargs: object) -> finetuning.FinetuneResult:
+        head = save_tiny_head(tmp_path / "head", colours.classes)
+        settings = {"epochs": 2, "batch_size": 6, "patience": None, **kwargs}
+        return finetuning.finetune(head, colours, finetuning.FinetuneConfig(**settings), out_dir=tmp_path / "ft")
+
+    return run
 
 
 # ------------------------------------------------------------------------------------- real backbone, real data
@@ -126,7 +59,8 @@ def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cach
     ds = _elpv_binary(32, 16)
     source = features.backbone_source("efficientnet_lite0")
     source = dataclasses.replace(source, preprocessing=dataclasses.replace(source.preprocessing, input_size=size))
-    splits = features.extract_all(source, ds, cache_dir=tmp_path / "features", need_maps=False, batch_size=16)
+    splits = features.extract_all(source, ds,
+                                  features.ExtractOptions(cache_dir=tmp_path / "features", need_maps=False, batch_size=16))
     sweep = SweepSpec(pooling=("none",), depth=(0,), learning_rate=(3e-3,), batch_size=(16,), epochs=40,
                       patience=None, ridge_l2=(), map_batch="vmap")
     swept = run_sweep(sweep, splits, num_classes=2, label_names=list(ds.classes))
@@ -173,31 +107,34 @@ def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cach
 # ------------------------------------------------------------------------------------------- tiny backbone
 
 
-def test_only_the_unfrozen_blocks_and_the_head_change(colours: data.Dataset, tmp_path: Path) -> None:
-    result = _tiny_run(colours, tmp_path, unfreeze=2)
+def test_only_the_unfrozen_blocks_and_the_head_change(colours: data.Dataset, tmp_path: Path, tiny_run,
+                                                     tiny_backbone: str) -> None:
+    result = tiny_run(colours, tmp_path, unfreeze=2)
     change = result.weight_change
     assert result.trainable_blocks == ("block1", "head")
     assert change["params/block1"] > 0 and change["params/head"] > 0 and change["head"] > 0
     assert change["params/stem"] == 0.0 and change["params/block0"] == 0.0
-    assert all(change[f"batch_stats/{b}"] == 0.0 for b in TINY_BLOCKS)  # freeze_bn=True by default
+    assert all(change[f"batch_stats/{b}"] == 0.0
+               for b in backbones.get_config(tiny_backbone).blocks)  # freeze_bn=True by default
     assert len(result.history) == 3 and all(h["train_loss"] is not None for h in result.history[1:])
     on_disk = json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert on_disk["best_epoch"] == result.best_epoch and not (tmp_path / "ft" / "finetune_state").exists()
 
 
-def test_trainable_bn_updates_statistics_and_unfreeze_zero_trains_the_head_alone(colours: data.Dataset,
-                                                                                  tmp_path: Path) -> None:
-    trained_bn = _tiny_run(colours, tmp_path / "bn", unfreeze=2, freeze_bn=False, epochs=1)
-    assert all(trained_bn.weight_change[f"batch_stats/{b}"] > 0 for b in TINY_BLOCKS)
+def test_trainable_bn_updates_statistics_and_unfreeze_zero_trains_the_head_alone(
+        colours: data.Dataset, tmp_path: Path, tiny_run, tiny_backbone: str) -> None:
+    trained_bn = tiny_run(colours, tmp_path / "bn", unfreeze=2, freeze_bn=False, epochs=1)
+    assert all(trained_bn.weight_change[f"batch_stats/{b}"] > 0 for b in backbones.get_config(tiny_backbone).blocks)
     assert trained_bn.weight_change["params/block0"] == 0.0 and trained_bn.weight_change["params/head"] > 0
-    head_only = _tiny_run(colours, tmp_path / "h", unfreeze=0, epochs=1)
+    head_only = tiny_run(colours, tmp_path / "h", unfreeze=0, epochs=1)
     assert head_only.trainable_blocks == ()
     assert head_only.weight_change["head"] > 0
     assert all(v == 0.0 for k, v in head_only.weight_change.items() if k != "head")
 
 
-def test_interrupted_finetune_resumes_to_the_same_model(colours: data.Dataset, tmp_path: Path) -> None:
-    reference = _tiny_run(colours, tmp_path / "ref", unfreeze=2, epochs=3)
+def test_interrupted_finetune_resumes_to_the_same_model(colours: data.Dataset, tmp_path: Path, tiny_run,
+                                                        save_tiny_head) -> None:
+    reference = tiny_run(colours, tmp_path / "ref", unfreeze=2, epochs=3)
 
     class Stop(Exception):
         pass
@@ -224,8 +161,8 @@ def test_interrupted_finetune_resumes_to_the_same_model(colours: data.Dataset, t
     assert again.history == resumed.history
 
 
-def test_load_model_predicts_files_and_matches_logits(colours: data.Dataset, tmp_path: Path) -> None:
-    result = _tiny_run(colours, tmp_path, unfreeze=2, epochs=1)
+def test_load_model_predicts_files_and_matches_logits(colours: data.Dataset, tmp_path: Path, tiny_run) -> None:
+    result = tiny_run(colours, tmp_path, unfreeze=2, epochs=1)
     model = finetuning.load_model(result.model_dir)
     assert model.label_names == colours.classes and model.image_size == 32
     paths = list(colours.split("val").sources[:3])
@@ -238,9 +175,10 @@ def test_load_model_predicts_files_and_matches_logits(colours: data.Dataset, tmp
         finetuning.load_model(tmp_path / "head")
 
 
-def test_bad_requests_name_what_is_wrong(colours: data.Dataset, tmp_path: Path) -> None:
+def test_bad_requests_name_what_is_wrong(colours: data.Dataset, tmp_path: Path, save_tiny_head,
+                                         tiny_backbone: str) -> None:
     head = save_tiny_head(tmp_path / "head", colours.classes)
-    with pytest.raises(ValueError, match=r"unfreeze=5: tiny_finetune_test has 4 blocks \(stem, block0"):
+    with pytest.raises(ValueError, match=rf"unfreeze=5: {tiny_backbone} has 4 blocks \(stem, block0"):
         finetuning.finetune(head, colours, finetuning.FinetuneConfig(unfreeze=5), out_dir=tmp_path / "a")
     other = save_tiny_head(tmp_path / "other", ("cat", "dog"))
     with pytest.raises(data.DatasetError, match=r"classes \['blue', 'red'\] differ from the head's label_names"):
@@ -253,7 +191,7 @@ def test_bad_requests_name_what_is_wrong(colours: data.Dataset, tmp_path: Path) 
         finetuning.finetune(head, colours, finetuning.FinetuneConfig(crop_scale=0.5), out_dir=tmp_path / "d")
 
 
-def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.CaptureFixture, save_tiny_head) -> None:
     head = save_tiny_head(tmp_path / "head", colours.classes)
     code = cli.main(["finetune", str(head), "--dataset", str(colours.root), "--out", str(tmp_path / "ft"),
                      "--unfreeze", "2", "--epochs", "1", "--batch-size", "6"])
@@ -301,10 +239,10 @@ def test_schedule_warms_up_then_decays_and_rates_decay_down_the_blocks() -> None
         finetuning.FinetuneConfig(metric="top5")
 
 
-def _tiny_val_metrics(ds: data.Dataset, head_dir: Path) -> dict[str, float]:
+def _tiny_val_metrics(ds: data.Dataset, head_dir: Path, backbone_name: str) -> dict[str, float]:
     """The swept head on the frozen tiny backbone's pooled val features, as the sweep would score it."""
     spec, head_vars, _ = heads_io.load_head(head_dir)
-    backbone = backbones.load(TINY)
+    backbone = backbones.load(backbone_name)
     images = np.stack([data.resize_center_crop(data.load_image(p), 32) for p in ds.split("val").sources])
     fmap = backbone.module.apply(backbone.variables, backbone.config.preprocessing(images), train=False)["features"]
     logits = heads.apply_head(head_vars, fmap.mean(axis=(1, 2)), spec)
@@ -313,19 +251,20 @@ def _tiny_val_metrics(ds: data.Dataset, head_dir: Path) -> dict[str, float]:
             "loss": float(heads.example_losses(logits, jnp.asarray(labels), spec).mean())}
 
 
-def test_epoch_zero_is_the_frozen_head_and_a_wrecking_run_keeps_it(colours: data.Dataset, tmp_path: Path) -> None:
+def test_epoch_zero_is_the_frozen_head_and_a_wrecking_run_keeps_it(colours: data.Dataset, tmp_path: Path, tiny_run,
+                                                                   tiny_backbone: str) -> None:
     """Before any step the model is the frozen backbone + the swept head (its val metric is the head's); a run
     whose steps only make it worse saves that model unchanged, and its gain is exactly zero."""
-    wreck = _tiny_run(colours, tmp_path, unfreeze=2, epochs=2, learning_rate=30.0, backbone_learning_rate=30.0,
+    wreck = tiny_run(colours, tmp_path, unfreeze=2, epochs=2, learning_rate=30.0, backbone_learning_rate=30.0,
                       warmup_epochs=0.0, schedule="constant", ema_decay=None, metric="balanced_accuracy")
-    frozen = _tiny_val_metrics(colours, tmp_path / "head")
+    frozen = _tiny_val_metrics(colours, tmp_path / "head", tiny_backbone)
     assert wreck.before["accuracy"] == pytest.approx(frozen["accuracy"])
     assert wreck.before["loss"] == pytest.approx(frozen["loss"], rel=1e-5)
     assert wreck.metric == "balanced_accuracy" and "balanced_accuracy" in wreck.before
     assert all(h["val"]["loss"] > wreck.before["loss"] for h in wreck.history[1:])  # the steps did wreck it
     assert not wreck.improved and wreck.best_epoch == 0 and wreck.best == wreck.before
     saved = finetuning.load_model(wreck.model_dir).variables
-    start = {"backbone": backbones.load(TINY).variables, "head": heads_io.load_head(tmp_path / "head")[1]}
+    start = {"backbone": backbones.load(tiny_backbone).variables, "head": heads_io.load_head(tmp_path / "head")[1]}
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(start)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     gain = wreck.gain["val"]["balanced_accuracy"]
@@ -335,12 +274,13 @@ def test_epoch_zero_is_the_frozen_head_and_a_wrecking_run_keeps_it(colours: data
                                   "(optimistic: the epoch was chosen on val)"]
 
 
-def test_the_moving_average_is_what_is_evaluated_and_the_gain_is_measured_on_test(tmp_path: Path) -> None:
+def test_the_moving_average_is_what_is_evaluated_and_the_gain_is_measured_on_test(tmp_path: Path, tiny_run,
+                                                                                  make_colour_folder) -> None:
     """With a moving average that barely moves, val stays at the frozen model's while the raw weights train; with
     a test split the gain is also measured there, paired, once."""
     root = make_colour_folder(tmp_path / "colours", per_class=10)
     ds = data.load_dataset(root, val_fraction=0.2, test_fraction=0.2)
-    slow = _tiny_run(ds, tmp_path / "slow", unfreeze=2, epochs=1, ema_decay=1.0 - 1e-7, label_smoothing=0.2)
+    slow = tiny_run(ds, tmp_path / "slow", unfreeze=2, epochs=1, ema_decay=1.0 - 1e-7, label_smoothing=0.2)
     assert slow.weight_change["params/head"] > 0 and slow.weight_change["head"] > 0
     assert slow.history[1]["val"]["loss"] == pytest.approx(slow.before["loss"], rel=1e-4)
     test = slow.gain["test"]

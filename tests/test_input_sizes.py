@@ -83,20 +83,17 @@ def test_merging_sizes_of_other_examples_is_refused(labels: dict[str, np.ndarray
         variants.merge_variants(results, "input_size")
 
 
-def test_the_job_sweeps_two_sizes_and_the_saved_head_predicts_at_its_own(tmp_path: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import test_finetune as tiny  # registers the tiny backbone (total stride 4)
-
+def test_the_job_sweeps_two_sizes_and_the_saved_head_predicts_at_its_own(tmp_path: Path, tiny_backbone: str,
+                                                                         make_colour_folder) -> None:
     from jaxheads import job, predict
     from jaxheads.heads import io as heads_io
 
-    root = tiny.make_colour_folder(tmp_path / "colours", per_class=10)
+    root = make_colour_folder(tmp_path / "colours", per_class=10)
     sweep = SweepSpec(pooling=("flatten",), widths=(8,), depth=(1,), epochs=2, seeds=2, patience=None,
                       map_batch="vmap", ridge_l2=(), folds=None)
-    out = job.sweep_job(root, tiny.TINY, sweep=sweep, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
-                        input_size="40,48")  # neither the backbone's own 32
+    out = job.sweep_job(root, tiny_backbone, sweep=sweep,
+                        options=job.JobOptions(out_dir=tmp_path / "run", input_size="40,48"),
+                        extract=features.ExtractOptions(cache_dir=tmp_path / "cache"))  # neither the backbone's own 32
     size = out.result.input_size()
     assert [q["title"] for q in out.result.questions if q["axis"] == "input_size"] == ["Input size: 40 vs 48"]
     head = heads_io.read_swept_head(out.files["head"])

@@ -3,7 +3,6 @@ swept with ``--weights none --seed 3`` needs the seed-3 random init), and rank l
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import jax
@@ -15,19 +14,14 @@ from PIL import Image
 from jaxheads import backbones, cli, data, heads, predict
 from jaxheads.heads import io as heads_io
 
-HERE = Path(__file__).parent
-if str(HERE) not in sys.path:  # pytest's default import mode puts it there already
-    sys.path.insert(0, str(HERE))
-import test_finetune as tiny  # noqa: E402  (registers the tiny backbone)
-
 CLASSES = ("blue", "red")
 
 
-def _random_init_head(path: Path, seed: int) -> Path:
+def _random_init_head(path: Path, seed: int, backbone: str) -> Path:
     """A head with the provenance `jaxheads sweep --weights none --seed SEED` writes for the tiny backbone."""
     spec = heads.HeadSpec(num_classes=len(CLASSES), pooling="none", hidden=())
     variables = heads.init_head(0, spec, (16,))
-    extra = {"backbone": tiny.TINY, "weights": "none", "weights_id": f"random-seed{seed}"}
+    extra = {"backbone": backbone, "weights": "none", "weights_id": f"random-seed{seed}"}
     return heads_io.save_head(path, spec, variables, (16,), label_names=CLASSES, extra=extra)
 
 
@@ -37,14 +31,15 @@ def _image(path: Path) -> Path:
     return path
 
 
-def test_predict_rebuilds_a_seeded_random_backbone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    head = _random_init_head(tmp_path / "head", seed=3)
+def test_predict_rebuilds_a_seeded_random_backbone(
+        tmp_path: Path, capsys: pytest.CaptureFixture, tiny_backbone) -> None:
+    head = _random_init_head(tmp_path / "head", seed=3, backbone=tiny_backbone)
     image = _image(tmp_path / "x.png")
     code = cli.main(["predict", str(head), str(image), "--top", "2"])
     out, err = capsys.readouterr()
     assert code == 0, err
     # The probabilities are those of the seed-3 backbone's features under the head.
-    backbone = backbones.load(tiny.TINY, None, seed=3)
+    backbone = backbones.load(tiny_backbone, None, seed=3)
     pixels = data.resize_center_crop(data.load_image(str(image)), 32)[None]
     fmap = backbone.module.apply(backbone.variables, backbone.config.preprocessing(pixels), train=False)["features"]
     pooled = fmap.mean(axis=(1, 2)).astype(jnp.float16).astype(jnp.float32)
@@ -55,13 +50,13 @@ def test_predict_rebuilds_a_seeded_random_backbone(tmp_path: Path, capsys: pytes
         {name: float(p) for name, p in zip(CLASSES, probs)}, abs=1e-3)
 
 
-def test_load_swept_head_gives_the_recorded_backbone_or_refuses(tmp_path: Path) -> None:
-    head, backbone = heads_io.load_swept_head(_random_init_head(tmp_path / "seeded", seed=3))
+def test_load_swept_head_gives_the_recorded_backbone_or_refuses(tmp_path: Path, tiny_backbone) -> None:
+    head, backbone = heads_io.load_swept_head(_random_init_head(tmp_path / "seeded", seed=3, backbone=tiny_backbone))
     assert backbone.weights_id == "random-seed3" and head.label_names == list(CLASSES)
     other = heads_io.save_head(tmp_path / "other", head.spec, head.variables, (16,), extra={
-        "backbone": tiny.TINY, "weights": "default", "weights_id": "tiny-v2"})
+        "backbone": tiny_backbone, "weights": "default", "weights_id": "tiny-v2"})
     assert heads_io.read_swept_head(other).label_names == ["0", "1"]
-    with pytest.raises(ValueError, match="trained on tiny_finetune_test weights tiny-v2, but these weights are "
+    with pytest.raises(ValueError, match=f"trained on {tiny_backbone} weights tiny-v2, but these weights are "
                                          "tiny-v1"):
         heads_io.load_swept_head(other)
 

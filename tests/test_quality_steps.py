@@ -3,7 +3,6 @@ with zero learning rates is the starting model, metric for metric."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import jax
@@ -15,11 +14,6 @@ from jaxheads import backbones, data, ensembles, finetuning, stats
 from jaxheads.heads import io as heads_io
 from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec, run_sweep
-
-HERE = Path(__file__).parent
-if str(HERE) not in sys.path:  # pytest's default import mode puts it there already
-    sys.path.insert(0, str(HERE))
-import test_finetune as tiny  # noqa: E402  (the tiny backbone and its colour images)
 
 
 def _splits(seed: int) -> dict[str, FeatureSplit]:
@@ -52,10 +46,11 @@ def test_an_ensemble_of_one_member_is_that_member_exactly() -> None:
         assert report.test["accuracy"].estimate == pytest.approx(result.members[0]["test"]["accuracy"])
 
 
-def test_a_finetune_with_zero_learning_rates_returns_the_starting_model(tmp_path: Path) -> None:
-    root = tiny.make_colour_folder(tmp_path / "colours", per_class=10)
+def test_a_finetune_with_zero_learning_rates_returns_the_starting_model(
+        tmp_path: Path, tiny_backbone, make_colour_folder, save_tiny_head) -> None:
+    root = make_colour_folder(tmp_path / "colours", per_class=10)
     ds = data.load_dataset(root, val_fraction=0.2, test_fraction=0.2)
-    head = tiny.save_tiny_head(tmp_path / "head", ds.classes)
+    head = save_tiny_head(tmp_path / "head", ds.classes)
     config = finetuning.FinetuneConfig(epochs=2, batch_size=6, patience=None, unfreeze=2, learning_rate=0.0,
                                        backbone_learning_rate=0.0)
     run = finetuning.finetune(head, ds, config, out_dir=tmp_path / "ft")
@@ -64,6 +59,6 @@ def test_a_finetune_with_zero_learning_rates_returns_the_starting_model(tmp_path
     gain = run.gain["test"]["accuracy"]
     assert gain["a"] == gain["b"] and gain["diff"] == 0.0
     saved = finetuning.load_model(run.model_dir).variables
-    start = {"backbone": backbones.load(tiny.TINY).variables, "head": heads_io.load_head(head)[1]}
+    start = {"backbone": backbones.load(tiny_backbone).variables, "head": heads_io.load_head(head)[1]}
     for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(start), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -16,54 +16,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxheads import cli, features
-from jaxheads.features import store
-from jaxheads.features.lazy import LazyRows, lazy_gather
+from jaxheads import cli, data, features
+from jaxheads.features.lazy import LazyRows
 from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec, run_sweep
 from jaxheads.sweep import stream
 from jaxheads.sweep.stream import parse_bytes
 
 HERE = Path(__file__).parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-import test_features as tiny  # noqa: E402  (TINY: a random-init backbone, make_folder)
 
 SPEC = SweepSpec(pooling=("none", "max", "flatten"), widths=(8,), depth=(1,), dropout=(0.0, 0.5), epochs=3, seeds=1,
                  batch_size=(16,), folds=None, patience=None, design="grid", ridge_l2=())
 
 
-def write_cache(folder: Path, n: int = 160, shard: int = 16, seed: int = 0) -> tuple[store.Plan, np.ndarray]:
-    """Synthetic (3, 3, 8) float16 maps of 3 blob classes written through the cache's own shard writer (one image
-    unreadable: its kept flag is False); returns the plan and every row's label."""
-    rng = np.random.default_rng(seed)
-    plan = store.Plan(np.asarray([f"img{i:04d}".encode() for i in range(n)], "S32"), shard)
-    labels = rng.integers(0, 3, n)
-    maps = (rng.normal(0, 1, (3, 3, 3, 8))[labels] + rng.normal(0, 1, (n, 3, 3, 8))).astype(np.float16)
-    for a, b in plan.shards:
-        kept = np.arange(a, b) != 37
-        store.write_shard(folder, a, b, maps[a:b].astype(np.float32).mean((1, 2)).astype(np.float16), maps[a:b], kept)
-    return plan, labels
-
-
-def cache_splits(folder: Path, plan: store.Plan, labels: np.ndarray, lazy: bool,
-                 seed: int = 0) -> dict[str, FeatureSplit]:
-    """train / val / test (96 / 32 / 32 rows drawn at random over the shards) read lazily or into memory."""
-    perm = np.random.default_rng(seed + 1).permutation(len(plan.rows))
-    out = {}
-    for name, rows in (("train", perm[:96]), ("val", perm[96:128]), ("test", perm[128:])):
-        kept, pooled, maps = (lazy_gather if lazy else store.gather)(folder, plan, rows, True)
-        out[name] = FeatureSplit(labels[rows][kept].astype(np.int32), pooled, maps)
-    return out
-
-
-def test_lazy_split_reads_the_cached_features_bit_for_bit(tmp_path: Path) -> None:
-    root = tiny.make_folder(tmp_path / "imgs", per_class=5)
-    ds = features.data.load_dataset(root, seed=0)
-    source = features.backbone_source(tiny.TINY, None, seed=0)
+def test_lazy_split_reads_the_cached_features_bit_for_bit(tmp_path: Path, make_folder, tiny_source) -> None:
+    root = make_folder(tmp_path / "imgs", per_class=5)
+    ds = data.load_dataset(root, seed=0)
+    source = tiny_source
     options = {"cache_dir": tmp_path / "cache", "need_maps": True, "batch_size": 2, "chunk_size": 2}
-    eager = features.extract_all(source, ds, **options)
-    lazy = features.extract_all(source, ds, lazy=True, **options)
+    eager = features.extract_all(source, ds, features.ExtractOptions(**options))
+    lazy = features.extract_all(source, ds, features.ExtractOptions(lazy=True, **options))
     rng = np.random.default_rng(0)
     for name, split in eager.items():
         assert isinstance(lazy[name].maps, LazyRows) and lazy[name].maps.shape == split.maps.shape
@@ -75,7 +47,7 @@ def test_lazy_split_reads_the_cached_features_bit_for_bit(tmp_path: Path) -> Non
             pick = rng.integers(-len(whole), len(whole), 7)
             assert mapped.take(pick).tobytes() == whole[pick].tobytes() and mapped[pick].tobytes() == whole[pick].tobytes()
             assert mapped[1:].tobytes() == whole[1:].tobytes() and mapped[-1].tobytes() == whole[-1].tobytes()
-    first = features.extract_all(source, ds, lazy=True, **options)["train"].maps
+    first = features.extract_all(source, ds, features.ExtractOptions(lazy=True, **options))["train"].maps
     first.take(np.asarray([0]))  # reads the shard of row 0 only
     assert first.opened == {int(first.shard_of_rows()[0])}
     with pytest.raises(IndexError, match="out of range"):
@@ -96,26 +68,27 @@ def _worst_difference(a, b) -> float:
     return worst
 
 
-def test_streamed_sweep_equals_the_in_memory_sweep(tmp_path: Path) -> None:
-    plan, labels = write_cache(tmp_path)
-    in_memory = run_sweep(SPEC, cache_splits(tmp_path, plan, labels, lazy=False), num_classes=3)
+def test_streamed_sweep_equals_the_in_memory_sweep(tmp_path: Path, write_feature_cache, feature_cache_splits) -> None:
+    plan, labels = write_feature_cache(tmp_path)
+    in_memory = run_sweep(SPEC, feature_cache_splits(tmp_path, plan, labels, lazy=False), num_classes=3)
     assert all(g["streamed"] is None for g in in_memory.groups)
     for budget in (1, "3kB"):  # one step / two rows per chunk; then several steps per chunk
-        streamed = run_sweep(SPEC, cache_splits(tmp_path, plan, labels, lazy=True), num_classes=3,
+        streamed = run_sweep(SPEC, feature_cache_splits(tmp_path, plan, labels, lazy=True), num_classes=3,
                              device_memory_budget=budget)
         assert len(streamed.groups) == 2 and all(g["streamed"] for g in streamed.groups)  # pooled "none"+max; flatten
         assert _worst_difference(in_memory, streamed) <= 1e-6, budget
     assert streamed.groups[0]["streamed"]["chunk_steps"] > 1
 
 
-def test_streamed_sweep_reads_augmented_views_as_the_in_memory_sweep(tmp_path: Path) -> None:
+def test_streamed_sweep_reads_augmented_views_as_the_in_memory_sweep(
+        tmp_path: Path, write_feature_cache, feature_cache_splits) -> None:
     """Training rows v * N + i read view v of example i, from the view's own cache entry."""
-    plan, labels = write_cache(tmp_path / "plain")
-    write_cache(tmp_path / "view1", seed=5)
+    plan, labels = write_feature_cache(tmp_path / "plain")
+    write_feature_cache(tmp_path / "view1", seed=5)
 
     def with_view(lazy: bool) -> dict[str, FeatureSplit]:
-        splits = cache_splits(tmp_path / "plain", plan, labels, lazy)
-        view = cache_splits(tmp_path / "view1", plan, labels, lazy)["train"]
+        splits = feature_cache_splits(tmp_path / "plain", plan, labels, lazy)
+        view = feature_cache_splits(tmp_path / "view1", plan, labels, lazy)["train"]
         train = splits["train"]
         splits["train"] = FeatureSplit(train.labels, train.pooled, train.maps, (view,))
         return splits
@@ -126,7 +99,8 @@ def test_streamed_sweep_reads_augmented_views_as_the_in_memory_sweep(tmp_path: P
     assert streamed.groups[0]["streamed"] and _worst_difference(in_memory, streamed) <= 1e-6
 
 
-def test_bad_budget_is_a_one_line_error_naming_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_budget_is_a_one_line_error_naming_the_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture, write_feature_cache, feature_cache_splits) -> None:
     assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("512MB") == 512 * 10**6 and parse_bytes("1e6") == 10**6
     for bad in ("lots", "0", "-3", "2XB"):
         with pytest.raises(ValueError, match="--device-memory-budget: expected a positive size") as err:
@@ -137,8 +111,8 @@ def test_bad_budget_is_a_one_line_error_naming_the_flag(tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--device-memory-budget" in err and "2GiB" in err
     assert cli.build_parser().parse_args(["sweep", "--device-memory-budget", "1GiB"]).device_memory_budget == 2**30
-    plan, labels = write_cache(tmp_path)
-    splits = cache_splits(tmp_path, plan, labels, lazy=True)
+    plan, labels = write_feature_cache(tmp_path)
+    splits = feature_cache_splits(tmp_path, plan, labels, lazy=True)
     with pytest.raises(ValueError, match="device_memory_budget"):
         run_sweep(SPEC, splits, num_classes=3, device_memory_budget=0)
     with pytest.raises(ValueError, match="--folds none or a larger --device-memory-budget"):
@@ -146,17 +120,18 @@ def test_bad_budget_is_a_one_line_error_naming_the_flag(tmp_path: Path, capsys: 
 
 
 @pytest.mark.slow
-def test_two_hosts_each_read_only_their_own_shards(tmp_path: Path) -> None:
+def test_two_hosts_each_read_only_their_own_shards(tmp_path: Path, write_feature_cache) -> None:
     """Two processes (4 CPU devices each) on one (1, 8) mesh: the data axis spans them, so each reads only the
     shards it owns (k % 2 == its rank), and both end with the same results."""
-    write_cache(tmp_path / "cache")
+    write_feature_cache(tmp_path / "cache")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     logs = [open(tmp_path / f"log-{rank}.txt", "w") for rank in (0, 1)]
-    procs = [subprocess.Popen([sys.executable, str(HERE / "stream_hosts.py"), str(port), str(rank), str(tmp_path)],
+    host = [sys.executable, str(HERE / "stream_hosts.py"), str(port)]  # then its rank, the folder and the sweep
+    procs = [subprocess.Popen([*host, str(rank), str(tmp_path), json.dumps(SPEC.to_dict())],
                               env=env, stdout=logs[rank], stderr=subprocess.STDOUT, start_new_session=True)
              for rank in (0, 1)]
     try:

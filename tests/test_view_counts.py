@@ -1,11 +1,10 @@
 """The number of augmented views K as a sweep axis (issue 17, item 1: "the report says what K bought"): several
 --views K on one job answer "Views: 1 vs K" with the paired bootstrap and the saved head records its K; bad lists
-are one-line errors naming --views. The tiny backbone of test_finetune on tiny images."""
+are one-line errors naming --views. The tiny backbone (conftest) on tiny images."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,6 @@ from jaxheads.sweep import variants
 from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec
 
-HERE = Path(__file__).parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-import test_finetune as tiny  # noqa: E402  (registers the tiny backbone, make_colour_folder)
-
 
 @pytest.mark.parametrize(("flags", "named"), [(["--views", "0,4"], "--views 0,4"), (["--views", "a"], "--views a"),
                                               (["--views", "2,2"], "--views 2,2"),
@@ -28,8 +22,8 @@ import test_finetune as tiny  # noqa: E402  (registers the tiny backbone, make_c
                                               (["--views", "1,2", "--input-size", "40,48", "--dry-run"],
                                                "--views 1,2")])
 def test_bad_view_lists_fail_with_one_line_naming_the_flag(flags: list[str], named: str, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["sweep", "--out", str(tmp_path), "--backbone", tiny.TINY, "--dataset", str(tmp_path / "no"),
+                                                           capsys: pytest.CaptureFixture[str], tiny_backbone) -> None:
+    code = cli.main(["sweep", "--out", str(tmp_path), "--backbone", tiny_backbone, "--dataset", str(tmp_path / "no"),
                      *flags])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and named in err, err
@@ -49,15 +43,17 @@ def test_parse_views_and_truncating_views_to_a_smaller_k() -> None:
         variants.splits_at_views({"train": split}, 5)
 
 
-def test_the_job_sweeps_two_view_counts_and_the_saved_head_records_its_k(tmp_path: Path) -> None:
+def test_the_job_sweeps_two_view_counts_and_the_saved_head_records_its_k(
+        tmp_path: Path, tiny_backbone, make_colour_folder) -> None:
     from jaxheads import job
     from jaxheads.heads import io as heads_io
 
-    root = tiny.make_colour_folder(tmp_path / "colours", per_class=10)
+    root = make_colour_folder(tmp_path / "colours", per_class=10)
     sweep = SweepSpec(pooling=("avg",), widths=(8,), depth=(0,), epochs=2, seeds=2, patience=None,
                       map_batch="vmap", ridge_l2=(), folds=None)
-    out = job.sweep_job(root, tiny.TINY, sweep=sweep, out_dir=tmp_path / "run", cache_dir=tmp_path / "cache",
-                        views="1,2", augment="flip", tta=True)
+    out = job.sweep_job(root, tiny_backbone, sweep=sweep,
+                        options=job.JobOptions(out_dir=tmp_path / "run", views="1,2", tta=True),
+                        extract=features.ExtractOptions(cache_dir=tmp_path / "cache", augment="flip"))
     k = out.result.level()
     assert out.result.levels == [1, 2] and [m["spec"]["views"] for m in out.result.members] == [1] * 2 + [2] * 2
     question = [q for q in out.result.questions if q["axis"] == "views"]

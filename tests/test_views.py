@@ -1,11 +1,9 @@
 """Augmented feature views (issue 17, item 1): K views per image in the feature cache, keyed and resumable like the
 plain cache; a sweep that samples a view per example per epoch; test-time augmentation; and the bad-input lines
-for --views and --augment. Tiny images, the tiny random backbone of test_features, synthetic features."""
+for --views and --augment. Tiny images, the tiny backbone randomly initialised, synthetic features."""
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from pathlib import Path
 
 import jax
@@ -17,13 +15,6 @@ from jaxheads import cli, data, features
 from jaxheads.data import augment
 from jaxheads.features.split import FeatureSplit
 
-HERE = Path(__file__).parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-import test_features as tiny  # noqa: E402  (TINY: a random-init backbone, make_folder)
-
-from test_feature_cache import OPTIONS, SOURCE, _counting, _never  # noqa: E402  (the tiny backbone's source)
-
 
 def _assert_same(a: FeatureSplit, b: FeatureSplit) -> None:
     for field in ("labels", "pooled", "maps"):
@@ -31,8 +22,8 @@ def _assert_same(a: FeatureSplit, b: FeatureSplit) -> None:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.make_folder(tmp_path_factory.mktemp("views") / "imgs", per_class=5)
+def images(tmp_path_factory: pytest.TempPathFactory, make_folder) -> Path:
+    return make_folder(tmp_path_factory.mktemp("views") / "imgs", per_class=5)
 
 
 def test_view_zero_is_the_plain_image_and_views_repeat_from_the_image_id_alone() -> None:
@@ -50,12 +41,14 @@ def test_view_zero_is_the_plain_image_and_views_repeat_from_the_image_id_alone()
     np.testing.assert_array_equal(flipped, data.resize_center_crop(image, 16)[:, ::-1])
 
 
-def test_k_views_are_keyed_and_view_zero_is_the_plain_cache_bit_for_bit(images: Path, tmp_path: Path) -> None:
+def test_k_views_are_keyed_and_view_zero_is_the_plain_cache_bit_for_bit(
+        images: Path, tmp_path: Path, tiny_source, extract_options, tiny_source_counted) -> None:
     ds = data.load_dataset(images)
-    plain = features.extract_all(SOURCE, ds, cache_dir=tmp_path, **OPTIONS)
+    plain = features.extract_all(tiny_source, ds, features.ExtractOptions(cache_dir=tmp_path, **extract_options))
     assert all(s.views is None for s in plain.values())
     calls: list[int] = []
-    two = features.extract_all(_counting(calls), ds, cache_dir=tmp_path, views=2, augment="crop,flip", **OPTIONS)
+    two = features.extract_all(tiny_source_counted(calls), ds,
+                               features.ExtractOptions(cache_dir=tmp_path, views=2, augment="crop,flip", **extract_options))
     assert calls == [1] and len(list(tmp_path.iterdir())) == 2  # view 0 was read, view 1 computed
     for name in plain:
         _assert_same(two[name], plain[name])
@@ -64,20 +57,22 @@ def test_k_views_are_keyed_and_view_zero_is_the_plain_cache_bit_for_bit(images: 
     np.testing.assert_array_equal(view1.labels, plain["train"].labels)
     assert not np.array_equal(np.asarray(view1.pooled), np.asarray(plain["train"].pooled))
     # Another policy: entries of its own for its views; K=3 adds view 2 and reuses view 1.
-    other = features.extract_all(SOURCE, ds, cache_dir=tmp_path, views=2, augment="dihedral", **OPTIONS)
+    other = features.extract_all(tiny_source, ds,
+                                 features.ExtractOptions(cache_dir=tmp_path, views=2, augment="dihedral", **extract_options))
     assert len(list(tmp_path.iterdir())) == 3
     assert not np.array_equal(np.asarray(other["train"].views[0].pooled), np.asarray(view1.pooled))
-    three = features.extract_all(SOURCE, ds, cache_dir=tmp_path, views=3, augment=["flip", "crop"], **OPTIONS)
+    three = features.extract_all(tiny_source, ds,
+                                 features.ExtractOptions(cache_dir=tmp_path, views=3, augment=["flip", "crop"], **extract_options))
     assert len(list(tmp_path.iterdir())) == 4
     _assert_same(three["train"].views[0], view1)
     assert not np.array_equal(np.asarray(three["train"].views[1].pooled), np.asarray(view1.pooled))
 
 
 def test_a_deleted_view_shard_alone_is_computed_again_and_a_second_call_never_builds_the_backbone(
-        images: Path, tmp_path: Path) -> None:
+        images: Path, tmp_path: Path, tiny_source, extract_options, tiny_source_cached, tiny_source_counted) -> None:
     ds = data.load_dataset(images)
-    kwargs = {"cache_dir": tmp_path, "views": 3, "augment": "crop", "view_splits": ("train", "test"), **OPTIONS}
-    want = features.extract_all(SOURCE, ds, **kwargs)
+    kwargs = {"cache_dir": tmp_path, "views": 3, "augment": "crop", "view_splits": ("train", "test"), **extract_options}
+    want = features.extract_all(tiny_source, ds, features.ExtractOptions(**kwargs))
     assert len(want["test"].views) == 2 and want["val"].views is None
     entry = next(p for p in tmp_path.iterdir() if "-view2-" in p.name)
     shard = sorted((entry / "shards").glob("*.pooled.npy"))[1]
@@ -87,7 +82,8 @@ def test_a_deleted_view_shard_alone_is_computed_again_and_a_second_call_never_bu
     shard.unlink()
     calls: list[int] = []
     events: list[features.Progress] = []
-    got = features.extract_all(_counting(calls), ds, progress=events.append, **kwargs)
+    got = features.extract_all(tiny_source_counted(calls), ds, features.ExtractOptions(**kwargs),
+                               progress=events.append)
     assert calls == [1] and shard.exists()
     recomputed = {e.split for e in events if not e.cached}
     assert recomputed and recomputed <= {"train view 2", "test view 2"}
@@ -95,21 +91,23 @@ def test_a_deleted_view_shard_alone_is_computed_again_and_a_second_call_never_bu
     for name in ("train", "test"):
         for a, b in zip(want[name].views, got[name].views, strict=True):
             _assert_same(a, b)
-    again = features.extract_all(dataclasses.replace(SOURCE, load=_never), ds, **kwargs)
+    again = features.extract_all(tiny_source_cached, ds, features.ExtractOptions(**kwargs))
     _assert_same(again["train"].views[1], want["train"].views[1])
 
 
 @pytest.mark.parametrize(("flags", "named"), [(["--views", "0"], "--views 0"),
                                               (["--augment", "flip,bogus"], "--augment 'flip,bogus'")])
 def test_bad_views_or_augmentation_names_fail_with_one_line_naming_the_flag(
-        flags: list[str], named: str, images: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        flags: list[str], named: str, images: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        tiny_source) -> None:
     assert cli.main(["sweep", "--out", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err, err
     if "augment" in named:
         assert all(name in err for name in augment.AUGMENTATIONS)
     with pytest.raises(ValueError, match="--views"):
-        features.extract_all(SOURCE, data.load_dataset(images), cache_dir=tmp_path, views=0)
+        features.extract_all(tiny_source, data.load_dataset(images),
+                             features.ExtractOptions(cache_dir=tmp_path, views=0))
 
 
 def _map_splits(n: int = 96, seed: int = 0) -> dict[str, FeatureSplit]:
