@@ -15,8 +15,8 @@ from typing import Any
 
 import jax
 
-from jaxheads.backbones.base import Backbone, BackboneConfig, Preprocessing, sha256_file
 from jaxheads.backbones import timm_convert
+from jaxheads.backbones.base import Backbone, BackboneConfig, Preprocessing, sha256_file
 
 __all__ = ["Backbone", "BackboneConfig", "Preprocessing", "get_config", "list_backbones", "load", "register",
            "sha256_file"]
@@ -63,7 +63,8 @@ def get_config(name: str) -> BackboneConfig:
 
 def load(name: str, weights: Any = "default", *, num_classes: int = 0, seed: int = 0) -> Backbone:
     """Build backbone ``name`` with ``weights``: ``"default"``/``"imagenet"``/another named source, a file path,
-    a source object where the family has an ``"object"`` loader (a Keras model), or ``None`` for a random init.
+    a source object where the family has an ``"object"`` loader (a Keras model), ``None`` for a random init, or
+    timm's weights (``timm:NAME``, a ``.safetensors`` file, a timm ``.pth``: :mod:`timm_convert`, with timm's mean/std).
     ``num_classes > 0`` keeps the pretrained classifier (if the source has one).
     """
     config = get_config(name)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -234,7 +235,8 @@ def convert(config: BackboneConfig, state_dict: Mapping[str, np.ndarray], source
     # Without a classifier, a top's leftovers (VGG's pre-logits convs) are not the backbone's: they are dropped.
     unexpected = [k for k in state_dict if k not in mapping and not (num_classes == 0 and k in top_keys)]
     missing = [k for k in mapping if k not in state_dict]
-    mismatched, flat = [], {}
+    mismatched: list[str] = []
+    flat: dict[tuple[str, ...], np.ndarray] = {}
     for key, (collection, path, transform) in mapping.items():
         if collection is None or key not in state_dict:
             continue
@@ -264,7 +266,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
         try:
             return dict(load_file(str(path)))
-        except Exception as e:  # noqa: BLE001  (the package's errors have no common base; name it in one line)
+        except Exception as e:  # the package's errors share no base class; any is named in one line
             raise TimmWeightsError(f"{path}: not readable as safetensors ({type(e).__name__}: {e})") from e
     state_dict, _ = torch_pickle.load_state_dict(path)
     if isinstance(state_dict, Mapping) and isinstance(state_dict.get("state_dict"), Mapping):
@@ -297,7 +299,7 @@ def _hub_file(spec: str, filename: str) -> Path:
                                "(pip install huggingface_hub); or pass a local .safetensors path") from None
     try:
         return Path(hf_hub_download(repo, filename))
-    except Exception as e:  # noqa: BLE001  (offline, unknown repo or file: all end in the same one-line refusal)
+    except Exception as e:  # offline, an unknown repo or file: each ends in the same one-line refusal
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TimmWeightsError(f"{spec}: tried {filename} of https://huggingface.co/{repo} and the local Hugging "
                                f"Face cache: {type(e).__name__} {reason}".rstrip()) from None
