@@ -4,6 +4,7 @@ weights, --resume, and the one-line errors of bad flags."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -195,5 +196,11 @@ def test_new_flags_map_to_config_fields() -> None:
     assert cli.finetune_config_from_args(args) == finetuning.FinetuneConfig(
         unfreeze="all", augment=(), optimizer="sgd", momentum=0.8, accumulate=4, remat=True,
         class_weights="balanced")
-    helps = {flag.name: finetune_flag_help(flag) for flag in cli.FINETUNE_FLAGS}
-    assert helps["--augment"].endswith("(default flip)") and helps["--optimizer"].endswith("(default adamw)")
+    defaults = {field.name: field.default for field in dataclasses.fields(finetuning.FinetuneConfig)}
+    for flag in cli.FINETUNE_FLAGS:  # every help states the config's default, in the flag's own syntax
+        default = defaults[flag.field]
+        text = ("off" if flag.parse is bool else ",".join(default) or "none" if isinstance(default, tuple)
+                else "the size the head was swept at" if default is None else default)
+        assert finetune_flag_help(flag).endswith(f"(default{':' if flag.parse is bool else ''} {text})"), flag.name
+        if flag.parse is not bool and default is not None:
+            assert flag.parse(str(text)) == default, flag.name  # the default's text parses back to it
