@@ -41,10 +41,11 @@ def end_to_end(pair, ds, sweep, size, overlapped: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-overlap-") as cache:
         t = time.perf_counter()
         if overlapped:
-            splits = job.features_for_sweep(source, ds, sweep, cache_dir=Path(cache), batch_size=size.feature_batch)
+            options = features.ExtractOptions(cache_dir=Path(cache), batch_size=size.feature_batch)
+            splits = job.features_for_sweep(source, ds, sweep, options)
         else:
-            splits = features.extract_all(source, ds, cache_dir=Path(cache), need_maps=True,
-                                          batch_size=size.feature_batch)
+            options = features.ExtractOptions(cache_dir=Path(cache), need_maps=True, batch_size=size.feature_batch)
+            splits = features.extract_all(source, ds, options)
         feature_s = time.perf_counter() - t
     t = time.perf_counter()
     run_sweep(sweep, splits, num_classes=ds.num_classes)

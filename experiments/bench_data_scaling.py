@@ -14,7 +14,7 @@ pages (``RssFile``: mapped cache shards and libraries, which the kernel can drop
 - ``warm``: the same call on the filled cache (a cache hit: nothing decoded, the backbone never built);
 - ``sweep``: the cache hit, then ``run_sweep`` and the job's outputs (``job.write_outputs``); with ``--budget``
   the sweep gets ``device_memory_budget`` when this checkout's ``run_sweep`` has it (``budget_applied`` says), and
-  every stage reads the features lazily (``extract_all(lazy=True)``, ``lazy_features``), as ``sweep_job`` does then.
+  every stage reads the features lazily (``ExtractOptions(lazy=True)``, ``lazy_features``), as ``sweep_job`` does then.
 
 JSON fields: ``rows[]`` one per (N, stage): ``n_train``, ``images`` (train+val+test), ``stage``, ``process_s`` (the
 child's wall time, interpreter start included), ``stage_s`` (the measured call alone), ``peak_rss_mib`` (VmHWM), ``peak_anon_mib`` / ``peak_file_mib`` (sampled
@@ -175,10 +175,10 @@ def _stage(args: argparse.Namespace, sampler: MemorySampler) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     budget_applied = args.budget is not None and "device_memory_budget" in inspect.signature(run_sweep).parameters
     # With a budget the features stay on disk (memory-mapped rows), as sweep_job reads them when a group may stream.
-    lazy = {"lazy": True} if budget_applied and "lazy" in inspect.signature(features.extract_all).parameters else {}
+    options = features.ExtractOptions(cache_dir=args.cache_dir, batch_size=args.batch_size, lazy=budget_applied)
     sampler.mark("features")
     start = time.perf_counter()
-    splits = job.features_for_sweep(source, ds, spec, cache_dir=args.cache_dir, batch_size=args.batch_size, **lazy)
+    splits = job.features_for_sweep(source, ds, spec, options)
     if args.stage == "sweep":
         sampler.mark("sweep")
         sweep_start = time.perf_counter()

@@ -159,7 +159,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ds = data.load_dataset(DATASET, seed=0)
     source = features.backbone_source(BACKBONE)
-    splits = features.extract_all(source, ds, need_maps=True)
+    splits = features.extract_all(source, ds, features.ExtractOptions(need_maps=True))
     features_s = time.perf_counter() - t0
     print(f"features: {features_s:.1f} s; splits " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
           flush=True)

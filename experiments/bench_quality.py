@@ -9,7 +9,7 @@ to the one before, every choice is made on val only, and test is scored at the e
    batch 64, 30 epochs, patience 8; ``--seeds`` replicas) on the same features, the sweep's recommended config,
    scored as one member (mean over seeds, seeds and examples resampled): the head ``jaxheads sweep`` saves;
 3. + augmented views — the same grid where every training example reads one of K cached views per epoch
-   (``features.extract_all(views=K, augment=...)``; ``--views``, ``--augment``); kept for the next steps only if
+   (``features.ExtractOptions(views=K, augment=...)``; ``--views``, ``--augment``); kept for the next steps only if
    its recommended head beats step 2's on val;
 4. + input size — the same grid (with the views if kept) also on features at the second size (ELPV: 300 px, its cells'
    own size; Fashion-MNIST: 96 vs 64 px), both sweeps merged (``jaxheads.sweep.sizes``): the recommended config
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import platform
@@ -73,7 +72,7 @@ REFERENCES = {
 
 
 def views_available() -> bool:
-    return "views" in inspect.signature(features.extract_all).parameters
+    return "views" in {field.name for field in dataclasses.fields(features.ExtractOptions)}
 
 
 def timed_features(setup: DatasetSetup, size: int, views: int, passes: list[dict]) -> tuple[dict, float]:
@@ -81,7 +80,7 @@ def timed_features(setup: DatasetSetup, size: int, views: int, passes: list[dict
     source = features.backbone_source(BACKBONE, input_size=size)
     kwargs = {"views": views, "augment": setup.augment} if views > 1 else {}
     t = time.perf_counter()
-    splits = features.extract_all(source, setup.ds, need_maps=True, **kwargs)
+    splits = features.extract_all(source, setup.ds, features.ExtractOptions(need_maps=True, **kwargs))
     seconds = time.perf_counter() - t
     images = sum(len(s) for s in splits.values()) + (views - 1) * len(splits["train"])
     passes.append({"size": size, "views": views, "seconds": seconds, "images_incl_views": images,
@@ -149,8 +148,8 @@ def run_steps(args: argparse.Namespace, setup: DatasetSetup) -> dict[str, Any]:
     frozen, frozen_s = timed_sweep(spec, plain, setup)
     rows.append(head_row("best frozen head", "best frozen head", frozen, setup, plain_s + frozen_s, input_size=base))
     views = args.views if views_available() else 1
-    not_run = [] if views > 1 else ["+ augmented views: not run: views not available (features.extract_all has "
-                                    "no views argument)"]
+    not_run = [] if views > 1 else ["+ augmented views: not run: views not available (features.ExtractOptions has "
+                                    "no views field)"]
     at_base, viewed_s, sweep_s = frozen, 0.0, 0.0
     if views > 1:
         viewed, viewed_s = timed_features(setup, base, views, passes)

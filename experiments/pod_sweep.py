@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "results.json").write_text(result.to_json())
     else:
-        job.sweep_job(args.dataset, args.backbone, sweep=spec, out_dir=args.out, data_dir=args.data_dir)
+        job.sweep_job(args.dataset, args.backbone, sweep=spec,
+                      options=job.JobOptions(out_dir=args.out, data_dir=args.data_dir))
     distributed.shutdown()
     return 0
 

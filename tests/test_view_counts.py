@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxheads import cli
+from jaxheads import cli, features
 from jaxheads.sweep import variants
 from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepSpec

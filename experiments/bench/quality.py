@@ -84,8 +84,9 @@ def run(pair: BackbonePair, ds: data.Dataset, size: BenchSize, cache_dir: Path) 
     """Embed ``ds``'s one split ``all`` (cached under ``cache_dir``), then compare the three per seed."""
     t = time.perf_counter()
     hit: list[bool] = []
-    every = features.extract_features(BackboneSource.of(pair.flax), ds, "all", cache_dir=cache_dir, need_maps=True,
-                                      batch_size=size.feature_batch, progress=lambda p: hit.append(p.cached))
+    options = features.ExtractOptions(cache_dir=cache_dir, need_maps=True, batch_size=size.feature_batch)
+    every = features.extract_features(BackboneSource.of(pair.flax), ds, "all", options,
+                                      progress=lambda p: hit.append(p.cached))
     feature_s = time.perf_counter() - t
     seeds = []
     for seed in range(size.q_seeds):

@@ -147,8 +147,8 @@ def run_plain(pair: BackbonePair, ds: data.Dataset, designs: Sequence[HeadDesign
     jax.clear_caches()
     with tempfile.TemporaryDirectory(prefix="bench-features-b-") as cache:
         t = time.perf_counter()
-        splits = features.extract_all(BackboneSource.of(pair.flax), ds, cache_dir=Path(cache), need_maps=True,
-                                      batch_size=size.feature_batch)
+        options = features.ExtractOptions(cache_dir=Path(cache), need_maps=True, batch_size=size.feature_batch)
+        splits = features.extract_all(BackboneSource.of(pair.flax), ds, options)
         feature_s = time.perf_counter() - t
     x, y = _head_inputs(splits)
     trials = [plain_trial(d, x, y, ds.num_classes, size, seed) for d in designs]
@@ -172,8 +172,8 @@ def run_jaxheads(pair: BackbonePair, ds: data.Dataset, designs: Sequence[HeadDes
     with tempfile.TemporaryDirectory(prefix="bench-features-") as cache:
         t = time.perf_counter()
         sweep = sweep_spec(designs, ds.num_classes, size, seed)
-        splits = job.features_for_sweep(BackboneSource.of(pair.flax), ds, sweep, cache_dir=Path(cache),
-                                        batch_size=size.feature_batch)
+        options = features.ExtractOptions(cache_dir=Path(cache), batch_size=size.feature_batch)
+        splits = job.features_for_sweep(BackboneSource.of(pair.flax), ds, sweep, options)
         feature_s = time.perf_counter() - t
     t = time.perf_counter()
     result = run_sweep(sweep, splits, num_classes=ds.num_classes, label_names=list(ds.classes))

@@ -31,6 +31,8 @@ _EXPORTS = {
     "FeatureSplit": "jaxheads.features.split",
     "load_dataset": "jaxheads.data",
     "extract_all": "jaxheads.features",
+    "ExtractOptions": "jaxheads.features",
+    "JobOptions": "jaxheads.job",
     "ridge_probe": "jaxheads.probe",
     "write_report": "jaxheads.report",
     "finetune": "jaxheads.finetuning",

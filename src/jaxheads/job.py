@@ -21,8 +21,9 @@ import numpy as np
 from jaxheads import checkpoint, data, distributed, features, report
 from jaxheads.heads import io as heads_io
 from jaxheads.sweep import variants
-from jaxheads.data.augment import DEFAULT_POLICY, check_views, parse_policy
 from jaxheads.heads import ConvStage
+from jaxheads.features.options import ExtractOptions
+from jaxheads.features.taps import resolve_taps
 from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep import SweepResult, SweepSpec, abstract_splits, compile_sweep, run_sweep, scores, stream
 
@@ -65,66 +66,86 @@ class JobOutput:
     files: dict[str, Path]
 
 
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    """What the job runs on besides the sweep and the feature pass: where the data and weights come from, the
+    input-size and view-count axes, and where the artifacts go.
+
+    weights:    the backbone's weights ("default", a named source, a file, None for a random init).
+    out_dir:    where results.json, the report and the head are written.
+    data_dir:   a TFDS data_dir; task: "multiclass" or "multilabel" where the dataset offers both.
+    seed:       seeds the carved dataset splits (and a ``weights=None`` init).
+    input_size: the images' side before the backbone (default its own); several sizes (``(224, 300)``) run the
+                sweep on each size's features and merge them (:mod:`jaxheads.sweep.variants`), so "Input size" is
+                a question and the recommended head records the size it was trained at.
+    views:      K > 1: heads train on a random one of K views per example per epoch: view 0 is the plain image,
+                views 1..K-1 are augmented under ``ExtractOptions.augment`` (:mod:`jaxheads.data.augment`).
+                Several K (``"1,4"``): one sweep per K on the same plain val/test rows, merged. Several sizes
+                and several K are refused.
+    tta:        each K's test figures average its own K views (K = 1: none).
+    """
+
+    weights: Any = "default"
+    out_dir: str | os.PathLike[str] = "runs/latest"
+    data_dir: str | os.PathLike[str] | None = None
+    task: str | None = None
+    seed: int = 0
+    input_size: int | str | Sequence[int] | None = None
+    views: int | str | Sequence[int] = 1
+    tta: bool = False
+
+
+JOB_EXTRACT = ExtractOptions(batch_size=64)
+"""The job's feature pass: 64 images per backbone call (what ``--feature-batch-size`` defaults to)."""
+
+
 def sweep_job(
     dataset: str | os.PathLike[str] | data.Dataset = DEFAULT_DATASET,
     backbone: str = DEFAULT_BACKBONE,
     *,
-    weights: Any = "default",
     sweep: SweepSpec = DEFAULT_SWEEP,
-    out_dir: str | os.PathLike[str] = "runs/latest",
-    cache_dir: str | os.PathLike[str] | None = None,
-    data_dir: str | os.PathLike[str] | None = None,
-    task: str | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    strict: bool = False,
+    options: JobOptions = JobOptions(),
+    extract: ExtractOptions = JOB_EXTRACT,
     feature_progress: Callable[[features.Progress], None] | None = None,
     sweep_progress: Callable[[dict[str, Any]], None] | None = None,
-    input_size: int | str | Sequence[int] | None = None,
     device_memory_budget: int | str | None = None,
-    views: int | str | Sequence[int] = 1,
-    augment: str | Sequence[str] = DEFAULT_POLICY,
-    tta: bool = False,
 ) -> JobOutput:
-    """Run the main job end to end and write its artifacts into ``out_dir``.
+    """Run the main job end to end and write its artifacts into ``options.out_dir``.
 
-    The backbone is built only when some split is not cached yet (``cache_dir``, default
-    ``features.default_cache_dir()``). ``seed`` seeds the carved dataset splits (and a ``weights=None`` init).
-    ``input_size``: the images' side before the backbone (default its own); several sizes (``(224, 300)``) run
-    the sweep on each size's features and merge them (:mod:`jaxheads.sweep.sizes`), so "Input size" is a question
-    and the recommended head records the size it was trained at. ``device_memory_budget`` (bytes per device or
-    "2GiB"; default: half the device's memory): a sweep group whose inputs exceed it streams its features from the
-    memory-mapped cache (``run_sweep``); when some group may, the features are read lazily (``extract_all(lazy=True)``).
-    ``views`` K > 1: heads train on a random one of K views per example per epoch (:func:`_view_options`).
-    Several K (``"1,4"``): one sweep per K on the same plain val/test rows, merged (:mod:`jaxheads.sweep.variants`); with
-    ``tta`` each K's test figures average its own K views (K = 1: none). Several sizes and several K are refused.
+    ``extract``: the feature pass (cache directory, batch size, strictness, the views' policy); the job itself
+    sets what the sweep decides: maps (when some head pools them), the view count and which splits get views, and
+    lazy reading. The backbone is built only when some split is not cached yet. ``device_memory_budget`` (bytes
+    per device or "2GiB"; default: half the device's memory): a sweep group whose inputs exceed it streams its
+    features from the memory-mapped cache (``run_sweep``); when some group may, the features are read lazily.
     """
-    view_counts = variants.parse_views(views)
-    view_options = _view_options(max(view_counts), augment)
-    sizes = variants.parse_sizes(input_size) or (None,)
+    view_counts = variants.parse_views(options.views)
+    sizes = variants.parse_sizes(options.input_size) or (None,)
     variants.check_one_axis(",".join(map(str, sizes)) if len(sizes) > 1 else None, ",".join(map(str, view_counts)))
     # Every size is checked against the backbone before any data is read.
-    sources = {size: features.backbone_source(backbone, weights, seed=seed, input_size=size) for size in sizes}
+    sources = {size: features.backbone_source(backbone, options.weights, seed=options.seed, input_size=size)
+               for size in sizes}
+    first = next(iter(sources.values()))
+    resolve_taps(extract.taps, first.taps, first.name)  # an unknown tap: one line, before any data is read
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
-        dataset, data_dir=data_dir, task=task, seed=seed)  # fmt: skip
+        dataset, data_dir=options.data_dir, task=options.task, seed=options.seed)  # fmt: skip
     sweep = sweep.for_splits(ds.split_sizes(), f"dataset {ds.name}")
     lazy = any(_may_stream(backbone, source, ds, device_memory_budget) for source in sources.values())
-    by_size = {size: features_for_sweep(source, ds, sweep, cache_dir=cache_dir, batch_size=batch_size,
-                                        progress=feature_progress, strict=strict, lazy=lazy,
-                                        **view_options, view_splits=_view_splits(sweep, ds, tta))
+    extract = extract.replace(views=max(view_counts), view_splits=_view_splits(sweep, ds, options.tta), lazy=lazy)
+    by_size = {size: features_for_sweep(source, ds, sweep, extract, feature_progress)
                for size, source in sources.items()}
     run_args = dict(num_classes=ds.num_classes, task=ds.task, progress=sweep_progress, label_names=list(ds.classes),
-                    checkpoint_dir=Path(out_dir) / SWEEP_STATE, device_memory_budget=device_memory_budget)
+                    checkpoint_dir=Path(options.out_dir) / SWEEP_STATE, device_memory_budget=device_memory_budget)
     result, key, trained_views = _run_levels(sweep, by_size, view_counts, run_args)
     source, splits = sources[key], variants.splits_at_views(by_size[key], trained_views)
-    trained_at = source.preprocessing.input_size
     _add_confusion_matrices(result)
     files: dict[str, Path] = {}
     if distributed.is_main_process():
-        files = write_outputs(result, out_dir, backbone=backbone, weights="none" if weights is None else str(weights),
-                              weights_id=source.weights_id, dataset=ds.name, input_size=trained_at,
+        weights = options.weights
+        files = write_outputs(result, options.out_dir, backbone=backbone,
+                              weights="none" if weights is None else str(weights), weights_id=source.weights_id,
+                              dataset=ds.name, input_size=source.preprocessing.input_size,
                               **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}),
-                              **_view_provenance(view_counts, trained_views, view_options["augment"], tta))
+                              **_view_provenance(view_counts, trained_views, list(extract.augment), options.tta))
     return JobOutput(result, splits, ds, files)
 
 
@@ -153,13 +174,6 @@ def _view_provenance(view_counts: Sequence[int], trained_views: int, policy: lis
     return {"views": trained_views, **swept, "augment": policy, "test_views": trained_views if tta else 1}
 
 
-def _view_options(views: int, augment: str | Sequence[str]) -> dict[str, Any]:
-    """``extract_all``'s views and policy, checked (one-line errors naming --views / --augment). View 0 is the
-    plain image, views 1..K-1 are augmented under the policy (:mod:`jaxheads.data.augment`); with ``tta`` (job) the test
-    split gets its K views too and the test figures average over them (``selection.test_views``)."""
-    return {"views": check_views(views), "augment": list(parse_policy(augment))}
-
-
 def _view_splits(sweep: SweepSpec, ds: data.Dataset, tta: bool) -> tuple[str, ...]:
     """The splits that get augmented views: those heads train on (with folds, train and val), and test for TTA."""
     return ("train", "val")[:2 if sweep.folds else 1] + (("test",) if tta and "test" in ds.splits else ())
@@ -175,18 +189,19 @@ def features_for_sweep(
     source: features.BackboneSource,
     ds: data.Dataset,
     sweep: SweepSpec,
-    **extract_kwargs: Any,
+    options: ExtractOptions = JOB_EXTRACT,
+    progress: Callable[[features.Progress], None] | None = None,
 ) -> dict[str, FeatureSplit]:
-    """``features.extract_all`` of every split ``sweep`` needs (maps only if some head pools them). While the
-    backbone runs, the sweep's programs compile in a thread from the features' shapes (``sweep.compile_sweep``),
-    so ``run_sweep`` on the result starts training at once. Single-process only; on a cache hit nothing compiles
-    early (there is nothing to overlap)."""
+    """``features.extract_all`` of every split ``sweep`` needs (maps only if some head pools them) under
+    ``options``. While the backbone runs, the sweep's programs compile in a thread from the features' shapes
+    (``sweep.compile_sweep``), so ``run_sweep`` on the result starts training at once. Single-process only; on a
+    cache hit nothing compiles early (there is nothing to overlap)."""
     need_maps = any(m.head.pooling != "none" for m in sweep.expand(ds.num_classes, ds.task))
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxheads-sweep-compile")
     compiled: list[concurrent.futures.Future] = []
 
     def compile_early(shapes: dict[str, Any]) -> None:
-        if compiled or jax.process_count() > 1 or extract_kwargs.get("views", 1) > 1:  # views: other shapes
+        if compiled or jax.process_count() > 1 or options.views > 1:  # views: other shapes
             return
         labels = ds.split("train").labels
         abstract = abstract_splits({name: len(ds.split(name)) for name in ds.splits}, pooled=shapes["pooled"],
@@ -194,7 +209,8 @@ def features_for_sweep(
         compiled.append(pool.submit(compile_sweep, sweep, abstract, num_classes=ds.num_classes, task=ds.task))
 
     try:
-        splits = features.extract_all(source, ds, need_maps=need_maps, on_shapes=compile_early, **extract_kwargs)
+        splits = features.extract_all(source, ds, options.replace(need_maps=need_maps), progress=progress,
+                                      on_shapes=compile_early)
         for future in compiled:
             future.result()
     finally:

@@ -3,6 +3,11 @@
 A backbone module maps preprocessed images (N, H, W, 3) float32 to a dict with at least
 ``"features"``: the last feature map (N, h, w, C); modules built with ``num_classes > 0`` also return
 ``"logits"`` (N, num_classes). Batch-norm statistics live in ``variables["batch_stats"]``.
+
+Taps (timm's ``features_only``, big_vision's ``out`` dict): a zoo module names the output of its stem and of each
+block, in order, and lists the names in ``BackboneConfig.taps`` (the last is ``"features"``). Called with
+``taps=True`` it also returns ``"taps"``: {name: (N, h, w, C) map} of every layer it ran; with ``until=name`` it
+stops after that layer, whose map is then ``"features"``: the backbone truncated there (no logits).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -67,6 +72,9 @@ class BackboneConfig:
     weights_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """The weights id of each named source whose content is pinned (e.g. a sha256 prefix), known without loading
     it, so a feature-cache hit never has to build the backbone."""
+    taps: tuple[str, ...] = ()
+    """The module's named intermediate outputs, input to output; the last is the ``features`` map. Empty: a module
+    that cannot return taps."""
 
 
 class Backbone(NamedTuple):
@@ -81,6 +89,24 @@ class Backbone(NamedTuple):
         """Inference forward pass (batch-norm in eval mode); ``images`` are RGB in [0, 255] unless preprocess=False."""
         x = self.config.preprocessing(images) if preprocess else images
         return self.module.apply(self.variables, x, train=False)
+
+
+Layer = tuple[str, Callable[[jax.Array], jax.Array]]
+"""A named step of a module's forward: its output is the tap of that name."""
+
+
+def run_layers(layers: Sequence[Layer], x: jax.Array, *, taps: bool, until: str | None) -> dict[str, Any]:
+    """``x`` through ``layers`` in order, stopping after the one named ``until`` (all by default): ``features`` is
+    the last output, and with ``taps`` every output by name (a module's ``__call__`` body, shared by the zoo)."""
+    names = [name for name, _ in layers]
+    if until is not None and until not in names:
+        raise ValueError(f"unknown tap {until!r}; taps: {', '.join(names)}")
+    outputs: dict[str, jax.Array] = {}
+    for name, layer in layers:
+        x = outputs[name] = layer(x)
+        if name == until:
+            break
+    return {"features": x, "taps": outputs} if taps else {"features": x}
 
 
 # Images per backbone call inside one forward pass: on XLA's CPU backend lax.map over micro-batches of 8 beats the
@@ -118,6 +144,37 @@ def feature_maps(module: nn.Module, variables: Variables, images: jax.Array, pre
         return _in_chunks(lambda chunk: module.apply(variables, preprocessing(chunk), train=False)["features"]
                           .astype(jnp.float32), images, micro_batch)
     return _in_chunks(rest, _in_chunks(high_res, images, high_res_micro_batch), micro_batch)
+
+
+def tapped_features(module: nn.Module, variables: Variables, images: jax.Array, preprocessing: Preprocessing,
+                    pool: Callable[[jax.Array], jax.Array],
+                    taps: Sequence[str]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`feature_maps` and, from the same forward, ``pool`` (N, h, w, C) -> (N, D) of each tap in ``taps``,
+    pooled inside each micro-batch so no tap's whole-batch map is ever held."""
+    split = getattr(module, "high_res_layers", 0) if HIGH_RES_MICRO_BATCH > 0 else 0
+    wanted = frozenset(taps)
+
+    def segment(preprocess: bool, **bounds: int) -> Callable[[jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
+        def run(chunk: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+            out = module.apply(variables, preprocessing(chunk) if preprocess else chunk, train=False, taps=True,
+                               **bounds)
+            return out["features"].astype(jnp.float32), {n: pool(m) for n, m in out["taps"].items() if n in wanted}
+
+        return run
+
+    if not split:
+        return _tree_in_chunks(segment(True), images, MICRO_BATCH)
+    early, early_taps = _tree_in_chunks(segment(True, stop=split), images, HIGH_RES_MICRO_BATCH)
+    maps, late_taps = _tree_in_chunks(segment(False, start=split), early, MICRO_BATCH)
+    return maps, {**early_taps, **late_taps}
+
+
+def _tree_in_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, micro_batch: int) -> Any:
+    """:func:`_in_chunks` for an ``fn`` that returns a pytree of per-row arrays."""
+    n = x.shape[0]
+    k = micro_batch if 0 < micro_batch < n and n % micro_batch == 0 else n
+    out = jax.lax.map(fn, x.reshape(n // k, k, *x.shape[1:]))
+    return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -2,7 +2,8 @@
 
 For every backbone: its input size, the feature map it gives at that size and its parameter count
 (:func:`architecture`), where its ImageNet weights come from and whether they are on this machine now
-(:func:`weights_status`), and the ImageNet top-1 its weights' source publishes (:data:`PUBLISHED_TOP1`).
+(:func:`weights_status`), the ImageNet top-1 its weights' source publishes (:data:`PUBLISHED_TOP1`), and the names of
+its taps (``BackboneConfig.taps``).
 
 Shapes and parameter counts come from tracing the module (``jax.eval_shape``: shapes only, no arrays), which takes
 one to several seconds per backbone. So they are kept in a table keyed by a fingerprint of the config and of the
@@ -73,6 +74,8 @@ class BackboneInfo(NamedTuple):
     architecture: Architecture
     weights: WeightsStatus
     top1: float | None
+    taps: tuple[str, ...] = ()
+    """The module's named intermediate outputs, input to output (``BackboneConfig.taps``)."""
 
 
 # ---------------------------------------------------------------------------------------------- architecture
@@ -187,7 +190,8 @@ def weights_status(name: str) -> WeightsStatus:
 # ---------------------------------------------------------------------------------------------------- table
 def describe(name: str) -> BackboneInfo:
     top1 = PUBLISHED_TOP1.get(name)
-    return BackboneInfo(name, architecture(name), weights_status(name), None if top1 is None else top1[0])
+    return BackboneInfo(name, architecture(name), weights_status(name), None if top1 is None else top1[0],
+                        tuple(get_config(name).taps))
 
 
 def table(names: list[str] | None = None, available: bool = False) -> list[BackboneInfo]:

@@ -138,19 +138,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     spec = sweep_spec_from_args(args)
     if args.dry_run:
         return _dry_run(args, spec)
-    from jaxheads import job, report
+    from jaxheads import features, job, report
     from jaxheads.cli import progress
 
     weights = None if str(args.weights).lower() == "none" else args.weights
     main = distributed.is_main_process()
     with _compile_cache(args), progress.Bars(enabled=main and not args.quiet) as bars:
-        output = job.sweep_job(
-            args.dataset or job.DEFAULT_DATASET, args.backbone or job.DEFAULT_BACKBONE, weights=weights,
-            sweep=spec, out_dir=args.out, cache_dir=args.cache_dir, data_dir=args.data_dir, task=args.task,
-            seed=args.seed, batch_size=args.feature_batch_size, strict=args.strict,
-            feature_progress=bars.features, sweep_progress=bars.sweep, input_size=args.input_size,
-            device_memory_budget=args.device_memory_budget, views=args.views, augment=args.augment, tta=args.tta,
-        )  # fmt: skip
+        options = job.JobOptions(weights=weights, out_dir=args.out, data_dir=args.data_dir, task=args.task,
+                                 seed=args.seed, input_size=args.input_size, views=args.views, tta=args.tta)
+        extract = features.ExtractOptions(cache_dir=args.cache_dir, batch_size=args.feature_batch_size,
+                                          strict=args.strict, augment=args.augment, taps=args.taps)
+        output = job.sweep_job(args.dataset or job.DEFAULT_DATASET, args.backbone or job.DEFAULT_BACKBONE,
+                               sweep=spec, options=options, extract=extract, feature_progress=bars.features,
+                               sweep_progress=bars.sweep, device_memory_budget=args.device_memory_budget)
     if main:
         report.print_report(_record_estimate(args, spec, output), console=_console())
         for name, path in sorted(output.files.items()):
@@ -241,18 +241,26 @@ def _backbones_table(args: argparse.Namespace) -> int:
         print("No backbone has its weights on this machine now; see `jaxheads backbones list` for where they come "
               "from.")
         return 0
-    header = ["name", "input", "feature map", "params", "ImageNet top-1", "weights from", "on this machine"]
+    header = ["name", "input", "feature map", "params", "ImageNet top-1", "taps", "weights from", "on this machine"]
     rows = [[i.name, f"{i.architecture.input_size} px", "x".join(map(str, i.architecture.feature_shape)),
-             f"{i.architecture.params / 1e6:.1f} M", "—" if i.top1 is None else f"{i.top1:.1f}%", i.weights.source,
+             f"{i.architecture.params / 1e6:.1f} M", "—" if i.top1 is None else f"{i.top1:.1f}%", _tap_span(i.taps),
+             i.weights.source,
              ("yes: " if i.weights.available else "no: " if i.weights.available is False else "") + i.weights.state]
             for i in infos]
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
     for r in [header, *rows]:
-        print("  ".join(c.ljust(w) if j in (0, 5, 6) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+        print("  ".join(c.ljust(w) if j in (0, 5, 6, 7) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
               .rstrip())
+    for info in infos if args.taps else ():
+        print(f"{info.name} taps: {', '.join(info.taps) or 'none (only --taps last)'}")
     log.debug("top-1: as published by each weights' source (Keras's table, the MobileNet and EfficientNet-Lite "
               "READMEs); shapes and parameters at the input size, from the architecture")
     return 0
+
+
+def _tap_span(taps: tuple[str, ...]) -> str:
+    """A tap list in a table cell: how many, the first and the last (``--taps`` lists them all)."""
+    return "—" if not taps else f"{len(taps)}: {taps[0]}..{taps[-1]}" if len(taps) > 1 else f"1: {taps[0]}"
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
@@ -265,8 +273,8 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     print(f"{'backbone':<24} {'features':>8} {'val':>8} {'test':>8} {'l2':>10}")
     per_backbone = {}
     for name in args.names:
-        per_backbone[name] = features.extract_all(features.backbone_source(name), ds, cache_dir=args.cache_dir,
-                                                  need_maps=False, batch_size=args.feature_batch_size)
+        options = features.ExtractOptions(cache_dir=args.cache_dir, batch_size=args.feature_batch_size)
+        per_backbone[name] = features.extract_all(features.backbone_source(name), ds, options)
         _probe_row(name, per_backbone[name], ds.num_classes)
     if len(args.names) >= 2:  # the first two side by side: a practitioner's next step is an ensemble of backbones
         first, second = args.names[:2]

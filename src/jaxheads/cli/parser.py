@@ -224,6 +224,10 @@ def _sweep_parser(sub: Any) -> None:
     data.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
     data.add_argument("--feature-batch-size", type=int, default=64, help="images per backbone call; default 64")
     data.add_argument("--cache-dir", type=Path, help="where features are cached; default $JAXHEADS_CACHE/features")
+    data.add_argument("--taps", default="last", metavar="last|all|NAME,...", help="intermediate outputs of the "
+                      "backbone to cache too, each as its per-channel mean and standard deviation, from the same "
+                      "forward pass: last (only the last layer's features), all, or tap names from `jaxheads "
+                      "backbones list --taps`; the heads train on the last layer's features; default last")
     _view_flags(sweep)
     axes = sweep.add_argument_group("axes: comma-separated levels, e.g. --widths 128,512 (see the end)")
     scalars = sweep.add_argument_group("scalars: one value each")
@@ -256,6 +260,8 @@ def _backbones_parser(sub: Any) -> None:
     listing.add_argument("names", nargs="*", help="only these backbones; default all")
     listing.add_argument("--available", action="store_true", help="only backbones whose weights are on this "
                          "machine now (they run offline)")
+    listing.add_argument("--taps", action="store_true", help="also every tap's name (the intermediate outputs "
+                         "`jaxheads sweep --taps` caches), input to output")
     _quiet_verbose(listing)
     compare = bb_sub.add_parser("compare", help="ridge-probe accuracy of each backbone's cached features",
                                 description="Features of each backbone (cached), then a closed-form ridge probe; with "

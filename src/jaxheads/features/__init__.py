@@ -25,6 +25,7 @@ computes the missing shards is :mod:`jaxheads.features.compute`.
 
 from .cache import CACHE_FORMAT, cache_key, default_cache_dir, extract_all, extract_features, images_key
 from .compute import Progress
+from .options import ExtractOptions
 from .source import BackboneSource, backbone_source, feature_map_shape, min_input_size
 from .split import FeatureSplit
 from .store import FeatureCacheError
@@ -32,6 +33,7 @@ from .store import FeatureCacheError
 __all__ = [
     "BackboneSource",
     "CACHE_FORMAT",
+    "ExtractOptions",
     "FeatureCacheError",
     "FeatureSplit",
     "Progress",

@@ -7,7 +7,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import re
 import warnings
 from pathlib import Path
@@ -17,20 +16,24 @@ import jax
 import numpy as np
 
 from jaxheads import checkpoint, data
-from jaxheads.data.augment import AUGMENT_METHOD, DEFAULT_POLICY, augmented_view, check_views, parse_policy
+from jaxheads.data.augment import AUGMENT_METHOD, augmented_view
 from jaxheads.backbones import Backbone
 from jaxheads.data.dataset import image_set_fingerprint
 from jaxheads.features.lazy import lazy_gather
 from jaxheads.features.source import (BackboneSource, as_source, backbone_source, feature_map_shape,
                                      min_input_size)
-from jaxheads.features.compute import Progress, ProgressFn, ShapesFn, compute_shards
-from jaxheads.features.store import (FeatureCacheError, Plan, create_plan, gather, is_foreign, open_shard, read_meta,
-                                    read_plan, remove_foreign, remove_temporaries, shard_path, write_meta)
+from jaxheads.features.compute import Progress, ProgressFn, ShapesFn, ShardTask, compute_shards
+from jaxheads.features.options import ExtractOptions
+from jaxheads.features.store import (FeatureCacheError, Plan, create_plan, gather, gather_taps, is_foreign,
+                                    open_shard, read_meta, read_plan, remove_foreign, remove_temporaries, shard_path,
+                                    write_meta)
+from jaxheads.features.taps import resolve_taps
 from jaxheads.features.split import FeatureSplit
 
 __all__ = [
     "CACHE_FORMAT",
     "BackboneSource",
+    "ExtractOptions",
     "FeatureCacheError",
     "Progress",
     "backbone_source",
@@ -98,90 +101,69 @@ def extract_features(
     backbone: Backbone | BackboneSource,
     dataset: data.Dataset,
     split: str,
+    options: ExtractOptions = ExtractOptions(),
     *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    need_maps: bool = False,
-    batch_size: int = 32,
-    chunk_size: int | None = None,
     progress: ProgressFn | None = None,
-    strict: bool = False,
-    devices: Sequence[jax.Device] | None = None,
-    num_workers: int | None = None,
     on_shapes: ShapesFn | None = None,
 ) -> FeatureSplit:
-    """Features of ``dataset``'s ``split`` under ``backbone``, taken from the per-image cache under ``cache_dir``
-    (default :func:`default_cache_dir`); the shards holding images of the split that are not cached yet (or lack
-    maps when ``need_maps``) are computed first.
+    """Features of ``dataset``'s ``split`` under ``backbone``, taken from the per-image cache under
+    ``options.cache_dir`` (default :func:`default_cache_dir`); the shards holding images of the split that are not
+    cached yet (or lack maps when ``options.need_maps``) are computed first.
 
-    One jitted forward per batch of ``batch_size`` images, the batch sharded over ``devices`` (default: all);
-    every batch is padded to the same multiple of the device count so there is one compilation, and the padding
-    is dropped. A new cache is cut into shards of ``chunk_size`` images (default ``8 * batch_size``, rounded to
-    whole batches), written as they finish, so an interrupted pass resumes at the first missing shard; an existing
-    cache keeps its shard size. Unreadable images are skipped with a warning (``strict=True`` raises); the
-    returned labels are those of the images kept. ``on_shapes`` (see :data:`ShapesFn`) is called when the
-    backbone has to run, never on a cache hit. A cache that cannot be written raises :class:`FeatureCacheError`.
+    One jitted forward per batch of ``options.batch_size`` images, the batch sharded over ``options.devices``
+    (default: all); every batch is padded to the same multiple of the device count so there is one compilation,
+    and the padding is dropped. A new cache is cut into shards of ``options.chunk_size`` images (default ``8 *
+    batch_size``, rounded to whole batches), written as they finish, so an interrupted pass resumes at the first
+    missing shard; an existing cache keeps its shard size. Unreadable images are skipped with a warning
+    (``options.strict`` raises); the returned labels are those of the images kept. ``on_shapes`` (see
+    :data:`ShapesFn`) is called when the backbone has to run, never on a cache hit. A cache that cannot be written
+    raises :class:`FeatureCacheError`.
     """
-    return extract_all(
-        backbone, dataset, splits=[split], cache_dir=cache_dir, need_maps=need_maps, batch_size=batch_size,
-        chunk_size=chunk_size, progress=progress, strict=strict, devices=devices, num_workers=num_workers,
-        on_shapes=on_shapes,
-    )[split]  # fmt: skip
+    return extract_all(backbone, dataset, options, splits=[split], progress=progress, on_shapes=on_shapes)[split]
 
 
 def extract_all(
     backbone: Backbone | BackboneSource,
     dataset: data.Dataset,
+    options: ExtractOptions = ExtractOptions(),
     *,
-    cache_dir: str | os.PathLike[str] | None = None,
     splits: Iterable[str] | None = None,
-    need_maps: bool = False,
-    batch_size: int = 32,
-    chunk_size: int | None = None,
     progress: ProgressFn | None = None,
-    strict: bool = False,
-    devices: Sequence[jax.Device] | None = None,
-    num_workers: int | None = None,
     on_shapes: ShapesFn | None = None,
-    views: int = 1,
-    augment: str | Sequence[str] = DEFAULT_POLICY,
-    view_splits: Iterable[str] = ("train",),
-    lazy: bool = False,
 ) -> dict[str, FeatureSplit]:
     """:func:`extract_features` for every split in ``splits`` (default: all the dataset has), in one pass that
     computes the missing shards of all of them: the backbone is built at most once, and only if some image of
     these splits is not cached.
 
-    Augmented views: with ``views`` K > 1 the splits in ``view_splits`` (default train alone, what heads train on;
-    add "val" when folds pool train and val, "test" for test-time augmentation) also get views 1..K-1 under the
-    policy ``augment`` (:mod:`jaxheads.data.augment`), in ``FeatureSplit.views``. View 0 is the plain cache entry, same
-    key and bytes as with K=1; every view v >= 1 is an image-set entry of its own, keyed by v and the policy, and
-    cached, sharded, resumed and shared between processes exactly like view 0. View v does not depend on K (K=4
-    computes only views 2 and 3 after K=2). ``on_shapes`` is called at most once.
+    Augmented views: with ``options.views`` K > 1 the splits in ``options.view_splits`` (default train alone, what
+    heads train on; add "val" when folds pool train and val, "test" for test-time augmentation) also get views
+    1..K-1 under the policy ``options.augment`` (:mod:`jaxheads.data.augment`), in ``FeatureSplit.views``. View 0 is
+    the plain cache entry, same key and bytes as with K=1; every view v >= 1 is an image-set entry of its own,
+    keyed by v and the policy, and cached, sharded, resumed and shared between processes exactly like view 0.
+    View v does not depend on K (K=4 computes only views 2 and 3 after K=2). ``on_shapes`` is called at most once.
 
     Multi-host: every process calls this; process p computes shards p, p+P, ... of those missing, on its own
-    devices, into the shared ``cache_dir``; after a barrier each process gathers the splits from the shards
-    (none assembles them). Progress is reported per split (and view): ``done`` counts its images handled,
-    including those found in the cache. ``lazy``: the features are :class:`~jaxheads.features.lazy.LazyRows` over
+    devices, into the shared cache; after a barrier each process gathers the splits from the shards (none
+    assembles them). Progress is reported per split (and view): ``done`` counts its images handled, including
+    those found in the cache. ``options.lazy``: the features are :class:`~jaxheads.features.lazy.LazyRows` over
     the memory-mapped shards, read on demand, instead of in-memory arrays (bit-identical rows)."""
-    views, policy = check_views(views), parse_policy(augment)
     source = as_source(backbone)
     source = dataclasses.replace(source, load=functools.cache(source.load))
     names = list(dataset.splits) if splits is None else list(splits)
+    resolve_taps(options.taps, source.taps, source.name)  # an unknown tap's one-line error, before any work
     for name in names:
         dataset.split(name)  # the clear error for an unknown split, before any work
-    options = {"cache_dir": cache_dir, "need_maps": need_maps, "batch_size": max(1, batch_size),
-               "chunk_size": chunk_size, "strict": strict, "devices": devices, "num_workers": num_workers,
-               "on_shapes": None if on_shapes is None else _once(on_shapes), "lazy": lazy}
+    shapes = None if on_shapes is None else _once(on_shapes)
     report = progress or (lambda _: None)
-    out = _extract_view(source, dataset, names, 0, policy, report, **options)
-    viewed = [n for n in names if n in set(view_splits)]
-    extra = [_extract_view(source, dataset, viewed, v, policy,
-                           lambda p, v=v: report(p._replace(split=f"{p.split} view {v}")), **options)
-             for v in range(1, views if viewed else 1)]
+    out = _extract_view(source, dataset, names, 0, options, report, shapes)
+    viewed = [n for n in names if n in set(options.view_splits)]
+    extra = [_extract_view(source, dataset, viewed, v, options,
+                           lambda p, v=v: report(p._replace(split=f"{p.split} view {v}")), shapes)
+             for v in range(1, options.views if viewed else 1)]
     for name in viewed if extra else ():
         plain = out[name]  # FeatureSplit's __len__ (its examples) breaks NamedTuple._replace
         out[name] = FeatureSplit(plain.labels, plain.pooled, plain.maps,
-                                 tuple(_same_examples(plain, e[name], name) for e in extra))
+                                 tuple(_same_examples(plain, e[name], name) for e in extra), plain.taps)
     return out
 
 
@@ -205,41 +187,52 @@ def _same_examples(plain: FeatureSplit, view: FeatureSplit, name: str) -> Featur
 
 
 def _extract_view(source: BackboneSource, dataset: data.Dataset, names: list[str], view: int,
-                  policy: tuple[str, ...], report: ProgressFn, *, cache_dir: str | os.PathLike[str] | None,
-                  need_maps: bool, batch_size: int, chunk_size: int | None, strict: bool,
-                  devices: Sequence[jax.Device] | None, num_workers: int | None,
-                  on_shapes: ShapesFn | None, lazy: bool = False) -> dict[str, FeatureSplit]:
+                  options: ExtractOptions, report: ProgressFn,
+                  on_shapes: ShapesFn | None) -> dict[str, FeatureSplit]:
     """The splits ``names`` of one view's cache entry (view 0: the plain images), computing its missing shards."""
+    policy, need = options.augment, _Need(options.need_maps, _stored_taps(source, options))
     ids = {name: dataset.image_ids(name) for name in dataset.splits}
     identity = _identity(source, image_set_fingerprint(ids.values()), view, policy)
-    folder = Path(cache_dir or default_cache_dir()) / _folder_name(source, dataset, identity["images"], view, policy)
-    plan = _plan(folder, identity, ids, _shard_size(batch_size, chunk_size))
+    folder = Path(options.cache_dir or default_cache_dir()) / _folder_name(source, dataset, identity["images"],
+                                                                            view, policy)
+    plan = _plan(folder, identity, ids, _shard_size(options.batch_size, options.chunk_size))
     rows = {name: _rows(plan, ids[name], folder) for name in dataset.splits}
-    state = _cache_state(folder, plan, rows, names, need_maps)
+    state = _cache_state(folder, plan, rows, names, need)
     processes, rank = jax.process_count(), jax.process_index()
     todo = [k for k in state.needed if k not in state.complete and k % processes == rank]
     size = source.preprocessing.input_size
     transform = None if view == 0 else (lambda image, row: augmented_view(image, size, plan.rows[row], view, policy))
     if todo:
-        compute_shards(
-            source, dataset, plan, rows, folder, todo, state.complete, [n for n in names if n not in state.cached],
-            need_maps=need_maps, batch_size=batch_size, report=report, strict=strict,
-            devices=jax.local_devices() if processes > 1 and devices is None else devices,
-            num_workers=num_workers, on_shapes=on_shapes, transform=transform,
-        )  # fmt: skip
+        local = options.replace(devices=jax.local_devices()) if processes > 1 and options.devices is None else options
+        task = ShardTask(plan, rows, folder, todo, state.complete, [n for n in names if n not in state.cached],
+                         need.taps)
+        compute_shards(source, dataset, task, local, report, on_shapes, transform)
     if processes > 1:
-        _await_other_processes(folder, plan, state.needed, need_maps)
+        _await_other_processes(folder, plan, state.needed, need)
     meta = read_meta(folder, identity)
-    if rank == 0 and (todo or meta is None or (need_maps and not meta["has_maps"])):
-        _finish(folder, identity, dataset, plan, rows)
+    if rank == 0 and (todo or meta is None or (need.maps and not meta["has_maps"])
+                      or (need.taps and not meta.get("has_taps"))):
+        _finish(folder, identity, dataset, plan, rows, need.taps)
     out = {}
     for name in names:
         split = dataset.split(name)
-        out[name], skipped = _gather_split(folder, plan, split, name, rows[name], need_maps=need_maps, strict=strict,
-                                             lazy=lazy)
+        out[name], skipped = _gather_split(folder, plan, split, name, rows[name], options,
+                                           resolve_taps(options.taps, source.taps, source.name))
         if name in state.cached:
             report(Progress(name, len(split), len(split), skipped, cached=True))
     return out
+
+
+class _Need(NamedTuple):
+    """What a shard must hold besides its pooled features: maps, and the taps it stores (all the backbone's)."""
+
+    maps: bool
+    taps: tuple[str, ...]
+
+
+def _stored_taps(source: BackboneSource, options: ExtractOptions) -> tuple[str, ...]:
+    """Every tap of the backbone when any is asked for (a later request for others then runs nothing), else ()."""
+    return tuple(source.taps) if resolve_taps(options.taps, source.taps, source.name) else ()
 
 
 def _shard_size(batch_size: int, chunk_size: int | None) -> int:
@@ -255,29 +248,31 @@ class _CacheState(NamedTuple):
     cached: list[str]
 
 
-def _cache_state(folder: Path, plan: Plan, rows: dict[str, np.ndarray], names: list[str],
-                 need_maps: bool) -> _CacheState:
+def _cache_state(folder: Path, plan: Plan, rows: dict[str, np.ndarray], names: list[str], need: _Need) -> _CacheState:
     wanted = np.unique(np.concatenate([rows[n] for n in names])) if names else np.zeros(0, np.int64)
     needed = np.unique(wanted // plan.shard_size).tolist()
-    complete = {k for k in needed if open_shard(folder, *plan.shards[k], need_maps) is not None}
+    complete = {k for k in needed if open_shard(folder, *plan.shards[k], need.maps, need.taps) is not None}
     cached = [n for n in names if set(np.unique(rows[n] // plan.shard_size).tolist()) <= complete]
     return _CacheState(needed, complete, cached)
 
 
-def _await_other_processes(folder: Path, plan: Plan, needed: list[int], need_maps: bool) -> None:
+def _await_other_processes(folder: Path, plan: Plan, needed: list[int], need: _Need) -> None:
     """Multi-host: wait until every process wrote its shards, then check all the needed ones are visible here."""
     _sync(f"jaxheads features {folder.name}: shards written")
-    absent = [k for k in needed if open_shard(folder, *plan.shards[k], need_maps) is None]
+    absent = [k for k in needed if open_shard(folder, *plan.shards[k], need.maps, need.taps) is None]
     if absent:
         raise RuntimeError(f"{shard_path(folder, *plan.shards[absent[0]], 'kept')}: another process's feature "
                            "shard is not here; multi-host runs need a cache_dir on a filesystem every host shares")
 
 
-def _gather_split(folder: Path, plan: Plan, split: data.ImageSplit, name: str, rows: np.ndarray, *,
-                  need_maps: bool, strict: bool, lazy: bool = False) -> tuple[FeatureSplit, int]:
-    """Split ``name`` read from the cache's shards (``lazy``: mapped, read on demand), and how many of its images
-    were left out as unreadable (a warning names them; ``strict`` raises instead)."""
-    kept, pooled, maps = (lazy_gather if lazy else gather)(folder, plan, rows, need_maps)
+def _gather_split(folder: Path, plan: Plan, split: data.ImageSplit, name: str, rows: np.ndarray,
+                  options: ExtractOptions, taps: tuple[str, ...]) -> tuple[FeatureSplit, int]:
+    """Split ``name`` read from the cache's shards (``options.lazy``: mapped, read on demand) with its ``taps``, and
+    how many of its images were left out as unreadable (a warning names them; ``options.strict`` raises)."""
+    need_maps, strict = options.need_maps, options.strict
+    kept, pooled, maps = (lazy_gather if options.lazy else gather)(folder, plan, rows, need_maps)
+    # In memory even when lazy: one vector per tap and image.
+    gathered = gather_taps(folder, plan, rows[kept], taps) if taps else None
     skipped = [split.name(int(i)) for i in np.flatnonzero(~kept)]
     if skipped and strict:
         raise data.BadImageError(
@@ -286,7 +281,7 @@ def _gather_split(folder: Path, plan: Plan, split: data.ImageSplit, name: str, r
         )
     if skipped:
         _warn_left_out(folder, skipped)
-    return FeatureSplit(labels=split.labels[kept], pooled=pooled, maps=maps), len(skipped)
+    return FeatureSplit(labels=split.labels[kept], pooled=pooled, maps=maps, taps=gathered), len(skipped)
 
 
 def _warn_left_out(folder: Path, skipped: list[str]) -> None:
@@ -333,12 +328,14 @@ def _rows(plan: Plan, ids: np.ndarray, folder: Path) -> np.ndarray:
 
 
 def _finish(folder: Path, identity: dict[str, Any], dataset: data.Dataset, plan: Plan,
-            rows: dict[str, np.ndarray]) -> None:
-    """Write meta.json once every shard of the plan is complete (has_maps when every shard has maps)."""
+            rows: dict[str, np.ndarray], taps: tuple[str, ...] = ()) -> None:
+    """Write meta.json once every shard of the plan is complete (has_maps when every shard has maps; has_taps,
+    only then present, when every shard has the ``taps``)."""
     shards = [open_shard(folder, a, b, need_maps=False) for a, b in plan.shards]
     if any(shard is None for shard in shards):
         return
     has_maps = all(open_shard(folder, a, b, need_maps=True) is not None for a, b in plan.shards)
+    has_taps = bool(taps) and all(open_shard(folder, a, b, False, taps) is not None for a, b in plan.shards)
     kept = np.concatenate([shard.kept for shard in shards]) if shards else np.zeros(0, bool)
     skipped = np.flatnonzero(~kept)
     names = _row_names(dataset, rows, skipped[:100])
@@ -352,6 +349,7 @@ def _finish(folder: Path, identity: dict[str, Any], dataset: data.Dataset, plan:
         "skipped": len(skipped),
         "skipped_names": names,
         "pooled_shape": [len(plan.rows), *(shards[0].pooled.shape[1:] if shards else ())],
+        **({"has_taps": True} if has_taps else {}),  # absent on a plain cache: its meta stays byte for byte
     }
     write_meta(folder, meta)
     remove_temporaries(folder)

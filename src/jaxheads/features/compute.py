@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,13 +21,15 @@ from PIL import Image
 
 from jaxheads import data, parallel
 from jaxheads.backbones import Preprocessing
-from jaxheads.backbones.base import feature_maps
-from jaxheads.features.store import Plan, write_shard
+from jaxheads.backbones.base import feature_maps, tapped_features
+from jaxheads.features.store import Plan, open_shard, write_shard, write_taps
+from jaxheads.features.taps import pool_tap
 
 if TYPE_CHECKING:
+    from jaxheads.features.options import ExtractOptions
     from jaxheads.features.source import BackboneSource
 
-__all__ = ["Progress", "ProgressFn", "ShapesFn", "compute_shards"]
+__all__ = ["Progress", "ProgressFn", "ShapesFn", "ShardTask", "compute_shards"]
 
 
 class Progress(NamedTuple):
@@ -47,41 +49,46 @@ ShapesFn = Callable[[dict[str, "tuple[int, ...] | None"]], None]
 what a sweep needs to compile its programs while the features are computed (``jaxheads.job``)."""
 
 
+class ShardTask(NamedTuple):
+    """Which shards of which cache entry to compute: the entry's ``plan``, every split's plan ``rows``, its
+    ``folder``; the shard numbers ``todo``, those already ``complete``, the splits whose progress is
+    ``reported``, and the ``taps`` to store."""
+
+    plan: Plan
+    rows: dict[str, np.ndarray]
+    folder: Path
+    todo: list[int]
+    complete: set[int]
+    reported: list[str]
+    taps: tuple[str, ...] = ()
+    """The taps each computed shard stores (every tap of the backbone, or none)."""
+
+
 def compute_shards(
     source: BackboneSource,
     dataset: data.Dataset,
-    plan: Plan,
-    rows: dict[str, np.ndarray],
-    folder: Path,
-    todo: list[int],
-    complete: set[int],
-    reported: list[str],
-    *,
-    need_maps: bool,
-    batch_size: int,
+    task: ShardTask,
+    options: ExtractOptions,
     report: ProgressFn,
-    strict: bool,
-    devices: Sequence[jax.Device] | None,
-    num_workers: int | None,
     on_shapes: ShapesFn | None = None,
     transform: Callable[[Image.Image, int], np.ndarray] | None = None,
 ) -> None:
-    """Run the backbone over the rows of the shards in ``todo`` and write each shard as it completes; progress is
-    reported for the splits in ``reported``. ``transform(image, plan row)`` renders an augmented view's pixels
-    instead of the plain resize+crop."""
-    runner = _Runner.build(source, need_maps=need_maps, batch_size=batch_size, devices=devices)
+    """Run the backbone over the rows of the shards in ``task.todo`` and write each shard as it completes; progress
+    is reported for the splits in ``task.reported``. ``transform(image, plan row)`` renders an augmented view's
+    pixels instead of the plain resize+crop."""
+    plan, rows = task.plan, task.rows
+    runner = _Runner.build(source, options, task.taps)
     if on_shapes is not None:
-        on_shapes({"pooled": runner.pooled_shape, "maps": runner.maps_shape})
-    progress = _SplitProgress(plan, rows, reported, complete, report)
-    indices = np.concatenate([np.arange(*plan.shards[k]) for k in todo])
+        on_shapes({"pooled": runner.shapes.pooled, "maps": runner.shapes.maps})
+    progress = _SplitProgress(plan, rows, task.reported, task.complete, report)
+    indices = np.concatenate([np.arange(*plan.shards[k]) for k in task.todo])
     batches = data.iter_batches(
-        _pool(dataset, plan, rows), image_size=source.preprocessing.input_size, batch_size=batch_size,
-        indices=indices, strict=strict, num_workers=num_workers, transform=transform,
+        _pool(dataset, plan, rows), image_size=source.preprocessing.input_size, batch_size=options.batch_size,
+        indices=indices, strict=options.strict, num_workers=options.num_workers, transform=transform,
     )  # fmt: skip
-    writer = _ShardWriter(folder, plan, runner.pooled_shape, runner.maps_shape)
+    writer = _ShardWriter(task.folder, plan, runner.shapes)
     for batch in batches:
-        pooled, maps = runner.run(batch.images)
-        writer.add(batch.indices, batch.skipped, pooled, maps)
+        writer.add(batch.indices, batch.skipped, runner.run(batch.images))
         progress.advance(batch.indices, batch.skipped)
 
 
@@ -97,6 +104,14 @@ def _pool(dataset: data.Dataset, plan: Plan, rows: dict[str, np.ndarray]) -> dat
     return data.ImageSplit(sources, np.zeros(len(sources), np.int32), names)
 
 
+class Outputs(NamedTuple):
+    """A batch's features: ``pooled`` (n, C), ``maps`` (n, h, w, C) or None, ``taps`` {name: (n, D)} (maybe empty)."""
+
+    pooled: np.ndarray
+    maps: np.ndarray | None
+    taps: dict[str, np.ndarray]
+
+
 class _Runner(NamedTuple):
     """The backbone's jitted forward, placed on a mesh, with the output shapes of its one traced batch shape."""
 
@@ -104,30 +119,36 @@ class _Runner(NamedTuple):
     variables: Any
     mesh: jax.sharding.Mesh
     padded_batch: int
-    need_maps: bool
-    pooled_shape: tuple[int, ...]
-    maps_shape: tuple[int, ...] | None
+    shapes: Outputs
+    """Each output's shape per row (``taps``: {name: (D,)}), from the one trace."""
 
     @classmethod
-    def build(cls, source: BackboneSource, *, need_maps: bool, batch_size: int,
-              devices: Sequence[jax.Device] | None) -> _Runner:
+    def build(cls, source: BackboneSource, options: ExtractOptions, taps: tuple[str, ...]) -> _Runner:
         backbone = source.load()
-        mesh = parallel.make_mesh(1, devices)
+        mesh = parallel.make_mesh(1, options.devices)
         forward = functools.partial(
-            _forward, module=backbone.module, preprocessing=backbone.config.preprocessing, need_maps=need_maps,
-            mesh=mesh)
+            _forward, module=backbone.module, preprocessing=backbone.config.preprocessing,
+            need_maps=options.need_maps, taps=taps, mesh=mesh)
         variables = jax.device_put(backbone.variables, parallel.replicated(mesh))
-        padded_batch = math.ceil(batch_size / mesh.size) * mesh.size
+        padded_batch = math.ceil(options.batch_size / mesh.size) * mesh.size
         size = source.preprocessing.input_size
         images = jax.ShapeDtypeStruct((padded_batch, size, size, 3), np.uint8,
                                       sharding=parallel.data_sharding(mesh))
         # The trace is cached (the first batch reuses it); its shapes size the zero rows of unreadable images.
-        out_pooled, out_maps = forward.func.trace(variables, images, **forward.keywords).out_info
-        maps_shape = None if out_maps is None else tuple(out_maps.shape[1:])
-        return cls(forward, variables, mesh, padded_batch, need_maps, tuple(out_pooled.shape[1:]), maps_shape)
+        out_pooled, out_maps, out_taps = forward.func.trace(variables, images, **forward.keywords).out_info
+        shapes = Outputs(tuple(out_pooled.shape[1:]), None if out_maps is None else tuple(out_maps.shape[1:]),
+                         {name: tuple(info.shape[1:]) for name, info in out_taps.items()})
+        return cls(forward, variables, mesh, padded_batch, shapes)
 
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        return _run_batch(self.forward, self.variables, images, self.padded_batch, self.mesh, self.need_maps)
+    def run(self, images: np.ndarray) -> Outputs:
+        """Pad ``images`` to the one compiled batch shape, run, and drop the padding rows."""
+        n = len(images)
+        if n == 0:
+            return Outputs(np.zeros((0, 0), np.float16), None, {})
+        padded, _ = parallel.pad_to(images, self.padded_batch)
+        pooled, maps, taps = self.forward(self.variables, jax.device_put(padded, parallel.data_sharding(self.mesh)))
+        return Outputs(np.asarray(pooled)[:n], None if maps is None else np.asarray(maps)[:n],
+                       {name: np.asarray(tap)[:n] for name, tap in taps.items()})
 
 
 class _SplitProgress:
@@ -162,20 +183,24 @@ class _SplitProgress:
 class _ShardBuffer:
     """One shard's rows while its batches come in; full when every row was handled (kept or skipped)."""
 
-    def __init__(self, start: int, stop: int, pooled_shape: tuple[int, ...], maps_shape: tuple[int, ...] | None):
+    def __init__(self, start: int, stop: int, shapes: Outputs):
         self.start, self.stop = start, stop
-        self.pooled = np.zeros((stop - start, *pooled_shape), np.float16)
-        self.maps = None if maps_shape is None else np.zeros((stop - start, *maps_shape), np.float16)
-        self.kept = np.zeros(stop - start, bool)
+        rows = stop - start
+        self.pooled = np.zeros((rows, *shapes.pooled), np.float16)
+        self.maps = None if shapes.maps is None else np.zeros((rows, *shapes.maps), np.float16)
+        self.taps = {name: np.zeros((rows, *shape), np.float16) for name, shape in shapes.taps.items()}
+        self.kept = np.zeros(rows, bool)
         self.handled = 0
 
-    def put(self, rows: np.ndarray, pooled: np.ndarray, maps: np.ndarray | None, skipped: int) -> None:
+    def put(self, rows: np.ndarray, outputs: Outputs, skipped: int) -> None:
         """Store the computed ``rows`` (plan row numbers) and count them and ``skipped`` unreadable rows handled."""
         if len(rows):
             local = rows - self.start
-            self.pooled[local] = pooled
+            self.pooled[local] = outputs.pooled
             if self.maps is not None:
-                self.maps[local] = maps
+                self.maps[local] = outputs.maps
+            for name, tap in self.taps.items():
+                tap[local] = outputs.taps[name]
             self.kept[local] = True
         self.handled += len(rows) + skipped
 
@@ -187,57 +212,54 @@ class _ShardBuffer:
 class _ShardWriter:
     """Routes each batch's rows into their shards' buffers and writes a shard once every row of it was handled."""
 
-    def __init__(self, folder: Path, plan: Plan, pooled_shape: tuple[int, ...],
-                 maps_shape: tuple[int, ...] | None):
-        self.folder, self.plan = folder, plan
-        self.pooled_shape, self.maps_shape = pooled_shape, maps_shape
+    def __init__(self, folder: Path, plan: Plan, shapes: Outputs):
+        self.folder, self.plan, self.shapes = folder, plan, shapes
         self.buffers: dict[int, _ShardBuffer] = {}
 
-    def add(self, indices: np.ndarray, skipped: np.ndarray, pooled: np.ndarray, maps: np.ndarray | None) -> None:
-        """A batch: ``pooled``/``maps`` of the rows ``indices``, and the unreadable rows ``skipped``."""
+    def add(self, indices: np.ndarray, skipped: np.ndarray, outputs: Outputs) -> None:
+        """A batch: the ``outputs`` of the rows ``indices``, and the unreadable rows ``skipped``."""
         shard_size = self.plan.shard_size
         for k in np.unique(np.concatenate([indices, skipped]) // shard_size).tolist():
             if k not in self.buffers:
-                self.buffers[k] = _ShardBuffer(*self.plan.shards[k], self.pooled_shape, self.maps_shape)
+                self.buffers[k] = _ShardBuffer(*self.plan.shards[k], self.shapes)
             buffer = self.buffers[k]
             mine = np.flatnonzero(indices // shard_size == k)
-            buffer.put(indices[mine], pooled[mine], None if maps is None else maps[mine],
+            buffer.put(indices[mine], Outputs(outputs.pooled[mine], None if outputs.maps is None else
+                                              outputs.maps[mine], {n: t[mine] for n, t in outputs.taps.items()}),
                        int(np.sum(skipped // shard_size == k)))
             if buffer.full:
-                write_shard(self.folder, buffer.start, buffer.stop, buffer.pooled, buffer.maps, buffer.kept)
+                self._write(buffer)
                 del self.buffers[k]
 
+    def _write(self, buffer: _ShardBuffer) -> None:
+        """The shard's files; only its taps when its plain features (and maps, if asked) are complete already, so
+        adding taps never rewrites the bytes a plain pass wrote."""
+        start, stop, need_maps = buffer.start, buffer.stop, buffer.maps is not None
+        if buffer.taps and open_shard(self.folder, start, stop, need_maps) is not None:
+            write_taps(self.folder, start, stop, buffer.taps)
+        else:
+            write_shard(self.folder, start, stop, buffer.pooled, buffer.maps, buffer.kept, buffer.taps or None)
 
-@functools.partial(jax.jit, static_argnames=("module", "preprocessing", "need_maps", "mesh"))
+
+@functools.partial(jax.jit, static_argnames=("module", "preprocessing", "need_maps", "taps", "mesh"))
 def _forward(
     variables: Any, images: jax.Array, *, module: Any, preprocessing: Preprocessing, need_maps: bool,
-    mesh: jax.sharding.Mesh,
-) -> tuple[jax.Array, jax.Array | None]:
-    """uint8 images -> (pooled (N, C), maps (N, h, w, C) or None), both float16. Each device runs its rows of the
-    batch in micro-batches (``backbones.base.feature_maps``). Module, preprocessing and mesh are static (hashable),
-    so every split of a pass and every pass in a process with the same backbone reuses one compilation."""
+    taps: tuple[str, ...], mesh: jax.sharding.Mesh,
+) -> tuple[jax.Array, jax.Array | None, dict[str, jax.Array]]:
+    """uint8 images -> (pooled (N, C), maps (N, h, w, C) or None, {tap: (N, 2C)}), all float16. Each device runs
+    its rows of the batch in micro-batches (``backbones.base``). With no ``taps`` the forward is the plain
+    ``feature_maps`` one, so the ``last`` features are computed exactly as before taps existed. Module,
+    preprocessing and mesh are static (hashable), so every split of a pass and every pass in a process with the
+    same backbone reuses one compilation."""
 
-    def local(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        maps = feature_maps(module, variables, images, preprocessing)
+    def local(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array | None, dict[str, jax.Array]]:
+        if taps:
+            maps, pooled_taps = tapped_features(module, variables, images, preprocessing, pool_tap, taps)
+        else:
+            maps, pooled_taps = feature_maps(module, variables, images, preprocessing), {}
         pooled = maps.mean(axis=(1, 2))
-        return pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None
+        return (pooled.astype(jnp.float16), maps.astype(jnp.float16) if need_maps else None,
+                {name: tap.astype(jnp.float16) for name, tap in pooled_taps.items()})
 
     rows = P(parallel.DATA)
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows), out_specs=rows, check_vma=False)(variables, images)
-
-
-def _run_batch(
-    forward: Callable[..., Any],
-    variables: Any,
-    images: np.ndarray,
-    padded_batch: int,
-    mesh: jax.sharding.Mesh,
-    need_maps: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pad ``images`` to the one compiled batch shape, run, and drop the padding rows."""
-    n = len(images)
-    if n == 0:
-        return np.zeros((0, 0), np.float16), None
-    padded, _ = parallel.pad_to(images, padded_batch)
-    pooled, maps = forward(variables, jax.device_put(padded, parallel.data_sharding(mesh)))
-    return np.asarray(pooled)[:n], (np.asarray(maps)[:n] if need_maps else None)

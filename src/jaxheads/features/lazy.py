@@ -1,10 +1,10 @@
 """A split of the feature cache read lazily: an array-like over the memory-mapped shards, for datasets whose
 features fit on no host.
 
-:class:`LazyRows` is what ``features.extract_all(..., lazy=True)`` puts in a :class:`~jaxheads.features.split.FeatureSplit`
-instead of an in-memory array: ``shape``, ``dtype``, ``len`` and ``take(indices)`` / ``x[indices]``, reading only the
-shards the asked-for rows fall in. ``np.asarray(x)`` reads every row,
-so code that wants the whole split in memory still works. Rows read through it are bit-identical to those
+:class:`LazyRows` is what ``features.extract_all`` with ``ExtractOptions(lazy=True)`` puts in a
+:class:`~jaxheads.features.split.FeatureSplit` instead of an in-memory array: ``shape``, ``dtype``, ``len`` and
+``take(indices)`` / ``x[indices]``, reading only the shards the asked-for rows fall in. ``np.asarray(x)`` reads
+every row, so code that wants the whole split in memory still works. Rows read through it are bit-identical to those
 ``feature_store.gather`` copies into memory (the same float16 values, in the same order).
 
 Only the ``kept`` flags (one bool per row) of every shard of the split are read up front: every process needs the

@@ -29,11 +29,14 @@ class BackboneSource:
     weights_id: str
     preprocessing: Preprocessing
     load: Callable[[], Backbone]
+    taps: tuple[str, ...] = ()
+    """The module's tap names, input to output (``BackboneConfig.taps``)."""
 
     @classmethod
     def of(cls, backbone: Backbone) -> BackboneSource:
         """Wrap an already built backbone."""
-        return cls(backbone.config.name, backbone.weights_id, backbone.config.preprocessing, lambda: backbone)
+        config = backbone.config
+        return cls(config.name, backbone.weights_id, config.preprocessing, lambda: backbone, tuple(config.taps))
 
 
 def backbone_source(name: str, weights: Any = "default", *, seed: int = 0,
@@ -65,7 +68,7 @@ def backbone_source(name: str, weights: Any = "default", *, seed: int = 0,
                              f"is 1/{least} of the input side)")
         preprocessing = dataclasses.replace(preprocessing, input_size=int(input_size))
     loader = functools.cache(lambda: backbones.load(name, weights, seed=seed))
-    return BackboneSource(config.name, weights_id, preprocessing, loader)
+    return BackboneSource(config.name, weights_id, preprocessing, loader, tuple(config.taps))
 
 
 def min_input_size(name: str) -> int:

@@ -13,14 +13,17 @@ class FeatureSplit(NamedTuple):
     labels: (N,) int class ids for multiclass, or (N, K) {0, 1} for multilabel.
     pooled: (N, C) global-average-pooled features (what linear probes and ``pooling="none"`` heads take).
     maps:   (N, H, W, C) spatial feature maps, present when a head needs them (flatten, conv stages, max pooling).
-    views:  augmented views 1..K-1 of the same examples (``features.extract_all(views=K)``), each a FeatureSplit
+    views:  augmented views 1..K-1 of the same examples (``ExtractOptions(views=K)``), each a FeatureSplit
             with the same labels and feature kinds (and ``views`` None); None: the plain images only (K = 1).
+    taps:   {tap name: (N, 2C) per-channel mean then standard deviation of that intermediate map} for the taps
+            asked for (``ExtractOptions(taps=...)``, :mod:`jaxheads.features.taps`); None: the last layer only.
     """
 
     labels: np.ndarray
     pooled: np.ndarray | None = None
     maps: np.ndarray | None = None
     views: tuple[FeatureSplit, ...] | None = None
+    taps: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

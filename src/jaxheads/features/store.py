@@ -6,6 +6,8 @@ features of every image in fixed-size float16 shards that are memory-mapped when
                                            whichever run gets there first: it fixes which images each shard holds
     <key>/shards/<start>-<stop>.maps.npy   (stop - start, h, w, C) float16 feature maps, when they were asked for
     <key>/shards/<start>-<stop>.pooled.npy (stop - start, C) float16 pooled features
+    <key>/shards/<start>-<stop>.taps.npz   {tap name: (stop - start, 2C) float16}: every tap of the backbone,
+                                           pooled (``features.taps``), when taps were asked for
     <key>/shards/<start>-<stop>.kept.npy   (stop - start,) bool, False on unreadable images (their rows are zeros);
                                            written last: its presence marks the shard complete
     <key>/meta.json                        written last, once every shard is complete: which shards make the image
@@ -29,7 +31,7 @@ import shutil
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -70,8 +72,8 @@ class Plan:
 
 
 def shard_path(folder: Path, start: int, stop: int, kind: str) -> Path:
-    """``kind``: ``pooled``, ``maps`` or ``kept``."""
-    return folder / SHARDS / f"{start:010d}-{stop:010d}.{kind}.npy"
+    """``kind``: ``pooled``, ``maps``, ``kept`` or ``taps`` (the one ``.npz``)."""
+    return folder / SHARDS / f"{start:010d}-{stop:010d}.{kind}.{'npz' if kind == 'taps' else 'npy'}"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -116,13 +118,23 @@ def create_plan(folder: Path, identity: Mapping[str, Any], plan: Plan) -> None:
 
 
 def write_shard(
-    folder: Path, start: int, stop: int, pooled: np.ndarray, maps: np.ndarray | None, kept: np.ndarray
+    folder: Path, start: int, stop: int, pooled: np.ndarray, maps: np.ndarray | None, kept: np.ndarray,
+    taps: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """One shard's arrays, each atomically; ``kept`` last (it marks the shard complete)."""
     if maps is not None:
         _save_npy_atomic(shard_path(folder, start, stop, "maps"), maps)
     _save_npy_atomic(shard_path(folder, start, stop, "pooled"), pooled)
+    if taps:
+        write_taps(folder, start, stop, taps)
     _save_npy_atomic(shard_path(folder, start, stop, "kept"), np.asarray(kept, bool))
+
+
+def write_taps(folder: Path, start: int, stop: int, taps: Mapping[str, np.ndarray]) -> None:
+    """A shard's pooled taps, atomically: added beside a complete shard without touching its other files."""
+    path = shard_path(folder, start, stop, "taps")
+    with _writing(path):
+        write_atomic(path, lambda f: np.savez(f, **taps))
 
 
 def write_meta(folder: Path, meta: Mapping[str, Any]) -> None:
@@ -201,9 +213,11 @@ class Shard:
     maps: np.ndarray | None
 
 
-def open_shard(folder: Path, start: int, stop: int, need_maps: bool) -> Shard | None:
+def open_shard(folder: Path, start: int, stop: int, need_maps: bool, taps: Sequence[str] = ()) -> Shard | None:
     """The shard of rows ``start:stop`` memory-mapped, or None when it is incomplete (no kept file, a missing or
-    damaged array, no maps when they are needed): then it is computed again."""
+    damaged array, no maps when they are needed, not every tap in ``taps``): then it is computed again."""
+    if taps and not _has_taps(folder, start, stop, taps):
+        return None
     try:
         kept = np.load(shard_path(folder, start, stop, "kept"))
         pooled = np.load(shard_path(folder, start, stop, "pooled"), mmap_mode="r")
@@ -217,6 +231,46 @@ def open_shard(folder: Path, start: int, stop: int, need_maps: bool) -> Shard | 
                                                              or maps.dtype != np.float16)):
         return None
     return Shard(kept, pooled, maps)
+
+
+def _has_taps(folder: Path, start: int, stop: int, taps: Sequence[str]) -> bool:
+    """Whether the shard's taps file holds every tap in ``taps``, one float16 row per image (headers only)."""
+    try:
+        with np.load(shard_path(folder, start, stop, "taps")) as stored:
+            if not set(taps) <= set(stored.files):
+                return False
+            for name in taps:
+                with stored.zip.open(f"{name}.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                if len(shape) != 2 or shape[0] != stop - start or dtype != np.float16:
+                    return False
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+    return True
+
+
+def gather_taps(folder: Path, plan: Plan, rows: np.ndarray, taps: Sequence[str]) -> dict[str, np.ndarray]:
+    """{tap: (len(rows), D) float16} of ``rows`` (in that order), read shard by shard from the taps files.
+    Raises FileNotFoundError naming a shard without them (callers compute missing shards first)."""
+    rows = np.asarray(rows, np.int64)
+    which = rows // plan.shard_size
+    out: dict[str, np.ndarray] = {}
+    for k in np.unique(which).tolist():
+        start, stop = plan.shards[k]
+        at = np.flatnonzero(which == k)
+        try:
+            with np.load(shard_path(folder, start, stop, "taps")) as stored:
+                for name in taps:
+                    part = stored[name]
+                    into = out.setdefault(name, np.empty((len(rows), *part.shape[1:]), np.float16))
+                    into[at] = part[rows[at] - start]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise FileNotFoundError(f"{shard_path(folder, start, stop, 'taps')}: feature taps missing or "
+                                    "incomplete") from err
+    return out if len(rows) else {name: np.zeros((0, 0), np.float16) for name in taps}
 
 
 def gather(
