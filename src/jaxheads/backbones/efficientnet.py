@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import math
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 
 from jaxheads.backbones import register
 from jaxheads.backbones import keras_layers as kl
-from jaxheads.backbones.base import BackboneConfig, Preprocessing
+from jaxheads.backbones.base import BackboneConfig, Preprocessing, run_layers
 from jaxheads.backbones.keras_convert import (
     ImagenetFile, KerasWeights, KerasWeightsError, LayerSpec, convert_family, keras_loaders,
 )
@@ -119,24 +120,37 @@ class MBConv(nn.Module):
         return x
 
 
+def tap_names(width: float, depth: float) -> tuple[str, ...]:
+    """The taps: ``stem``, every block under its Keras name (``block1a`` ..), then ``top`` (the feature map)."""
+    return ("stem", *(b.name for b in blocks(width, depth)), "top")
+
+
 class EfficientNet(nn.Module):
-    """EfficientNet with width/depth coefficients. Input: ImageNet-normalised pixels (see module docstring)."""
+    """EfficientNet with width/depth coefficients. Input: ImageNet-normalised pixels (see module docstring). Taps
+    and truncation (``taps``, ``until``) as :mod:`jaxheads.backbones.base` describes, named by :func:`tap_names`."""
 
     width: float = 1.0
     depth: float = 1.0
     num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, *, train: bool = False, taps: bool = False,
+                 until: str | None = None) -> dict[str, Any]:
         bn = functools.partial(kl.batch_norm, train=train, epsilon=BN_EPS)
-        x = kl.conv(x, round_filters(32, self.width), 3, 2, "same", use_bias=False, name="stem_conv")
-        x = nn.swish(bn(x, name="stem_bn"))
-        for args in blocks(self.width, self.depth):
-            x = MBConv(args, name=args.name)(x, train)
-        x = kl.conv(x, round_filters(1280, self.width), 1, use_bias=False, name="top_conv")
-        x = nn.swish(bn(x, name="top_bn"))
-        out = {"features": x}
-        if self.num_classes:
+
+        def stem(x: jax.Array) -> jax.Array:
+            x = kl.conv(x, round_filters(32, self.width), 3, 2, "same", use_bias=False, name="stem_conv")
+            return nn.swish(bn(x, name="stem_bn"))
+
+        def top(x: jax.Array) -> jax.Array:
+            x = kl.conv(x, round_filters(1280, self.width), 1, use_bias=False, name="top_conv")
+            return nn.swish(bn(x, name="top_bn"))
+
+        body = [MBConv(args, name=args.name) for args in blocks(self.width, self.depth)]
+        layers = [("stem", stem), *((b.name, functools.partial(b, train=train)) for b in body), ("top", top)]
+        out = run_layers(layers, x, taps=taps, until=until)
+        x = out["features"]
+        if self.num_classes and until in (None, "top"):
             out["logits"] = nn.Dense(self.num_classes, name="classifier")(kl.global_avg_pool(x))
         return out
 
@@ -200,5 +214,6 @@ for _name, (_width, _depth, _size) in VARIANTS.items():
             feature_channels=round_filters(1280, _width),
             weights=keras_loaders(convert, imagenet_file),
             blocks=("stem_conv", "stem_bn", *(b.name for b in blocks(_width, _depth)), "top_conv", "top_bn"),
+            taps=tap_names(_width, _depth),
         )
     )

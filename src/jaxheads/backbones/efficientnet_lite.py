@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxheads import checkpoint
 from jaxheads.backbones import register
-from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables
+from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables, run_layers
 from jaxheads.backbones.keras_layers import Conv, DepthwiseConv
 from jaxheads.backbones import torch_pickle
 
@@ -161,7 +161,8 @@ def block_name(i: int) -> str:
 
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite on preprocessed NHWC images; returns ``features`` (N, h, w, 1280) and, with a classifier,
-    ``pre_logits`` (pooled features) and ``logits``. The classifier's parameters sit under ``classifier``."""
+    ``pre_logits`` (pooled features) and ``logits``. The classifier's parameters sit under ``classifier``. Taps
+    (``backbones.base``): every layer's output, named as the layer (``stem``, ``block00``.., ``head``)."""
 
     blocks: tuple[BlockSpec, ...]
     num_classes: int = 0
@@ -172,18 +173,19 @@ class EfficientNetLite(nn.Module):
     """Strided depthwise convs read their inputs through a phase reshape; False: strided slices (same numbers)."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False, start: int = 0, stop: int | None = None
-                 ) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, *, train: bool = False, start: int = 0, stop: int | None = None,
+                 taps: bool = False, until: str | None = None) -> dict[str, Any]:
         """Layers ``start`` to ``stop`` (0 = stem, then the blocks, then the head; all by default) on ``x``, the
-        images or the map entering layer ``start``; ``features`` is the map leaving the last layer run."""
+        images or the map entering layer ``start``; ``features`` is the map leaving the last layer run.
+        ``taps``/``until``: the layers' outputs by name, the network cut after one (``backbones.base``)."""
         layers = [ConvBN(STEM_CHANNELS, 3, 2, name="stem")]
         layers += [MBConv(spec, self.phases, name=block_name(i)) for i, spec in enumerate(self.blocks)]
         layers.append(ConvBN(HEAD_CHANNELS, name="head"))
-        for layer in layers[start:stop]:
-            x = layer(x, train)
-        out = {"features": x}
-        if stop is not None and stop < len(layers):
+        named = [(layer.name, functools.partial(layer, train=train)) for layer in layers[start:stop]]
+        out = run_layers(named, x, taps=taps, until=until)
+        if (stop is not None and stop < len(layers)) or (until is not None and until != layers[-1].name):
             return out
+        x = out["features"]
         if self.num_classes > 0:
             out["pre_logits"] = pooled = jnp.mean(x, axis=(1, 2))
             pooled = nn.Dropout(self.dropout, deterministic=not train)(pooled)
@@ -356,6 +358,7 @@ def _config(name: str) -> BackboneConfig:
         weights={"imagenet": load_imagenet, "file": load_file},
         weights_ids={"imagenet": variant.sha256[:16]},
         blocks=("stem", *(block_name(i) for i in range(len(blocks))), "head"),
+        taps=("stem", *(block_name(i) for i in range(len(blocks))), "head"),
     )
 
 

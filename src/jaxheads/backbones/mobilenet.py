@@ -13,13 +13,14 @@ the fixed-size model. Batch norm: epsilon 1e-3 (momentum 0.99 in V1, 0.999 in V2
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 
 from jaxheads.backbones import register
 from jaxheads.backbones import keras_layers as kl
-from jaxheads.backbones.base import BackboneConfig, Preprocessing
+from jaxheads.backbones.base import BackboneConfig, Preprocessing, run_layers
 from jaxheads.backbones.keras_convert import ImagenetFile, KerasWeights, LayerSpec, convert_family, keras_loaders
 
 TF_MODE = Preprocessing(input_size=224, mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5))
@@ -52,20 +53,31 @@ class V1Block(nn.Module):
         return kl.relu6(kl.batch_norm(x, train, BN_EPS, name="pointwise_bn"))
 
 
+def v1_taps() -> tuple[str, ...]:
+    """V1's taps: the stem, then blocks 1..13 (the last is the feature map)."""
+    return ("stem", *(f"block{i}" for i in range(1, len(V1_BLOCKS) + 1)))
+
+
 class MobileNetV1(nn.Module):
-    """MobileNet V1 of width ``alpha`` (depth multiplier 1). Returns ``{"features"}`` (+ ``"logits"``)."""
+    """MobileNet V1 of width ``alpha`` (depth multiplier 1). Returns ``{"features"}`` (+ ``"logits"``); taps and
+    truncation (``taps``, ``until``) as :mod:`jaxheads.backbones.base` describes, named by :func:`v1_taps`."""
 
     alpha: float = 1.0
     num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        x = kl.conv(x, int(32 * self.alpha), 3, 2, use_bias=False, name="stem_conv")
-        x = kl.relu6(kl.batch_norm(x, train, BN_EPS, name="stem_bn"))
-        for i, (filters, stride) in enumerate(V1_BLOCKS, 1):
-            x = V1Block(int(filters * self.alpha), stride, name=f"block{i}")(x, train)
-        out = {"features": x}
-        if self.num_classes:
+    def __call__(self, x: jax.Array, *, train: bool = False, taps: bool = False,
+                 until: str | None = None) -> dict[str, Any]:
+        def stem(x: jax.Array) -> jax.Array:
+            x = kl.conv(x, int(32 * self.alpha), 3, 2, use_bias=False, name="stem_conv")
+            return kl.relu6(kl.batch_norm(x, train, BN_EPS, name="stem_bn"))
+
+        blocks = [V1Block(int(filters * self.alpha), stride, name=f"block{i}")
+                  for i, (filters, stride) in enumerate(V1_BLOCKS, 1)]
+        out = run_layers([("stem", stem), *((b.name, functools.partial(b, train=train)) for b in blocks)], x,
+                         taps=taps, until=until)
+        x = out["features"]
+        if self.num_classes and until in (None, blocks[-1].name):
             # Keras: GlobalAveragePooling2D(keepdims) -> Dropout -> 1x1 conv_preds -> reshape -> softmax.
             pooled = kl.global_avg_pool(x)[:, None, None, :]
             logits = kl.conv(pooled, self.num_classes, 1, name="classifier")
@@ -130,24 +142,37 @@ class V2Block(nn.Module):
         return x
 
 
+def v2_taps() -> tuple[str, ...]:
+    """V2's taps: the stem, blocks 0..16, then the 1x1 head (the feature map)."""
+    return ("stem", *(f"block{i}" for i in range(len(V2_BLOCKS))), "head")
+
+
 class MobileNetV2(nn.Module):
-    """MobileNet V2 of width ``alpha``. Returns ``{"features": out_relu}`` (+ ``"logits"``)."""
+    """MobileNet V2 of width ``alpha``. Returns ``{"features": out_relu}`` (+ ``"logits"``); taps and truncation
+    (``taps``, ``until``) as :mod:`jaxheads.backbones.base` describes, named by :func:`v2_taps`."""
 
     alpha: float = 1.0
     num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, *, train: bool = False, taps: bool = False,
+                 until: str | None = None) -> dict[str, Any]:
         bn = functools.partial(kl.batch_norm, train=train, epsilon=BN_EPS, momentum=V2_BN_MOMENTUM)
-        x = kl.conv(x, make_divisible(32 * self.alpha), 3, 2, use_bias=False, name="stem_conv")
-        x = kl.relu6(bn(x, name="stem_bn"))
-        for i, (filters, stride, expansion) in enumerate(V2_BLOCKS):
-            x = V2Block(make_divisible(int(filters * self.alpha)), stride, expansion, name=f"block{i}")(x, train)
-        last = make_divisible(1280 * self.alpha) if self.alpha > 1.0 else 1280
-        x = kl.conv(x, last, 1, use_bias=False, name="head_conv")
-        x = kl.relu6(bn(x, name="head_bn"))
-        out = {"features": x}
-        if self.num_classes:
+
+        def stem(x: jax.Array) -> jax.Array:
+            return kl.relu6(bn(kl.conv(x, make_divisible(32 * self.alpha), 3, 2, use_bias=False, name="stem_conv"),
+                               name="stem_bn"))
+
+        def head(x: jax.Array) -> jax.Array:
+            last = make_divisible(1280 * self.alpha) if self.alpha > 1.0 else 1280
+            return kl.relu6(bn(kl.conv(x, last, 1, use_bias=False, name="head_conv"), name="head_bn"))
+
+        blocks = [V2Block(make_divisible(int(filters * self.alpha)), stride, expansion, name=f"block{i}")
+                  for i, (filters, stride, expansion) in enumerate(V2_BLOCKS)]
+        layers = [("stem", stem), *((b.name, functools.partial(b, train=train)) for b in blocks), ("head", head)]
+        out = run_layers(layers, x, taps=taps, until=until)
+        x = out["features"]
+        if self.num_classes and until in (None, "head"):
             out["logits"] = nn.Dense(self.num_classes, name="classifier")(kl.global_avg_pool(x))
         return out
 
@@ -210,6 +235,7 @@ for _name, _alpha in V1_ALPHAS.items():
             feature_channels=int(1024 * _alpha),
             weights=keras_loaders(convert_v1, v1_imagenet_file),
             blocks=("stem_conv", "stem_bn", *(f"block{i}" for i in range(1, 14))),
+            taps=v1_taps(),
         )
     )
 for _name, _alpha in V2_ALPHAS.items():
@@ -221,5 +247,6 @@ for _name, _alpha in V2_ALPHAS.items():
             feature_channels=make_divisible(1280 * _alpha) if _alpha > 1.0 else 1280,
             weights=keras_loaders(convert_v2, v2_imagenet_file),
             blocks=("stem_conv", "stem_bn", *(f"block{i}" for i in range(17)), "head_conv", "head_bn"),
+            taps=v2_taps(),
         )
     )

@@ -9,6 +9,7 @@ strides sit on the 1x1 convs of each stage's first block. Batch norm epsilon 1.0
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxheads.backbones import register
 from jaxheads.backbones import keras_layers as kl
-from jaxheads.backbones.base import BackboneConfig
+from jaxheads.backbones.base import BackboneConfig, Layer, run_layers
 from jaxheads.backbones.keras_convert import ImagenetFile, KerasWeights, LayerSpec, convert_family, keras_loaders
 from jaxheads.backbones.vgg import CAFFE
 
@@ -53,23 +54,35 @@ class Bottleneck(nn.Module):
         return nn.relu(shortcut + y)
 
 
+def block_names(stages: tuple[int, ...]) -> tuple[str, ...]:
+    """Keras's block names, input to output: ``conv2_block1`` .. ``conv5_block{n}``."""
+    return tuple(f"conv{s + 2}_block{b + 1}" for s, n in enumerate(stages) for b in range(n))
+
+
 class ResNet(nn.Module):
-    """ResNet v1 with ``stages`` blocks per stage. Returns ``{"features": conv5_block{n}_out}`` (+ ``"logits"``)."""
+    """ResNet v1 with ``stages`` blocks per stage. Returns ``{"features": conv5_block{n}_out}`` (+ ``"logits"``).
+    Taps (``taps``, ``until``; :mod:`jaxheads.backbones.base`): ``stem`` (after the max pool), then every block."""
 
     stages: tuple[int, ...] = STAGES["resnet50"]
     num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        x = kl.conv(_zero_pad(x, 3), 64, 7, 2, "valid", name="stem_conv")
-        x = nn.relu(kl.batch_norm(x, train, BN_EPS, name="stem_bn"))
-        x = kl.max_pool(_zero_pad(x, 1), 3, 2, "valid")
+    def __call__(self, x: jax.Array, *, train: bool = False, taps: bool = False,
+                 until: str | None = None) -> dict[str, Any]:
+        def stem(x: jax.Array) -> jax.Array:
+            x = kl.conv(_zero_pad(x, 3), 64, 7, 2, "valid", name="stem_conv")
+            x = nn.relu(kl.batch_norm(x, train, BN_EPS, name="stem_bn"))
+            return kl.max_pool(_zero_pad(x, 1), 3, 2, "valid")
+
+        layers: list[Layer] = [("stem", stem)]
+        names = iter(block_names(self.stages))
         for s, (blocks, width) in enumerate(zip(self.stages, WIDTHS)):
             for b in range(blocks):
-                stride = 2 if s > 0 and b == 0 else 1
-                x = Bottleneck(width, stride, b == 0, name=f"conv{s + 2}_block{b + 1}")(x, train)
-        out = {"features": x}
-        if self.num_classes:
+                block = Bottleneck(width, 2 if s > 0 and b == 0 else 1, b == 0, name=next(names))
+                layers.append((block.name, functools.partial(block, train=train)))
+        out = run_layers(layers, x, taps=taps, until=until)
+        x = out["features"]
+        if self.num_classes and until in (None, layers[-1][0]):
             out["logits"] = nn.Dense(self.num_classes, name="classifier")(kl.global_avg_pool(x))
         return out
 
@@ -116,7 +129,7 @@ for _name, _stages in STAGES.items():
             preprocessing=CAFFE,
             feature_channels=2048,
             weights=keras_loaders(convert, imagenet_file),
-            blocks=("stem_conv", "stem_bn", *(f"conv{s + 2}_block{b + 1}" for s, n in enumerate(_stages)
-                                              for b in range(n))),
+            blocks=("stem_conv", "stem_bn", *block_names(_stages)),
+            taps=("stem", *block_names(_stages)),
         )
     )

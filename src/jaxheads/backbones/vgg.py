@@ -8,13 +8,14 @@ With ``num_classes > 0`` the Keras top (flatten, fc1, fc2, predictions) gives lo
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 
 from jaxheads.backbones import register
 from jaxheads.backbones import keras_layers as kl
-from jaxheads.backbones.base import BackboneConfig, Preprocessing
+from jaxheads.backbones.base import BackboneConfig, Preprocessing, run_layers
 from jaxheads.backbones.keras_convert import ImagenetFile, KerasWeights, LayerSpec, convert_family, keras_loaders
 
 STAGES: dict[int, tuple[int, ...]] = {16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -50,19 +51,25 @@ class VGGTop(nn.Module):
         return nn.Dense(self.num_classes, name="predictions")(x)
 
 
+TAPS = tuple(f"block{b}" for b in range(1, len(WIDTHS) + 1))
+"""Each block's pooled output, ``block1`` .. ``block5`` (the feature map)."""
+
+
 class VGG(nn.Module):
-    """VGG of ``depth`` 16 or 19. Returns ``{"features": block5_pool}`` (+ ``"logits"`` with a classifier)."""
+    """VGG of ``depth`` 16 or 19. Returns ``{"features": block5_pool}`` (+ ``"logits"`` with a classifier); taps
+    and truncation (``taps``, ``until``) as :mod:`jaxheads.backbones.base` describes, named by :data:`TAPS`."""
 
     depth: int = 16
     num_classes: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        for b, (convs, width) in enumerate(zip(STAGES[self.depth], WIDTHS), 1):
-            x = VGGBlock(convs, width, name=f"block{b}")(x)
-        out = {"features": x}
-        if self.num_classes:
-            out["logits"] = VGGTop(self.num_classes, name="classifier")(x)
+    def __call__(self, x: jax.Array, *, train: bool = False, taps: bool = False,
+                 until: str | None = None) -> dict[str, Any]:
+        layers = [(name, VGGBlock(convs, width, name=name))
+                  for name, convs, width in zip(TAPS, STAGES[self.depth], WIDTHS)]
+        out = run_layers(layers, x, taps=taps, until=until)
+        if self.num_classes and until in (None, TAPS[-1]):
+            out["logits"] = VGGTop(self.num_classes, name="classifier")(out["features"])
         return out
 
 
@@ -102,5 +109,6 @@ for _name, _depth in _DEPTHS.items():
             feature_channels=512,
             weights=keras_loaders(convert, imagenet_file),
             blocks=tuple(f"block{b}" for b in range(1, 6)),
+            taps=TAPS,
         )
     )
