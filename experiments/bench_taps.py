@@ -95,8 +95,8 @@ def print_table(record: dict[str, Any]) -> None:
     print(f"{'--taps':<8} {'first s':>8} {'best s':>8} {'img/s':>8} {'pooled B':>9} {'taps B':>9} {'total B/img':>12}")
     for mode, m in record["modes"].items():
         b = m["bytes_per_image"]
-        print(f"{mode:<8} {m['first_s']:>8.2f} {m['best_s']:>8.2f} {m['images_per_s']:>8.1f} {b.get('pooled', 0):>9.0f} "
-              f"{b.get('taps', 0):>9.0f} {b['total']:>12.0f}")
+        print(f"{mode:<8} {m['first_s']:>8.2f} {m['best_s']:>8.2f} {m['images_per_s']:>8.1f} "
+              f"{b.get('pooled', 0):>9.0f} {b.get('taps', 0):>9.0f} {b['total']:>12.0f}")
     print(f"all / last: time x{record['ratio']['best_s']:.2f}, bytes x{record['ratio']['bytes']:.2f}")
 
 

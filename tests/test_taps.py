@@ -30,6 +30,7 @@ def test_every_family_returns_the_taps_its_config_names_the_last_being_the_featu
     assert out["taps"][config.taps[-1]].shape == out["features"].shape
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenet_v2_035"])
 def test_a_truncated_backbone_gives_the_same_tap_as_the_full_one(name: str) -> None:
     config = backbones.get_config(name)
@@ -54,6 +55,7 @@ def lite_images(tmp_path_factory: pytest.TempPathFactory, make_folder) -> data.D
     return data.load_dataset(root, seed=0, val_fraction=0.2, test_fraction=0.2)
 
 
+@pytest.mark.slow
 def test_last_is_todays_cache_and_all_adds_only_a_taps_file_from_the_same_pass(
         lite_images: data.Dataset, tmp_path: Path) -> None:
     source = features.backbone_source("efficientnet_lite0", None, input_size=SIZE)
@@ -89,6 +91,7 @@ def test_a_tap_vector_is_the_mean_then_the_standard_deviation_of_its_map() -> No
     np.testing.assert_allclose(pooled, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_named_taps_and_last_among_them(lite_images: data.Dataset, tmp_path: Path) -> None:
     source = features.backbone_source("efficientnet_lite0", None, input_size=SIZE)
     options = features.ExtractOptions(cache_dir=tmp_path, batch_size=4, taps="block05, last")

@@ -21,6 +21,10 @@ the splits it asks for and are not complete yet: a killed pass resumes at its fi
 damaged shard is computed again (the backbone is deterministic per image; batches are padded to one shape). A
 split is gathered from the memory-mapped shards, so the whole image set is never in memory. The backbone pass that
 computes the missing shards is :mod:`jaxheads.features.compute`.
+
+How the pass runs and what it keeps travels as one frozen :class:`ExtractOptions` (:mod:`.options`). Taps
+(:mod:`.taps`): pooled vectors of the backbone's intermediate outputs, from the same forward, in one more file per
+shard; ``taps="last"`` (the default) is the pass, key and bytes from before taps existed.
 """
 
 from .cache import CACHE_FORMAT, cache_key, default_cache_dir, extract_all, extract_features, images_key
