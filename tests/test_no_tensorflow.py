@@ -4,11 +4,13 @@ system does not find them and ``importlib.util.find_spec`` answers None, as TFDS
 ``import jaxheads`` and a tiny sweep through the public API run; a TFDS dataset prepared as ArrayRecord is built and
 read; and one prepared as TFRecord only fails with one line that names the extra to install.
 
-The children run this file as a script (``python test_no_tensorflow.py CHILD ARGS``), so their code is plain Python.
+The children run this file as a script (``python test_no_tensorflow.py CHILD ARGS``), so their code is plain Python;
+the TFRecord preparation runs in the test process, which has TensorFlow (the test extra includes ``[tfrecord]``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import json
@@ -55,14 +57,13 @@ CLASSES = ("dark", "light", "red")
 DATASET = "jaxheads_no_tf_shades"
 
 
-def _run_child(tmp_path: Path, *args: str, hide_tensorflow: bool = True) -> dict[str, Any]:
-    """Run this file as a script with ``args``; the JSON its last output line holds."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    if hide_tensorflow:
-        site = tmp_path / "site"
-        site.mkdir(exist_ok=True)
-        (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+def _run_child(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run this file as a script with ``args``, TensorFlow hidden; the JSON its last output line holds."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"child {args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -86,7 +87,7 @@ def test_tfds_array_record_dataset_is_built_and_read_without_tensorflow(tmp_path
 def test_tfrecord_only_dataset_without_tensorflow_names_the_extra(tmp_path: Path) -> None:
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("preparing a TFRecord dataset needs TensorFlow (the [tfrecord] extra)")
-    _run_child(tmp_path, "prepare-tfrecord", str(tmp_path / "tfrecord"), hide_tensorflow=False)
+    _prepare(str(tmp_path / "tfrecord"), "tfrecord")  # here, where TensorFlow is installed (the test extra)
     out = _run_child(tmp_path, "tfrecord", str(tmp_path / "tfrecord"))
     assert out["error"] == "DatasetError" and "\n" not in out["message"]
     assert out["message"].startswith(f"tfds:{DATASET}: prepared in ")
@@ -138,6 +139,7 @@ def _child_sweep() -> dict[str, Any]:
             "loaded": _hidden_modules()}
 
 
+@functools.cache  # TFDS registers a builder class by name: define it once per process
 def _builder_class() -> Any:
     """A 3-class TFDS builder of small PNGs (21 train, 6 test); the PNGs are encoded by PIL, as TFDS needs
     TensorFlow to encode an image given as an array."""
@@ -206,9 +208,4 @@ def _child_tfrecord(data_dir: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
-    if command == "prepare-tfrecord":
-        _prepare(rest[0], "tfrecord")
-        print(json.dumps({"prepared": rest[0]}))
-    else:
-        child = {"sweep": _child_sweep, "tfds": _child_tfds, "tfrecord": _child_tfrecord}[command]
-        print(json.dumps(child(*rest)))
+    print(json.dumps({"sweep": _child_sweep, "tfds": _child_tfds, "tfrecord": _child_tfrecord}[command](*rest)))
