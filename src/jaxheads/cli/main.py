@@ -133,6 +133,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     variants.parse_views(args.views), augment.parse_policy(args.augment)  # bad flags fail before any work
     variants.check_one_axis(args.input_size, args.views)  # a dry run too
+    _check_taps(args.taps, args.backbone)
     if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
         distributed.split_cpu_host()  # CPU-only hosts: members run side by side, one JAX device per core
     spec = sweep_spec_from_args(args)
@@ -156,6 +157,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         for name, path in sorted(output.files.items()):
             print(f"{name:>12}: {path}")
     return 0
+
+
+def _check_taps(taps: str, backbone: str | None) -> None:
+    """``--taps`` against the backbone's tap names (a dry run too): one line listing them when a name is unknown."""
+    from jaxheads import backbones, job
+    from jaxheads.features.taps import parse_taps, resolve_taps
+
+    config = backbones.get_config(backbone or job.DEFAULT_BACKBONE)
+    resolve_taps(parse_taps(taps), config.taps, config.name)
 
 
 @contextlib.contextmanager
