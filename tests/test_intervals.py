@@ -177,3 +177,11 @@ def test_repeated_rows_reach_the_right_member():
     for m in members:
         scored, _ = sweep_folds.fold_rows(parts, m["spec"]["fold"])
         assert (got[m["spec"]["seed"], scored] == m["member"]).all()
+
+
+def test_the_method_sentence_names_what_is_covered_and_what_is_not():
+    cv = intervals.describe(2000, 5, 1, 0.95, repeats=3)
+    assert cv.startswith("95% intervals from 2,000 paired draws") and "15 models" in cv and "training rows" in cv
+    assert "not included: the overlap of the folds' training rows" in cv and cv.count(".") == 1
+    one = intervals.describe(1000, 1, 1, 0.9)
+    assert "seed-to-seed noise (one model)" in one and "for this training set" in one and "models (" not in one

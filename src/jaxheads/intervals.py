@@ -171,3 +171,19 @@ def compare(a: Evidence, b: Evidence, layout: Layout, level: float = stats.LEVEL
     diff = a.combine(b, -1.0, 1.0)
     return stats.comparison_from_values(a.point, b.point, np.zeros(len(diff.draws)),
                                         corrected_draws(diff, layout, level), level)
+
+
+def describe(n_boot: int, folds: int, seeds: int, level: float, *, repeats: int = 1) -> str:
+    """One sentence for a report: the interval, every source of noise it covers and the ones it does not."""
+    models = repeats * seeds * folds
+    within = f", resampled within each of the {folds} cross-validation folds" if folds > 1 else ""
+    text = (f"{level:.0%} intervals from {n_boot:,} paired draws of the evaluation examples{within} (the same for "
+            "every config)")
+    if models > 1:
+        what = "training rows, initialisation and batch order" if folds > 1 else "initialisation and batch order"
+        text += (f" plus the variance between a config's {models} models (their {what}) by the method of moments, "
+                 "widened to a t quantile")
+    missing = ["seed-to-seed noise (one model)"] if models == 1 else []
+    missing.append("the overlap of the folds' training rows, which no cross-validated estimate can see" if folds > 1
+                   else "which training rows the models saw (the intervals are for this training set)")
+    return f"{text}; not included: {'; '.join(missing)}."

@@ -42,7 +42,8 @@ class _Evidence:
                                             mean(a, self.values), mean(b, self.values), LEVEL)
 
 
-def _questions(configs: Mapping[str, Mapping[str, Any]], evidence: _Evidence, metric: str) -> list[dict[str, Any]]:
+def answer_questions(configs: Mapping[str, Mapping[str, Any]], evidence: _Evidence,
+                     metric: str) -> list[dict[str, Any]]:
     """Every varied axis, every pair of its levels: side A the configs at level a, side B their matches at b
     (agreeing on every other factor that applies at both levels); a paired pooled comparison of the two sides."""
     factors = {c: member_factors(spec) for c, spec in configs.items()}
@@ -109,7 +110,7 @@ def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> Swee
     recommended = board[stats.smallest_within_noise(comparisons, [r["params"] for r in board])]["config"]
     configs = {c: {k: v for k, v in result.members[cs.members[0]]["spec"].items() if k not in ("seed", "fold")}
                for c, cs in per_config.items()}
-    questions = _questions(configs, evidence, metric)
+    questions = answer_questions(configs, evidence, metric)
     selection = _selection(result, per_config[recommended], evidence.interval(recommended), labels, n_boot, seed)
     return dataclasses.replace(result, leaderboard=board, recommended=recommended, questions=questions,
                                selection=selection)
