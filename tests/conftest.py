@@ -49,6 +49,13 @@ def tiny_backbone() -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_tapped_backbone() -> str:
+    """The tiny backbone (the same network and weights) under a name whose config lists its four blocks as taps
+    (stem, block0, block1, head), for ``--taps`` and ``--representation``."""
+    return tiny.TAPPED
+
+
+@pytest.fixture(scope="session")
 def tiny_relatives() -> tuple[str, str]:
     """Two more names of the tiny backbone: (the same network with other weights, the same network and weights
     with another input normalisation)."""

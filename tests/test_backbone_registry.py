@@ -13,6 +13,7 @@ import pytest
 from jaxheads import backbones
 
 
+@pytest.mark.slow
 def test_every_listed_name_has_a_config_that_builds():
     names = backbones.list_backbones()
     assert {"efficientnet_lite0", "vgg16", "mobilenet_v2", "resnet50", "efficientnet_b7"} <= set(names)
@@ -30,6 +31,7 @@ def test_an_unknown_name_lists_the_known_ones():
         backbones.get_config("no_such_net")
 
 
+@pytest.mark.slow
 def test_asking_for_the_default_imports_no_other_family():
     code = ("import sys; from jaxheads import backbones; backbones.get_config('efficientnet_lite0'); "
             "print(sorted(m for m in sys.modules if m.startswith('jaxheads.backbones.') and m.count('.') == 2))")

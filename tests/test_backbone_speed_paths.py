@@ -13,6 +13,7 @@ from jaxheads.backbones.depthwise import depthwise_conv2d
 from jaxheads.backbones.keras_layers import same_pads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,kernel", [(8, 3), (9, 3), (10, 5), (7, 5)])
 def test_phase_strided_depthwise_equals_strided_slices(size, kernel):
     rng = np.random.default_rng(size)
@@ -30,6 +31,7 @@ def _tiny_lite() -> el.EfficientNetLite:
     return el.EfficientNetLite(el.block_specs(1.0, 1.0)[:4], high_res_layers=3)
 
 
+@pytest.mark.slow
 def test_layers_run_in_two_parts_equal_the_whole_network():
     module = _tiny_lite()
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
@@ -41,6 +43,7 @@ def test_layers_run_in_two_parts_equal_the_whole_network():
     np.testing.assert_array_equal(np.asarray(rest), np.asarray(whole))
 
 
+@pytest.mark.slow
 def test_high_res_layers_one_image_at_a_time_change_no_feature():
     module = _tiny_lite()
     preprocessing = Preprocessing(32, mean=(127.0,) * 3, std=(128.0,) * 3)

@@ -82,6 +82,7 @@ def _cache_metas(cache: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cache.glob("*/meta.json"))]
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_named_and_counted_and_no_good_one_is_lost(
         bad_folder: tuple[Path, set[str], set[str]], tmp_path: Path, capsys: pytest.CaptureFixture,
         tiny_backbone) -> None:
@@ -124,6 +125,7 @@ def test_unreadable_images_are_skipped_named_and_counted_and_no_good_one_is_lost
     assert code == 2 and "left out" in err and any(Path(p).name in err for p in bad)
 
 
+@pytest.mark.slow
 def test_finetune_skips_unreadable_images_too(bad_folder: tuple[Path, set[str], set[str]], tmp_path: Path,
                                               capsys: pytest.CaptureFixture, tiny_backbone) -> None:
     root, _, bad = bad_folder

@@ -35,6 +35,7 @@ def results(tmp_path_factory, jaxheads_cache):
     return bench.run(SIZES["tiny"], {1, 2, 3, 4}, out, "test", cache_dir=out / "features"), out
 
 
+@pytest.mark.slow
 def test_every_part_writes_json_and_markdown(results):
     res, out = results
     on_disk = json.loads((out / "bench-tiny.json").read_text())
@@ -45,6 +46,7 @@ def test_every_part_writes_json_and_markdown(results):
     assert on_disk["trial_loop"]["ratios"] == pytest.approx(res["trial_loop"]["ratios"])
 
 
+@pytest.mark.slow
 def test_trial_loop_times_add_up_and_the_ratios_are_their_quotients(results):
     loop_run = results[0]["trial_loop"]
     jh, keras, loop = loop_run["jaxheads"], loop_run["keras"], loop_run["jax_loop"]
@@ -62,6 +64,7 @@ def test_trial_loop_times_add_up_and_the_ratios_are_their_quotients(results):
     assert ratios["jax_loop_over_sweep_heads_only"] == pytest.approx(loop["loop_s"] / jh["sweep_cold_s"])
 
 
+@pytest.mark.slow
 def test_three_systems_agree_on_the_toy_problem(results):
     res, _ = results
     heads = res["trial_loop"]["heads"]
@@ -72,6 +75,7 @@ def test_three_systems_agree_on_the_toy_problem(results):
         assert abs(row["jax_loop"] - row["jaxheads"]) <= TOLERANCE, row
 
 
+@pytest.mark.slow
 def test_same_weights_same_features_and_sane_quality(results):
     res, _ = results
     assert res["forward"]["pair_max_abs_diff"] < 1e-3 and res["forward"]["max_abs_diff_features"] < 1e-3
@@ -80,6 +84,7 @@ def test_same_weights_same_features_and_sane_quality(results):
         assert acc[system]["mean"] > acc["majority"]["mean"], system
 
 
+@pytest.mark.slow
 def test_efficiency_counts_the_sweeps_flops_against_the_best_matmul(results):
     eff, size = results[0]["efficiency"], SIZES["tiny"]
     assert size.eff_train % size.eff_batch == 0  # so the steps per epoch below are exact

@@ -47,6 +47,7 @@ def _run(capsys, *argv):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end_then_cache_hit_then_predict(image_folder, tmp_path, jaxheads_cache, capsys, monkeypatch):
     out = tmp_path / "run"
     code, stdout, err = _run(capsys, "sweep", "--dataset", image_folder, "--out", out, *SWEEP_FLAGS)
@@ -81,6 +82,7 @@ def test_sweep_end_to_end_then_cache_hit_then_predict(image_folder, tmp_path, ja
     assert [line.split(": ")[1].split()[0] for line in lines] == ["red", "red", "blue", "blue"]
 
 
+@pytest.mark.slow
 def test_csv_multilabel_sweep(image_folder, tmp_path, jaxheads_cache, capsys):
     rows = ["path,label,label"]
     for folder in ("red", "green", "blue"):
@@ -122,6 +124,7 @@ def test_empty_class_folder_is_named(tmp_path, capsys, jaxheads_cache):
     assert code == 2 and "dog" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_backbones_list_and_compare(image_folder, capsys, jaxheads_cache):
     code, stdout, err = _run(capsys, "backbones", "list")
     assert code == 0 and "efficientnet_lite0" in stdout.split()
@@ -143,6 +146,7 @@ def test_cpu_device_count_is_one_per_core_unless_the_user_chose(env, cores, expe
     assert distributed.cpu_device_count(env, cores) == expected
 
 
+@pytest.mark.slow
 def test_split_cpu_host_before_jax_starts_gives_one_device_per_core():
     """In a fresh interpreter (JAX not started) the split takes effect; the user's JAX_NUM_CPU_DEVICES wins."""
     code = ("import jax, jaxheads; from jaxheads import distributed; n = jaxheads.split_cpu_host(); "
@@ -265,6 +269,7 @@ def tiny_sweep(tiny_backbone):
     return ["--backbone", tiny_backbone, *SMALL_SWEEP]
 
 
+@pytest.mark.slow
 def test_skipped_images_are_log_lines_not_warnings(image_folder, tmp_path, capsys, jaxheads_cache, tiny_sweep):
     """One line per skipped file with its reason, then the count; no Python warning text. Whoever records warnings
     (here pytest) still gets them, so library callers keep theirs."""
@@ -326,6 +331,7 @@ def test_console_log_levels_and_recorders(capsys):
     assert "debug: details" in err and "left out" in err and "debug: (warned at" in err
 
 
+@pytest.mark.slow
 def test_dry_run_runs_nothing_and_the_run_records_its_estimate(image_folder, tmp_path, capsys, monkeypatch,
                                                                jaxheads_cache):
     from jaxheads.cli import dry_run
@@ -376,6 +382,7 @@ def test_dry_run_plans_every_input_size_on_its_own_maps(image_folder, tmp_path, 
     assert code == 2 and "--input-size" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_second_run_compiles_nothing(image_folder, tmp_path, tiny_sweep, tests_dir):
     """JAX's persistent compilation cache, on by default: a fresh interpreter running the same tiny sweep twice
     finds every program stored by the first."""

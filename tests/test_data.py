@@ -245,6 +245,7 @@ def test_stratified_split_properties() -> None:
 # ------------------------------------------------------------------------------------------------ TFDS
 
 
+@pytest.mark.slow
 def test_tfds_dataset_through_mock_data() -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
     with warnings.catch_warnings():

@@ -19,6 +19,7 @@ SPEC = SweepSpec(pooling=("avg", "none"), widths=(4, 8), depth=(1,), epochs=2, b
                  patience=None, ridge_l2=(), design="grid", map_batch="vmap")
 
 
+@pytest.mark.slow
 def test_plan_is_the_sweeps_own_and_its_arithmetic_checks_by_hand():
     plan = dry_run.plan_sweep(SPEC, SHAPES, SIZES, num_classes=3, task="multiclass")
     assert (plan.members, plan.configs, plan.epochs, plan.metric) == (8, 4, 2, "accuracy")  # 4 configs x 2 folds
@@ -70,6 +71,7 @@ def test_record_and_recall_a_plan(jaxheads_cache):
     assert dry_run.recorded({**key, "dataset": "y"}) is None
 
 
+@pytest.mark.slow
 def test_calibration_measures_this_machine():
     calib = dry_run.calibrate()
     assert calib.flops_per_s > 1e8 and 0 < calib.step_s < 1.0 and calib.group_s > 0

@@ -40,6 +40,7 @@ def lite0(jaxheads_cache):
     return backbones.load("efficientnet_lite0", "imagenet", num_classes=1000)
 
 
+@pytest.mark.slow
 def test_imagenet_classes_on_real_photos(lite0, capsys):
     predictions = classify.classify([load() for _, load, _ in PHOTOS], "efficientnet_lite0", top_k=5)
     lines = [f"{name:>10}: " + "; ".join(f"{c} {n.split(',')[0]} {p:.3f}" for c, n, p in top5)
@@ -75,6 +76,7 @@ def _parity_inputs(config: backbones.BackboneConfig) -> np.ndarray:
     return np.concatenate([photos, noise])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_parity_with_pytorch_reference(name, jaxheads_cache, capsys):
     start = time.perf_counter()
@@ -117,6 +119,7 @@ def test_filename_hash_is_checked(tmp_path):
         torch_pickle.load_state_dict(path)
 
 
+@pytest.mark.slow
 def test_unpickler_rebuilds_views_and_dtypes(tmp_path):
     torch = pytest.importorskip("torch")
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
@@ -141,6 +144,7 @@ def test_unpickler_rebuilds_views_and_dtypes(tmp_path):
         assert loaded[key].shape == tuple(tensor.shape)
 
 
+@pytest.mark.slow
 def test_zip_format_is_refused_with_a_hint(tmp_path):
     torch = pytest.importorskip("torch")
     torch.save({"w": torch.ones(2)}, tmp_path / "new.pth")
@@ -161,6 +165,7 @@ def test_converter_names_every_problem(lite0):
     assert "_conv_head.weight: shape (1, 1, 319, 1280)" in message
 
 
+@pytest.mark.slow
 def test_second_load_reads_the_orbax_cache(lite0, jaxheads_cache, monkeypatch):
     cached = jaxheads_cache / "backbones" / f"efficientnet_lite0-{el.VARIANTS['efficientnet_lite0'].sha256[:16]}"
     assert (cached / "meta.json").is_file()
@@ -181,6 +186,7 @@ def test_second_load_reads_the_orbax_cache(lite0, jaxheads_cache, monkeypatch):
     assert from_file.weights_id == lite0.weights_id
 
 
+@pytest.mark.slow
 def test_random_init_shapes():
     # Shapes only, so abstractly: compiling lite0's random initialisers takes ~20 s on 2 CPU cores.
     config = backbones.get_config("efficientnet_lite0")

@@ -129,6 +129,7 @@ def reference(colours: Path, tmp_path_factory: pytest.TempPathFactory, tiny_back
     return root / "out", root / "cache"
 
 
+@pytest.mark.slow
 def test_sigkill_during_feature_extraction_resumes_to_identical_results(
         colours: Path, reference: tuple[Path, Path], tmp_path: Path, tiny_backbone) -> None:
     rng = random.Random(8)
@@ -157,6 +158,7 @@ def test_sigkill_during_feature_extraction_resumes_to_identical_results(
         _comparable(json.loads((ref_out / "results.json").read_text()))
 
 
+@pytest.mark.slow
 def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_path: Path, save_tiny_head) -> None:
     ds = data.load_dataset(colours)
     head = save_tiny_head(tmp_path / "head", ds.classes)
@@ -177,6 +179,7 @@ def test_sigkill_during_finetune_resumes_to_the_same_model(colours: Path, tmp_pa
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_sigkill_during_the_sweep_resumes_to_identical_results(
         colours: Path, reference: tuple[Path, Path], tmp_path: Path, tiny_backbone) -> None:
     ref_out, ref_cache = reference

@@ -40,6 +40,7 @@ def images(tmp_path_factory: pytest.TempPathFactory, make_folder) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["folder", "csv"])
 def test_another_split_seed_reads_every_image_from_the_cache(
         images: Path, tmp_path: Path, kind: str, tiny_source, extract_options, tiny_source_cached,
@@ -68,6 +69,7 @@ def test_another_split_seed_reads_every_image_from_the_cache(
     assert [p.name for p in tmp_path.iterdir()] == [features.images_key(tiny_source, first_ds)]
 
 
+@pytest.mark.slow
 def test_another_seed_or_fold_count_in_the_main_job_never_runs_the_backbone(
         images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone) -> None:
     """What `jaxheads sweep --seed S --folds K` does before the sweep (job.sweep_job -> job.features_for_sweep),

@@ -29,6 +29,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory, make_folder) -> data.Datase
     return data.load_dataset(root, val_fraction=0.25, test_fraction=0.0)
 
 
+@pytest.mark.slow
 def test_second_run_reads_the_cache_without_building_the_backbone(folder: data.Dataset, tmp_path: Path,
                                                                   tiny_source: features.BackboneSource) -> None:
     source = tiny_source
@@ -155,6 +156,7 @@ features.extract_features(features.backbone_source(tiny.NAME, None), ds, "train"
 """
 
 
+@pytest.mark.slow
 def test_sigkilled_pass_resumes_to_identical_features(folder: data.Dataset, tmp_path: Path, tiny_backbone: str,
                                                        tests_dir: Path) -> None:
     """A real kill (SIGKILL, no clean-up) in the middle of a pass; the next pass finishes it identically."""
@@ -205,6 +207,7 @@ def test_a_cache_whose_meta_disagrees_with_its_key_is_rebuilt_not_read(folder: d
     np.testing.assert_array_equal(again.pooled, first.pooled)
 
 
+@pytest.mark.slow
 def test_micro_batched_forward_equals_the_whole_batch(tiny_backbone: str) -> None:
     built = backbones.load(tiny_backbone, None, seed=0)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)), jnp.float32)
@@ -214,6 +217,7 @@ def test_micro_batched_forward_equals_the_whole_batch(tiny_backbone: str) -> Non
     np.testing.assert_allclose(np.asarray(whole), np.asarray(built.apply(images)["features"]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_features_for_sweep_reports_shapes_before_the_backbone_runs_and_compiles_the_sweep(
         folder: data.Dataset, tmp_path: Path, tiny_source: features.BackboneSource) -> None:
     from jaxheads import job

@@ -107,6 +107,7 @@ def test_finetune_top_block_of_lite0_on_real_cells(tmp_path: Path, jaxheads_cach
 # ------------------------------------------------------------------------------------------- tiny backbone
 
 
+@pytest.mark.slow
 def test_only_the_unfrozen_blocks_and_the_head_change(colours: data.Dataset, tmp_path: Path, tiny_run,
                                                      tiny_backbone: str) -> None:
     result = tiny_run(colours, tmp_path, unfreeze=2)
@@ -121,6 +122,7 @@ def test_only_the_unfrozen_blocks_and_the_head_change(colours: data.Dataset, tmp
     assert on_disk["best_epoch"] == result.best_epoch and not (tmp_path / "ft" / "finetune_state").exists()
 
 
+@pytest.mark.slow
 def test_trainable_bn_updates_statistics_and_unfreeze_zero_trains_the_head_alone(
         colours: data.Dataset, tmp_path: Path, tiny_run, tiny_backbone: str) -> None:
     trained_bn = tiny_run(colours, tmp_path / "bn", unfreeze=2, freeze_bn=False, epochs=1)
@@ -132,6 +134,7 @@ def test_trainable_bn_updates_statistics_and_unfreeze_zero_trains_the_head_alone
     assert all(v == 0.0 for k, v in head_only.weight_change.items() if k != "head")
 
 
+@pytest.mark.slow
 def test_interrupted_finetune_resumes_to_the_same_model(colours: data.Dataset, tmp_path: Path, tiny_run,
                                                         save_tiny_head) -> None:
     reference = tiny_run(colours, tmp_path / "ref", unfreeze=2, epochs=3)
@@ -251,6 +254,7 @@ def _tiny_val_metrics(ds: data.Dataset, head_dir: Path, backbone_name: str) -> d
             "loss": float(heads.example_losses(logits, jnp.asarray(labels), spec).mean())}
 
 
+@pytest.mark.slow
 def test_epoch_zero_is_the_frozen_head_and_a_wrecking_run_keeps_it(colours: data.Dataset, tmp_path: Path, tiny_run,
                                                                    tiny_backbone: str) -> None:
     """Before any step the model is the frozen backbone + the swept head (its val metric is the head's); a run
@@ -274,6 +278,7 @@ def test_epoch_zero_is_the_frozen_head_and_a_wrecking_run_keeps_it(colours: data
                                   "(optimistic: the epoch was chosen on val)"]
 
 
+@pytest.mark.slow
 def test_the_moving_average_is_what_is_evaluated_and_the_gain_is_measured_on_test(tmp_path: Path, tiny_run,
                                                                                   make_colour_folder) -> None:
     """With a moving average that barely moves, val stays at the frozen model's while the raw weights train; with

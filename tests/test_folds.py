@@ -39,6 +39,7 @@ def _curve(member):
     return np.asarray(member["curves"]["train_loss"] + member["curves"]["val"]["loss"])
 
 
+@pytest.mark.slow
 def test_a_fold_member_equals_the_standalone_head_on_its_folds_rows():
     splits = _splits()
     swept = run_sweep(_sweep(folds=3), splits, num_classes=3, mesh=_one_device())
@@ -58,6 +59,7 @@ def test_a_fold_member_equals_the_standalone_head_on_its_folds_rows():
                                    atol=TOL)
 
 
+@pytest.mark.slow
 def test_the_sweep_reports_intervals_questions_and_one_test_figure():
     result = run_sweep(_sweep(widths=(4, 16), seeds=2, folds=3, metric="balanced_accuracy"), _splits(),
                        num_classes=3, label_names=["a", "b", "c"])
@@ -84,6 +86,7 @@ def test_bad_fold_or_metric_settings_fail_naming_the_flag(change, message):
         run_sweep(_sweep(**change), _splits(), num_classes=3)
 
 
+@pytest.mark.slow
 def test_auto_folds_cross_validate_small_datasets_only():
     from jaxheads.sweep.spec import AUTO_FOLDS, AUTO_FOLDS_MAX_EXAMPLES
 

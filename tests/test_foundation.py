@@ -58,6 +58,7 @@ def test_public_api_names_resolve_to_their_home_modules():
         jaxheads.no_such_name  # noqa: B018
 
 
+@pytest.mark.slow
 def test_public_api_does_what_it_claims_on_a_tiny_input(tmp_path):
     """The exported names a user starts from, through ``jaxheads.X`` only: a dataset from a folder, a head built,
     applied, saved, loaded and exported, a ridge probe and a sweep's abstract shapes (no training)."""

@@ -74,6 +74,7 @@ OPTION_SPECS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", OPTION_SPECS, ids=lambda s: f"{s.task}-{s.pooling}-{len(s.conv)}conv-{s.norm}")
 def test_every_option_has_the_right_shape_and_learns(spec):
     x, y = _problem(spec.task, pooled=spec.pooling == "none")
@@ -119,6 +120,7 @@ def test_param_count_is_a_function_of_the_spec():
     assert param_count(seed, (8, 8, 1792)) == 1792 * 448 + 448 + 448 * 112 + 112 + 112 * 5 + 5
 
 
+@pytest.mark.slow
 def test_padded_masked_head_equals_the_narrow_head_and_padding_gets_no_gradient():
     spec = HeadSpec(num_classes=3, pooling="none", hidden=(5, 7), norm="layer")
     wide = spec.replace(hidden=(12, 9))
@@ -155,6 +157,7 @@ def _assert_zero_outside(padded, narrow) -> None:
         assert np.max(np.abs(outside)) == 0.0
 
 
+@pytest.mark.slow
 def test_dropout_takes_the_rate_as_an_array_and_rate_zero_is_identity():
     x = jnp.ones((1000, 8))
     key = jax.random.key(0)
@@ -168,6 +171,7 @@ def test_dropout_takes_the_rate_as_an_array_and_rate_zero_is_identity():
     np.testing.assert_allclose(jnp.mean(out, axis=(1, 2)), 1.0, atol=0.1)
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_are_an_explicit_pytree():
     spec = HeadSpec(num_classes=3, pooling="none", hidden=(4,), norm="batch")
     x, _ = _problem("multiclass", pooled=True)
@@ -180,6 +184,7 @@ def test_batch_norm_statistics_are_an_explicit_pytree():
     assert not np.allclose(a, b)
 
 
+@pytest.mark.slow
 def test_save_load_and_export_reproduce_the_logits(tmp_path):
     spec = HeadSpec(num_classes=3, pooling="avg", hidden=(8,), norm="batch")
     x, _ = _problem("multiclass", pooled=False, n=16)
@@ -208,6 +213,7 @@ def test_save_load_and_export_reproduce_the_logits(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_depth_gated_layers_are_an_exact_identity_with_zero_gradient(norm: str = "batch"):
     """A depth-2 head inside a depth-3 stack padded to one width (the sweep's depth_grouping="gated"): the init
     draws the standalone head (extra layer all zero), logits, loss and real gradients equal the standalone head's,

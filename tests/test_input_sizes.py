@@ -48,6 +48,7 @@ def test_an_input_size_below_the_backbone_minimum_is_a_one_line_error_naming_the
     assert features.backbone_source("efficientnet_lite0", input_size=300).preprocessing.input_size == 300
 
 
+@pytest.mark.slow
 def test_two_input_sizes_answer_the_input_size_question(labels: dict[str, np.ndarray]) -> None:
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("members", "data"))
     by_size = {32: _splits(labels, 0.0, 1), 64: _splits(labels, 2.5, 2)}  # the larger size sees the class
@@ -72,6 +73,7 @@ def test_two_input_sizes_answer_the_input_size_question(labels: dict[str, np.nda
     assert all(merged.members[m]["spec"]["input_size"] == 64 for m in soup.members)
 
 
+@pytest.mark.slow
 def test_merging_sizes_of_other_examples_is_refused(labels: dict[str, np.ndarray]) -> None:
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("members", "data"))
     sweep = SweepSpec(pooling=("none",), depth=(0,), epochs=1, seeds=1, patience=None, map_batch="vmap",
@@ -83,6 +85,7 @@ def test_merging_sizes_of_other_examples_is_refused(labels: dict[str, np.ndarray
         variants.merge_variants(results, "input_size")
 
 
+@pytest.mark.slow
 def test_the_job_sweeps_two_sizes_and_the_saved_head_predicts_at_its_own(tmp_path: Path, tiny_backbone: str,
                                                                          make_colour_folder) -> None:
     from jaxheads import job, predict

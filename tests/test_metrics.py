@@ -113,6 +113,7 @@ def _best_f1_by_brute_force(scores, labels):
     return max(skm.f1_score(labels, scores >= s) for s in np.unique(scores))
 
 
+@pytest.mark.slow
 def test_tuned_thresholds_reach_the_best_f1():
     scores, labels, mask = _multilabel_data(2)
     thresholds = tune_thresholds(scores, labels, mask)
@@ -125,6 +126,7 @@ def test_tuned_thresholds_reach_the_best_f1():
     assert np.isinf(tune_thresholds(scores[:, :1], np.zeros((N + PAD, 1)), mask)[0])
 
 
+@pytest.mark.slow
 def test_metrics_vmap_over_members():
     """A (members, N, ...) stack gives, member by member, what the unbatched call gives."""
     members = [_multiclass_data(s) for s in range(3)]

@@ -31,6 +31,7 @@ def _image(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_predict_rebuilds_a_seeded_random_backbone(
         tmp_path: Path, capsys: pytest.CaptureFixture, tiny_backbone) -> None:
     head = _random_init_head(tmp_path / "head", seed=3, backbone=tiny_backbone)

@@ -54,6 +54,7 @@ def test_learns_separable_multiclass_and_reports_json():
     assert json.loads(json.dumps(result)) == result
 
 
+@pytest.mark.slow
 def test_multilabel_probe_and_maps_only_split():
     rng = np.random.default_rng(0)
 
@@ -131,6 +132,7 @@ def test_one_hot_targets_built_per_chunk_give_exactly_the_dense_fit():
         np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
 
 
+@pytest.mark.slow
 def test_a_long_training_split_is_fitted_in_chunks_with_the_same_result():
     train, val = _blobs(1050, 0), _blobs(100, 1)  # 4,200 rows > RIDGE_CHUNK_ROWS
     assert probe.uses_chunks(len(train), 16) and not probe.uses_chunks(len(val), 16)

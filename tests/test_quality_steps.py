@@ -27,6 +27,7 @@ def _splits(seed: int) -> dict[str, FeatureSplit]:
     return out
 
 
+@pytest.mark.slow
 def test_an_ensemble_of_one_member_is_that_member_exactly() -> None:
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("members", "data"))
     sweep = SweepSpec(pooling=("none",), widths=(8,), depth=(1,), epochs=3, seeds=1, batch_size=(16,),
@@ -46,6 +47,7 @@ def test_an_ensemble_of_one_member_is_that_member_exactly() -> None:
         assert report.test["accuracy"].estimate == pytest.approx(result.members[0]["test"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_a_finetune_with_zero_learning_rates_returns_the_starting_model(
         tmp_path: Path, tiny_backbone, make_colour_folder, save_tiny_head) -> None:
     root = make_colour_folder(tmp_path / "colours", per_class=10)

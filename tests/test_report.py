@@ -4,6 +4,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from jaxheads import report
@@ -147,6 +148,7 @@ def test_multilabel_result_without_confusion(tmp_path):
     assert len(json.loads(paths["head_questions"].read_text())) == 3
 
 
+@pytest.mark.slow
 def test_report_of_a_real_sweep(tmp_path):
     """A tiny real sweep (one structure group: pooled input, 1 hidden layer, width × dropout × 2 seeds)."""
     import jax

@@ -29,6 +29,7 @@ SPEC = SweepSpec(pooling=("none", "max", "flatten"), widths=(8,), depth=(1,), dr
                  batch_size=(16,), folds=None, patience=None, design="grid", ridge_l2=())
 
 
+@pytest.mark.slow
 def test_lazy_split_reads_the_cached_features_bit_for_bit(tmp_path: Path, make_folder, tiny_source) -> None:
     root = make_folder(tmp_path / "imgs", per_class=5)
     ds = data.load_dataset(root, seed=0)
@@ -68,6 +69,7 @@ def _worst_difference(a, b) -> float:
     return worst
 
 
+@pytest.mark.slow
 def test_streamed_sweep_equals_the_in_memory_sweep(tmp_path: Path, write_feature_cache, feature_cache_splits) -> None:
     plan, labels = write_feature_cache(tmp_path)
     in_memory = run_sweep(SPEC, feature_cache_splits(tmp_path, plan, labels, lazy=False), num_classes=3)
@@ -80,6 +82,7 @@ def test_streamed_sweep_equals_the_in_memory_sweep(tmp_path: Path, write_feature
     assert streamed.groups[0]["streamed"]["chunk_steps"] > 1
 
 
+@pytest.mark.slow
 def test_streamed_sweep_reads_augmented_views_as_the_in_memory_sweep(
         tmp_path: Path, write_feature_cache, feature_cache_splits) -> None:
     """Training rows v * N + i read view v of example i, from the view's own cache entry."""

@@ -51,6 +51,7 @@ def _curve(result, member):
     return np.asarray(m["curves"]["train_loss"] + m["curves"]["val"]["loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["none", "layer", "batch"])
 def test_padded_member_equals_the_standalone_head(norm):
     splits = _splits()
@@ -65,6 +66,7 @@ def test_padded_member_equals_the_standalone_head(norm):
     np.testing.assert_allclose(apply_head(variables, x, spec), apply_head(variables_alone, x, spec), atol=TOL)
 
 
+@pytest.mark.slow
 def test_depth_gated_members_equal_their_standalone_heads():
     """depth_grouping="gated": a depth-1 and a depth-3 member share one group (padded to depth 3) and each equals
     its own standalone head (separate groups); the saved variables and param count are the true depth's. Full
@@ -86,6 +88,7 @@ def test_depth_gated_members_equal_their_standalone_heads():
         np.testing.assert_allclose(apply_head(variables, x, spec), apply_head(variables_alone, x, spec), atol=TOL)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one_device():
     assert len(jax.devices()) == 8
     splits = _splits()
@@ -101,6 +104,7 @@ def test_eight_devices_equal_one_device():
         assert many.members[i]["val"]["accuracy"] == pytest.approx(one.members[i]["val"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_a_diverged_member_is_flagged_and_the_others_finish_unchanged():
     splits = _splits()
     head = HeadSpec(num_classes=3, pooling="none", hidden=(8,))
@@ -117,6 +121,7 @@ def test_a_diverged_member_is_flagged_and_the_others_finish_unchanged():
     assert json.loads(bad.to_json())["leaderboard"]  # NaNs never break the JSON
 
 
+@pytest.mark.slow
 def test_early_stopping_and_successive_halving():
     splits = _splits()
     stuck = run_sweep(_sweep(learning_rate=(0.0,), patience=1, epochs=4), splits, num_classes=3)
@@ -136,6 +141,7 @@ def test_early_stopping_and_successive_halving():
         assert small.members[i]["val"] == pytest.approx(halved.members[i]["val"], abs=TOL)
 
 
+@pytest.mark.slow
 def test_lax_map_equals_vmap_and_the_probe_records_its_timings():
     splits = _splits()
     base = run_sweep(_sweep(widths=(4, 8, 16, 32), epochs=2), splits, num_classes=3, mesh=_one_device_mesh())
@@ -162,6 +168,7 @@ def test_lax_map_equals_vmap_and_the_probe_records_its_timings():
     assert large.groups[0]["map_batch"] == 1  # 270k parameters per member: one after another on a CPU
 
 
+@pytest.mark.slow
 def test_multilabel_sweep_metrics_match_scikit_learn_and_ridge_row(tmp_path):
     splits = _splits("multilabel", k=4)
     result = run_sweep(_sweep(widths=(8,), ridge_l2=(0.1, 10.0)), splits, num_classes=4, task="multilabel",
@@ -181,6 +188,7 @@ def test_multilabel_sweep_metrics_match_scikit_learn_and_ridge_row(tmp_path):
     np.testing.assert_allclose(jax.nn.sigmoid(apply_fn(v2, splits["test"].pooled)), scores, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_result_json_schema_and_recommendation():
     splits = _splits()
     result = run_sweep(_sweep(widths=(4, 32), depth=(0, 1), seeds=2, ridge_l2=None), splits, num_classes=3)
@@ -228,6 +236,7 @@ def _map_splits(seed: int, sizes: dict, hw: int, channels: int, shift: float = 1
     return {name: one(n) for name, n in sizes.items()}
 
 
+@pytest.mark.slow
 def test_map_heads_group_by_structure_and_learn():
     splits = _map_splits(0, {"train": 128, "val": 64}, hw=4, channels=3, shift=1.5)
     # (conv-free map poolings are covered in test_heads; here the sweep's maps path, with a conv stage)
@@ -240,6 +249,7 @@ def test_map_heads_group_by_structure_and_learn():
         assert losses[-1] < losses[0] and m["val"]["accuracy"] > 0.6, m["spec"]["head"]
 
 
+@pytest.mark.slow
 def test_poolings_of_conv_free_heads_share_one_group_and_train_as_alone():
     splits = _map_splits(1, {"train": 96, "val": 48}, hw=3, channels=5)
     both = run_sweep(_sweep(pooling=("avg", "max"), widths=(4, 8)), splits, num_classes=3)
@@ -252,6 +262,7 @@ def test_poolings_of_conv_free_heads_share_one_group_and_train_as_alone():
             assert both.members[m]["val"] == pytest.approx(alone.members[a]["val"], abs=TOL)
 
 
+@pytest.mark.slow
 def test_heads_on_cached_pooled_vectors_and_on_pooled_maps_share_a_group():
     splits = _map_splits(2, {"train": 64, "val": 32, "test": 32}, hw=2, channels=4, pooled=np.max)
     result = run_sweep(_sweep(pooling=("none", "avg"), widths=(4,)), splits, num_classes=3)
@@ -271,6 +282,7 @@ def _compiled_programs(caplog, fn):
     return out, [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
 
 
+@pytest.mark.slow
 def test_compile_sweep_from_shapes_leaves_run_sweep_nothing_to_compile(caplog):
     sweep = _sweep(widths=(4, 8), depth=(1, 2), dropout=(0.0, 0.5), ridge_l2=(0.1, 10.0), map_batch="auto")
     splits = _splits(n=96, d=13)  # shapes no other test compiles

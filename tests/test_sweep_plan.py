@@ -2,6 +2,7 @@
 the progress events the CLI's bar reads."""
 
 import numpy as np
+import pytest
 
 from jaxheads.heads import ConvStage, HeadSpec
 from jaxheads.parallel import make_mesh
@@ -58,6 +59,7 @@ def test_compaction_keeps_live_slots_first_and_pads_to_the_mesh():
     assert compaction(slots, np.ones(5, bool), mesh) is None  # nothing to shrink
 
 
+@pytest.mark.slow
 def test_progress_events_name_the_group_size():
     rng = np.random.default_rng(0)
     from jaxheads.features.split import FeatureSplit
@@ -69,6 +71,7 @@ def test_progress_events_name_the_group_size():
     assert {e["members"] for e in events} == {2} and events[-1]["epoch"] == 2 and events[-1]["active"] == 2
 
 
+@pytest.mark.slow
 def test_a_linear_head_in_a_norm_grid_is_one_config_and_trains():
     rng = np.random.default_rng(1)
     from jaxheads.features.split import FeatureSplit

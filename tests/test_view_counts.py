@@ -43,6 +43,7 @@ def test_parse_views_and_truncating_views_to_a_smaller_k() -> None:
         variants.splits_at_views({"train": split}, 5)
 
 
+@pytest.mark.slow
 def test_the_job_sweeps_two_view_counts_and_the_saved_head_records_its_k(
         tmp_path: Path, tiny_backbone, make_colour_folder) -> None:
     from jaxheads import job

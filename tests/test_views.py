@@ -147,6 +147,7 @@ def _assert_same_members(a: object, b: object) -> None:
         np.testing.assert_array_equal(a.predictions[key], b.predictions[key], err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folds", [None, 2])
 def test_view_sampling_changes_nothing_with_one_view_or_with_views_equal_to_the_plain_features(
         folds: int | None) -> None:
@@ -168,6 +169,7 @@ def test_view_sampling_changes_nothing_with_one_view_or_with_views_equal_to_the_
     np.testing.assert_array_equal(changed.predictions["val_labels"], today.predictions["val_labels"])
 
 
+@pytest.mark.slow
 def test_test_time_augmentation_averages_each_members_probabilities_over_the_test_views() -> None:
     from jaxheads.heads import apply_head
 

@@ -11,6 +11,7 @@ from jaxheads.backbones.winograd import winograd_conv3x3
 TOL = 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("size", "channels", "features", "pads"),
     [

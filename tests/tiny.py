@@ -16,6 +16,7 @@ from PIL import Image
 
 from jaxheads import backbones, heads
 from jaxheads.backbones import BackboneConfig, Preprocessing
+from jaxheads.backbones.base import run_layers
 from jaxheads.features import store
 from jaxheads.features.lazy import lazy_gather
 from jaxheads.features.split import FeatureSplit
@@ -25,6 +26,8 @@ NAME = "tiny"
 OTHER_WEIGHTS = "tiny_other_weights"  # the same network with other weights
 OTHER_PREPROCESSING = "tiny_other_preprocessing"  # the same network and weights, another input normalisation
 WEIGHTS_ID = "tiny-v1"
+TAPPED = "tiny_taps"  # the same network and weights, naming its four blocks as taps
+TINY_BLOCKS = (("stem", 8, 2), ("block0", 8, 1), ("block1", 16, 2), ("head", 16, 1))
 
 
 class _ConvBN(nn.Module):
@@ -43,11 +46,11 @@ class TinyBackbone(nn.Module):
     """(N, S, S, 3) -> {"features": (N, S/4, S/4, 16)} through four named blocks with batch norm."""
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        x = _ConvBN(8, 2, name="stem")(x, train)
-        x = _ConvBN(8, 1, name="block0")(x, train)
-        x = _ConvBN(16, 2, name="block1")(x, train)
-        return {"features": _ConvBN(16, 1, name="head")(x, train)}
+    def __call__(self, x: jax.Array, *, train: bool = False, taps: bool = False,
+                 until: str | None = None) -> dict[str, jax.Array]:
+        blocks = [(name, _ConvBN(width, stride, name=name)) for name, width, stride in TINY_BLOCKS]
+        return run_layers([(name, lambda y, b=block: b(y, train)) for name, block in blocks], x, taps=taps,
+                          until=until)
 
 
 def _weights(seed: int, weights_id: str):
@@ -73,17 +76,19 @@ def _weights(seed: int, weights_id: str):
     return load
 
 
-def _register(name: str, seed: int, weights_id: str, std: float = 127.5) -> None:
+def _register(name: str, seed: int, weights_id: str, std: float = 127.5, taps: tuple[str, ...] = ()) -> None:
     backbones.register(BackboneConfig(
         name=name, build=lambda num_classes=0: TinyBackbone(), feature_channels=16,
         preprocessing=Preprocessing(32, mean=(127.5,) * 3, std=(std,) * 3), blocks=("stem", "block0", "block1", "head"),
         weights={"tiny": _weights(seed, weights_id)}, default_weights="tiny", weights_ids={"tiny": weights_id},
+        taps=taps,
     ))  # fmt: skip
 
 
 _register(NAME, 0, WEIGHTS_ID)
 _register(OTHER_WEIGHTS, 1, "tiny-seed1")
 _register(OTHER_PREPROCESSING, 0, WEIGHTS_ID, std=64.0)
+_register(TAPPED, 0, WEIGHTS_ID, taps=tuple(name for name, _, _ in TINY_BLOCKS))
 
 
 def make_folder(root: Path, per_class: int, classes: tuple[str, ...] = ("cat", "dog")) -> Path:
