@@ -23,6 +23,7 @@ QUESTION_AXES: tuple[tuple[str, str], ...] = (
     ("batch_size", "Batch size"),
     ("input_size", "Input size"),
     ("views", "Views"),
+    ("representation", "Representation"),
 )
 QUESTION_AXES_NAMES = tuple(a for a, _ in QUESTION_AXES)
 
@@ -78,6 +79,7 @@ def member_factors(spec: Mapping[str, Any]) -> dict[str, Hashable]:
         # Set only in a sweep over several input sizes (jaxheads.sweep.sizes); None elsewhere, so never asked.
         "input_size": spec.get("input_size"),
         "views": spec.get("views"),  # likewise, a sweep over several --views K (jaxheads.sweep.variants)
+        "representation": spec.get("representation"),  # likewise, --representation (jaxheads.sweep.representation)
         "fixed": json.dumps(fixed, sort_keys=True),
     }
 
@@ -93,10 +95,12 @@ def varied_axes(result: Mapping[str, Any]) -> list[str]:
 
 
 def sort_levels(values: Iterable[Hashable]) -> list[Hashable]:
-    """Numbers ascending, then strings; "none" first among strings (it is the "or not" level)."""
+    """Numbers ascending, then strings; "none" first among strings (it is the "or not" level), and "last" (the
+    representation axis's plain features, the level every other is measured against)."""
     values = list(values)
     nums = sorted(v for v in values if isinstance(v, (int, float)))
-    strs = sorted((v for v in values if not isinstance(v, (int, float))), key=lambda s: (s != "none", str(s)))
+    strs = sorted((v for v in values if not isinstance(v, (int, float))), key=lambda s: (s not in ("none", "last"),
+                                                                                          str(s)))
     return nums + strs
 
 

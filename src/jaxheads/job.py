@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxheads import checkpoint, data, distributed, features, report
 from jaxheads.heads import io as heads_io
-from jaxheads.sweep import variants
+from jaxheads.sweep import representation, variants
 from jaxheads.heads import ConvStage
 from jaxheads.features.options import ExtractOptions
 from jaxheads.features.taps import resolve_taps
@@ -83,6 +83,10 @@ class JobOptions:
                 Several K (``"1,4"``): one sweep per K on the same plain val/test rows, merged. Several sizes
                 and several K are refused.
     tta:        each K's test figures average its own K views (K = 1: none).
+    representation: the pooled vector heads read, as levels (``"last,block12,all"``,
+                :mod:`jaxheads.sweep.representation`): ``last`` alone is today's job; any other level caches the
+                taps and runs one sweep per level, merged on a ``representation`` factor (not with several sizes
+                or K > 1 views).
     """
 
     weights: Any = "default"
@@ -93,6 +97,7 @@ class JobOptions:
     input_size: int | str | Sequence[int] | None = None
     views: int | str | Sequence[int] = 1
     tta: bool = False
+    representation: str | Sequence[str] = "last"
 
 
 JOB_EXTRACT = ExtractOptions(batch_size=64)
@@ -120,22 +125,31 @@ def sweep_job(
     """
     view_counts = variants.parse_views(options.views)
     sizes = variants.parse_sizes(options.input_size) or (None,)
-    variants.check_one_axis(",".join(map(str, sizes)) if len(sizes) > 1 else None, ",".join(map(str, view_counts)))
+    levels = representation.parse_levels(options.representation)
+    variants.check_one_axis(",".join(map(str, sizes)) if len(sizes) > 1 else None, ",".join(map(str, view_counts)),
+                            ",".join(levels))
     # Every size is checked against the backbone before any data is read.
     sources = {size: features.backbone_source(backbone, options.weights, seed=options.seed, input_size=size)
                for size in sizes}
     first = next(iter(sources.values()))
     resolve_taps(extract.taps, first.taps, first.name)  # an unknown tap: one line, before any data is read
+    representation.check_levels(levels, first.taps, first.name)
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
         dataset, data_dir=options.data_dir, task=options.task, seed=options.seed)  # fmt: skip
     sweep = sweep.for_splits(ds.split_sizes(), f"dataset {ds.name}")
     lazy = any(_may_stream(backbone, source, ds, device_memory_budget) for source in sources.values())
-    extract = extract.replace(views=max(view_counts), view_splits=_view_splits(sweep, ds, options.tta), lazy=lazy)
-    by_size = {size: features_for_sweep(source, ds, sweep, extract, feature_progress)
-               for size, source in sources.items()}
+    sweeps = _level_sweeps(sweep, levels, ds)
+    extract = extract.replace(views=max(view_counts), view_splits=_view_splits(sweep, ds, options.tta), lazy=lazy,
+                              **({"taps": "all"} if representation.needs_taps(levels) else {}))
+    by_size = {size: features_for_sweep(source, ds, sweeps.get(representation.LAST, sweeps[levels[0]]), extract,
+                                        feature_progress) for size, source in sources.items()}
     run_args = dict(num_classes=ds.num_classes, task=ds.task, progress=sweep_progress, label_names=list(ds.classes),
                     checkpoint_dir=Path(options.out_dir) / SWEEP_STATE, device_memory_budget=device_memory_budget)
-    result, key, trained_views = _run_levels(sweep, by_size, view_counts, run_args)
+    if representation.needs_taps(levels):  # one size, K = 1 (check_one_axis)
+        key, trained_views = next(iter(by_size)), view_counts[0]
+        result = _run_representations(sweeps, by_size[key], first.taps, run_args)
+    else:
+        result, key, trained_views = _run_levels(sweep, by_size, view_counts, run_args)
     source, splits = sources[key], variants.splits_at_views(by_size[key], trained_views)
     _add_confusion_matrices(result)
     files: dict[str, Path] = {}
@@ -145,7 +159,8 @@ def sweep_job(
                               weights="none" if weights is None else str(weights), weights_id=source.weights_id,
                               dataset=ds.name, input_size=source.preprocessing.input_size,
                               **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}),
-                              **_view_provenance(view_counts, trained_views, list(extract.augment), options.tta))
+                              **_view_provenance(view_counts, trained_views, list(extract.augment), options.tta),
+                              **_representation_provenance(result, levels))
     return JobOutput(result, splits, ds, files)
 
 
@@ -163,6 +178,36 @@ def _run_levels(sweep: SweepSpec, by_size: dict[Any, dict[str, FeatureSplit]], v
         result = variants.run_variants(sweep, by_size, "input_size", **run_args)
         key = result.input_size() if result.recommended is not None else key
     return result, key, trained_views
+
+
+def _level_sweeps(sweep: SweepSpec, levels: Sequence[str], ds: data.Dataset) -> dict[str, SweepSpec]:
+    """The sweep each representation level runs (tap levels: the heads reading pooled vectors); a sweep whose
+    heads all pool the feature map is refused in one line."""
+    sweeps = {level: representation.level_sweep(sweep, level, ds.num_classes, ds.task) for level in levels}
+    bad = [level for level, spec in sweeps.items() if spec is None]
+    if bad:
+        raise ValueError(f"--representation {','.join(levels)}: level {bad[0]} replaces the pooled vector, but every "
+                         "head pools the last feature map (--pooling avg/max/flatten); add none to --pooling")
+    return sweeps
+
+
+def _run_representations(sweeps: dict[str, SweepSpec], splits: dict[str, FeatureSplit], taps: Sequence[str],
+                         run_args: dict[str, Any]) -> SweepResult:
+    """One sweep per representation level on that level's pooled vectors (standardised on the training rows),
+    merged on the ``representation`` factor."""
+    folds = bool(next(iter(sweeps.values())).folds)
+    by_level = {level: representation.level_splits(splits, level, taps, folds=folds,
+                                                    num_classes=run_args["num_classes"]) for level in sweeps}
+    return variants.run_variants(sweeps, by_level, "representation", **run_args)
+
+
+def _representation_provenance(result: SweepResult, levels: Sequence[str]) -> dict[str, Any]:
+    """What results.json and the saved head record of the representation: the recommended head's level and every
+    level swept (nothing for today's ``last`` alone)."""
+    if not representation.needs_taps(levels):
+        return {}
+    chosen = result.level() if isinstance(result, variants.VariantSweepResult) and result.recommended else None
+    return {"representation": chosen, "representations": list(levels)}
 
 
 def _view_provenance(view_counts: Sequence[int], trained_views: int, policy: list[str], tta: bool) -> dict[str, Any]:

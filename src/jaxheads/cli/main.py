@@ -59,7 +59,8 @@ def run_key(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     views = variants.parse_views(args.views)  # one K keys as the int it always was
     return {"dataset": str(args.dataset or job.DEFAULT_DATASET), "backbone": args.backbone or job.DEFAULT_BACKBONE,
             "weights": str(args.weights), "task": args.task, "seed": args.seed, "sweep": spec.to_dict(),
-            "input_size": str(args.input_size), "views": views[0] if len(views) == 1 else list(views)}
+            "input_size": str(args.input_size), "views": views[0] if len(views) == 1 else list(views),
+            **({"representation": args.representation} if args.representation != "last" else {})}
 
 
 def _dry_run(args: argparse.Namespace, spec: Any) -> int:
@@ -94,6 +95,9 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
                            header=f"{ds.name} ({counts}) on {backbone} at {px} px: ")
     recorded = {**plans[pixels[-1]], "estimate": totals, **({"by_input_size": plans} if len(pixels) > 1 else {})}
     path = dry_run.record(run_key(args, spec), recorded)
+    if args.representation != "last":
+        log.info("--representation %s: one sweep per level (this plan is the last layer's; a tap level runs only "
+                 "the heads that read pooled vectors, on its own width).", args.representation)
     log.info("Nothing ran. The feature pass (%d images at %s px, skipped for images already cached) comes first. "
              "A run with the same flags records this estimate beside its time (%s).", sum(sizes.values()) * len(
                  pixels), ", ".join(map(str, pixels)), path)
@@ -132,8 +136,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from jaxheads.sweep import variants
 
     variants.parse_views(args.views), augment.parse_policy(args.augment)  # bad flags fail before any work
-    variants.check_one_axis(args.input_size, args.views)  # a dry run too
-    _check_taps(args.taps, args.backbone)
+    variants.check_one_axis(args.input_size, args.views, args.representation)  # a dry run too
+    _check_taps(args.taps, args.backbone, args.representation)
     if not distributed.initialize(args.coordinator, args.num_processes, args.process_id):
         distributed.split_cpu_host()  # CPU-only hosts: members run side by side, one JAX device per core
     spec = sweep_spec_from_args(args)
@@ -146,7 +150,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     main = distributed.is_main_process()
     with _compile_cache(args), progress.Bars(enabled=main and not args.quiet) as bars:
         options = job.JobOptions(weights=weights, out_dir=args.out, data_dir=args.data_dir, task=args.task,
-                                 seed=args.seed, input_size=args.input_size, views=args.views, tta=args.tta)
+                                 seed=args.seed, input_size=args.input_size, views=args.views, tta=args.tta,
+                                 representation=args.representation)
         extract = features.ExtractOptions(cache_dir=args.cache_dir, batch_size=args.feature_batch_size,
                                           strict=args.strict, augment=args.augment, taps=args.taps)
         output = job.sweep_job(args.dataset or job.DEFAULT_DATASET, args.backbone or job.DEFAULT_BACKBONE,
@@ -159,13 +164,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_taps(taps: str, backbone: str | None) -> None:
-    """``--taps`` against the backbone's tap names (a dry run too): one line listing them when a name is unknown."""
+def _check_taps(taps: str, backbone: str | None, levels: str = "last") -> None:
+    """``--taps`` and ``--representation`` against the backbone's tap names (a dry run too): one line listing them
+    when a name is unknown."""
     from jaxheads import backbones, job
     from jaxheads.features.taps import parse_taps, resolve_taps
+    from jaxheads.sweep import representation
 
     config = backbones.get_config(backbone or job.DEFAULT_BACKBONE)
     resolve_taps(parse_taps(taps), config.taps, config.name)
+    representation.check_levels(representation.parse_levels(levels), config.taps, config.name)
 
 
 @contextlib.contextmanager

@@ -228,6 +228,12 @@ def _sweep_parser(sub: Any) -> None:
                       "backbone to cache too, each as its per-channel mean and standard deviation, from the same "
                       "forward pass: last (only the last layer's features), all, or tap names from `jaxheads "
                       "backbones list --taps`; the heads train on the last layer's features; default last")
+    data.add_argument("--representation", default="last", metavar="LEVEL,...", help="the pooled vector the heads "
+                      "read, as a sweep axis (one sweep per level, 'Representation: last vs all' joins the questions): "
+                      "last (the last layer), a tap name (cut the backbone there), last-K (the last K taps), all "
+                      "(every tap, each standardised on the training rows), select:F (the fraction F of all's "
+                      "features a ridge fit on the training rows ranks highest; --folds none); caches every tap; "
+                      "heads that pool the map (--pooling avg...) read the last map, at level last only; default last")
     _view_flags(sweep)
     axes = sweep.add_argument_group("axes: comma-separated levels, e.g. --widths 128,512 (see the end)")
     scalars = sweep.add_argument_group("scalars: one value each")

@@ -58,6 +58,8 @@ def spec_summary(spec: Mapping[str, Any], axes: Iterable[str] | None = None) -> 
         parts.append(f"{f['input_size']} px")
     if "views" in show and f["views"] is not None:
         parts.append(f"{f['views']} view{'s' if f['views'] != 1 else ''}")
+    if "representation" in show and f["representation"] is not None:
+        parts.append(f"taps {f['representation']}" if f["representation"] != "last" else "last layer")
     return " · ".join(parts)
 
 

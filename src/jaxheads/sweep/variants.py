@@ -1,9 +1,10 @@
 """Feature variants as a sweep axis: the same sweep run on several variants of the features, merged into one result.
 
 A variant is one level of a feature axis the jitted engine cannot vary inside one program: the input size the
-images were featured at (``input_size``, :mod:`jaxheads.sweep.sizes`) or the number K of views heads train on
-(``views``: the plain image and K-1 augmented views, :mod:`jaxheads.data.augment`). Each level is its own
-:func:`run_sweep` on the same members, folds and seeds; :func:`merge_variants` joins the results into one
+images were featured at (``input_size``, :mod:`jaxheads.sweep.sizes`), the number K of views heads train on
+(``views``: the plain image and K-1 augmented views, :mod:`jaxheads.data.augment`), or the pooled vector heads
+read (``representation``: a named level such as ``last`` or ``all``, :mod:`jaxheads.sweep.representation`). Each
+level is its own :func:`run_sweep` on the same members, folds and seeds (a representation level may run fewer); :func:`merge_variants` joins the results into one
 :class:`VariantSweepResult` whose member specs carry the axis as a factor (:func:`jaxheads.factors.member_factors`).
 The examples scored are the same at every level (checked on the labels and folds; views only add training rows),
 so the members' per-example predictions line up and the verdicts ask "Input size: 224 vs 300" or "Views: 1 vs 4"
@@ -26,35 +27,38 @@ from jaxheads.sweep.result import SweepResult, leaderboard
 from jaxheads.sweep.run import run_sweep
 from jaxheads.sweep.spec import MemberSpec, SweepSpec
 
-__all__ = ["VARIANT_AXES", "VariantSweepResult", "check_one_axis", "merge_variants", "parse_sizes", "parse_views",
-           "run_variants", "splits_at_views", "variant_config"]
+__all__ = ["STRING_AXES", "VARIANT_AXES", "VariantSweepResult", "check_one_axis", "merge_variants", "parse_sizes",
+           "parse_views", "run_variants", "splits_at_views", "variant_config"]
 
 # axis -> (config id suffix for a level, what results.json lists the levels as, a level in words)
 VARIANT_AXES: dict[str, tuple[str, str, str]] = {
     "input_size": ("{}px", "input_sizes", "{} px"),
     "views": ("{}views", "views_swept", "{} views"),
+    "representation": ("{}", "representations", "representation {}"),
 }
+STRING_AXES = ("representation",)
+"""Axes whose levels are names, kept in the order given (the others are numbers, sorted)."""
 
 
 @dataclasses.dataclass
 class VariantSweepResult(SweepResult):
-    """A :class:`SweepResult` over the levels of one variant axis: every member spec has the axis (``input_size``
-    or ``views``); ``feature_shapes`` are those of the recommended config's level, ``shapes_by_level`` every
-    level's."""
+    """A :class:`SweepResult` over the levels of one variant axis: every member spec has the axis (``input_size``,
+    ``views`` or ``representation``); ``feature_shapes`` are those of the recommended config's level,
+    ``shapes_by_level`` every level's."""
 
     axis: str = "input_size"
-    levels: list[int] = dataclasses.field(default_factory=list)
-    shapes_by_level: dict[int, dict[str, list[int] | None]] = dataclasses.field(default_factory=dict)
+    levels: list[Any] = dataclasses.field(default_factory=list)
+    shapes_by_level: dict[Any, dict[str, list[int] | None]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), VARIANT_AXES[self.axis][1]: list(self.levels)}
 
-    def level(self, member: int | None = None) -> int:
+    def level(self, member: int | None = None) -> Any:
         """The level of the axis member ``member`` (default: the recommended one) was trained at."""
         member = self.recommended_member() if member is None else member
         if member is None:
             raise ValueError("no member to return: the sweep recommended nothing")
-        return int(self.members[member]["spec"][self.axis])
+        return _level(self.members[member]["spec"][self.axis], self.axis)
 
     def input_size(self, member: int | None = None) -> int:
         """The input size member ``member`` (default: the recommended one) was trained at (a size sweep only)."""
@@ -78,7 +82,12 @@ class VariantSweepResult(SweepResult):
         return MemberSpec.from_dict(spec).head, self.variables[member]
 
 
-def variant_config(config: str, axis: str, level: int) -> str:
+def _level(value: Any, axis: str) -> Any:
+    """A level as its axis keeps it: a name for a string axis, else an int."""
+    return str(value) if axis in STRING_AXES else int(value)
+
+
+def variant_config(config: str, axis: str, level: Any) -> str:
     """A config id at one level: the head's id and the level (the same head at two levels is two configs)."""
     return f"{config}@{VARIANT_AXES[axis][0].format(level)}"
 
@@ -113,13 +122,18 @@ def parse_views(text: str | int | Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
-def check_one_axis(input_size: Any, views: Any) -> None:
-    """Several input sizes and several K in one job are refused (one merge axis at a time): a one-line error naming
-    both flags."""
+def check_one_axis(input_size: Any, views: Any, representation: Any = "last") -> None:
+    """Several input sizes and several K in one job are refused (one merge axis at a time), and so is a
+    representation other than ``last`` beside several sizes or K > 1 views (the views carry no standardised taps):
+    a one-line error naming the flags."""
     sizes = str(input_size).split(",") if input_size is not None else []
     if len(sizes) > 1 and len(parse_views(views)) > 1:
         raise ValueError(f"--input-size {input_size} with --views {views}: sweep several input sizes or several "
                          "view counts, not both")
+    if str(representation).strip() != "last" and (len(sizes) > 1 or max(parse_views(views)) > 1):
+        other = f"--input-size {input_size}" if len(sizes) > 1 else f"--views {views}"
+        raise ValueError(f"--representation {representation} with {other}: a representation axis runs on one input "
+                         "size and the plain images (views 1)")
 
 
 def splits_at_views(splits: Mapping[str, FeatureSplit], views: int) -> dict[str, FeatureSplit]:
@@ -135,24 +149,27 @@ def splits_at_views(splits: Mapping[str, FeatureSplit], views: int) -> dict[str,
     return out
 
 
-def run_variants(sweep: SweepSpec, splits_by_level: Mapping[int, Mapping[str, FeatureSplit]], axis: str, *,
+def run_variants(sweep: SweepSpec | Mapping[Any, SweepSpec],
+                 splits_by_level: Mapping[Any, Mapping[str, FeatureSplit]], axis: str, *,
                  num_classes: int, task: str = "multiclass", label_names: Sequence[str] | None = None,
                  progress: Callable[[dict[str, Any]], None] | None = None,
                  checkpoint_dir: str | os.PathLike[str] | None = None,
                  device_memory_budget: int | str | None = None) -> VariantSweepResult:
     """:func:`run_sweep` of ``sweep`` on every level's features (the same members, folds and seeds, the same
-    device-memory budget; each level resumes from its own folder under ``checkpoint_dir``), merged."""
+    device-memory budget; each level resumes from its own folder under ``checkpoint_dir``), merged. ``sweep`` may
+    be one spec per level ({level: spec}: a representation level runs only the heads that read pooled vectors)."""
     results = {}
     for level, splits in splits_by_level.items():
-        suffix = VARIANT_AXES[axis][0].format(level)
+        suffix = VARIANT_AXES[axis][0].format(level).replace(":", "_")  # a folder name: no colon
         where = None if checkpoint_dir is None else Path(checkpoint_dir) / suffix
-        results[int(level)] = run_sweep(sweep, splits, num_classes=num_classes, task=task, progress=progress,
-                                        label_names=label_names, checkpoint_dir=where,
-                                        device_memory_budget=device_memory_budget)
+        spec = sweep[level] if isinstance(sweep, Mapping) else sweep
+        results[_level(level, axis)] = run_sweep(spec, splits, num_classes=num_classes, task=task,
+                                                 progress=progress, label_names=label_names, checkpoint_dir=where,
+                                                 device_memory_budget=device_memory_budget)
     return merge_variants(results, axis)
 
 
-def _check_same_examples(results: Mapping[int, SweepResult], axis: str) -> None:
+def _check_same_examples(results: Mapping[Any, SweepResult], axis: str) -> None:
     """Predictions pair up only if every level scored the same examples in the same order (and the same folds)."""
     name = {level: VARIANT_AXES[axis][2].format(level) for level in results}
     first_level, first = next(iter(results.items()))
@@ -170,7 +187,7 @@ def _check_same_examples(results: Mapping[int, SweepResult], axis: str) -> None:
                                  "(every level must be featured from the same examples, split the same way)")
 
 
-def _member_at(record: Mapping[str, Any], axis: str, level: int, member_offset: int,
+def _member_at(record: Mapping[str, Any], axis: str, level: Any, member_offset: int,
                group_offset: int) -> dict[str, Any]:
     out = dict(record)
     out["spec"] = {**record["spec"], axis: level}
@@ -180,7 +197,7 @@ def _member_at(record: Mapping[str, Any], axis: str, level: int, member_offset: 
     return out
 
 
-def _merged_predictions(results: Mapping[int, SweepResult]) -> dict[str, np.ndarray]:
+def _merged_predictions(results: Mapping[Any, SweepResult]) -> dict[str, np.ndarray]:
     first = next(iter(results.values())).predictions
     out = {k: v for k, v in first.items() if k in ("val_labels", "val_fold", "test_labels")}
     for key in ("val", "test"):
@@ -189,7 +206,7 @@ def _merged_predictions(results: Mapping[int, SweepResult]) -> dict[str, np.ndar
     return out
 
 
-def merge_variants(results: Mapping[int, SweepResult], axis: str) -> VariantSweepResult:
+def merge_variants(results: Mapping[Any, SweepResult], axis: str) -> VariantSweepResult:
     """One result over the levels of ``axis`` in ``results`` ({level: the sweep on that level's features}):
     members and groups renumbered one level after another, configs named per level (:func:`variant_config`),
     predictions stacked, then ranked and analysed again (intervals, the questions with the axis, the
@@ -198,7 +215,8 @@ def merge_variants(results: Mapping[int, SweepResult], axis: str) -> VariantSwee
         raise ValueError(f"merge_variants: axis {axis!r}: expected one of {', '.join(VARIANT_AXES)}")
     if len(results) < 1:
         raise ValueError("merge_variants: no sweep results to merge")
-    results = dict(sorted((int(level), r) for level, r in results.items()))
+    results = {_level(level, axis): r for level, r in results.items()}  # names in the order given, numbers sorted
+    results = results if axis in STRING_AXES else dict(sorted(results.items()))
     _check_same_examples(results, axis)
     members, variables, groups, ridge = [], [], [], []
     timings: dict[str, float] = {"total_s": 0.0, "ridge_s": 0.0}

@@ -1,0 +1,146 @@
+"""The representation as a sweep axis (issue 24, part 2): one sweep per level (last, a tap, last-K, all, select:F)
+merged on a ``representation`` factor that the verdicts ask about; ``last`` is the plain sweep bit for bit; tap
+levels are standardised on the training rows only; a Head2Toe selection never picks a feature that leaks the val
+labels; bad levels are one line listing the backbone's taps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxheads import cli, features
+from jaxheads.features.split import FeatureSplit
+from jaxheads.sweep import SweepSpec, representation, run_sweep, variants
+
+TAPS = ("stem", "block0", "block1", "head")
+SWEEP = SweepSpec(pooling=("none",), widths=(8,), depth=(0,), learning_rate=(3e-2,), epochs=3, seeds=2,
+                  batch_size=(32,), patience=None, map_batch="vmap", ridge_l2=(), folds=None)
+
+
+def _splits(seed: int = 0, sizes: tuple[int, int, int] = (96, 48, 48)) -> dict[str, FeatureSplit]:
+    """Three classes; the last-layer vector is noise, block0's first columns carry the class (a tap that helps)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, n in zip(("train", "val", "test"), sizes):
+        y = rng.integers(0, 3, n)
+        taps = {t: rng.normal(3.0 * i, 1.0 + i, size=(n, 4 + 2 * i)).astype(np.float16) for i, t in enumerate(TAPS)}
+        taps["block0"][:, :3] += (2.5 * np.eye(3)[y]).astype(np.float16)
+        out[name] = FeatureSplit(labels=y, pooled=rng.normal(size=(n, 6)).astype(np.float32), taps=taps)
+    return out
+
+
+@pytest.mark.slow  # four sweeps
+def test_a_representation_sweep_merges_on_its_factor_and_last_is_the_plain_sweep() -> None:
+    splits = _splits()
+    levels = ("last", "block0", "last-2", "all")
+    by_level = {lv: representation.level_splits(splits, lv, TAPS, folds=False, num_classes=3) for lv in levels}
+    assert by_level["last"]["train"].pooled is splits["train"].pooled  # untouched: today's features
+    assert [by_level[lv]["val"].pooled.shape[1] for lv in levels[1:]] == [6, 8 + 10, 4 + 6 + 8 + 10]
+    swept = ("last", "block0", "all")  # last-2 only by its width: each level is one more sweep to train
+    merged = variants.run_variants(SWEEP, {lv: by_level[lv] for lv in swept}, "representation", num_classes=3)
+    plain = run_sweep(SWEEP, splits, num_classes=3)
+    assert merged.levels == list(swept) and len(merged.members) == 6
+    assert [m["spec"]["representation"] for m in merged.members] == [lv for lv in swept for _ in range(2)]
+    np.testing.assert_array_equal(merged.predictions["val"][:2], plain.predictions["val"])  # bit for bit
+    np.testing.assert_array_equal(merged.predictions["test"][:2], plain.predictions["test"])
+    assert [m["curves"] for m in merged.members[:2]] == [m["curves"] for m in plain.members]
+    titles = [q["title"] for q in merged.questions if q["axis"] == "representation"]
+    assert "Representation: last vs all" in titles and "Representation: last vs block0" in titles, titles
+    assert merged.recommended.split("@")[-1] in swept
+    assert json.loads(merged.to_json())["representations"] == list(swept)
+
+
+def test_tap_levels_are_standardised_on_the_training_rows_only() -> None:
+    splits = _splits(1)
+    out = representation.level_splits(splits, "all", TAPS, folds=False, num_classes=3)
+    np.testing.assert_allclose(out["train"].pooled.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out["train"].pooled.std(0), 1.0, atol=1e-3)
+    assert abs(float(out["test"].pooled.mean())) > 1e-3  # the test rows are transformed, never fitted
+    shifted = {k: s if k == "train" else FeatureSplit(s.labels, s.pooled, taps={t: v * 7 + 50 for t, v in
+                                                                               s.taps.items()})
+               for k, s in splits.items()}
+    again = representation.level_splits(shifted, "all", TAPS, folds=False, num_classes=3)
+    np.testing.assert_array_equal(again["train"].pooled, out["train"].pooled)  # val/test rows move nothing
+    # With folds every pooled train+val row is a training row of K-1 folds: they fit it, test never does.
+    folded = representation.level_splits(splits, "all", TAPS, folds=True, num_classes=3)
+    both = np.concatenate([folded["train"].pooled, folded["val"].pooled])
+    np.testing.assert_allclose(both.mean(0), 0.0, atol=1e-4)
+    moved_test = {**splits, "test": shifted["test"]}
+    np.testing.assert_array_equal(representation.level_splits(moved_test, "all", TAPS, folds=True,
+                                                              num_classes=3)["val"].pooled, folded["val"].pooled)
+
+
+def test_selection_never_picks_a_feature_that_leaks_the_val_labels() -> None:
+    splits = _splits(2)
+    rng = np.random.default_rng(3)
+    leak = {name: (s.labels.astype(np.float16) if name == "val" else rng.normal(size=len(s)).astype(np.float16))
+            for name, s in splits.items()}  # the val label itself on val rows, noise on train and test rows
+    planted = {name: FeatureSplit(s.labels, s.pooled, taps={**s.taps, "head": np.concatenate(
+        [s.taps["head"], leak[name][:, None]], axis=1)}) for name, s in splits.items()}
+    out = representation.level_splits(planted, "select:0.25", TAPS, folds=False, num_classes=3)
+    val = out["val"].pooled
+    corr = [abs(np.corrcoef(val[:, j], splits["val"].labels)[0, 1]) for j in range(val.shape[1])]
+    assert max(corr) < 0.9, max(corr)  # the leak (correlation 1 on val) was left out
+    assert val.shape[1] == int(np.ceil(0.25 * (4 + 6 + 8 + 11)))
+    # The same ranking fitted on the val rows would pick it: the test can see a leak when there is one.
+    x_val = representation.standardise(np.concatenate([planted["val"].taps[t] for t in TAPS], 1),
+                                       np.concatenate([planted["val"].taps[t] for t in TAPS], 1))
+    assert x_val.shape[1] - 1 in representation.select_features(x_val, splits["val"].labels, 0.25, 3)
+    with pytest.raises(ValueError, match="--folds none"):
+        representation.level_splits(planted, "select:0.25", TAPS, folds=True, num_classes=3)
+
+
+@pytest.mark.parametrize(("level", "says"), [("bogus", "has no tap 'bogus'"),
+                                             ("last-9", "last-K takes K from 1 to 4"),
+                                             ("select:2", "select:F keeps a fraction F in (0, 1]"),
+                                             ("last,last", "distinct")])
+@pytest.mark.parametrize("dry", [False, True])
+def test_bad_levels_are_one_line_listing_the_taps(level: str, says: str, dry: bool, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str], tiny_tapped_backbone) -> None:
+    code = cli.main(["sweep", "--out", str(tmp_path), "--backbone", tiny_tapped_backbone, "--dataset", str(tmp_path / "no"),
+                     "--representation", level, *(["--dry-run"] if dry else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and says in err, err
+    if "tap" in says:
+        assert "stem, block0, block1, head" in err
+
+
+def test_maps_only_sweeps_are_refused_and_mixed_ones_keep_maps_at_last(tmp_path: Path, tiny_tapped_backbone,
+                                                                       make_colour_folder) -> None:
+    from jaxheads import job
+
+    root = make_colour_folder(tmp_path / "colours", per_class=4)
+    with pytest.raises(ValueError, match="every head pools the last feature map.*add none to --pooling"):
+        job.sweep_job(root, tiny_tapped_backbone, sweep=SweepSpec(pooling=("avg",), widths=(8,), folds=None),
+                      options=job.JobOptions(out_dir=tmp_path / "run", representation="last,all"),
+                      extract=features.ExtractOptions(cache_dir=tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()  # refused before the feature pass
+    maps_only = SweepSpec(pooling=("avg",), widths=(8,), depth=(1,), folds=None)
+    assert representation.level_sweep(maps_only, "all", 3, "multiclass") is None
+    assert representation.level_sweep(maps_only, "last", 3, "multiclass") is maps_only
+    mixed = SweepSpec(pooling=("avg", "none"), widths=(8,), depth=(0, 1), folds=None)
+    at_all = representation.level_sweep(mixed, "all", 3, "multiclass")
+    assert {m.head.pooling for m in at_all.expand(3, "multiclass")} == {"none"}
+    assert len(at_all.expand(3, "multiclass")) == len(mixed.expand(3, "multiclass")) // 2
+    assert representation.level_sweep(SWEEP, "all", 3, "multiclass") is SWEEP  # pooled only: the same spec
+
+
+@pytest.mark.slow  # the tiny backbone's feature pass and three sweeps
+def test_the_job_caches_the_taps_and_records_the_representation(tmp_path: Path, tiny_tapped_backbone,
+                                                                make_colour_folder) -> None:
+    from jaxheads import job
+
+    root = make_colour_folder(tmp_path / "colours", per_class=10)
+    sweep = SweepSpec(pooling=("none",), widths=(8,), depth=(0,), epochs=2, seeds=1, patience=None,
+                      map_batch="vmap", ridge_l2=(), folds=None)
+    out = job.sweep_job(root, tiny_tapped_backbone, sweep=sweep,
+                        options=job.JobOptions(out_dir=tmp_path / "run", representation="last,block1,all"),
+                        extract=features.ExtractOptions(cache_dir=tmp_path / "cache"))
+    assert out.result.levels == ["last", "block1", "all"] and set(out.splits["train"].taps) == set(TAPS)
+    saved = json.loads(out.files["results"].read_text())
+    assert saved["provenance"]["representations"] == ["last", "block1", "all"]
+    assert saved["provenance"]["representation"] == out.result.level()
+    assert any(q["title"] == "Representation: last vs block1" for q in saved["questions"])
