@@ -1,61 +1,44 @@
-"""Benchmark: do jaxheads.stats' paired bootstrap intervals cover the truth, and call ties and wins correctly?
+"""Benchmark: do the intervals cover the truth, call equal heads "within noise" and find real gains, for every
+design the CLI can run and whichever noise source dominates?
 
-Synthetic "sweep outputs" with a known population truth, evaluated as the sweep engine would (S seed replicas,
-one fixed validation split or K-fold cross-validation), then compared with :func:`jaxheads.stats.compare`.
+Synthetic sweep outputs with a known population truth, scored as the sweep engine scores them, then compared by
+each interval method. Deterministic (fixed seeds); figures in experiments/README.md and the JSON.
 
 Generator. Features: C = 4 equiprobable classes in d = 8 dimensions, x = sep * e_y + N(0, I) (the class signal sits
 in the first C dimensions; the other 4 are pure noise). A head is a fixed linear classifier on x~ = [x, 1]: logits =
-x~ (W + D), W = [sep * I_C; alpha * P; 0], where P (4 x C) weighs the noise dimensions (the head's "quality":
-larger alpha, more errors), and D is the training noise of one replica:
+x~ (W + D), W = [sep * I_C; alpha * P; 0], where P (4 x C) weighs the noise dimensions (larger alpha, more errors),
+and D is the training noise of one trained model:
 
-- seed noise: every replica (per seed, and per fold under cross-validation) adds independent N(0, seed_sd^2)
-  entries to all of W's (d + 1) x C entries (initialisation / batch order);
-- fold noise (cross-validation only): the model of fold k adds N(0, fold_sd^2) entries, half of the variance
-  shared by the two heads (both are trained on the same training folds), drawn afresh per fold and repeat (a new
-  data set each repeat). With a fixed validation split (K = 1) the training set is the same in every repeat, so
-  its effect is part of W (the inference is conditional on the training data) and there is no fold noise.
+- seed noise: every model (each seed, and each fold and repeat under cross-validation) adds independent
+  N(0, seed_sd^2) entries to W (initialisation and batch order);
+- fold noise (cross-validation only): the model of each (repeat, fold) adds N(0, fold_sd^2) entries, half of the
+  variance shared by the two heads (both train on the same rows). With a fixed split the training set is the same
+  in every replicate, so its effect is part of W (the inference is conditional on it) and there is no fold noise.
+  Fold noise is drawn independently per (repeat, fold): the overlap of real training sets (which no K-fold
+  variance estimate can see, Bengio & Grandvalet 2004) is not modelled.
 
-Heads: A has alpha_A = 1.2. "equal": W_B = [sep * I; alpha_A * Q P; 0] for a random orthogonal Q: as x's noise
-dimensions are isotropic, exactly A's accuracy, but its errors fall on other examples.
-"+m": alpha chosen (bisection, common random numbers) so that B beats A by about m in true accuracy (at most
-alpha = 0, the noise-free-map head, whose margin is smaller than m under the heaviest fold noise: the table's truth
-column gives the margin actually used).
+Heads: A has alpha_A = 1.2; "equal" is A with its noise map rotated (the same accuracy, errors on other
+examples); "+m" is calibrated by bisection to beat A by about m in true accuracy.
 
-Truth. The true accuracy of a head is its population accuracy averaged over its training noise, E_{x, D}
-[argmax logits = y]. Because x~ D has the law N(0, sigma^2 |x~|^2 I_C) for D with i.i.d. N(0, sigma^2) entries
-(sigma^2 = seed_sd^2, plus fold_sd^2 under cross-validation), the expectation is a plain Monte Carlo mean over
-2,000,000 examples, each with its own noise draw (the law used is exact, so the mean is unbiased). The true
-difference B - A uses the same examples for both heads (independent noise); its Monte Carlo standard error is
-recorded (2-4e-4, under a fiftieth of an interval's half width). For "equal" the truth is 0 exactly.
+Truth: a head's population accuracy averaged over its training noise, a Monte Carlo mean over 2,000,000 examples
+each with its own noise draw (x~ D has the law N(0, sigma^2 |x~|^2 I_C)); for "equal" the truth is 0 exactly.
 
-Designs: a fixed split (N = 525) with S = 2 and S = 5 seeds, and 5-fold cross-validation (N = 2100, S = 2), at the
-default noise (a replica's population accuracy has sd ~0.007-0.008 from seed noise and as much from fold noise)
-and in two stress settings where one source dominates: seed noise x3 (sd ~0.027) and fold noise x3 (sd ~0.029).
-Besides the library as built, two remedies are scored on the same repeats: "seed inflated" scales each draw's
-seed-resampling deviation by sqrt(S / (S - 1)) (the small-sample correction of a cluster bootstrap; computed here
-from the per-seed values, it is not in the library), and under cross-validation "folds fixed" resamples examples
-within each fold but not the folds (``make_draws(resample_folds=False)``).
+Designs: a fixed split (N = 525) with 1, 2 and 5 seeds; K = 5 cross-validation of N = 2100 with one seed (the main
+job's design); R = 3 repeats of K = 5 (R x K = 15 models per config). Regimes: example noise dominant (seed_sd =
+fold_sd = 0.04), fold noise dominant (fold_sd = 0.36), seed noise dominant (seed_sd = 0.36).
 
-Each repeat draws a fresh evaluation set (and fresh replica noise), runs one :func:`jaxheads.stats.make_draws` (B
-= 2000) and :func:`jaxheads.stats.compare` of A against each B, and records the verdict and whether the 95%
-interval covers the true difference. Reported per design and case: the fraction "within noise" (equal heads;
-target >= 93%), the power (fraction "b better"), the coverage (target 93-97%), and the binomial standard error of
-these fractions (about 1.5 points at 200 repeats). The variance components (sd of a replica's population accuracy)
-are measured and recorded too.
+Methods on the same replicates: "today", the library's two-level bootstrap (:func:`jaxheads.stats.make_draws`:
+folds, then examples within them, and seeds); "corrected", :mod:`jaxheads.intervals` (examples resampled once, the
+models' own variance by the method of moments, t-widened on few models); under cross-validation also "NB t"
+(Nadeau & Bengio 2003's corrected resampled t on the J per-model differences: variance (1/J + 1/(K - 1)) s^2,
+t_{J-1}) and "CLT" (Bayle et al. 2020: normal, the within-fold variance of the per-example differences / N). With
+repeats "today" treats the R partitions' passes as seeds of the first partition's folds.
 
-Findings (experiments/results/bench_coverage.json; deterministic). Fixed split, S = 2, default noise: all targets
-met (95.5% within noise, coverage 94.5-95.5%). S = 5: conservative (coverage 99% at +0.03) for heads whose errors
-are nested, where the seed x example interaction, counted by both the seed and the example resampling, dominates
-the difference's variance. Seed noise x3 with S = 2: missed (86.5% within noise, coverage 82-89%): two seeds give
-one degree of freedom for the seed variance, and resampling them halves it; the sqrt(S / (S - 1)) inflation
-recovers part (91%, 88.5-92.5%), S = 5 more (92%, 92-96%), both together 93.5-97.5%. Cross-validation, default
-noise: conservative (98.5% within noise, coverage 98-99.5%; power at +0.03 91.5% against 98.5% for "folds
-fixed"), because resampling folds and then examples counts the example noise (2K - 1) / K = 1.8 times; "folds
-fixed" is near nominal there (90% within noise, 94.5% coverage; 93-97% with the seed inflation) but undercovers
-badly (72-83%) with fold noise x3, where the default stays near nominal (94.5-97.5%). So the library keeps
-resampling both levels by default, and leaves the seed inflation out.
+Reported per design, regime and method: the fraction "within noise" for equal heads (target >= 93%), coverage of
+the true difference for every case (target 93-97%), power (the fraction "b better") at +0.03 and +0.05, the mean
+interval width, and the binomial standard error of each fraction.
 
-    python experiments/bench_coverage.py [--repeats 200] [--out experiments/results/bench_coverage.json]
+    python experiments/bench_coverage.py [--replicates 200] [--out experiments/results/bench_coverage.json]
 """
 
 from __future__ import annotations
@@ -67,13 +50,17 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
+from scipy import stats as scipy_stats
 
-from jaxheads import stats
+from jaxheads import intervals, stats
 
 CLASSES, NOISE_DIMS = 4, 4
 DIM = CLASSES + NOISE_DIMS
+MARGINS = (0.03, 0.05)
+N_BOOT = 1000  # draws per interval here: coverage barely moves with B, the benchmark's time does
 
 
 @dataclass(frozen=True)
@@ -90,19 +77,24 @@ class Design:
     examples: int
     seeds: int
     folds: int
-    seed_sd: float = 0.12  # sd of each weight entry's seed noise
-    fold_sd: float = 0.12  # sd of each weight entry's fold (training set) noise, cross-validation only
+    repeats: int = 1
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    seed_sd: float  # sd of each weight entry's seed noise
+    fold_sd: float  # sd of each weight entry's fold (training set) noise, cross-validation only
 
 
 DESIGNS = (
-    Design("split N=525 S=2", 525, 2, 1),
-    Design("split N=525 S=5", 525, 5, 1),
-    Design("split S=2 seed x3", 525, 2, 1, seed_sd=0.36),
-    Design("split S=5 seed x3", 525, 5, 1, seed_sd=0.36),
-    Design("cv N=2100 S=2 K=5", 2100, 2, 5),
-    Design("cv S=2 K=5 fold x3", 2100, 2, 5, fold_sd=0.36),
+    Design("split S=1", 525, 1, 1),
+    Design("split S=2", 525, 2, 1),
+    Design("split S=5", 525, 5, 1),
+    Design("K=5", 2100, 1, 5),
+    Design("R=3 x K=5", 2100, 1, 5, repeats=3),
 )
-MARGINS = (0.03, 0.05)
+REGIMES = (Regime("example", 0.04, 0.04), Regime("fold", 0.04, 0.36), Regime("seed", 0.36, 0.04))
 
 
 def head_weights(problem: Problem, noise_map: np.ndarray, alpha: float) -> np.ndarray:
@@ -157,166 +149,205 @@ def replica_sd(problem: Problem, w: np.ndarray, sd: float, seed: int, replicas: 
     return float(np.std(accs, ddof=1))
 
 
-def replica_scores(
-    problem: Problem, design: Design, x: np.ndarray, folds: np.ndarray, heads: dict[str, np.ndarray],
-    rng: np.random.Generator,
-) -> dict[str, np.ndarray]:  # fmt: skip
-    """(S, N, C) logits of every head: the model of fold k and seed s scores fold k's examples."""
-    out = {name: np.zeros((design.seeds, len(x), CLASSES)) for name in heads}
-    for k in range(design.folds):
-        rows = folds == k
-        shared = rng.normal(size=(DIM + 1, CLASSES))  # the training folds' effect common to both heads
-        for name, w in heads.items():
-            fold = 0.0
-            if design.folds > 1:
-                own = rng.normal(size=w.shape)
-                fold = design.fold_sd * (np.sqrt(problem.fold_shared) * shared + np.sqrt(1 - problem.fold_shared) * own)
-            for s in range(design.seeds):
-                out[name][s, rows] = x[rows] @ (w + fold + design.seed_sd * rng.normal(size=w.shape))
+
+
+def replica_scores(problem: Problem, design: Design, regime: Regime, x: np.ndarray, partitions: np.ndarray,
+                   heads: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """(R * S, N, C) logits of every head: in pass r * S + s the model of (repeat r, fold k, seed s) scores fold k
+    of partition r."""
+    passes = design.repeats * design.seeds
+    out = {name: np.zeros((passes, len(x), CLASSES)) for name in heads}
+    for r, folds in enumerate(partitions):
+        for k in range(design.folds):
+            rows = folds == k
+            shared = rng.normal(size=(DIM + 1, CLASSES))  # the training rows' effect common to both heads
+            for name, w in heads.items():
+                fold = 0.0
+                if design.folds > 1:
+                    own = rng.normal(size=w.shape)
+                    fold = regime.fold_sd * (np.sqrt(problem.fold_shared) * shared
+                                             + np.sqrt(1 - problem.fold_shared) * own)
+                for s in range(design.seeds):
+                    noise = regime.seed_sd * rng.normal(size=w.shape)
+                    out[name][r * design.seeds + s, rows] = x[rows] @ (w + fold + noise)
     return out
 
 
-def inflated_seed_values(per_seed: np.ndarray, seed_index: np.ndarray) -> np.ndarray:
-    """Remedy for few seeds: the draw statistic with its seed-resampling deviation scaled by sqrt(S / (S - 1)).
-
-    The plain statistic mean_j v[b, i_bj] = m_b + (mean_j v[b, i_bj] - m_b), m_b = mean_s v[b, s]. Resampling S
-    values with replacement gives the second term the variance (S - 1) / S * s^2 / S instead of s^2 / S (s^2 the
-    sample variance across seeds); the factor sqrt(S / (S - 1)) removes that bias (the usual small-sample
-    correction of a cluster bootstrap).
-    """
-    s = per_seed.shape[1]
-    mean_all = per_seed.mean(axis=1)
-    drawn = np.take_along_axis(per_seed, seed_index, axis=1).mean(axis=1)
-    return mean_all + np.sqrt(s / (s - 1)) * (drawn - mean_all)
+def nb_t(diff: intervals.Evidence, folds: int, level: float) -> tuple[float, float]:
+    """Nadeau & Bengio's corrected resampled t interval on the per-model differences."""
+    j = len(diff.cells)
+    var = (1.0 / j + 1.0 / (folds - 1)) * float(np.var(diff.cells, ddof=1))
+    half = float(scipy_stats.t.ppf((1 + level) / 2, j - 1)) * np.sqrt(var)
+    return diff.point - half, diff.point + half
 
 
-def draw_statistics(per_seed: np.ndarray, seed_index: np.ndarray, inflate: bool) -> np.ndarray:
-    """(B,) statistics: as built (:func:`jaxheads.stats.draw_values`) or with the seed remedy."""
-    if inflate and per_seed.shape[1] > 1:
-        return inflated_seed_values(per_seed, seed_index)
-    return np.take_along_axis(per_seed, seed_index, axis=1).mean(axis=1)
+def clt(correct: dict[str, np.ndarray], case: str, folds: np.ndarray, level: float) -> tuple[float, float]:
+    """Bayle et al.'s CLT interval: the per-example differences (mean over passes), their within-fold variance."""
+    d = (correct[case] - correct["A"]).mean(axis=0)
+    centred = d - np.bincount(folds, d)[folds] / np.bincount(folds)[folds]
+    half = NormalDist().inv_cdf((1 + level) / 2) * np.sqrt(np.sum(centred**2) / (len(d) - folds.max() - 1) / len(d))
+    return float(d.mean() - half), float(d.mean() + half)
 
 
-def run_design(problem: Problem, design: Design, heads: dict[str, np.ndarray], truth: dict[str, float],
-               repeats: int, seed: int) -> dict:  # fmt: skip
-    """All repeats of one design; per method and case (a B head): verdict counts, coverage, interval widths.
-
-    Methods: "as built" (make_draws defaults + compare), "seed inflated" (the seed remedy), and under
-    cross-validation "folds fixed" (make_draws(resample_folds=False)), alone and with the seed remedy.
-    """
-    rng = np.random.default_rng(seed)
-    methods = {"as built": (True, False), "seed inflated": (True, True)}
-    if design.folds > 1:
-        methods.update({"folds fixed": (False, False), "folds fixed, seed inflated": (False, True)})
+def replicate(problem: Problem, design: Design, regime: Regime, heads: dict[str, np.ndarray], seed: int,
+              rng: np.random.Generator) -> dict[str, dict[str, tuple[float, float]]]:
+    """One replicate: {method: {case: (low, high)}} for every B head against A."""
+    x, y = sample(problem, design.examples, rng)
+    partitions = np.stack([rng.permutation(design.examples) % design.folds for _ in range(design.repeats)])
+    scores = replica_scores(problem, design, regime, x, partitions, heads, rng)
     cases = [c for c in heads if c != "A"]
-    tallies = {m: {c: {"b_better": 0, "within_noise": 0, "a_better": 0, "covers": 0, "width": []} for c in cases}
-               for m in methods}  # fmt: skip
-    for r in range(repeats):
-        x, y = sample(problem, design.examples, rng)
-        folds = rng.permutation(design.examples) % design.folds
-        scores = replica_scores(problem, design, x, folds, heads, rng)
-        point = {n: stats.point_estimate(s, y, "accuracy", "multiclass") for n, s in scores.items()}
-        per_scheme = {}
-        for resample_folds in sorted({fold_scheme for fold_scheme, _ in methods.values()}, reverse=True):
-            draws = stats.make_draws(folds, design.seeds, seed=seed * 100_003 + r, resample_folds=resample_folds)
-            per_seed = {n: stats.metric_values(s, y, "accuracy", "multiclass", draws.example_weights)
-                        for n, s in scores.items()}  # fmt: skip
-            per_scheme[resample_folds] = (per_seed, draws.seed_index)
-            if r == 0 and resample_folds:  # "as built" is exactly the library's compare
-                api = stats.compare(scores["A"], scores["equal"], y, "accuracy", "multiclass", draws)
-                mine = draw_statistics(per_seed["equal"], draws.seed_index, False)
-                mine = mine - draw_statistics(per_seed["A"], draws.seed_index, False)
-                assert np.isclose(api.low, np.quantile(mine, 0.025)), "as built differs from stats.compare"
-        for method, (resample_folds, inflate) in methods.items():
-            per_seed, seed_index = per_scheme[resample_folds]
-            values = {n: draw_statistics(v, seed_index, inflate) for n, v in per_seed.items()}
-            for case, t in tallies[method].items():
-                c = stats.comparison_from_values(point["A"], point[case], values["A"], values[case])
-                t[c.verdict.replace(" ", "_")] += 1
-                t["covers"] += c.low <= truth[case] <= c.high
-                t["width"].append(c.high - c.low)
-    return {method: {case: summarise(t, repeats) for case, t in cases.items()} for method, cases in tallies.items()}
+    draws = stats.make_draws(partitions[0], design.repeats * design.seeds, n_boot=N_BOOT, seed=seed)
+    today = {n: stats.draw_values(s, y, "accuracy", "multiclass", draws) for n, s in scores.items()}
+    layout = intervals.make_layout(partitions, design.seeds, n_boot=N_BOOT, seed=seed)
+    evidence = {n: intervals.evidence(s, y, "accuracy", "multiclass", layout) for n, s in scores.items()}
+    out: dict[str, dict[str, tuple[float, float]]] = {"today": {}, "corrected": {}}
+    for case in cases:
+        c = stats.comparison_from_values(0.0, 0.0, today["A"], today[case])
+        out["today"][case] = (c.low, c.high)
+        c = intervals.compare(evidence["A"], evidence[case], layout)
+        out["corrected"][case] = (c.low, c.high)
+    if design.folds > 1:
+        correct = {n: (s.argmax(-1) == y).astype(float) for n, s in scores.items()}
+        out["NB t"] = {c: nb_t(evidence["A"].combine(evidence[c], -1.0, 1.0), design.folds, stats.LEVEL)
+                       for c in cases}
+        out["CLT"] = {c: clt(correct, c, partitions[0], stats.LEVEL) for c in cases}
+    return out
 
 
-def summarise(t: dict, repeats: int) -> dict:
-    frac = {k: t[k] / repeats for k in ("b_better", "within_noise", "a_better", "covers")}
-    se = {f"{k}_se": float(np.sqrt(v * (1 - v) / repeats)) for k, v in frac.items()}
-    return {**frac, **se, "mean_width": float(np.mean(t["width"]))}
+def summarise(bounds: list[tuple[float, float]], truth: float) -> dict[str, float]:
+    low, high = np.array(bounds).T
+    n = len(low)
+    frac = {"b_better": float(np.mean(low > 0)), "within_noise": float(np.mean((low <= 0) & (0 <= high))),
+            "a_better": float(np.mean(high < 0)), "covers": float(np.mean((low <= truth) & (truth <= high)))}
+    se = {f"{k}_se": float(np.sqrt(v * (1 - v) / n)) for k, v in frac.items()}
+    return {**frac, **se, "mean_width": float(np.mean(high - low))}
 
 
-def truths_for(problem: Problem, design: Design, seed: int) -> tuple[dict[str, np.ndarray], dict[str, float], dict]:
-    """The heads of a design (B alphas calibrated to its noise level) and their true differences to A."""
+def truths_for(problem: Problem, sd: float, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+    """The heads at a training-noise sd (B alphas calibrated to it) and their true accuracies and differences."""
     rng = np.random.default_rng(seed)
     noise_map = rng.normal(size=(NOISE_DIMS, CLASSES)) / np.sqrt(NOISE_DIMS)
     rotation, _ = np.linalg.qr(rng.normal(size=(NOISE_DIMS, NOISE_DIMS)))
-    sd = float(np.hypot(design.seed_sd, design.fold_sd if design.folds > 1 else 0.0))
     heads = {"A": head_weights(problem, noise_map, problem.alpha_a),
-             "equal": head_weights(problem, rotation @ noise_map, problem.alpha_a)}  # fmt: skip
+             "equal": head_weights(problem, rotation @ noise_map, problem.alpha_a)}
     for m in MARGINS:
         heads[f"+{m:.2f}"] = head_weights(problem, noise_map, calibrate_alpha(problem, noise_map, sd, m, seed + 1))
     correct = true_accuracies(problem, list(heads.values()), sd, problem.truth_examples, seed + 2)
     acc = dict(zip(heads, correct.mean(axis=1).tolist()))
-    truth = {n: (0.0 if n == "equal" else acc[n] - acc["A"]) for n in heads}
+    diff = {n: (0.0 if n == "equal" else acc[n] - acc["A"]) for n in heads}
     mc_se = {n: float(np.std(correct[i].astype(float) - correct[0], ddof=1) / np.sqrt(correct.shape[1]))
-             for i, n in enumerate(heads)}  # fmt: skip
-    components = {"seed_replica_sd_A": replica_sd(problem, heads["A"], design.seed_sd, seed + 3)}
-    if design.folds > 1:
-        components["fold_replica_sd_A"] = replica_sd(problem, heads["A"], design.fold_sd, seed + 4)
-    info = {"true_accuracy": acc, "true_diff": truth, "true_diff_mc_se": mc_se, "training_noise_sd": sd,
-            "replica_accuracy_sd": components}  # fmt: skip
-    return heads, truth, info
+             for i, n in enumerate(heads)}
+    return heads, {"true_accuracy": acc, "true_diff": diff, "true_diff_mc_se": mc_se, "training_noise_sd": sd}
 
 
-def print_table(results: list[dict]) -> None:
-    print(f"{'design':<20} {'method':<26} {'case':<6} {'truth':>7} {'within':>7} {'b>a':>6} {'a>b':>5} "
-          f"{'cover':>6} {'width':>6}")  # fmt: skip
-    for res in results:
-        for method, cases in res["figures"].items():
-            for case, f in cases.items():
-                print(f"{res['design']['name']:<20} {method:<26} {case:<6} {res['truth']['true_diff'][case]:>7.4f} "
-                      f"{f['within_noise']:>7.1%} {f['b_better']:>6.1%} {f['a_better']:>5.1%} {f['covers']:>6.1%} "
-                      f"{f['mean_width']:>6.3f}")  # fmt: skip
+def run_cell(problem: Problem, design: Design, regime: Regime, truth: tuple, replicates: int, seed: int) -> dict:
+    heads, info = truth
+    rng = np.random.default_rng(seed)
+    bounds: dict[str, dict[str, list]] = {}
+    for r in range(replicates):
+        for method, cases in replicate(problem, design, regime, heads, seed * 100_003 + r, rng).items():
+            for case, b in cases.items():
+                bounds.setdefault(method, {}).setdefault(case, []).append(b)
+    return {method: {case: summarise(b, info["true_diff"][case]) for case, b in cases.items()}
+            for method, cases in bounds.items()}
 
 
-def targets(results: list[dict]) -> list[dict]:
-    """Per design and method: equal heads called within noise >= 93%, coverage of every case in 93-97%."""
+def table_rows(results: list[dict]) -> list[dict]:
+    """Per design, regime and method: within noise (equal), coverage per case, power, width, targets met."""
     rows = []
     for res in results:
         for method, cases in res["figures"].items():
             cover = {c: f["covers"] for c, f in cases.items()}
-            rows.append({"design": res["design"]["name"], "method": method,
-                         "within_noise_equal": cases["equal"]["within_noise"],
-                         "within_noise_target_met": cases["equal"]["within_noise"] >= 0.93,
-                         "coverage": cover, "coverage_target_met": all(0.93 <= v <= 0.97 for v in cover.values()),
-                         "power": {c: f["b_better"] for c, f in cases.items() if c != "equal"}})  # fmt: skip
+            rows.append({"design": res["design"]["name"], "regime": res["regime"]["name"], "method": method,
+                         "within_noise_equal": cases["equal"]["within_noise"], "coverage": cover,
+                         "power": {c: f["b_better"] for c, f in cases.items() if c != "equal"},
+                         "mean_width_equal": cases["equal"]["mean_width"],
+                         "coverage_target_met": all(0.93 <= v <= 0.97 for v in cover.values()),
+                         "within_noise_target_met": cases["equal"]["within_noise"] >= 0.93})
     return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'design':<11} {'regime':<8} {'method':<10} {'within':>6} {'cover eq/.03/.05':>17} "
+          f"{'power .03/.05':>13} {'width':>6}")
+    for r in rows:
+        cover = "/".join(f"{v:.1%}"[:-1] for v in r["coverage"].values())
+        power = "/".join(f"{v:.1%}"[:-1] for v in r["power"].values())
+        print(f"{r['design']:<11} {r['regime']:<8} {r['method']:<10} {r['within_noise_equal']:>6.1%} {cover:>17} "
+              f"{power:>13} {r['mean_width_equal']:>6.3f}")
+
+
+def merge(paths: list[str], out: Path) -> None:
+    """One result file from subset runs (``--designs``): their cells in DESIGNS x REGIMES order, each run's
+    settings kept under "runs"."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    order = {(d.name, r.name): i for i, (d, r) in enumerate((d, r) for d in DESIGNS for r in REGIMES)}
+    results = sorted((res for run in runs for res in run["results"]),
+                     key=lambda res: order[res["design"]["name"], res["regime"]["name"]])
+    merged = {"config": runs[0]["config"] | {"replicates": {res["design"]["name"]: run["config"]["replicates"]
+                                                             for run in runs for res in run["results"]}},
+              "table": table_rows(results), "results": results,
+              "runs": [{k: v for k, v in run.items() if k not in ("table", "results")} | {"file": p}
+                       for p, run in zip(paths, runs)]}
+    out.write_text(json.dumps(merged, indent=1) + "\n")
+    print(markdown_table(merged["table"]))
+
+
+def training_sd(design: Design, regime: Regime) -> float:
+    """The sd of a model's weight noise: seed noise, and fold noise under cross-validation."""
+    return float(np.hypot(regime.seed_sd, regime.fold_sd if design.folds > 1 else 0.0))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The table for experiments/README.md: one line per design, regime and method."""
+    lines = ["| design | regime | method | within noise (equal) | coverage equal / +0.03 / +0.05 | power +0.03 / +0.05 "
+             "| width (equal) |", "|---|---|---|---|---|---|---|"]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['design']} | {r['regime']} | {r['method']} | {pct(r['within_noise_equal'])} | "
+                     f"{' / '.join(map(pct, r['coverage'].values()))} | {' / '.join(map(pct, r['power'].values()))} | "
+                     f"{r['mean_width_equal']:.3f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--replicates", type=int, default=200)
+    parser.add_argument("--designs", default=",".join(d.name for d in DESIGNS), help="comma-separated names")
     parser.add_argument("--out", default="experiments/results/bench_coverage.json")
+    parser.add_argument("--merge", nargs="+", help="join the cells of these result files (subset runs) into --out")
     args = parser.parse_args()
-    problem = Problem()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
+    problem, chosen = Problem(), set(args.designs.split(","))
     start, load_start = time.perf_counter(), os.getloadavg()
-    results = []
-    for i, design in enumerate(DESIGNS):
-        t0 = time.perf_counter()
-        heads, truth, info = truths_for(problem, design, seed=1000 + 10 * design.folds)
-        figures = run_design(problem, design, heads, truth, args.repeats, seed=i + 1)
-        results.append({"design": asdict(design), "truth": info, "figures": figures,
-                        "wall_s": time.perf_counter() - t0})  # fmt: skip
-        print(f"{design.name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print_table(results)
-    out = {"config": {"problem": asdict(problem), "repeats": args.repeats, "n_boot": 2000, "level": 0.95,
-                      "metric": "accuracy", "classes": CLASSES, "dims": DIM, "margins": MARGINS},
-           "wall_s": time.perf_counter() - start, "cpu_s": time.process_time(), "targets": targets(results),
+    results, truths = [], {}
+    all_sds = list(dict.fromkeys(training_sd(d, r) for d in DESIGNS for r in REGIMES))
+    for i, design in ((i, d) for i, d in enumerate(DESIGNS) if d.name in chosen):  # seeds follow DESIGNS
+        for j, regime in enumerate(REGIMES):
+            t0 = time.perf_counter()
+            sd = training_sd(design, regime)
+            if sd not in truths:  # seeded by the sd's place among all cells': a subset run repeats the full run
+                truths[sd] = truths_for(problem, sd, seed=1000 + all_sds.index(sd))
+            figures = run_cell(problem, design, regime, truths[sd], args.replicates, seed=10 * i + j + 1)
+            results.append({"design": asdict(design), "regime": asdict(regime), "truth": truths[sd][1],
+                            "figures": figures, "wall_s": time.perf_counter() - t0})
+            print(f"{design.name} / {regime.name}: {time.perf_counter() - t0:.0f} s", flush=True)
+            write(args, results, start, load_start)  # after every cell: a long run's finished cells are kept
+    print_table(table_rows(results))
+
+
+def write(args: argparse.Namespace, results: list[dict], start: float, load_start: tuple) -> None:
+    out = {"config": {"problem": asdict(Problem()), "replicates": args.replicates, "n_boot": N_BOOT,
+                      "level": stats.LEVEL, "cell_draws": intervals.CELL_DRAWS, "metric": "accuracy",
+                      "classes": CLASSES, "dims": DIM, "margins": MARGINS},
+           "wall_s": time.perf_counter() - start, "cpu_s": time.process_time(), "table": table_rows(results),
            "results": results, "platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": load_start,
-           "loadavg_end": os.getloadavg(), "numpy": np.__version__}  # fmt: skip
+           "loadavg_end": os.getloadavg(), "numpy": np.__version__}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
-    print(f"wrote {path} ({out['wall_s']:.0f} s)")
 
 
 if __name__ == "__main__":
