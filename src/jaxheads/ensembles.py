@@ -33,7 +33,7 @@ from jaxheads import predict, stats
 from jaxheads.heads import io as heads_io
 from jaxheads.heads import HeadSpec
 from jaxheads.features.split import FeatureSplit
-from jaxheads.sweep.folds import pooled_splits
+from jaxheads.sweep.folds import fold_rows, pooled_splits
 from jaxheads.sweep.result import SweepResult
 from jaxheads.sweep.scores import ConfigScores, config_scores
 
@@ -271,11 +271,12 @@ def soup_variables(variables: Sequence[Any]) -> Any:
 
 def _head_probabilities(spec: HeadSpec, variables: Any, split: FeatureSplit, rows: np.ndarray | None,
                         task: str, batch_size: int) -> np.ndarray:
-    """(rows, classes) probabilities of one standalone head on the features of ``split`` (optionally some rows)."""
+    """(rows, classes) probabilities of one standalone head on the features of ``split`` (optionally the rows
+    ``rows``, an index array)."""
     x = getattr(split, spec.feature_kind)
     if x is None:
         raise ValueError(f"head_soup: pooling {spec.pooling!r} needs {spec.feature_kind} features in the splits")
-    index = np.arange(len(x)) if rows is None else np.flatnonzero(rows)
+    index = np.arange(len(x)) if rows is None else np.asarray(rows)
     apply_fn = heads_io.make_apply_fn(spec)
     out = [predict.probabilities(apply_fn(variables, np.asarray(x[index[i: i + batch_size]], np.float32)), task)
            for i in range(0, len(index), batch_size)]
@@ -311,17 +312,19 @@ def head_soup(result: SweepResult, splits: Mapping[str, FeatureSplit], config: s
     members = [result.members[i] for i in scores[config].members]
     spec = result.head(members[0]["member"])[0]  # a merged result (input sizes, views) strips its axis
     folds = sorted({m["spec"]["fold"] for m in members}, key=lambda f: -1 if f is None else f)
-    val_probs = np.zeros(p["val"].shape[1:], np.float32)
+    val_sum, val_count = np.zeros(p["val"].shape[1:], np.float32), np.zeros(p["val"].shape[1], np.float32)
     test_parts = []
-    for fold in folds:
+    for fold in folds:  # with repeats a row is scored by one soup per repeat: their mean
         group = [m for m in members if m["spec"]["fold"] == fold]
         soup = soup_variables([result.variables[m["member"]] for m in group])
-        rows = None if fold_of is None or fold is None else fold_of == fold
-        val_probs[slice(None) if rows is None else rows] = _head_probabilities(spec, soup, eval_splits["val"], rows,
-                                                                               task, batch_size)
+        rows = None if fold_of is None or fold is None else fold_rows(fold_of, fold)[0]
+        at = slice(None) if rows is None else rows
+        val_sum[at] += _head_probabilities(spec, soup, eval_splits["val"], rows, task, batch_size)
+        val_count[at] += 1
         if "test" in p:
             test_parts.append(_head_probabilities(spec, soup, eval_splits["test"], None, task, batch_size))
     test_probs = np.mean(test_parts, axis=0) if test_parts else None
+    val_probs = val_sum / val_count[:, None]
     ensemble = scores[config]
     intervals, comparisons = _test_figures(test_probs, ensemble.test_mean, p.get("test_labels"),
                                            _metrics_of(result, metrics), task, n_boot, seed)

@@ -34,13 +34,10 @@ import numpy as np
 MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 MULTILABEL_METRICS = ("macro_average_precision", "macro_roc_auc")
 RANKING_METRICS = {"multiclass": MULTICLASS_METRICS, "multilabel": MULTILABEL_METRICS}
-N_BOOT = 2000
-"""Bootstrap draws behind every interval of the package."""
-LEVEL = 0.95
-"""The level of every interval of the package (two-sided)."""
+N_BOOT = 2000  # bootstrap draws behind every interval of the package
+LEVEL = 0.95  # the level of every interval of the package (two-sided)
 _CHUNK_ELEMENTS = 1 << 22
-"""Draws x examples per chunk of B; the ranking metrics hold about ten (chunk, N) arrays (sizes: experiments/README.md,
-"Figures moved out of code comments")."""
+"""Draws x examples per chunk of B; the ranking metrics hold about ten (chunk, N) arrays (experiments/README.md)."""
 
 
 def check_metric(metric: str, task: str) -> str:
