@@ -100,8 +100,8 @@ def test_selection_never_picks_a_feature_that_leaks_the_val_labels() -> None:
 @pytest.mark.parametrize("dry", [False, True])
 def test_bad_levels_are_one_line_listing_the_taps(level: str, says: str, dry: bool, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str], tiny_tapped_backbone) -> None:
-    code = cli.main(["sweep", "--out", str(tmp_path), "--backbone", tiny_tapped_backbone, "--dataset", str(tmp_path / "no"),
-                     "--representation", level, *(["--dry-run"] if dry else [])])
+    code = cli.main(["sweep", "--out", str(tmp_path), "--backbone", tiny_tapped_backbone, "--dataset",
+                     str(tmp_path / "no"), "--representation", level, *(["--dry-run"] if dry else [])])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and says in err, err
     if "tap" in says:
@@ -144,3 +144,15 @@ def test_the_job_caches_the_taps_and_records_the_representation(tmp_path: Path, 
     assert saved["provenance"]["representations"] == ["last", "block1", "all"]
     assert saved["provenance"]["representation"] == out.result.level()
     assert any(q["title"] == "Representation: last vs block1" for q in saved["questions"])
+
+
+@pytest.mark.slow  # the dry run calibrates on this machine (a matmul and a tiny sweep)
+def test_a_dry_run_accepts_a_representation_axis(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 tiny_tapped_backbone, make_colour_folder, jaxheads_cache) -> None:
+    root = make_colour_folder(tmp_path / "colours", per_class=6)
+    code = cli.main(["sweep", "--out", str(tmp_path / "run"), "--backbone", tiny_tapped_backbone, "--dataset",
+                     str(root), "--pooling", "none", "--conv", "none", "--representation", "last,block1,all",
+                     "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 0 and "one sweep per level" in err, err
+    assert not (tmp_path / "run" / "results.json").exists()

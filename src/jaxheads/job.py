@@ -187,7 +187,8 @@ def _level_sweeps(sweep: SweepSpec, levels: Sequence[str], ds: data.Dataset) -> 
     bad = [level for level, spec in sweeps.items() if spec is None]
     if bad:
         raise ValueError(f"--representation {','.join(levels)}: level {bad[0]} replaces the pooled vector, but every "
-                         "head pools the last feature map (--pooling avg/max/flatten); add none to --pooling")
+                         "head pools the last feature map (--pooling avg/max/flatten); add none to --pooling "
+                         "(with --conv none)")
     return sweeps
 
 
