@@ -1,8 +1,12 @@
-"""jaxheads without TensorFlow (issue 27, item 1): the default install has none, so each test runs a child
-interpreter whose ``sitecustomize`` hides ``tensorflow`` and ``keras`` as if they were not installed (the import
-system does not find them and ``importlib.util.find_spec`` answers None, as TFDS, etils and flax ask). In it,
-``import jaxheads`` and a tiny sweep through the public API run; a TFDS dataset prepared as ArrayRecord is built and
-read; and one prepared as TFRecord only fails with one line that names the extra to install.
+"""jaxheads in its default install, which has no TensorFlow (issue 27, item 1). Each test runs a child interpreter
+whose ``sitecustomize`` hides, as if they were not installed, every distribution outside the default install: the
+closure of pyproject.toml's core requirements (this checkout's) over the installed metadata. TensorFlow and Keras are
+hidden whatever that says. Hidden means the import system does not find them, ``importlib.util.find_spec`` answers
+None (as TFDS, etils and flax ask) and ``importlib.metadata`` does not list them; so a package that only an extra
+brings fails the child as it would fail a user (jax.export's flatbuffers once came with TensorFlow), while optional
+imports fall back as they would. In the child, ``import jaxheads``, a tiny sweep through the public API with its
+head saved and exported, and ``sweep --help`` run; a TFDS dataset prepared as ArrayRecord is built and read; and one
+prepared as TFRecord only fails with one line that names the extra to install.
 
 The children run this file as a script (``python test_no_tensorflow.py CHILD ARGS``), so their code is plain Python;
 the TFRecord preparation runs in the test process, which has TensorFlow (the test extra includes ``[tfrecord]``).
@@ -15,34 +19,41 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-HIDDEN = ("tensorflow", "keras", "tf_keras")
-HIDDEN_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "tf-keras")
+ALWAYS_HIDDEN = ("tensorflow", "keras", "tf_keras")
+ALWAYS_HIDDEN_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "keras", "tf-keras")
+HARNESS = ("pytest", "pluggy", "iniconfig", "packaging", "pip", "setuptools")
+"""Distributions the child may use although the default install may not hold them: pytest (this file imports it)
+and what every venv has."""
 
-# The child's sitecustomize: sys.meta_path's PathFinder is replaced by one that does not see the hidden packages or
-# their installed metadata; everything else is found as before.
-SITECUSTOMIZE = f"""
+# The child's sitecustomize: sys.meta_path's PathFinder is replaced by one that does not see the hidden top-level
+# modules or the hidden distributions' metadata; everything else is found as before.
+SITECUSTOMIZE = """
 import sys
 from importlib.machinery import PathFinder
 
+HIDDEN, HIDDEN_DISTRIBUTIONS = {modules!r}, {distributions!r}
 
-class _PathFinderWithoutTensorFlow:
+
+class _PathFinderOfTheDefaultInstall:
     @staticmethod
     def find_spec(name, path=None, target=None):
-        if name.partition(".")[0] in {HIDDEN!r}:
+        if name.partition(".")[0] in HIDDEN:
             return None
         return PathFinder.find_spec(name, path, target)
 
     @staticmethod
     def find_distributions(*args, **kwargs):
         for dist in PathFinder.find_distributions(*args, **kwargs):
-            if (dist.metadata["Name"] or "").lower().replace("_", "-") not in {HIDDEN_DISTRIBUTIONS!r}:
+            if (dist.metadata["Name"] or "").lower().replace("_", "-").replace(".", "-") not in HIDDEN_DISTRIBUTIONS:
                 yield dist
 
     @staticmethod
@@ -50,8 +61,50 @@ class _PathFinderWithoutTensorFlow:
         PathFinder.invalidate_caches()
 
 
-sys.meta_path[:] = [_PathFinderWithoutTensorFlow if f is PathFinder else f for f in sys.meta_path]
+sys.meta_path[:] = [_PathFinderOfTheDefaultInstall if f is PathFinder else f for f in sys.meta_path]
 """
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _core_closure() -> set[str]:
+    """The distributions the default install holds: pyproject.toml's core requirements (this checkout's, not the
+    installed metadata, which dates from the last ``pip install -e``), then the installed requirements of each,
+    transitively, with the extras each names (``etils[epath]``)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    seen: set[tuple[str, frozenset[str]]] = {("jaxheads", frozenset())}
+    todo = [(_canon(r.name), frozenset(r.extras)) for r in map(Requirement, pyproject["project"]["dependencies"])]
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            requires = metadata.distribution(name).requires or ()
+        except metadata.PackageNotFoundError:
+            continue
+        for req in map(Requirement, requires):
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in {"", *extras}):
+                todo.append((_canon(req.name), frozenset(req.extras)))
+    return {name for name, _ in seen}
+
+
+@functools.cache
+def _sitecustomize() -> str:
+    """The child's sitecustomize, hiding every installed distribution outside the default install (and harness)."""
+    keep = _core_closure() | set(HARNESS)
+    installed = {_canon(d.metadata["Name"] or "") for d in metadata.distributions()}
+    distributions = sorted((installed - keep) | set(ALWAYS_HIDDEN_DISTRIBUTIONS))
+    modules = sorted({module for module, dists in metadata.packages_distributions().items()
+                      if not any(_canon(d) in keep for d in dists)} | set(ALWAYS_HIDDEN))
+    return SITECUSTOMIZE.format(modules=tuple(modules), distributions=tuple(distributions))
+
 
 CLASSES = ("dark", "light", "red")
 DATASET = "jaxheads_no_tf_shades"
@@ -61,7 +114,7 @@ def _run_child(tmp_path: Path, *args: str) -> dict[str, Any]:
     """Run this file as a script with ``args``, TensorFlow hidden; the JSON its last output line holds."""
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (site / "sitecustomize.py").write_text(_sitecustomize())
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], env=env, cwd=tmp_path,
@@ -71,9 +124,10 @@ def _run_child(tmp_path: Path, *args: str) -> dict[str, Any]:
 
 
 def test_import_and_a_tiny_sweep_run_without_tensorflow(tmp_path: Path) -> None:
-    out = _run_child(tmp_path, "sweep")
+    out = _run_child(tmp_path, "sweep", str(tmp_path))
     assert out["tensorflow_spec"] is None and out["import_error"] == "ModuleNotFoundError"
-    assert out["members"] == 2 and out["ranked"] == 2 and out["help_exit"] == 0
+    assert out["members"] == 2 and out["ranked"] == 2 and out["help_exit"] == 0 and out["logits_shape"] == [48, 3]
+    assert (tmp_path / "head.jaxexport").stat().st_size > 0
     assert out["loaded"] == []  # neither TensorFlow nor Keras was imported (nor could be)
 
 
@@ -99,11 +153,13 @@ def test_tfrecord_only_dataset_without_tensorflow_names_the_extra(tmp_path: Path
 
 
 def _hidden_modules() -> list[str]:
-    return sorted(m for m in sys.modules if m.partition(".")[0] in HIDDEN)
+    """TensorFlow or Keras modules this process imported (none can be found, so none should be)."""
+    return sorted(m for m in sys.modules if m.partition(".")[0] in ALWAYS_HIDDEN)
 
 
-def _child_sweep() -> dict[str, Any]:
-    """``import jaxheads``, 2 heads trained on synthetic pooled features, and ``jaxheads sweep --help``."""
+def _child_sweep(out_dir: str) -> dict[str, Any]:
+    """``import jaxheads``, 2 heads trained on synthetic pooled features, the best saved (orbax) and exported
+    (``jax.export``) as the main job does, and ``jaxheads sweep --help``."""
     import contextlib
 
     import numpy as np
@@ -129,6 +185,11 @@ def _child_sweep() -> dict[str, Any]:
     sweep = jaxheads.SweepSpec(pooling=("none",), widths=(4, 8), depth=(1,), epochs=2, batch_size=(32,),
                                learning_rate=(1e-2,), patience=None, ridge_l2=())
     result = jaxheads.run_sweep(sweep, splits, num_classes=3)
+    head, variables = result.head()
+    jaxheads.save_head(Path(out_dir) / "head", head, variables, (8,))
+    jaxheads.export_head(Path(out_dir) / "head.jaxexport", head, variables, (8,))
+    _, loaded, apply_fn = jaxheads.load_head(Path(out_dir) / "head")
+    logits = np.asarray(apply_fn(loaded, splits["test"].pooled))
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             help_exit = cli(["sweep", "--help"])
@@ -136,7 +197,7 @@ def _child_sweep() -> dict[str, Any]:
             help_exit = stop.code
     return {"tensorflow_spec": None if spec is None else str(spec.origin), "import_error": import_error,
             "members": len(result.members), "ranked": len(result.leaderboard), "help_exit": help_exit,
-            "loaded": _hidden_modules()}
+            "logits_shape": list(logits.shape), "loaded": _hidden_modules()}
 
 
 @functools.cache  # TFDS registers a builder class by name: define it once per process
