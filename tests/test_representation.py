@@ -156,3 +156,19 @@ def test_a_dry_run_accepts_a_representation_axis(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert code == 0 and "one sweep per level" in err, err
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.slow  # two sweeps with folds
+def test_with_folds_map_heads_train_at_last_only_and_the_question_pairs_pooled_heads() -> None:
+    rng = np.random.default_rng(4)
+    splits = {k: FeatureSplit(s.labels, s.pooled, rng.normal(size=(len(s), 2, 2, 4)).astype(np.float32),
+                              taps=s.taps) for k, s in _splits(4).items()}
+    mixed = SweepSpec(pooling=("none", "avg"), widths=(8,), depth=(0,), learning_rate=(3e-2,), epochs=2, seeds=1,
+                      batch_size=(32,), patience=None, map_batch="vmap", ridge_l2=(), folds=2)
+    sweeps = {lv: representation.level_sweep(mixed, lv, 3, "multiclass") for lv in ("last", "all")}
+    by_level = {lv: representation.level_splits(splits, lv, TAPS, folds=True, num_classes=3) for lv in sweeps}
+    merged = variants.run_variants(sweeps, by_level, "representation", num_classes=3)
+    pooling = {(m["spec"]["representation"], m["spec"]["head"]["pooling"]) for m in merged.members}
+    assert pooling == {("last", "none"), ("last", "avg"), ("all", "none")} and len(merged.members) == 6
+    (question,) = [q for q in merged.questions if q["axis"] == "representation"]
+    assert question["title"] == "Representation: last vs all" and question["n_pairs"] == 1
