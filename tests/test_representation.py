@@ -121,6 +121,7 @@ def test_maps_only_sweeps_are_refused_and_mixed_ones_keep_maps_at_last(tmp_path:
     maps_only = SweepSpec(pooling=("avg",), widths=(8,), depth=(1,), folds=None)
     assert representation.level_sweep(maps_only, "all", 3, "multiclass") is None
     assert representation.level_sweep(maps_only, "last", 3, "multiclass") is maps_only
+    assert not representation.needs_taps(("last",))  # the default job: no taps, the plain sweep, nothing new runs
     mixed = SweepSpec(pooling=("avg", "none"), widths=(8,), depth=(0, 1), folds=None)
     at_all = representation.level_sweep(mixed, "all", 3, "multiclass")
     assert {m.head.pooling for m in at_all.expand(3, "multiclass")} == {"none"}

@@ -11,6 +11,7 @@ import concurrent.futures
 import dataclasses
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,6 +52,8 @@ experiments/bench_design.py measured this design against a full grid and against
 ELPV's classes are imbalanced, but the published figures it is compared with are accuracies; --metric
 balanced_accuracy ranks by mean recall."""
 
+
+log = logging.getLogger("jaxheads")
 
 SWEEP_STATE = "sweep_state"
 """Under ``out_dir``: the finished sweep groups while the sweep runs (a killed job resumes from them)."""
@@ -199,7 +202,13 @@ def _run_representations(sweeps: dict[str, SweepSpec], splits: dict[str, Feature
     folds = bool(next(iter(sweeps.values())).folds)
     by_level = {level: representation.level_splits(splits, level, taps, folds=folds,
                                                     num_classes=run_args["num_classes"]) for level in sweeps}
-    return variants.run_variants(sweeps, by_level, "representation", **run_args)
+    result = variants.run_variants(sweeps, by_level, "representation", **run_args)
+    if result.recommended is not None and result.level() != representation.LAST:
+        # Said aloud because the saved head looks like any other: only its width and meta tell it apart.
+        log.warning("The recommended head reads representation %s (standardised taps): the saved head and "
+                    "head.jaxexport take that vector, which `jaxheads predict` does not rebuild yet (it computes the "
+                    "last layer's pooled features).", result.level())
+    return result
 
 
 def _representation_provenance(result: SweepResult, levels: Sequence[str]) -> dict[str, Any]:
