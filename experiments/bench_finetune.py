@@ -36,7 +36,7 @@ import numpy as np
 from jaxheads import backbones, data, features, finetuning, heads
 from jaxheads.backbones.base import feature_maps
 from jaxheads.features.split import FeatureSplit
-from jaxheads.finetuning.step import FinetuneSetup, TrainState, make_optimizer, schedule_steps, train_step
+from jaxheads.finetuning.step import FinetuneSetup, TrainState, finetune_optimizer, schedule_steps, train_step
 from jaxheads.heads import io as heads_io
 from jaxheads.sweep import SweepSpec, run_sweep
 
@@ -137,7 +137,7 @@ def step_memory(size: int, batch: int, remat: bool, accumulate: int = 1) -> dict
                           backbone.config.blocks, config, size)
     params = {"backbone": backbone.variables["params"], "head": head_vars["params"]}
     stats = {"backbone": backbone.variables["batch_stats"], "head": head_vars.get("batch_stats", {})}
-    state = TrainState(jnp.zeros((), jnp.int32), params, stats, make_optimizer(setup, params).init(params),
+    state = TrainState(jnp.zeros((), jnp.int32), params, stats, finetune_optimizer(setup, params).init(params),
                        (params, stats))
     t = time.perf_counter()
     compiled = train_step(setup).lower(state, jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8),

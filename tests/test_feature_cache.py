@@ -53,7 +53,7 @@ def test_another_split_seed_reads_every_image_from_the_cache(
     first = features.extract_all(tiny_source_counted(calls), first_ds,
                                  features.ExtractOptions(cache_dir=tmp_path, **extract_options))
     assert calls == [1]
-    events: list[features.Progress] = []
+    events: list[features.PassProgress] = []
     again = features.extract_all(tiny_source_cached, again_ds,
                                  features.ExtractOptions(cache_dir=tmp_path, **extract_options),
                                  progress=events.append)
@@ -83,7 +83,7 @@ def test_another_seed_or_fold_count_in_the_main_job_never_runs_the_backbone(
                                    features.ExtractOptions(cache_dir=tmp_path, batch_size=4))
     monkeypatch.setattr(backbones, "load", lambda *a, **k: _never())
     for seed, folds in ((1, 2), (0, 3), (2, 4)):
-        events: list[features.Progress] = []
+        events: list[features.PassProgress] = []
         ds = data.load_dataset(images, seed=seed)
         out = job.features_for_sweep(features.backbone_source(tiny_backbone, "default", seed=seed), ds,
                                      dataclasses.replace(spec, folds=folds),
@@ -116,7 +116,7 @@ def test_a_shard_deleted_between_runs_is_computed_again(
     (entry,) = tmp_path.iterdir()
     (entry / "shards" / f"{4:010d}-{8:010d}.{deleted}.npy").unlink()
     calls: list[int] = []
-    events: list[features.Progress] = []
+    events: list[features.PassProgress] = []
     got = features.extract_all(tiny_source_counted(calls), ds,
                                features.ExtractOptions(cache_dir=tmp_path, **extract_options), progress=events.append)
     assert calls == [1]

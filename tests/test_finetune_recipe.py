@@ -18,7 +18,7 @@ from jaxheads.cli.parser import finetune_flag_help
 from jaxheads.data import augment as views
 from jaxheads.finetuning import augment as device_augment
 from jaxheads.finetuning.config import class_weights
-from jaxheads.finetuning.step import (FinetuneSetup, TrainState, make_optimizer, schedule_steps, train_step,
+from jaxheads.finetuning.step import (FinetuneSetup, TrainState, finetune_optimizer, schedule_steps, train_step,
                                       weighted_mean)
 from jaxheads.heads import io as heads_io
 
@@ -53,7 +53,7 @@ def _one_step(parts: tuple, weights: np.ndarray | None = None, **settings: objec
     stats = jax.tree.map(np.array, {"backbone": backbone.variables["batch_stats"],
                                     "head": head_vars.get("batch_stats", {})})
     ema = () if config.ema_decay is None else jax.tree.map(np.array, (params, stats))
-    state = TrainState(jnp.zeros((), jnp.int32), params, stats, make_optimizer(setup, params).init(params), ema)
+    state = TrainState(jnp.zeros((), jnp.int32), params, stats, finetune_optimizer(setup, params).init(params), ema)
     weights = np.ones(3, np.float32) if weights is None else weights
     new, loss = train_step(setup)(state, images, labels, np.ones(len(labels), np.float32), weights,
                                   heads.seed_words(0), schedule_steps(config, 1))

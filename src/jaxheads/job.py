@@ -114,7 +114,7 @@ def sweep_job(
     sweep: SweepSpec = DEFAULT_SWEEP,
     options: JobOptions = JobOptions(),
     extract: ExtractOptions = JOB_EXTRACT,
-    feature_progress: Callable[[features.Progress], None] | None = None,
+    feature_progress: Callable[[features.PassProgress], None] | None = None,
     sweep_progress: Callable[[dict[str, Any]], None] | None = None,
     device_memory_budget: int | str | None = None,
 ) -> JobOutput:
@@ -245,7 +245,7 @@ def features_for_sweep(
     ds: data.Dataset,
     sweep: SweepSpec,
     options: ExtractOptions = JOB_EXTRACT,
-    progress: Callable[[features.Progress], None] | None = None,
+    progress: Callable[[features.PassProgress], None] | None = None,
 ) -> dict[str, FeatureSplit]:
     """``features.extract_all`` of every split ``sweep`` needs (maps only if some head pools them) under
     ``options``. While the backbone runs, the sweep's programs compile in a thread from the features' shapes

@@ -28,7 +28,7 @@ shard; ``taps="last"`` (the default) is the pass, key and bytes from before taps
 """
 
 from .cache import CACHE_FORMAT, cache_key, default_cache_dir, extract_all, extract_features, images_key
-from .compute import Progress
+from .compute import PassProgress
 from .options import ExtractOptions
 from .source import BackboneSource, backbone_source, feature_map_shape, min_input_size
 from .split import FeatureSplit
@@ -40,7 +40,7 @@ __all__ = [
     "ExtractOptions",
     "FeatureCacheError",
     "FeatureSplit",
-    "Progress",
+    "PassProgress",
     "backbone_source",
     "cache_key",
     "default_cache_dir",

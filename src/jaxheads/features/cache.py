@@ -22,7 +22,7 @@ from jaxheads.data.dataset import image_set_fingerprint
 from jaxheads.features.lazy import lazy_gather
 from jaxheads.features.source import (BackboneSource, as_source, backbone_source, feature_map_shape,
                                      min_input_size)
-from jaxheads.features.compute import Progress, ProgressFn, ShapesFn, ShardTask, compute_shards
+from jaxheads.features.compute import PassProgress, ProgressFn, ShapesFn, ShardTask, compute_shards
 from jaxheads.features.options import ExtractOptions
 from jaxheads.features.store import (FeatureCacheError, Plan, create_plan, gather, gather_taps, is_foreign,
                                     open_shard, read_meta, read_plan, remove_foreign, remove_temporaries, shard_path,
@@ -35,7 +35,7 @@ __all__ = [
     "BackboneSource",
     "ExtractOptions",
     "FeatureCacheError",
-    "Progress",
+    "PassProgress",
     "backbone_source",
     "cache_key",
     "default_cache_dir",
@@ -219,7 +219,7 @@ def _extract_view(source: BackboneSource, dataset: data.Dataset, names: list[str
         out[name], skipped = _gather_split(folder, plan, split, name, rows[name], options,
                                            resolve_taps(options.taps, source.taps, source.name))
         if name in state.cached:
-            report(Progress(name, len(split), len(split), skipped, cached=True))
+            report(PassProgress(name, len(split), len(split), skipped, cached=True))
     return out
 
 

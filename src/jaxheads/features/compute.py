@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from jaxheads.features.options import ExtractOptions
     from jaxheads.features.source import BackboneSource
 
-__all__ = ["Progress", "ProgressFn", "ShapesFn", "ShardTask", "compute_shards"]
+__all__ = ["PassProgress", "ProgressFn", "ShapesFn", "ShardTask", "compute_shards"]
 
 
-class Progress(NamedTuple):
+class PassProgress(NamedTuple):
     """One progress report: ``done`` of ``total`` images of ``split`` handled (``skipped`` of them unreadable);
     ``cached`` when every image of the split was in the cache before the call (the backbone did not run for it)."""
 
@@ -43,7 +43,7 @@ class Progress(NamedTuple):
     cached: bool = False
 
 
-ProgressFn = Callable[[Progress], None]
+ProgressFn = Callable[[PassProgress], None]
 ShapesFn = Callable[[dict[str, "tuple[int, ...] | None"]], None]
 """Called with ``{"pooled": (C,), "maps": (h, w, C) or None}`` once the backbone's forward is traced, before it runs:
 what a sweep needs to compile its programs while the features are computed (``jaxheads.job``)."""
@@ -167,7 +167,7 @@ class _SplitProgress:
         self.done = {n: int(self.per_row[n][in_complete].sum()) for n in reported}
         self.skipped = {n: 0 for n in reported}
         for n in reported:
-            report(Progress(n, self.done[n], self.totals[n]))
+            report(PassProgress(n, self.done[n], self.totals[n]))
 
     def advance(self, indices: np.ndarray, skipped: np.ndarray) -> None:
         """Count a batch's rows: ``indices`` computed, ``skipped`` unreadable."""
@@ -177,7 +177,7 @@ class _SplitProgress:
             if handled:
                 self.done[n] += handled
                 self.skipped[n] += int(per_row[skipped].sum())
-                self.report(Progress(n, self.done[n], self.totals[n], self.skipped[n]))
+                self.report(PassProgress(n, self.done[n], self.totals[n], self.skipped[n]))
 
 
 class _ShardBuffer:

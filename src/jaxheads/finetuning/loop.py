@@ -16,19 +16,19 @@ import numpy as np
 from jaxheads import data, heads, metrics, parallel, predict, stats
 from jaxheads.finetuning.config import class_weights
 from jaxheads.finetuning.model import Variables, predict_fn
-from jaxheads.finetuning.step import FinetuneSetup, TrainState, make_optimizer, schedule_steps, train_step
+from jaxheads.finetuning.step import FinetuneSetup, TrainState, finetune_optimizer, schedule_steps, train_step
 from jaxheads.heads import HeadSpec
 
 __all__ = ["EpochLoop", "compare_models", "score", "val_metrics"]
 
-Progress = Callable[[dict[str, Any]], None]
+EpochReport = Callable[[dict[str, Any]], None]
 
 
 class EpochLoop:
     """The fine-tune's mutable state between epochs: device train state, best variables and history."""
 
     def __init__(self, setup: FinetuneSetup, ds: data.Dataset, start: Variables,
-                 devices: Sequence[jax.Device] | None, strict: bool, progress: Progress | None):
+                 devices: Sequence[jax.Device] | None, strict: bool, progress: EpochReport | None):
         self.setup, self.ds, self.strict, self.progress = setup, ds, strict, progress
         self.mesh = parallel.make_mesh(1, devices)
         self.rep, self.shard = parallel.replicated(self.mesh), parallel.data_sharding(self.mesh)
@@ -39,7 +39,7 @@ class EpochLoop:
         params = {"backbone": start["backbone"]["params"], "head": start["head"]["params"]}
         stats_tree = {"backbone": start["backbone"].get("batch_stats", {}),
                       "head": start["head"].get("batch_stats", {})}
-        opt_state = jax.jit(lambda p: make_optimizer(setup, p).init(p))(params)  # one compile, not one per leaf
+        opt_state = jax.jit(lambda p: finetune_optimizer(setup, p).init(p))(params)  # one compile, not one per leaf
         # The average starts at the swept model (own copies: the step donates the state's buffers).
         ema = () if cfg.ema_decay is None else jax.tree.map(np.array, (params, stats_tree))
         self.state = jax.device_put(TrainState(jnp.zeros((), jnp.int32), params, stats_tree, opt_state, ema),

@@ -16,7 +16,7 @@ from jaxheads.finetuning.config import FinetuneConfig
 from jaxheads.finetuning.model import Variables
 from jaxheads.heads import HeadSpec
 
-__all__ = ["FinetuneSetup", "block_rates", "lr_scale", "make_optimizer", "schedule_steps"]
+__all__ = ["FinetuneSetup", "block_rates", "lr_scale", "finetune_optimizer", "schedule_steps"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _part(config: FinetuneConfig, rate: float) -> optax.GradientTransformation:
     return optax.adamw(rate, weight_decay=config.weight_decay)
 
 
-def make_optimizer(setup: FinetuneSetup, params: Variables) -> optax.GradientTransformation:
+def finetune_optimizer(setup: FinetuneSetup, params: Variables) -> optax.GradientTransformation:
     """Each part's optimiser at its peak rate (:func:`block_rates`), set_to_zero for the frozen blocks. The schedule
     is applied by the step, as a factor on the updates (both updates are linear in their rate, and momentum
     accumulates the unscaled gradients, as a scheduled learning rate does in PyTorch's SGD)."""

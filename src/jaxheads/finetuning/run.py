@@ -14,7 +14,7 @@ import numpy as np
 from jaxheads import backbones, data, parallel
 from jaxheads.heads import io as heads_io
 from jaxheads.finetuning.config import FinetuneConfig, FinetuneResult
-from jaxheads.finetuning.loop import EpochLoop, Progress
+from jaxheads.finetuning.loop import EpochLoop, EpochReport
 from jaxheads.finetuning.model import MODEL_KIND, Model, Variables, feature_shape, load_model, model_logits
 from jaxheads.finetuning.state import (KEEP_CHECKPOINTS, MODEL_DIR, RESULT_FILE, STATE_DIR, STATE_KIND, finished,
                                      last_epoch, restore, save_model, save_state)
@@ -36,7 +36,7 @@ def finetune(
     data_dir: str | os.PathLike[str] | None = None,
     strict: bool = False,
     devices: Sequence[jax.Device] | None = None,
-    progress: Progress | None = None,
+    progress: EpochReport | None = None,
     resume: bool = True,
 ) -> FinetuneResult:
     """Fine-tune the head in ``head_dir`` with the top ``config.unfreeze`` blocks of its backbone on ``dataset``'s

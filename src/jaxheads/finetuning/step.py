@@ -17,10 +17,10 @@ import optax
 from jaxheads import heads
 from jaxheads.finetuning.augment import augment_batch
 from jaxheads.finetuning.model import Variables, pool_for_head
-from jaxheads.finetuning.optim import FinetuneSetup, block_rates, lr_scale, make_optimizer, schedule_steps
+from jaxheads.finetuning.optim import FinetuneSetup, block_rates, finetune_optimizer, lr_scale, schedule_steps
 from jaxheads.finetuning.remat import remat_blocks
 
-__all__ = ["Batch", "FinetuneSetup", "TrainState", "block_rates", "lr_scale", "make_optimizer", "schedule_steps",
+__all__ = ["Batch", "FinetuneSetup", "TrainState", "block_rates", "lr_scale", "finetune_optimizer", "schedule_steps",
            "train_step", "weighted_mean"]
 
 
@@ -137,7 +137,7 @@ def _compiled_step(setup: FinetuneSetup) -> Callable[..., tuple[TrainState, jax.
         total = jnp.sum(weights)
         batch = Batch(images, labels, mask, weights, jnp.where(total > 0, total, 1.0))
         grads, stats, own = _gradients(state, batch, words, setup)
-        updates, opt_state = make_optimizer(setup, state.params).update(grads, state.opt_state, state.params)
+        updates, opt_state = finetune_optimizer(setup, state.params).update(grads, state.opt_state, state.params)
         scale = lr_scale(state.step, steps, cfg.schedule)
         params = optax.apply_updates(state.params, jax.tree.map(lambda u: u * scale.astype(u.dtype), updates))
         ema = state.ema
