@@ -72,6 +72,7 @@ def _differs(a: object, b: object) -> bool:
 # ------------------------------------------------------------------------------------------- the step
 
 
+@pytest.mark.slow
 def test_identity_augmentation_leaves_the_step_bit_identical(parts: tuple) -> None:
     plain, loss = _one_step(parts, augment=())
     identity, identity_loss = _one_step(parts, augment=("affine",), affine_jitter=(0.0, 0.0, 0.0))
@@ -91,6 +92,7 @@ def test_on_device_orientations_are_those_of_the_cached_views() -> None:
     assert {*device_augment.GEOMETRIC, "flip", "dihedral"} == set(views.AUGMENTATIONS)
 
 
+@pytest.mark.slow
 def test_class_weights_of_all_ones_equal_the_unweighted_loss(parts: tuple) -> None:
     losses = jnp.asarray(np.random.default_rng(2).uniform(0, 3, 7), jnp.float32)
     labels, mask = jnp.asarray([0, 1, 2, 0, 1, 2, 2]), jnp.asarray([1, 1, 1, 1, 1, 0, 0], jnp.float32)
@@ -106,6 +108,7 @@ def test_class_weights_of_all_ones_equal_the_unweighted_loss(parts: tuple) -> No
     assert class_weights([0, 0, 0, 1], 3, "balanced")[2] == 1.0 and class_weights([0, 1], 2, "none") == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_remat_and_accumulation_compute_the_same_update(parts: tuple) -> None:
     # no augmentation: a micro-batch draws its own flips
     plain, loss = _one_step(parts, ema_decay=None, augment=())
@@ -122,6 +125,7 @@ def test_remat_and_accumulation_compute_the_same_update(parts: tuple) -> None:
 # ------------------------------------------------------------------------------------------- whole runs
 
 
+@pytest.mark.slow
 def test_zero_learning_rate_returns_the_start_exactly(colours: data.Dataset, tmp_path: Path, save_tiny_head,
                                                       tiny_backbone: str) -> None:
     head = save_tiny_head(tmp_path / "head", colours.classes)
@@ -135,6 +139,7 @@ def test_zero_learning_rate_returns_the_start_exactly(colours: data.Dataset, tmp
     _assert_same(finetuning.load_model(run.model_dir).variables, start)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_give_the_weights_of_an_uninterrupted_run(colours: data.Dataset, tmp_path: Path,
                                                                   save_tiny_head, capsys) -> None:
     head = save_tiny_head(tmp_path / "head", colours.classes)

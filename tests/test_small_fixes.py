@@ -33,6 +33,7 @@ def test_a_corrupt_head_meta_is_one_line_naming_the_file(tmp_path: Path, capsys:
         jaxheads.load_head(head)
 
 
+@pytest.mark.slow
 def test_a_group_that_stops_early_ends_its_progress_full() -> None:
     rng = np.random.default_rng(0)
     y = np.arange(64) % 2  # labels the features do not predict: val accuracy stalls at once
@@ -47,6 +48,7 @@ def test_a_group_that_stops_early_ends_its_progress_full() -> None:
     assert last["epoch"] == last["epochs"] == sweep.epochs and last["active"] == 0
 
 
+@pytest.mark.slow
 def test_the_test_confusion_matrix_is_the_test_figures_predictor() -> None:
     rng = np.random.default_rng(1)
     y = np.arange(150) % 3

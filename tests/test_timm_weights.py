@@ -164,6 +164,7 @@ def test_vgg_fc1_conv_becomes_the_flatten_dense():
     np.testing.assert_allclose(as_dense, as_conv, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_bad_state_dict_is_refused_naming_keys(reference, tmp_path):
     from safetensors.numpy import load_file, save_file
 
@@ -211,6 +212,7 @@ def test_timm_name_offline_fails_in_one_line_naming_the_repo(tmp_path, monkeypat
     assert "\n" not in message and "https://huggingface.co/timm/tf_efficientnet_lite0.in1k" in message, message
 
 
+@pytest.mark.slow
 def test_timm_name_reads_the_hub_cache(reference, tmp_path, monkeypatch):
     """With the repo's files in the Hugging Face cache, timm:NAME loads offline, with the cached config's mean/std."""
     hub = pytest.importorskip("huggingface_hub")
