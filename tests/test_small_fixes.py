@@ -63,3 +63,14 @@ def test_the_test_confusion_matrix_is_the_test_figures_predictor() -> None:
     assert np.trace(test_cm) / test_cm.sum() == pytest.approx(result.selection["test"]["estimate"], abs=1e-12)
     recall = np.diag(test_cm) / test_cm.sum(axis=1)
     assert recall.tolist() == pytest.approx(list(result.selection["per_class_test"]["recall"].values()), abs=1e-12)
+
+
+def test_a_head_that_reads_taps_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = jaxheads.HeadSpec(num_classes=2, pooling="none", hidden=(4,))
+    variables = jaxheads.init_head(jax.random.key(0), spec, (6,))
+    extra = {"backbone": "efficientnet_lite0", "weights": "default", "weights_id": "x", "representation": "block3"}
+    head = jaxheads.save_head(tmp_path / "head", spec, variables, (6,), label_names=["a", "b"], extra=extra)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert cli.main(["predict", str(head), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'block3' representation" in err and "--representation last" in err

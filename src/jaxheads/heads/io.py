@@ -116,6 +116,10 @@ def read_swept_head(path: str | Path) -> SweptHead:
     for field in PROVENANCE_FIELDS:
         if field not in meta:
             raise ValueError(f"{path}: head meta has no {field!r} (was it written by `jaxheads sweep`?)")
+    if meta.get("representation", "last") != "last":  # its input is standardised taps, which nothing rebuilds yet
+        raise ValueError(f"{path}: the head reads the {meta['representation']!r} representation (backbone taps), "
+                         "which predict and finetune do not rebuild yet; sweep with --representation last for one "
+                         "they can")
     return SweptHead(Path(path), spec, jax.tree.map(np.asarray, variables), meta)
 
 

@@ -223,7 +223,7 @@ class SweepSpec:
             return [m if m.head.num_classes == num_classes and m.head.task == task else dataclasses.replace(
                 m, head=m.head.replace(num_classes=num_classes, task=task)) for m in self.members]
         # A linear head has no hidden layer to normalise: its norm levels are one config, not several.
-        configs = list(dict.fromkeys(self._member(num_classes, task, *cell) for cell in self._cells()))
+        configs = list(dict.fromkeys(self._member(num_classes, task, cell) for cell in self._cells()))
         if self.sample is not None and self.sample < len(configs):
             configs = random.Random(self.sample_seed).sample(configs, self.sample)
         if self.folds == "auto":
@@ -255,8 +255,10 @@ class SweepSpec:
         cells = [base] + [base[:i] + (level,) + base[i + 1:] for i, levels in enumerate(axes) for level in levels[1:]]
         return list(dict.fromkeys(cells))
 
-    def _member(self, num_classes: int, task: str, pool: str, conv: tuple, hid: tuple[int, ...], act: str,
-                drop: float, norm: str, lr: float, wd: float, opt: str, bs: int) -> MemberSpec:
+    def _member(self, num_classes: int, task: str, cell: tuple) -> MemberSpec:
+        """The member of one grid cell: (pooling, conv, hidden, activation, dropout, norm, lr, wd, optimizer,
+        batch size), the order of :meth:`_cells`' axes."""
+        pool, conv, hid, act, drop, norm, lr, wd, opt, bs = cell
         head = HeadSpec(num_classes=num_classes, task=task, pooling=pool, conv=conv, hidden=hid, activation=act,
                         dropout=drop, input_dropout=self.input_dropout, norm=norm if hid else "none",
                         label_smoothing=self.label_smoothing, pos_weight=self.pos_weight,
