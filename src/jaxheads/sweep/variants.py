@@ -14,9 +14,8 @@ with the same paired bootstrap as every other question.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -150,22 +149,19 @@ def splits_at_views(splits: Mapping[str, FeatureSplit], views: int) -> dict[str,
 
 
 def run_variants(sweep: SweepSpec | Mapping[Any, SweepSpec],
-                 splits_by_level: Mapping[Any, Mapping[str, FeatureSplit]], axis: str, *,
-                 num_classes: int, task: str = "multiclass", label_names: Sequence[str] | None = None,
-                 progress: Callable[[dict[str, Any]], None] | None = None,
-                 checkpoint_dir: str | os.PathLike[str] | None = None,
-                 device_memory_budget: int | str | None = None) -> VariantSweepResult:
-    """:func:`run_sweep` of ``sweep`` on every level's features (the same members, folds and seeds, the same
-    device-memory budget; each level resumes from its own folder under ``checkpoint_dir``), merged. ``sweep`` may
-    be one spec per level ({level: spec}: a representation level runs only the heads that read pooled vectors)."""
+                 splits_by_level: Mapping[Any, Mapping[str, FeatureSplit]], axis: str,
+                 **run_args: Any) -> VariantSweepResult:
+    """:func:`run_sweep` of ``sweep`` on every level's features with the same ``run_args`` (its keyword arguments:
+    the same members, folds, seeds and device-memory budget; each level resumes from its own folder under
+    ``checkpoint_dir``), merged. ``sweep`` may be one spec per level ({level: spec}: a representation level runs
+    only the heads that read pooled vectors)."""
     results = {}
+    checkpoint_dir = run_args.pop("checkpoint_dir", None)
     for level, splits in splits_by_level.items():
         suffix = VARIANT_AXES[axis][0].format(level).replace(":", "_")  # a folder name: no colon
         where = None if checkpoint_dir is None else Path(checkpoint_dir) / suffix
         spec = sweep[level] if isinstance(sweep, Mapping) else sweep
-        results[_level(level, axis)] = run_sweep(spec, splits, num_classes=num_classes, task=task,
-                                                 progress=progress, label_names=label_names, checkpoint_dir=where,
-                                                 device_memory_budget=device_memory_budget)
+        results[_level(level, axis)] = run_sweep(spec, splits, checkpoint_dir=where, **run_args)
     return merge_variants(results, axis)
 
 
