@@ -29,7 +29,8 @@ fold_sd = 0.04), fold noise dominant (fold_sd = 0.36), seed noise dominant (seed
 
 Methods on the same replicates: "today", the library's two-level bootstrap (:func:`jaxheads.stats.make_draws`:
 folds, then examples within them, and seeds); "corrected", :mod:`jaxheads.intervals` (examples resampled once, the
-models' own variance by the method of moments, t-widened on few models); under cross-validation also "NB t"
+models' own variance by the method of moments, t-widened on few models), and its variant "corrected,
+Satterthwaite" whose degrees of freedom count only the models' excess variance as uncertain; under cross-validation also "NB t"
 (Nadeau & Bengio 2003's corrected resampled t on the J per-model differences: variance (1/J + 1/(K - 1)) s^2,
 t_{J-1}) and "CLT" (Bayle et al. 2020: normal, the within-fold variance of the per-example differences / N). With
 repeats "today" treats the R partitions' passes as seeds of the first partition's folds.
@@ -181,6 +182,19 @@ def nb_t(diff: intervals.Evidence, folds: int, level: float) -> tuple[float, flo
     return diff.point - half, diff.point + half
 
 
+def satterthwaite(diff: intervals.Evidence, layout: intervals.Layout, level: float) -> tuple[float, float]:
+    """The corrected interval with degrees of freedom from tau^2 alone, (M - 1) * (V / tau^2)^2 (the variant
+    "corrected, Satterthwaite": narrower, and optimistic when tau^2 is underestimated by chance)."""
+    q_obs, q_ex, scale = intervals.cell_moments(diff)
+    tau2 = max(0.0, q_obs - q_ex) * scale if np.isfinite(q_obs) else 0.0
+    deviation = (diff.draws - diff.point) + np.sqrt(tau2) * layout.normal
+    if tau2 > 0:
+        v = float(np.nanvar(diff.draws)) + tau2
+        dof = (len(diff.sizes) - 1) * (v / tau2) ** 2
+        deviation = deviation * float(scipy_stats.t.ppf((1 + level) / 2, dof)) / NormalDist().inv_cdf((1 + level) / 2)
+    return stats.percentile_interval(diff.point + deviation, level)
+
+
 def clt(correct: dict[str, np.ndarray], case: str, folds: np.ndarray, level: float) -> tuple[float, float]:
     """Bayle et al.'s CLT interval: the per-example differences (mean over passes), their within-fold variance."""
     d = (correct[case] - correct["A"]).mean(axis=0)
@@ -206,6 +220,8 @@ def replicate(problem: Problem, design: Design, regime: Regime, heads: dict[str,
         out["today"][case] = (c.low, c.high)
         c = intervals.compare(evidence["A"], evidence[case], layout)
         out["corrected"][case] = (c.low, c.high)
+    out["corrected, Satterthwaite"] = {c: satterthwaite(evidence["A"].combine(evidence[c], -1.0, 1.0), layout,
+                                                        stats.LEVEL) for c in cases}
     if design.folds > 1:
         correct = {n: (s.argmax(-1) == y).astype(float) for n, s in scores.items()}
         out["NB t"] = {c: nb_t(evidence["A"].combine(evidence[c], -1.0, 1.0), design.folds, stats.LEVEL)
@@ -314,6 +330,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--designs", default=",".join(d.name for d in DESIGNS), help="comma-separated names")
+    parser.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated names")
     parser.add_argument("--out", default="experiments/results/bench_coverage.json")
     parser.add_argument("--merge", nargs="+", help="join the cells of these result files (subset runs) into --out")
     args = parser.parse_args()
@@ -325,7 +342,7 @@ def main() -> None:
     results, truths = [], {}
     all_sds = list(dict.fromkeys(training_sd(d, r) for d in DESIGNS for r in REGIMES))
     for i, design in ((i, d) for i, d in enumerate(DESIGNS) if d.name in chosen):  # seeds follow DESIGNS
-        for j, regime in enumerate(REGIMES):
+        for j, regime in ((j, r) for j, r in enumerate(REGIMES) if r.name in args.regimes.split(",")):
             t0 = time.perf_counter()
             sd = training_sd(design, regime)
             if sd not in truths:  # seeded by the sd's place among all cells': a subset run repeats the full run

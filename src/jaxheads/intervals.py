@@ -16,16 +16,17 @@ Its noise has two parts (experiments/bench_coverage.py has the model and the cov
   sigma_c^2 * sum_c a_c^2 (a_c = the cell's share of the estimate).
 
 A draw of the corrected statistic is T + kappa * ((T_E - T) + tau * z) with T_E the example-resampled statistic
-and z a standard normal shared by every config (common random numbers). tau^2 rests on M - 1 degrees of freedom
-(M cells); kappa widens the draws to a t quantile at Satterthwaite's degrees of freedom M_1 * (V / tau^2)^2, V =
-var(T_E) + tau^2, so that few cells (5 folds) give a t interval when the cells dominate and the plain bootstrap
-when the examples do.
+and z a standard normal shared by every config (common random numbers). The variance V = var(T_E) + tau^2 rests on
+the M - 1 degrees of freedom of Q (M cells): kappa widens the draws to a t quantile at Satterthwaite's degrees of
+freedom (M - 1) * (V / (scale * Q))^2, so few cells (5 folds) give about a t_{M-1} interval in every regime and
+many cells (repeats) the bootstrap's. Treating only tau^2 as uncertain, (M - 1) * (V / tau^2)^2, is narrower and
+undercovers where the cells dominate (experiments/bench_coverage.py, "corrected, Satterthwaite").
 
 Special cases: one cell (a fixed split, one seed, no repeats) gives tau = 0, kappa = 1: exactly the example
 bootstrap (Wilson's interval up to the bootstrap's resolution, for a single accuracy). With R = 1 and one seed
-under K folds the cells are the K folds: the within-fold bootstrap plus a t_{K-1}-sized fold term whose scale is
-the between-fold variance in excess of the example noise (zero when the folds differ by no more than their
-examples do).
+under K folds the cells are the K folds: the within-fold bootstrap plus a fold term whose scale is the between-fold
+variance in excess of the example noise, the whole widened to about a t_{K-1} quantile (no fold term, and no
+widening, when the folds are exactly alike).
 """
 
 from __future__ import annotations
@@ -132,32 +133,41 @@ def _mean_square(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return (sizes * (values - centre) ** 2).sum(-1) / (len(sizes) - 1)
 
 
-def cell_term(e: Evidence) -> tuple[float, float]:
-    """(tau^2, degrees of freedom): the estimate's between-cell variance by the method of moments (0 and inf with
-    one cell, or when the cells differ by no more than their examples do)."""
+def cell_moments(e: Evidence) -> tuple[float, float, float]:
+    """(Q, Q_ex, scale): the cells' between mean square, its example part, and the factor that turns Q - Q_ex into
+    the estimate's between-cell variance tau^2 (NaN without two cells with defined values)."""
     m = len(e.sizes)
-    defined = np.isfinite(e.cells).all() and m > 1
-    if not defined:
-        return 0.0, float("inf")
+    if m < 2 or not np.isfinite(e.cells).all():
+        return float("nan"), float("nan"), float("nan")
     q_obs = float(_mean_square(e.cells, e.sizes))
     q_ex = float(np.nanmean(_mean_square(e.cell_draws - e.cells, e.sizes)))
     g = (e.sizes.sum() - (e.sizes**2).sum() / e.sizes.sum()) / (m - 1)
-    share = e.sizes / (e.sizes.sum())  # each cell's weight in the estimate (a pass's cells sum to 1 / P)
-    tau2 = max(0.0, q_obs - q_ex) / g * float((share**2).sum())
-    return tau2, float(m - 1)
+    share = e.sizes / e.sizes.sum()  # each cell's weight in the estimate (a pass's cells sum to 1 / P)
+    return q_obs, q_ex, float((share**2).sum()) / g
+
+
+def cell_term(e: Evidence) -> tuple[float, float]:
+    """(tau^2, degrees of freedom): the estimate's between-cell variance by the method of moments (0 and inf with
+    one cell, or when the cells differ by no more than their examples do)."""
+    q_obs, q_ex, scale = cell_moments(e)
+    if not np.isfinite(q_obs):
+        return 0.0, float("inf")
+    return max(0.0, q_obs - q_ex) * scale, float(len(e.sizes) - 1)
 
 
 def corrected_draws(e: Evidence, layout: Layout, level: float = stats.LEVEL) -> np.ndarray:
     """(B,) draws of the corrected statistic (see the module docstring); NaN draws stay NaN."""
-    tau2, dof = cell_term(e)
+    q_obs, q_ex, scale = cell_moments(e)
+    tau2 = max(0.0, q_obs - q_ex) * scale if np.isfinite(q_obs) else 0.0
     deviation = (e.draws - e.point) + np.sqrt(tau2) * layout.normal
-    if tau2 == 0.0:
+    if not np.isfinite(q_obs) or q_obs <= 0.0:
         return e.point + deviation
-    v_e = float(np.nanvar(e.draws))
-    dof_eff = dof * ((v_e + tau2) / tau2) ** 2
+    # Var(V) ~ 2 (scale Q)^2 / (M - 1): the whole mean square is uncertain, not only its excess over Q_ex, so a
+    # variance underestimated by chance is not also given optimistic degrees of freedom (experiments/README.md).
+    v = float(np.nanvar(e.draws)) + tau2
+    dof = (len(e.sizes) - 1) * (v / (scale * q_obs)) ** 2
     z = NormalDist().inv_cdf((1.0 + level) / 2.0)
-    kappa = float(scipy_stats.t.ppf((1.0 + level) / 2.0, dof_eff)) / z
-    return e.point + kappa * deviation
+    return e.point + float(scipy_stats.t.ppf((1.0 + level) / 2.0, dof)) / z * deviation
 
 
 def interval(e: Evidence, layout: Layout, level: float = stats.LEVEL) -> stats.Interval:
