@@ -185,3 +185,22 @@ def test_the_method_sentence_names_what_is_covered_and_what_is_not():
     assert "not included: the overlap of the folds' training rows" in cv and cv.count(".") == 1
     one = intervals.describe(1000, 1, 1, 0.9)
     assert "seed-to-seed noise (one model)" in one and "for this training set" in one and "models (" not in one
+
+
+@pytest.mark.slow
+def test_a_repeated_cross_validated_sweep_trains_every_partition_in_one_run():
+    import jaxheads
+
+    rng = np.random.default_rng(3)
+    y = np.arange(90) % 3
+    x = (4 * np.eye(3)[y] + rng.normal(size=(90, 3))).astype(np.float32)
+    train, val = (jaxheads.FeatureSplit(labels=y[s], pooled=x[s]) for s in (slice(0, 60), slice(60, 90)))
+    sweep = SweepSpec(pooling=("none",), depth=(0,), learning_rate=(0.05,), epochs=20, folds=3, repeats=2,
+                      ridge_l2=())
+    result = jaxheads.run_sweep(sweep, {"train": train, "val": val}, num_classes=3)
+    assert len(result.members) == 2 * 3  # one config: R x K members, trained in the same program
+    assert sorted(m["spec"]["fold"] for m in result.members) == list(range(6))
+    fold_of = result.predictions["val_fold"]
+    assert fold_of.shape == (2, 90) and not np.array_equal(fold_of[0], fold_of[1])  # two distinct partitions
+    config = sweep_scores.config_scores(result)[result.recommended]
+    assert np.isfinite(config.val).all() and result.selection["val"]["estimate"] > 0.5

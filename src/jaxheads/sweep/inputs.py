@@ -146,9 +146,6 @@ def place_inputs(plan: GroupPlan, x: Mapping[str, Any], splits: Mapping[str, Fea
     labels = {"train": _put(_train_labels(splits["train"]), rep)}  # "val" rows (< N) read view 0's labels
     labels.update({k: labels["train"] if s is splits["train"] else _put(s.labels, rep)
                    for k, s in splits.items() if k != "train"})
-    if max(s.fold for s in plan.specs) >= folds.fold_count(fold_of):
-        raise ValueError(f"--repeats: the members need {max(s.fold for s in plan.specs) + 1} folds, and the rows "
-                         f"come in {folds.fold_count(fold_of)} (one partition where the sweep repeats several)")
     eval_rows, mask, train_rows = _fold_rows(fold_of, n_eval)
     return GroupInputs(x=placed, y=labels, mask=mask, n_eval=n_eval, idx_sharding=NamedSharding(plan.mesh, per_member),
                        eval_rows=eval_rows, train_rows=train_rows, **views)

@@ -86,7 +86,7 @@ def _train_one_group(run: _SweepRun, plan: Any,
     timings = {"init_s": time.perf_counter() - t0, "compile_s": 0.0, "probe_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
     rng = np.random.default_rng([sweep.data_seed, plan.gid])
     rngs = [rng] if fold_of is None else [np.random.default_rng([sweep.data_seed, plan.gid]) for _ in range(
-        sweep.folds)]
+        folds.fold_count(fold_of))]
     live, probed = None, None
     if sweep.map_batch == "probe" and not streamed:
         live = groups.collect_init(pending)
@@ -180,7 +180,7 @@ def _cross_validation(sweep: SweepSpec, splits: Mapping[str, FeatureSplit],
         return splits, None
     pool = folds.pooled_splits(splits)
     folds.check_folds(pool["train"].labels, sweep.folds, label_names)
-    return pool, folds.assign_folds(pool["train"].labels, sweep.folds, sweep.data_seed)
+    return pool, folds.assign_repeats(pool["train"].labels, sweep.folds, sweep.repeats, sweep.data_seed)
 
 
 def _train_groups(run: _SweepRun, mesh: Mesh | None, store: GroupStore) -> _Trained:
@@ -188,7 +188,7 @@ def _train_groups(run: _SweepRun, mesh: Mesh | None, store: GroupStore) -> _Trai
     sweep, splits, fold_of, members = run.sweep, run.splits, run.fold_of, run.members
     out = _Trained([None] * len(members), [None] * len(members), [None] * len(members), [])
     shapes = feature_shapes(splits["train"])
-    n_train = len(splits["train"]) if fold_of is None else min(int(np.sum(fold_of != f)) for f in range(sweep.folds))
+    n_train = len(splits["train"]) if fold_of is None else folds.min_train_rows(fold_of)
     # Compiles (and each group's init) run on this pool while the main thread compiles the epoch program.
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
         for gid, ids in enumerate(group_members(members, shapes, sweep.depth_grouping)):
@@ -239,6 +239,7 @@ def compile_sweep(sweep: SweepSpec, splits: Mapping[str, FeatureSplit], *, num_c
         pool = _abstract_rows(splits["train"], len(splits["train"]) + len(splits["val"]))
         splits = {"train": pool, "val": pool, **({"test": splits["test"]} if "test" in splits else {})}
         fold_of = np.arange(len(pool)) % sweep.folds
+        fold_of = fold_of if sweep.repeats == 1 else np.tile(fold_of, (sweep.repeats, 1))
         n_train = len(pool) - -(-len(pool) // sweep.folds)
     compiled, ridge = [], None
     with concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxheads-compile") as pool:
