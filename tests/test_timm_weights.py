@@ -204,6 +204,7 @@ def test_timm_name_must_match_the_backbone():
 
 def test_timm_name_offline_fails_in_one_line_naming_the_repo(tmp_path, monkeypatch):
     hub = pytest.importorskip("huggingface_hub")
+    pytest.importorskip("huggingface_hub.constants")  # a lazy submodule: hub.constants exists once imported
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)  # never download in a test, network or not
     monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(timm_convert.TimmWeightsError) as error:
@@ -216,6 +217,7 @@ def test_timm_name_offline_fails_in_one_line_naming_the_repo(tmp_path, monkeypat
 def test_timm_name_reads_the_hub_cache(reference, tmp_path, monkeypatch):
     """With the repo's files in the Hugging Face cache, timm:NAME loads offline, with the cached config's mean/std."""
     hub = pytest.importorskip("huggingface_hub")
+    pytest.importorskip("huggingface_hub.constants")  # a lazy submodule: hub.constants exists once imported
     _, path = reference("tf_efficientnet_lite0")
     repo = tmp_path / "models--timm--tf_efficientnet_lite0.in1k"
     snapshot = repo / "snapshots" / ("0" * 40)

@@ -177,6 +177,23 @@ def _tree_in_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, micro_batch: i
     return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
 
 
+def flat_shapes(tree: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{(collection, *path): shape} for every leaf of a variables tree (concrete or from ``jax.eval_shape``)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+    """Nested dicts from {(k1, k2, ...): value}: the variables tree a converter's flat name map fills."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = value
+    return tree
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()

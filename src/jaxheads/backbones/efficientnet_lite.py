@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxheads import checkpoint
 from jaxheads.backbones import register
-from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables, run_layers
+from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables, flat_shapes, run_layers, unflatten
 from jaxheads.backbones.keras_layers import Conv, DepthwiseConv
 from jaxheads.backbones import torch_pickle
 
@@ -246,28 +246,11 @@ def name_map(blocks: tuple[BlockSpec, ...], classifier: bool) -> dict[str, tuple
     }
 
 
-def _flat_shapes(tree: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """{(collection, *path): shape} for every leaf of a variables tree."""
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in leaves}
-
-
-def _unflatten(flat: dict[tuple[str, ...], np.ndarray]) -> dict[str, Any]:
-    """Nested dicts from {(k1, k2, ...): value}."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return tree
-
-
 def convert(state_dict: Mapping[str, np.ndarray], module: EfficientNetLite) -> dict[str, Any]:
     """Flax variables for ``module`` from a torch state dict; raises ConversionError unless every torch key is
     used and every Flax leaf is filled with the shape ``module.init`` gives it."""
     size = 64  # any size works for shapes; small keeps the abstract trace cheap
-    expected = _flat_shapes(jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    expected = flat_shapes(jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, size, size, 3))))
     mapping = name_map(module.blocks, classifier=module.num_classes > 0)
     problems = [f"unexpected torch key {k}" for k in state_dict if k not in mapping]
     problems += [f"missing torch key {k}" for k in mapping if k not in state_dict]
@@ -286,7 +269,7 @@ def convert(state_dict: Mapping[str, np.ndarray], module: EfficientNetLite) -> d
     if problems:
         raise ConversionError(f"{len(problems)} problem(s) porting to {type(module).__name__}:\n  " +
                               "\n  ".join(problems))
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 # ---------------------------------------------------------------------------------------------- weight sources

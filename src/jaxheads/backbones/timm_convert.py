@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxheads.backbones import torch_pickle
-from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables, sha256_file
+from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables, flat_shapes, sha256_file, unflatten
 
 __all__ = ["REFUSALS", "TIMM_MODELS", "TimmModel", "TimmWeightsError", "claims", "convert", "load", "name_map",
            "preprocessing", "read_state_dict", "timm_model"]
@@ -199,20 +199,8 @@ def name_map(config: BackboneConfig, classifier: bool) -> dict[str, tuple[str | 
 
 def _shapes(module: Any, size: int) -> dict[tuple[str, ...], tuple[int, ...]]:
     """{(collection, *path): shape} of every variable of ``module`` (traced, nothing computed)."""
-    tree = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
-                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-    return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], np.ndarray]) -> dict[str, Any]:
-    """Nested dicts from {(k1, k2, ...): value}."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return tree
+    return flat_shapes(jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
+                                      jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)))
 
 
 def _listed(what: str, items: list[str]) -> str:
@@ -252,7 +240,7 @@ def convert(config: BackboneConfig, state_dict: Mapping[str, np.ndarray], source
     if any(problems):
         raise TimmWeightsError(f"{source} does not fit {config.name} (timm's {model.timm}): "
                                f"{'; '.join(p for p in problems if p)}")
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 # ---------------------------------------------------------------------------------------------- sources

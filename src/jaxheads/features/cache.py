@@ -20,8 +20,7 @@ from jaxheads.data.augment import AUGMENT_METHOD, augmented_view
 from jaxheads.backbones import Backbone
 from jaxheads.data.dataset import image_set_fingerprint
 from jaxheads.features.lazy import lazy_gather
-from jaxheads.features.source import (BackboneSource, as_source, backbone_source, feature_map_shape,
-                                     min_input_size)
+from jaxheads.features.source import (BackboneSource, as_source)
 from jaxheads.features.compute import PassProgress, ProgressFn, ShapesFn, ShardTask, compute_shards
 from jaxheads.features.options import ExtractOptions
 from jaxheads.features.store import (FeatureCacheError, Plan, create_plan, gather, gather_taps, is_foreign,
@@ -30,21 +29,7 @@ from jaxheads.features.store import (FeatureCacheError, Plan, create_plan, gathe
 from jaxheads.features.taps import resolve_taps
 from jaxheads.features.split import FeatureSplit
 
-__all__ = [
-    "CACHE_FORMAT",
-    "BackboneSource",
-    "ExtractOptions",
-    "FeatureCacheError",
-    "PassProgress",
-    "backbone_source",
-    "cache_key",
-    "default_cache_dir",
-    "extract_all",
-    "extract_features",
-    "feature_map_shape",
-    "images_key",
-    "min_input_size",
-]
+__all__ = ["CACHE_FORMAT", "cache_key", "default_cache_dir", "extract_all", "extract_features", "images_key"]
 
 CACHE_FORMAT = 2
 """Bump when the on-disk layout or the way features are computed changes (it is part of every key)."""

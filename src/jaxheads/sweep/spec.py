@@ -52,14 +52,6 @@ class MemberSpec:
         if int(self.batch_size) < 1:
             raise ValueError(f"MemberSpec.batch_size: must be >= 1, got {self.batch_size!r}")
 
-    def _check_repeats(self) -> None:
-        """``repeats`` is a whole number >= 1, and above 1 only with folds; a one-line error naming the flag."""
-        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
-            raise ValueError(f"--repeats: must be a whole number >= 1 (got {self.repeats!r})")
-        if self.repeats > 1 and self.folds is None:
-            raise ValueError(f"--repeats {self.repeats}: repeats partition the folds, and --folds none has none; "
-                             "pass --folds K (or auto)")
-
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["head"] = self.head.to_dict()
