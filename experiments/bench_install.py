@@ -3,7 +3,9 @@
 For each variant (a commit of this repository, optionally with extras) it clones the commit into the work folder,
 makes a fresh venv there and runs command 1's install, ``pip install -e .`` (``.[EXTRAS]`` for a variant with
 extras), then records:
-  - the install's wall time (pip's cache as this machine has it: wheels come from local indexes, so it is warm);
+  - the install's wall time (pip's cache as this machine has it: wheels come from local indexes, so it is warm),
+    in ``--rounds`` rounds, each a fresh clone and venv, the variants' order reversed every other round (the page
+    cache and a shared machine's load favour one position or another); ``install_s`` is the median;
   - site-packages' size (``du -sm``) and the package count (``pip list``; ``pip list | wc -l`` is that plus 2);
   - the largest distributions, and what each core requirement of jaxheads brings alone: the summed file sizes of
     the distributions that only it pulls in (its exclusive dependency closure, from the installed metadata);
@@ -12,8 +14,11 @@ extras), then records:
     them alike.
 Prints a table and writes JSON. Only the standard library is needed (each venv's own pip answers for its packages).
 
-    python experiments/bench_install.py --variant before=f332eae~1 --variant after=f332eae \\
-        --variant "after[tfrecord]=f332eae:tfrecord" --out experiments/results/bench_install.json
+    python experiments/bench_install.py --variant before=f332eae~1 --variant after=94451e4 \\
+        --variant "after[tfrecord]=94451e4:tfrecord" --out experiments/results/bench_install.json
+
+f332eae moved TensorFlow out of the core; 94451e4 added flatbuffers, which jax.export needs and TensorFlow had
+brought (safetensors joined the core in between, for timm weights).
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs inside a variant's venv: every distribution's size (summed RECORD file sizes) and its requirements without
-# extras, plus jaxheads' own core requirements. pip's vendored packaging evaluates the markers.
+# Runs inside a variant's venv: every distribution's size (summed RECORD file sizes) and its requirements, each as
+# [name, extras it asks for, the extra of ours it belongs to ("" for none)], plus jaxheads' own core requirements.
+# pip's vendored packaging evaluates the markers.
 _METADATA_SCRIPT = r"""
 import json, os, re
 from importlib import metadata
@@ -46,8 +52,10 @@ def reqs(dist):
     out = []
     for text in dist.requires or ():
         req = Requirement(text)
-        if req.marker is None or req.marker.evaluate({"extra": ""}):
-            out.append(canon(req.name))
+        extras = [e for e in [""] + list(dist.metadata.get_all("Provides-Extra") or [])
+                  if req.marker is None or req.marker.evaluate({"extra": e})]
+        if extras:
+            out.append([canon(req.name), sorted(req.extras), "" if "" in extras else extras[0]])
     return out
 
 dists = {}
@@ -59,7 +67,8 @@ for dist in metadata.distributions():
         except OSError:
             pass
     dists[canon(dist.metadata["Name"])] = {"bytes": size, "requires": reqs(dist)}
-print(json.dumps({"dists": dists, "core": reqs(metadata.distribution("jaxheads"))}))
+core = [r[0] for r in reqs(metadata.distribution("jaxheads")) if r[2] == ""]
+print(json.dumps({"dists": dists, "core": core}))
 """
 
 
@@ -86,14 +95,16 @@ def parse_variant(text: str) -> tuple[str, str, str]:
 
 
 def closure(roots: set[str], dists: dict[str, Any]) -> set[str]:
-    seen: set[str] = set()
-    todo = [r for r in roots if r in dists]
+    """The installed distributions ``roots`` pull in, following each requirement's own extras (``etils[epath]``)."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    todo = [(r, ()) for r in roots if r in dists]
     while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo += [r for r in dists[name]["requires"] if r in dists and r not in seen]
-    return seen
+        name, extras = todo.pop()
+        if (name, extras) not in seen:
+            seen.add((name, extras))
+            todo += [(r, tuple(asked)) for r, asked, extra in dists[name]["requires"]
+                     if r in dists and (extra == "" or extra in extras)]
+    return {name for name, _ in seen}
 
 
 def brings_alone(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -170,7 +181,7 @@ def table(variants: list[dict[str, Any]]) -> str:
             f"{'import s (1st/med)':>18} {'sweep --help s (1st/med)':>24}")
     rows = [head]
     for v in variants:
-        install = "-" if v["install_s"] is None else f"{v['install_s']:.1f}"
+        install = "-" if v["install_s"] is None else f"{v['install_s']:.1f}"  # median of the rounds
         rows.append(
             f"{v['label']:18} {v['commit'][:8]:8} {install:>9} {v['site_packages_mb']:12d} "
             f"{v['packages']:8d} {v['import_jaxheads_first_s']:8.2f} / {v['import_jaxheads_median_s']:<7.2f} "
@@ -184,32 +195,40 @@ def table(variants: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=None,
-                        help="LABEL=REV[:EXTRAS], repeatable (default: before=f332eae~1 after=f332eae, the "
-                             "commit that moved TensorFlow out of the core and its parent)")
+                        help="LABEL=REV[:EXTRAS], repeatable (default: before=f332eae~1 after=94451e4, see "
+                             "the docstring)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/jaxheads-bench-install"),
                         help="where the clones and venvs go (each variant's folder is replaced)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2, help="installs of each variant (fresh clone and venv)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse each variant's venv from a former run (sizes and start-up times only)")
     parser.add_argument("--out", type=Path, default=Path("experiments/results/bench_install.json"))
     args = parser.parse_args()
-    if args.repeats < 1:
-        raise SystemExit(f"--repeats {args.repeats}: expected at least 1")
-    specs = [parse_variant(v) for v in (args.variant or ["before=f332eae~1", "after=f332eae"])]
+    if args.repeats < 1 or args.rounds < 1:
+        raise SystemExit(f"--repeats {args.repeats} --rounds {args.rounds}: expected at least 1 each")
+    specs = [parse_variant(v) for v in (args.variant or ["before=f332eae~1", "after=94451e4"])]
     env = clean_env()
     args.work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    variants = []
-    for label, rev, extras in specs:
-        print(f"building {label} ({rev}{' with ' + extras if extras else ''}) ...", flush=True)
-        variants.append(build(label, rev, extras, args.work, env, args.reuse))
+    built: dict[str, dict[str, Any]] = {}
+    installs: dict[str, list[float]] = {}
+    for r in range(1 if args.reuse else args.rounds):
+        for label, rev, extras in specs if r % 2 == 0 else specs[::-1]:
+            print(f"round {r + 1}: building {label} ({rev}{' with ' + extras if extras else ''}) ...", flush=True)
+            built[label] = build(label, rev, extras, args.work, env, args.reuse)
+            installs.setdefault(label, []).append(built[label]["install_s"])
+    variants = [built[label] for label, _, _ in specs]
+    for v in variants:
+        times = [t for t in installs[v["label"]] if t is not None]
+        v["install_rounds_s"], v["install_s"] = times, round(statistics.median(times), 1) if times else None
     time_startup(variants, args.repeats, env)
     print(table(variants))
     out = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "pip_source": "local wheel indexes (the machine's pip config): a warm cache; nothing is downloaded",
-        "repeats": args.repeats,
+        "repeats": args.repeats, "rounds": args.rounds,
         "variants": [{k: v for k, v in var.items() if not k.startswith("_")} for var in variants],
         "command": "python experiments/bench_install.py " + " ".join(f"--variant '{v}'" for v in
                                                                       (args.variant or [])),
