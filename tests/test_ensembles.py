@@ -148,6 +148,7 @@ def test_head_soup_of_one_member_is_that_member_and_of_linear_heads_averages_log
         ensembles.soup_variables([variables[0], other])
 
 
+@pytest.mark.slow
 def test_on_a_real_cross_validated_sweep() -> None:
     """A tiny sweep with 2 folds: the soup of one member per fold reproduces the sweep's own out-of-fold and test
     probabilities, and greedy selection is at least as good on val as the best config."""

@@ -58,6 +58,7 @@ def test_k_folds_one_seed_without_fold_spread_is_the_within_fold_bootstrap():
     assert (got.low, got.high) == (plain.low, plain.high)
 
 
+@pytest.mark.slow
 def test_fold_term_matches_a_t_interval_when_folds_dominate():
     """Folds far apart and many rows each: tau^2 is the variance of the fold means over K (minus their tiny example
     noise), and the interval is close to the mean +- t_{K-1} * sqrt(var / K)."""

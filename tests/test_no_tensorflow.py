@@ -123,6 +123,7 @@ def _run_child(tmp_path: Path, *args: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_import_and_a_tiny_sweep_run_without_tensorflow(tmp_path: Path) -> None:
     out = _run_child(tmp_path, "sweep", str(tmp_path))
     assert out["tensorflow_spec"] is None and out["import_error"] == "ModuleNotFoundError"
@@ -131,6 +132,7 @@ def test_import_and_a_tiny_sweep_run_without_tensorflow(tmp_path: Path) -> None:
     assert out["loaded"] == []  # neither TensorFlow nor Keras was imported (nor could be)
 
 
+@pytest.mark.slow
 def test_tfds_array_record_dataset_is_built_and_read_without_tensorflow(tmp_path: Path) -> None:
     out = _run_child(tmp_path, "tfds", str(tmp_path / "array_record"))
     assert out["lazy"] and out["splits"] == ["test", "train", "val"]
