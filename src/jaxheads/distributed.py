@@ -14,7 +14,7 @@ from typing import Mapping
 import jax
 
 _CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
-# Most JAX devices a CPU host is split into. Measured only on 2 cores (experiments/bench_sweep.py, README); the cap
+# Most JAX devices a CPU host is split into. Measured only on 2 cores (experiments/sweep/bench_sweep.py, README); the cap
 # keeps a many-core host from putting a small group's spare devices on the data axis, where they only add
 # collectives (host devices share one pool of cores).
 CPU_SPLIT_MAX = 8

@@ -5,7 +5,7 @@ member is one cell and scores its fold's rows; on a fixed split every seed is on
 "pass" is one complete scoring of the N examples (one repeat and seed), so ``cell_of`` is (P, N): the cell that
 scored example i in pass p. The estimate is the mean over passes of the metric on all examples.
 
-Its noise has two parts (experiments/bench_coverage.py has the model and the coverage benchmark):
+Its noise has two parts (experiments/stats/bench_coverage.py has the model and the coverage benchmark):
 
 - the examples: B draws that resample the examples within each fold of the first pass (a stratified bootstrap,
   :func:`jaxheads.stats.make_draws` with ``resample_folds=False``), the same weights in every pass;
@@ -20,7 +20,7 @@ and z a standard normal shared by every config (common random numbers). The vari
 the M - 1 degrees of freedom of Q (M cells): kappa widens the draws to a t quantile at Satterthwaite's degrees of
 freedom (M - 1) * (V / (scale * Q))^2, so few cells (5 folds) give about a t_{M-1} interval in every regime and
 many cells (repeats) the bootstrap's. Treating only tau^2 as uncertain, (M - 1) * (V / tau^2)^2, is narrower and
-undercovers where the cells dominate (experiments/bench_coverage.py, "corrected, Satterthwaite").
+undercovers where the cells dominate (experiments/stats/bench_coverage.py, "corrected, Satterthwaite").
 
 Special cases: one cell (a fixed split, one seed, no repeats) gives tau = 0, kappa = 1: exactly the example
 bootstrap (Wilson's interval up to the bootstrap's resolution, for a single accuracy). With R = 1 and one seed

@@ -48,7 +48,7 @@ DEFAULT_SWEEP = SweepSpec(
 """The README's main job: the six head questions (GAP/max/Flatten, a 1x1 conv first, BN, 0/1/2 dense layers,
 width, dropout) one factor at a time around avg · 128 · drop 0 (9 configs), each trained on 5 folds of train+val
 (folds="auto": up to 10,000 train+val examples) so every example validates once; plus the ridge baseline.
-experiments/bench_design.py measured this design against a full grid and against more seeds. Accuracy ranks it:
+experiments/stats/bench_design.py measured this design against a full grid and against more seeds. Accuracy ranks it:
 ELPV's classes are imbalanced, but the published figures it is compared with are accuracies; --metric
 balanced_accuracy ranks by mean recall."""
 

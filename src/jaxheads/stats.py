@@ -92,7 +92,7 @@ def make_draws(
     ``resample_folds=False`` takes every fold once and resamples only the examples within each fold (a bootstrap
     stratified by fold). Resampling both levels counts the example noise about twice, (2K - 1) / K times, since
     the spread of the fold means already contains it: conservative when folds differ little beyond their examples
-    (see experiments/bench_coverage.py); not resampling folds leaves out any fold-to-fold (training set) noise.
+    (see experiments/stats/bench_coverage.py); not resampling folds leaves out any fold-to-fold (training set) noise.
     """
     folds = np.asarray(folds)
     if folds.ndim != 1 or folds.size == 0 or not np.issubdtype(folds.dtype, np.integer):

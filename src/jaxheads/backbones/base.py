@@ -111,10 +111,10 @@ def run_layers(layers: Sequence[Layer], x: jax.Array, *, taps: bool, until: str 
 
 # Images per backbone call inside one forward pass: on XLA's CPU backend lax.map over micro-batches of 8 beats the
 # whole batch (activations stay in cache). Figures: experiments/README.md, "Backbone forward"
-# (experiments/bench_backbones.py -> experiments/results/bench_backbones.json).
+# (experiments/features/bench_backbones.py -> experiments/results/bench_backbones.json).
 MICRO_BATCH = 8
 # Images per call through a module's leading ``high_res_layers``, whose large maps only stay in cache one image at a
-# time. Figures: experiments/README.md, "Feature-pass speed" (experiments/bench_feature_pass.py).
+# time. Figures: experiments/README.md, "Feature-pass speed" (experiments/features/bench_feature_pass.py).
 HIGH_RES_MICRO_BATCH = 1
 
 

@@ -51,7 +51,7 @@ def winograd_pays(x: jax.Array, pads: Pads) -> bool:
     """Whether a 3x3 stride-1 convolution of ``x`` runs faster as Winograd F(2x2, 3x3) on XLA's CPU backend: from
     128 input channels on output maps of at least 14x14; with fewer channels or smaller maps its 16 products are
     too short to pay. Figures: experiments/README.md, "Convolutions on XLA's CPU backend" (end to end:
-    experiments/bench_backbones.py -> experiments/results/bench_backbones.json).
+    experiments/features/bench_backbones.py -> experiments/results/bench_backbones.json).
     """
     out_h, out_w = x.shape[1] + sum(pads[0]) - 2, x.shape[2] + sum(pads[1]) - 2
     return x.shape[3] >= WINOGRAD_MIN_CHANNELS and min(out_h, out_w) >= WINOGRAD_MIN_SIZE

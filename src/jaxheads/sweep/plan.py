@@ -24,7 +24,7 @@ from .program import MemberConsts, ProgramKey
 from .spec import MemberSpec, SweepSpec
 
 # From this many parameters per member, map_batch="auto" on a CPU trains members one after another (k=1) so each
-# member's weights stay in cache through its steps; the crossover is measured in experiments/bench_sweep.py.
+# member's weights stay in cache through its steps; the crossover is measured in experiments/sweep/bench_sweep.py.
 CPU_MEMBER_MAJOR_PARAMS = 250_000
 
 

@@ -18,7 +18,7 @@ from jaxheads.metrics import metric_for_task
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 DEPTH_GROUPINGS = ("separate", "gated")
-# The faster of the two in experiments/bench_depth.py (results/bench_depth.json): gated only saves compiles.
+# The faster of the two in experiments/sweep/bench_depth.py (results/bench_depth.json): gated only saves compiles.
 DEPTH_GROUPING_DEFAULT = "separate"
 MAP_BATCH_MODES = ("auto", "probe", "vmap")
 DESIGNS = ("grid", "one_factor")
@@ -103,7 +103,7 @@ class SweepSpec:
     axis).
     ``depth_grouping``: ``"separate"`` (one group per depth) or ``"gated"`` (members differing only in depth,
     depth >= 1, share one group padded to its maximum depth and width; shallower members' extra layers are an
-    exact identity). Measured in ``experiments/bench_depth.py``: see ``DEPTH_GROUPING_DEFAULT``.
+    exact identity). Measured in ``experiments/sweep/bench_depth.py``: see ``DEPTH_GROUPING_DEFAULT``.
     """
 
     pooling: tuple[str, ...] = ("avg",)
