@@ -1,5 +1,5 @@
-"""A short measured fine-tune: EfficientNet-Lite0 on a stratified Fashion-MNIST subsample, the top block against
-the whole network, from the same swept head.
+"""A measured fine-tune of EfficientNet-Lite0 from a swept head: the top block against the whole network, on a
+stratified Fashion-MNIST subsample or on ELPV's default split.
 
     python experiments/quality/bench_finetune.py --memory-size 300    # 1,000 / 500 / 1,000 images at 64 px, 4 epochs
     python experiments/quality/bench_finetune.py --lr 1e-4 --out experiments/results/bench_finetune_lr1e-4.json
@@ -9,6 +9,12 @@ the whole network, from the same swept head.
     python experiments/quality/bench_finetune.py --no-rows --memory-size 300 --memory-variants 2,4 \
         --out experiments/results/bench_finetune_memory.json
     python experiments/quality/bench_finetune.py --train 64 --val 32 --test 64 --epochs 1 --out /tmp/smoke.json
+    python experiments/quality/bench_finetune.py --dataset elpv --size 300 --rows whole --epochs 8 \
+        --batch-size 16 --backbone-lr 3e-4 --layer-decay 0.9 --augment dihedral,affine --ema 0.99 \
+        --work runs/bench_finetune_elpv --out experiments/results/bench_finetune_elpv.json   # hours on 2 cores
+
+With ``--work DIR`` the swept head and every epoch checkpoint stay in DIR, so the same command after a kill resumes
+where it stopped (``finetune(resume=True)``). On ELPV the figures add the binary defective-vs-functional accuracy.
 
 It sweeps a linear head on the frozen backbone's pooled features (the starting point of both rows), then fine-tunes
 it twice with the same recipe (by default AdamW, warm-up + cosine, flip + affine jitter on device, EMA 0.95) and
@@ -24,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +46,9 @@ from jaxheads.features.split import FeatureSplit
 from jaxheads.finetuning.step import FinetuneSetup, TrainState, finetune_optimizer, schedule_steps, train_step
 from jaxheads.heads import io as heads_io
 from jaxheads.sweep import SweepSpec, run_sweep
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # experiments/ is not an installed package
+from experiments.quality.bench_quality_parts import figures, setup_dataset
 
 BACKBONE = "efficientnet_lite0"
 N_BOOT = 2000
@@ -71,7 +81,10 @@ def pooled(backbone: backbones.Backbone, split: data.ImageSplit, size: int) -> F
 
 
 def sweep_head(ds: data.Dataset, size: int, work: Path) -> Path:
-    """A linear head swept on the frozen pooled features (fixed val split), saved as `jaxheads sweep` saves it."""
+    """A linear head swept on the frozen pooled features (fixed val split), saved as `jaxheads sweep` saves it
+    (kept when ``work`` already holds one, so a resumed run starts from the same head)."""
+    if (work / "head" / "meta.json").exists():
+        return work / "head"
     backbone = backbones.load(BACKBONE)
     splits = {name: pooled(backbone, ds.split(name), size) for name in ("train", "val")}
     sweep = SweepSpec(pooling=("none",), depth=(0,), learning_rate=(3e-3,), batch_size=(64,), epochs=60,
@@ -84,25 +97,10 @@ def sweep_head(ds: data.Dataset, size: int, work: Path) -> Path:
                                                              "weights_id": source.weights_id, "input_size": size})
 
 
-def interval(probs: np.ndarray, labels: np.ndarray, metric: str) -> dict[str, float]:
-    """Point estimate and 95% percentile interval of ``metric`` over bootstrap draws of the examples."""
-    def value(rows: np.ndarray) -> float:
-        pred, y = probs[rows].argmax(-1), labels[rows]
-        if metric == "accuracy":
-            return float(np.mean(pred == y))
-        f1 = [2 * np.sum((pred == k) & (y == k)) / max(np.sum(pred == k) + np.sum(y == k), 1)
-              for k in range(probs.shape[1])]
-        return float(np.mean(f1))
-
-    rng = np.random.default_rng(0)
-    draws = [value(rng.integers(0, len(labels), len(labels))) for _ in range(N_BOOT)]
-    return {"estimate": value(np.arange(len(labels))), "low": float(np.percentile(draws, 2.5)),
-            "high": float(np.percentile(draws, 97.5))}
-
-
 def run_row(name: str, head_dir: Path, ds: data.Dataset, config: finetuning.FinetuneConfig,
-            work: Path) -> dict[str, Any]:
-    """One fine-tune, timed per epoch, scored on test with intervals."""
+            work: Path, defective: np.ndarray | None) -> dict[str, Any]:
+    """One fine-tune, timed per epoch (a resumed run times only the epochs it ran), scored once on test with 95%
+    percentile intervals over the test examples."""
     marks = [time.perf_counter()]
     run = finetuning.finetune(head_dir, ds, config, out_dir=work / name.replace(" ", "_"), progress=lambda e: (
         marks.append(time.perf_counter()),
@@ -118,7 +116,7 @@ def run_row(name: str, head_dir: Path, ds: data.Dataset, config: finetuning.Fine
             "val_before": run.before["accuracy"], "val_best": run.best["accuracy"],
             "val_accuracy_by_epoch": [h["val"]["accuracy"] for h in run.history],
             "train_loss_by_epoch": [h["train_loss"] for h in run.history[1:]],
-            "test_accuracy": interval(probs, labels, "accuracy"), "test_macro_f1": interval(probs, labels, "macro_f1"),
+            "test": figures(probs[None], labels, defective),
             "gain_test": {m: {k: c[k] for k in ("a", "b", "diff", "low", "high", "verdict")}
                           for m, c in (run.gain.get("test") or {}).items()},
             "start_and_epoch0_s": seconds[0], "epoch_s": seconds[1:],
@@ -151,6 +149,15 @@ def step_memory(size: int, batch: int, remat: bool, accumulate: int = 1) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="fashion_mnist", choices=("fashion_mnist", "elpv"),
+                        help="elpv: the default split (the subsample sizes are ignored)")
+    parser.add_argument("--rows", default="top,whole", help="comma-separated: top (the top block), whole")
+    parser.add_argument("--work", type=Path, default=None, help="keep the head and checkpoints here (resumable); "
+                        "default: a temporary directory")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--layer-decay", type=float, default=0.9)
+    parser.add_argument("--ema", type=float, default=0.95, help="per-step EMA decay of the weights")
+    parser.add_argument("--class-weights", default="none", help="none or balanced")
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=1000)
@@ -168,11 +175,15 @@ def main() -> None:
     parser.add_argument("--no-rows", action="store_true", help="only the memory analysis")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "bench_finetune.json")
     args = parser.parse_args()
-    ds = subsample(args.train, args.val, args.test)
-    common = {"image_size": args.size, "epochs": args.epochs, "batch_size": 32, "patience": None,
-              "augment": () if args.augment == "none" else tuple(args.augment.split(",")), "ema_decay": 0.95,
-              "layer_decay": 0.9, "learning_rate": args.lr, "backbone_learning_rate": args.backbone_lr,
-              "optimizer": args.optimizer}
+    if args.dataset == "elpv":
+        setup = setup_dataset("elpv", None, (0, 0, 0))
+        ds, defective = setup.ds, setup.defective
+    else:
+        ds, defective = subsample(args.train, args.val, args.test), None
+    common = {"image_size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "patience": None,
+              "augment": () if args.augment == "none" else tuple(args.augment.split(",")), "ema_decay": args.ema,
+              "layer_decay": args.layer_decay, "learning_rate": args.lr, "backbone_learning_rate": args.backbone_lr,
+              "optimizer": args.optimizer, "class_weights": args.class_weights}
     out: dict[str, Any] = {"dataset": ds.name, "backbone": BACKBONE, "size": args.size,
                            "host": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()}, "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,13 +192,16 @@ def main() -> None:
         out["host"]["load_average_end"] = os.getloadavg()
         args.out.write_text(json.dumps(out, indent=1) + "\n")
 
+    rows = {"top": ("top block", 1), "whole": ("whole network", "all")}
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        head_dir = None if args.no_rows else sweep_head(ds, args.size, Path(tmp))
+        head_dir = None if args.no_rows else sweep_head(ds, args.size, work)
         out["sweep_s"] = time.perf_counter() - t
-        for name, unfreeze in () if args.no_rows else (("top block", 1), ("whole network", "all")):
+        for name, unfreeze in () if args.no_rows else (rows[r] for r in args.rows.split(",")):
             config = finetuning.FinetuneConfig(unfreeze=unfreeze, **common)
-            out["rows"].append(run_row(name, head_dir, ds, config, Path(tmp)))
+            out["rows"].append(run_row(name, head_dir, ds, config, work, defective))
             print(json.dumps({k: v for k, v in out["rows"][-1].items() if k != "config"}), flush=True)
             write()
     out["step_memory"] = []
