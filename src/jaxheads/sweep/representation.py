@@ -33,8 +33,8 @@ import numpy as np
 from jaxheads.features.split import FeatureSplit
 from jaxheads.sweep.spec import SweepSpec
 
-__all__ = ["ALL", "LAST", "check_levels", "level_splits", "level_sweep", "level_taps", "needs_taps", "parse_levels",
-           "select_features", "standardise"]
+__all__ = ["ALL", "LAST", "LevelInput", "check_levels", "level_input", "level_splits", "level_sweep", "level_taps",
+           "needs_taps", "parse_levels", "select_features", "standardisation", "standardise"]
 
 LAST = "last"
 ALL = "all"
@@ -94,12 +94,18 @@ def check_levels(levels: Sequence[str], known: Sequence[str], backbone: str) -> 
         level_taps(level, known, backbone)
 
 
-def standardise(x: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
-    """``x`` (N, D) centred and scaled per feature by the mean and standard deviation of ``fit_rows`` (M, D) alone;
-    a constant feature keeps scale 1 (like StandardScaler)."""
+def standardisation(fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) float64 (D,) of ``fit_rows`` (M, D): per feature; a constant feature keeps scale 1 (like
+    StandardScaler). Apart from :func:`standardise` so a saved head can record what its input was scaled by."""
     fit = np.asarray(fit_rows, np.float64)
     mean, scale = fit.mean(axis=0), fit.std(axis=0)
-    scale = np.where(scale > 1e-6 * max(float(scale.max(initial=0.0)), 1e-30), scale, 1.0)
+    return mean, np.where(scale > 1e-6 * max(float(scale.max(initial=0.0)), 1e-30), scale, 1.0)
+
+
+def standardise(x: np.ndarray, fit_rows: np.ndarray) -> np.ndarray:
+    """``x`` (N, D) centred and scaled per feature by the mean and standard deviation of ``fit_rows`` (M, D) alone
+    (:func:`standardisation`)."""
+    mean, scale = standardisation(fit_rows)
     return ((np.asarray(x, np.float64) - mean) / scale).astype(np.float32)
 
 
@@ -127,23 +133,51 @@ def _tap_matrix(split: FeatureSplit, names: Sequence[str], split_name: str) -> n
     return np.concatenate([np.asarray(taps[n], np.float32) for n in names], axis=-1)
 
 
-def level_splits(splits: Mapping[str, FeatureSplit], level: str, known: Sequence[str], *, folds: bool,
-                 num_classes: int) -> dict[str, FeatureSplit]:
-    """The splits one level's sweep trains on: ``last`` returns them as they are; a tap level replaces every
-    split's ``pooled`` with its standardised tap vector (no maps, no views: pooled heads only)."""
-    if level == LAST:
-        return dict(splits)
+@dataclasses.dataclass(frozen=True)
+class LevelInput:
+    """How a tap level's vector is made from the pooled taps (what a saved head records to rebuild it): the
+    ``taps`` concatenated in this order, each row centred by ``mean`` and divided by ``scale`` (float64, (D,)),
+    then the columns ``keep`` (``select:F``; None: all)."""
+
+    taps: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    keep: np.ndarray | None = None
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) concatenated pooled taps -> (N, D') float32: the vector the level's heads read."""
+        out = ((np.asarray(x, np.float64) - self.mean) / self.scale).astype(np.float32)
+        return out if self.keep is None else out[:, self.keep]
+
+
+def level_input(splits: Mapping[str, FeatureSplit], level: str, known: Sequence[str], *, folds: bool,
+                num_classes: int) -> LevelInput:
+    """The :class:`LevelInput` of a tap level, fitted on the rows heads train on (train; with folds train+val)."""
     if level.startswith(SELECT) and folds:
         raise ValueError(f"--representation {level}: a selection reads the training labels, and the folds share "
                          "one feature matrix, so each fold's val rows would choose it; use --folds none")
     names = level_taps(level, known)
-    x = {name: _tap_matrix(split, names, name) for name, split in splits.items()}
-    fit = np.concatenate([x[n] for n in (("train", "val") if folds else ("train",)) if n in x])
-    x = {name: standardise(v, fit) for name, v in x.items()}
+    fit = np.concatenate([_tap_matrix(splits[n], names, n) for n in (("train", "val") if folds else ("train",))
+                          if n in splits])
+    mean, scale = standardisation(fit)
+    made = LevelInput(names, mean, scale)
     if level.startswith(SELECT):
-        keep = select_features(x["train"], splits["train"].labels, _fraction(level), num_classes)
-        x = {name: v[:, keep] for name, v in x.items()}
-    return {name: FeatureSplit(split.labels, x[name]) for name, split in splits.items()}
+        train = made.apply(_tap_matrix(splits["train"], names, "train"))
+        made = dataclasses.replace(made, keep=select_features(train, splits["train"].labels, _fraction(level),
+                                                              num_classes))
+    return made
+
+
+def level_splits(splits: Mapping[str, FeatureSplit], level: str, known: Sequence[str], *, folds: bool,
+                 num_classes: int) -> dict[str, FeatureSplit]:
+    """The splits one level's sweep trains on: ``last`` returns them as they are; a tap level replaces every
+    split's ``pooled`` with its standardised tap vector (:func:`level_input`; no maps, no views: pooled heads
+    only)."""
+    if level == LAST:
+        return dict(splits)
+    made = level_input(splits, level, known, folds=folds, num_classes=num_classes)
+    return {name: FeatureSplit(split.labels, made.apply(_tap_matrix(split, made.taps, name)))
+            for name, split in splits.items()}
 
 
 def level_sweep(sweep: SweepSpec, level: str, num_classes: int, task: str) -> SweepSpec | None:
