@@ -206,8 +206,9 @@ def _sweep_parser(sub: Any) -> None:
                                   "results.json, report.html and the recommended head.", 100),
         epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = sweep.add_argument_group("what to train on")
-    data.add_argument("--dataset", default=None, help=f"elpv, elpv-multilabel, fashion_mnist, an image folder (one "
-                      f"sub-folder per class), a CSV of path,label rows, or tfds:NAME; default {job.DEFAULT_DATASET}")
+    data.add_argument("--dataset", default=None, help=f"elpv, elpv-multilabel, fashion_mnist, animal_mnist, an image "
+                      f"folder (one sub-folder per class), a CSV of path,label rows, or tfds:NAME; default "
+                      f"{job.DEFAULT_DATASET}")
     data.add_argument("--backbone", default=None, help="a name from `jaxheads backbones list`; default "
                       f"{job.DEFAULT_BACKBONE}")
     data.add_argument("--weights", default="default", help="the backbone's weights: default (its ImageNet weights), "

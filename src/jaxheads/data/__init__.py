@@ -15,6 +15,9 @@ Sources, all through :func:`load_dataset`:
   share one seeded split, stratified by (defect level, cell type).
 - ``"fashion_mnist"`` — Debian's ``dataset-fashion-mnist`` IDX files under ``/usr/share/datasets/fashion-mnist/``
   (60k train, of which a stratified ``val`` is held out, and the official 10k test).
+- ``"animal_mnist"`` — PyPI ``animal-mnist`` (MIT): 10,000 28x28 animal silhouettes, 10 balanced classes
+  (:data:`ANIMAL_MNIST_CLASSES`), read from the package's two gzip'd pickles with an unpickler that only rebuilds
+  NumPy arrays (the package itself, which imports TensorFlow, is never imported); seeded stratified train/val/test.
 - an image folder with one sub-folder per class, optionally under ``train/``, ``val/`` and ``test/``;
 - a CSV file of ``path,label[,label...]`` rows (paths relative to the CSV), multilabel by default;
 - any TFDS dataset: ``"tfds:NAME"`` (or a bare name that is none of the above), read with ``tfds.builder`` from
@@ -30,16 +33,18 @@ name of the three modules that do the work:
 
 - :mod:`jaxheads.data.dataset` — the description (:class:`Dataset`, :class:`ImageSplit`, errors, fingerprint) and the
   seeded stratified split;
-- :mod:`jaxheads.data.sources` — the sources above, one function each;
+- :mod:`jaxheads.data.sources` — the sources above, one function each (animal-mnist in
+  :mod:`jaxheads.data.animal_mnist`);
 - :mod:`jaxheads.data.images` — decoding, resize + centre crop, and the batch pipeline.
 """
 
 from .dataset import BadImageError, BadImageWarning, Dataset, DatasetError, ImageSource, ImageSplit, SPLIT_NAMES, Split, Task, stratified_split
 from .images import Batch, RESIZE_METHOD, iter_batches, load_image, resize_center_crop
 from .load import load_dataset
-from .sources import ELPV_CLASSES, ELPV_MULTILABEL_CLASSES, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, IMAGE_EXTENSIONS, elpv, fashion_mnist, from_csv, from_folder, from_tfds
+from .sources import ANIMAL_MNIST_CLASSES, ELPV_CLASSES, ELPV_MULTILABEL_CLASSES, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, IMAGE_EXTENSIONS, animal_mnist, elpv, fashion_mnist, from_csv, from_folder, from_tfds
 
 __all__ = [
+    "ANIMAL_MNIST_CLASSES",
     "BadImageError",
     "BadImageWarning",
     "Batch",
@@ -56,6 +61,7 @@ __all__ = [
     "SPLIT_NAMES",
     "Split",
     "Task",
+    "animal_mnist",
     "elpv",
     "fashion_mnist",
     "from_csv",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from jaxheads.data.dataset import Dataset, DatasetError, Task
-from jaxheads.data.sources import elpv, fashion_mnist, from_csv, from_folder, from_tfds
+from jaxheads.data.sources import animal_mnist, elpv, fashion_mnist, from_csv, from_folder, from_tfds
 
 __all__ = ["load_dataset"]
 
@@ -24,7 +24,8 @@ def load_dataset(
     test_fraction: float = 0.2,
 ) -> Dataset:
     """Resolve ``source`` to a :class:`Dataset`, in this order: an existing ``.csv`` file or folder; the built-in
-    names ``elpv``, ``elpv-multilabel``, ``fashion_mnist``; ``tfds:NAME`` or any other name as a TFDS dataset.
+    names ``elpv``, ``elpv-multilabel``, ``fashion_mnist``, ``animal_mnist``; ``tfds:NAME`` or any other name as a
+    TFDS dataset.
 
     ``split`` only applies to TFDS (see :func:`from_tfds`); ``classes`` and ``task`` to CSV files and folders;
     ``seed``, ``val_fraction``, ``test_fraction`` to splits carved from a source that does not define them.
@@ -43,6 +44,8 @@ def load_dataset(
         return elpv(multilabel=builtin == "elpv-multilabel", seed=seed, fractions=fractions)
     if builtin == "fashion-mnist":
         return fashion_mnist(seed=seed, val_fraction=val_fraction)
+    if builtin == "animal-mnist":
+        return animal_mnist(seed=seed, fractions=fractions)
     if text.startswith("tfds:"):
         return from_tfds(text[5:], split=split, data_dir=data_dir, seed=seed, fractions=fractions)
     if os.sep in text or text.startswith(".") or path.suffix.lower() == ".csv":

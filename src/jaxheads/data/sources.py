@@ -1,5 +1,6 @@
 """Where images come from: an image folder, a CSV of ``path,label`` rows, the embedded elpv solar-cell dataset,
-Debian's Fashion-MNIST IDX files, and any TFDS dataset. Each returns a :class:`~jaxheads.data.dataset.Dataset` whose
+Debian's Fashion-MNIST IDX files, and any TFDS dataset (animal-mnist's pickles have their own module,
+:mod:`jaxheads.data.animal_mnist`, re-exported here). Each returns a :class:`~jaxheads.data.dataset.Dataset` whose
 splits hold image sources (nothing is decoded here); :func:`jaxheads.data.load_dataset` picks the source, and
 :mod:`jaxheads.data` re-exports these names.
 """
@@ -15,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxheads.data.animal_mnist import ANIMAL_MNIST_CLASSES, animal_mnist  # noqa: F401  (one of the sources)
 from jaxheads.data.dataset import (Dataset, DatasetError, ImageSource, ImageSplit, LazyImages, Task, check_class_count,
                               check_multiclass_labels, complete_splits, split_fractions, stratified_split)
 
@@ -283,8 +285,8 @@ def from_tfds(
         builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
     except tfds.core.registered.DatasetNotFoundError as err:
         raise DatasetError(
-            f"unknown dataset {name!r}: not an existing path, not a built-in (elpv, elpv-multilabel, fashion_mnist), "
-            "and not a TFDS dataset name"
+            f"unknown dataset {name!r}: not an existing path, not a built-in (elpv, elpv-multilabel, fashion_mnist, "
+            "animal_mnist), and not a TFDS dataset name"
         ) from err
     features = builder.info.features
     for key in (image_key, label_key):
