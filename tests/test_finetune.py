@@ -201,6 +201,7 @@ def test_cli_finetune(colours: data.Dataset, tmp_path: Path, capsys: pytest.Capt
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "unfrozen: block1, head" in out and "model:" in out
+    assert f"report: {tmp_path / 'ft' / 'report.html'}" in out and (tmp_path / "ft" / "report.md").is_file()
     assert finetuning.load_model(tmp_path / "ft" / "model").label_names == colours.classes
     code = cli.main(["finetune", str(head), "--dataset", str(colours.root), "--out", str(tmp_path / "x"),
                      "--unfreeze", "9"])
@@ -297,3 +298,10 @@ def test_the_moving_average_is_what_is_evaluated_and_the_gain_is_measured_on_tes
     assert lines[0].startswith("test accuracy: frozen ") and lines[1].startswith("val accuracy: frozen ")
     saved = json.loads((tmp_path / "slow" / "ft" / "finetune.json").read_text())
     assert finetuning.FinetuneResult.from_dict({k: v for k, v in saved.items() if k != "run"}).gain_lines() == lines
+    report = (tmp_path / "slow" / "ft" / "report.md").read_text()
+    assert f"**{lines[0]}**" in report  # the honest (test) line leads
+    table = [line for line in report.splitlines() if line.startswith("| test (scored once) |")]
+    assert [row.split(" | ")[1] for row in table] == ["accuracy", "balanced_accuracy", "macro_f1"]
+    c = test["macro_f1"]
+    assert f"{c['diff']:+.4f} | [{c['low']:+.4f}, {c['high']:+.4f}]" in table[2]
+    assert (tmp_path / "slow" / "ft" / "report.html").read_text().count("<table") == 2

@@ -233,6 +233,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(line)
     print(f"unfrozen: {', '.join(result.trainable_blocks) or 'none (head only)'}")
     print(f"model: {result.model_dir}")
+    print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
 

@@ -36,7 +36,9 @@ written by ``jaxheads sweep`` (``OUT/head``: its meta names the backbone, the we
 * measures the gain over the frozen model with intervals: a paired bootstrap of the examples, on val (optimistic:
   the epoch was chosen there) and, when the dataset has a test split, on test, scored once at the end
   (``FinetuneResult.gain``, ``FinetuneResult.gain_lines()``);
-* saves the best model — backbone and head variables, the head spec and the provenance — as ``OUT/model``.
+* saves the best model — backbone and head variables, the head spec and the provenance — as ``OUT/model``, and
+  writes ``OUT/report.md`` and ``OUT/report.html`` (:mod:`jaxheads.finetuning.report`): the recipe, the gain over
+  the frozen head in accuracy, balanced accuracy and macro-F1 with intervals, and the epochs.
 
 A fine-tune runs in one process (on all its devices); the run's identity (settings, head weights, backbone
 weights, dataset fingerprints, device count) is stored with every checkpoint, and a checkpoint of another run in
@@ -54,6 +56,7 @@ Where the parts live:
   optimiser and its schedule; :mod:`jaxheads.finetuning.remat` — rematerialised blocks;
 * :mod:`jaxheads.finetuning.loop` — the epochs: batches, val evaluation, early stopping;
 * :mod:`jaxheads.finetuning.state` — epoch checkpoints, resume, and the saved model and result;
+* :mod:`jaxheads.finetuning.report` — the fine-tune's report;
 * this module — :func:`finetune`, which checks the head, the dataset and the backbone against each other and runs
   the loop.
 """

@@ -16,6 +16,7 @@ from jaxheads.heads import io as heads_io
 from jaxheads.finetuning.config import FinetuneConfig, FinetuneResult
 from jaxheads.finetuning.loop import EpochLoop, EpochReport
 from jaxheads.finetuning.model import MODEL_KIND, Model, Variables, feature_shape, load_model, model_logits
+from jaxheads.finetuning.report import write_report
 from jaxheads.finetuning.state import (KEEP_CHECKPOINTS, MODEL_DIR, RESULT_FILE, STATE_DIR, STATE_KIND, finished,
                                      last_epoch, restore, save_model, save_state)
 from jaxheads.finetuning.step import FinetuneSetup, TrainState
@@ -59,6 +60,8 @@ def finetune(
     run_id = _run_identity(config, head, backbone, ds, devices)
     done = finished(out, run_id)
     if done is not None:
+        if not (out / "report.md").is_file():  # a run finished before the report existed
+            write_report(done, out)
         return done
     last = last_epoch(out / STATE_DIR)
     if last is not None and not resume:
@@ -74,7 +77,9 @@ def finetune(
             break
         loop.run_epoch(epoch)
         save_state(out / STATE_DIR, loop, run_id)
-    return save_model(out, loop, backbone, head.meta, run_id, resumed or 0, loop.gain(seed=config.seed))
+    result = save_model(out, loop, backbone, head.meta, run_id, resumed or 0, loop.gain(seed=config.seed))
+    write_report(result, out)
+    return result
 
 
 def _setup(head: heads_io.SweptHead, backbone: backbones.Backbone, config: FinetuneConfig) -> FinetuneSetup:
