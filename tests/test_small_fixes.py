@@ -65,7 +65,10 @@ def test_the_test_confusion_matrix_is_the_test_figures_predictor() -> None:
     assert recall.tolist() == pytest.approx(list(result.selection["per_class_test"]["recall"].values()), abs=1e-12)
 
 
-def test_a_head_that_reads_taps_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_tap_head_saved_without_its_input_transform_is_refused_in_one_line(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """A tap head saved before heads recorded their standardisation cannot be rebuilt: predict says so, and
+    finetune refuses every tap head (tests/test_export_model.py rebuilds a tap head that records it)."""
     spec = jaxheads.HeadSpec(num_classes=2, pooling="none", hidden=(4,))
     variables = jaxheads.init_head(jax.random.key(0), spec, (6,))
     extra = {"backbone": "efficientnet_lite0", "weights": "default", "weights_id": "x", "representation": "block3"}
@@ -73,4 +76,8 @@ def test_a_head_that_reads_taps_is_refused_in_one_line(tmp_path: Path, capsys: p
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     assert cli.main(["predict", str(head), str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "'block3' representation" in err and "--representation last" in err
+    assert len(err.splitlines()) == 1 and "'block3' representation" in err and "no 'input'" in err
+    from jaxheads.heads import io as heads_io
+
+    with pytest.raises(ValueError, match="finetune does not train.*--representation last"):
+        heads_io.read_swept_head(head)
