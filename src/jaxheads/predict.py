@@ -1,8 +1,12 @@
-"""Apply a head saved by ``jaxheads sweep`` to new images: rebuild its backbone, extract features, run the head.
+"""Apply a saved model to new images: a sweep's head (``OUT/head``: its backbone is rebuilt) or a fine-tuned model
+(``OUT/model``), told apart by the directory's meta.
 
-The head's checkpoint meta records the backbone name, the weights argument and the weights id it was trained on;
+A head's checkpoint meta records the backbone name, the weights argument and the weights id it was trained on;
 :func:`jaxheads.heads.io.load_swept_head` rebuilds the backbone from those (a random init with its seed) and
-refuses it if its weights id differs (features would not match).
+refuses it if its weights id differs (features would not match). The program that runs is
+:func:`jaxheads.export.image_model`'s, the very one ``model.jaxexport`` serialises: features as the cache holds
+them (rounded through float16; a tap head's taps pooled, standardised and selected as its sweep did), then the
+saved bag's mean probability.
 
 Also the ranking helpers every prediction path shares: :func:`probabilities`, :func:`top_k`, :func:`top_labels`
 and :func:`top_labels_of_files` (used here, by :class:`jaxheads.finetuning.Model` and by :mod:`jaxheads.classify`).
@@ -15,43 +19,40 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxheads import backbones, data, metrics
-from jaxheads.heads import io as heads_io
+from jaxheads import data, metrics
 
 Ranked = list[tuple[str, float]]
 """One image's (label, probability) pairs, most probable first."""
 
 
-def predict_files(head_dir: str | Path, images: Sequence[str | Path], *, top: int = 3,
+def predict_files(saved: str | Path, images: Sequence[str | Path], *, top: int = 3,
                   batch_size: int = 32) -> list[Ranked]:
-    """For each image, the ``top`` (label, probability) pairs under the saved head (sigmoid scores for multilabel)."""
-    head, backbone = heads_io.load_swept_head(head_dir)
-    feature_fn = _feature_fn(backbone, pooled=head.spec.pooling == "none")
-    apply_fn = heads_io.make_apply_fn(head.spec)
+    """For each image, the ``top`` (label, probability) pairs under the saved head or fine-tuned model in
+    ``saved`` (sigmoid scores for multilabel)."""
+    from jaxheads import export
 
-    def probs_of(pixels: np.ndarray) -> np.ndarray:
-        return probabilities(apply_fn(head.variables, feature_fn(backbone.variables, pixels)), head.spec.task)
-
-    size = head.input_size(backbone)  # the size the head was trained at: its features depend on it
-    return top_labels_of_files(images, size, probs_of, head.label_names, top=top, batch_size=batch_size)
+    model = export.image_model(saved)
+    return top_labels_of_files(images, model.image_size, model.predict, model.label_names, top=top,
+                               batch_size=batch_size)
 
 
-def _feature_fn(backbone: backbones.Backbone, *, pooled: bool) -> Callable[..., jax.Array]:
-    """Jitted pixels -> features, pooled to (N, C) when the head takes pooled vectors (as the cache stores them)."""
+def probabilities_of_files(saved: str | Path, images: Sequence[str | Path], *,
+                           batch_size: int = 32) -> tuple[np.ndarray, list[str]]:
+    """((N, K) probabilities, the class names) of image files under a saved head or fine-tuned model."""
+    from jaxheads import export
 
-    @jax.jit
-    def features(variables: backbones.base.Variables, pixels: jax.Array) -> jax.Array:
-        x = backbone.config.preprocessing(pixels)
-        fmap = backbone.module.apply(variables, x, train=False)["features"]
-        if pooled:
-            fmap = fmap.mean(axis=(1, 2))
-        # The cache stores float16; round the same way so predictions match training inputs.
-        return fmap.astype(jnp.float16).astype(jnp.float32)
+    model = export.image_model(saved)
+    probs = [model.predict(read_images(images[start:start + batch_size], model.image_size))
+             for start in range(0, len(images), batch_size)]
+    names = list(model.label_names)
+    return (np.concatenate(probs) if probs else np.zeros((0, len(names)), np.float32)), names
 
-    return features
+
+def read_images(paths: Sequence[str | os.PathLike[str]], image_size: int) -> np.ndarray:
+    """(N, S, S, 3) uint8 of image files, resized and centre-cropped as the val split is."""
+    return np.stack([data.resize_center_crop(data.load_image(os.fspath(p)), image_size) for p in paths])
 
 
 def probabilities(logits: jax.Array | np.ndarray, task: str) -> np.ndarray:
@@ -75,7 +76,5 @@ def top_labels_of_files(paths: Sequence[str | os.PathLike[str]], image_size: int
     """:func:`top_labels` of image files, read in batches and resized and centre-cropped as the val split is."""
     out: list[Ranked] = []
     for start in range(0, len(paths), batch_size):
-        chunk = [os.fspath(p) for p in paths[start:start + batch_size]]
-        pixels = np.stack([data.resize_center_crop(data.load_image(p), image_size) for p in chunk])
-        out.extend(top_labels(probs_fn(pixels), top, names))
+        out.extend(top_labels(probs_fn(read_images(paths[start:start + batch_size], image_size)), top, names))
     return out
