@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxheads import checkpoint, data, distributed, features, report
+from jaxheads import checkpoint, data, distributed, export, features, report
 from jaxheads.heads import io as heads_io
 from jaxheads.sweep import representation, variants
 from jaxheads.heads import ConvStage
@@ -55,6 +55,8 @@ balanced_accuracy ranks by mean recall."""
 
 log = logging.getLogger("jaxheads")
 
+MODEL_EXPORT = "model.jaxexport"
+"""Under ``out_dir``: the recommended models as one image -> probabilities program (:mod:`jaxheads.export`)."""
 SWEEP_STATE = "sweep_state"
 """Under ``out_dir``: the finished sweep groups while the sweep runs (a killed job resumes from them)."""
 
@@ -158,7 +160,9 @@ def sweep_job(
     files: dict[str, Path] = {}
     if distributed.is_main_process():
         weights = options.weights
-        files = write_outputs(result, options.out_dir, backbone=backbone,
+        tap_input = (_tap_input(result, by_size[key], first.taps, bool(sweep.folds), ds.num_classes)
+                     if representation.needs_taps(levels) else None)
+        files = write_outputs(result, options.out_dir, tap_input=tap_input, backbone=backbone,
                               weights="none" if weights is None else str(weights), weights_id=source.weights_id,
                               dataset=ds.name, input_size=source.preprocessing.input_size,
                               **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}),
@@ -205,9 +209,9 @@ def _run_representations(sweeps: dict[str, SweepSpec], splits: dict[str, Feature
     result = variants.run_variants(sweeps, by_level, "representation", **run_args)
     if result.recommended is not None and result.level() != representation.LAST:
         # Said aloud because the saved head looks like any other: only its width and meta tell it apart.
-        log.warning("The recommended head reads representation %s (standardised taps): the saved head and "
-                    "head.jaxexport take that vector, which `jaxheads predict` does not rebuild yet (it computes the "
-                    "last layer's pooled features).", result.level())
+        log.warning("The recommended head reads representation %s (standardised taps): head.jaxexport takes that "
+                    "vector; the saved head records how to rebuild it, so `jaxheads predict` and model.jaxexport "
+                    "run on images, but `jaxheads finetune` refuses it.", result.level())
     return result
 
 
@@ -273,8 +277,11 @@ def features_for_sweep(
     return splits
 
 
-def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], **provenance: Any) -> dict[str, Path]:
-    """results.json, the report (Markdown, HTML, plots) and the recommended head (orbax + jax.export)."""
+def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], *, tap_input: heads_io.TapInput | None = None,
+                  **provenance: Any) -> dict[str, Path]:
+    """results.json, the report (Markdown, HTML, plots) and the recommended config's models as scored: ``head``
+    (a bag, orbax), ``head.jaxexport`` (features -> logits) and ``model.jaxexport`` (images -> probabilities,
+    :mod:`jaxheads.export`). ``tap_input``: how the recommended head's tap vector is made (a tap level's head)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result_json = json.loads(result.to_json())  # NaN -> null, as the schema says
@@ -287,15 +294,49 @@ def write_outputs(result: SweepResult, out_dir: str | os.PathLike[str], **proven
         np.savez_compressed(buffer, **result.predictions)
         files["predictions"] = out / "predictions.npz"
         checkpoint.write_bytes_atomic(files["predictions"], buffer.getvalue())
-    member = result.recommended_member()
-    if member is not None:
-        spec, variables = result.head(member)
-        shape = result.feature_shapes[spec.feature_kind]
-        extra = {"config": result.recommended, "member": member, **provenance}
-        files["head"] = heads_io.save_head(out / "head", spec, variables, shape,
-                                           label_names=result.label_names, extra=extra)
-        files["head_export"] = heads_io.export_head(out / "head.jaxexport", spec, variables, shape)
+    if result.recommended_member() is not None:
+        files.update(_write_models(result, out, provenance, tap_input))
     return files
+
+
+def bag_members(result: SweepResult) -> list[int]:
+    """The members whose mean probability the recommended config's test figure scores (its fold models, for every
+    seed and repeat; :func:`jaxheads.sweep.scores.test_scores`): what the saved head bags."""
+    return [int(m["member"]) for m in result.members if m["config"] == result.recommended]
+
+
+def _write_models(result: SweepResult, out: Path, provenance: dict[str, Any],
+                  tap_input: heads_io.TapInput | None) -> dict[str, Path]:
+    """The recommended config's members saved as one bag (``head``) and exported twice, both read back from it."""
+    members = bag_members(result)
+    spec = result.head(members[0])[0]
+    if any(result.head(m)[0] != spec for m in members):
+        raise ValueError(f"config {result.recommended}: its members' head specs differ; they cannot be bagged")
+    passes = len({int(result.members[m]["spec"]["seed"]) for m in members})
+    scored = ("the report's test figure" if passes == 1 else
+              f"the mean over its {passes} seeds of each seed's fold models; the report's figure is the mean of "
+              "their per-seed figures")
+    extra = {"config": result.recommended, "members": members, "bag_best": members.index(result.recommended_member()),
+             "bag_predicts": "the mean of the members' probabilities", "bag_scored_as": scored, **provenance}
+    shape = result.feature_shapes[spec.feature_kind]
+    head = heads_io.save_bag(out / "head", spec, [result.variables[m] for m in members], shape,
+                             label_names=result.label_names, extra=extra, tap_input=tap_input)
+    saved_spec, variables, _ = heads_io.load_head(head)  # exported as saved
+    files = {"head": head, "head_export": heads_io.export_head(out / "head.jaxexport", saved_spec, variables, shape,
+                                                               bagged=len(members) > 1)}
+    files["model_export"] = export.export_saved(head, out / MODEL_EXPORT)
+    return files
+
+
+def _tap_input(result: SweepResult, splits: dict[str, FeatureSplit], taps: Sequence[str], folds: bool,
+               num_classes: int) -> heads_io.TapInput | None:
+    """How the recommended head's input is made when it reads a tap level (refitted exactly as the sweep fitted
+    it, :func:`jaxheads.sweep.representation.level_input`); None for the last layer's features."""
+    level = result.level() if isinstance(result, variants.VariantSweepResult) and result.recommended else None
+    if level is None or level == representation.LAST:
+        return None
+    made = representation.level_input(splits, level, taps, folds=folds, num_classes=num_classes)
+    return heads_io.TapInput(level, made.taps, made.mean, made.scale, made.keep)
 
 
 def _add_confusion_matrices(result: SweepResult) -> None:

@@ -1,5 +1,6 @@
 """What a fine-tune writes: a checkpoint after every epoch (resumed by a re-run with the same run identity), and at
-the end the best model (``OUT/model``) and the result (``OUT/finetune.json``)."""
+the end the best model (``OUT/model``, and as one image -> probabilities program ``OUT/model.jaxexport``,
+:mod:`jaxheads.export`) and the result (``OUT/finetune.json``)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from jaxheads import backbones, checkpoint
+from jaxheads import backbones, checkpoint, export
 from jaxheads.finetuning.config import FinetuneResult
 from jaxheads.finetuning.loop import EpochLoop
 from jaxheads.finetuning.model import MODEL_KIND, Variables, feature_shape
 
-__all__ = ["KEEP_CHECKPOINTS", "MODEL_DIR", "RESULT_FILE", "STATE_DIR", "STATE_KIND", "finished", "last_epoch",
-           "restore", "save_model", "save_state"]
+__all__ = ["KEEP_CHECKPOINTS", "MODEL_DIR", "MODEL_EXPORT", "RESULT_FILE", "STATE_DIR", "STATE_KIND", "finished",
+           "last_epoch", "restore", "save_model", "save_state"]
 
 STATE_KIND = "jaxheads.finetuning.state"
 MODEL_DIR = "model"
+MODEL_EXPORT = "model.jaxexport"
 STATE_DIR = "finetune_state"
 RESULT_FILE = "finetune.json"
 KEEP_CHECKPOINTS = 2
@@ -96,8 +98,8 @@ def _unflat(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
 
 def save_model(out: Path, loop: EpochLoop, backbone: backbones.Backbone, head_meta: Mapping[str, Any],
                run_id: Mapping[str, Any], resumed: int, gain: Mapping[str, Any] | None = None) -> FinetuneResult:
-    """Write the best model to ``out/model`` and the result (with ``gain``, :meth:`EpochLoop.gain`) to
-    ``out/finetune.json``; drop the epoch checkpoints."""
+    """Write the best model to ``out/model``, its export (read back from there) to ``out/model.jaxexport``, and
+    the result (with ``gain``, :meth:`EpochLoop.gain`) to ``out/finetune.json``; drop the epoch checkpoints."""
     setup = loop.setup
     result = FinetuneResult(out / MODEL_DIR, loop.metric, loop.before, loop.best, loop.best_epoch, loop.epoch,
                             loop.best_epoch > 0, setup.trainable, loop.history, resumed, setup.config,
@@ -108,6 +110,7 @@ def save_model(out: Path, loop: EpochLoop, backbone: backbones.Backbone, head_me
             "feature_shape": list(feature_shape(setup.module, backbone.variables, setup.image_size)),
             "label_names": list(loop.ds.classes), "run": run_id, "finetune": result.to_dict()}
     checkpoint.save(out / MODEL_DIR, loop.best_vars, checkpoint.json_ready(meta))
+    export.export_saved(out / MODEL_DIR, out / MODEL_EXPORT)
     checkpoint.write_json_atomic(out / RESULT_FILE, checkpoint.json_ready({"run": run_id, **result.to_dict()}))
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return result
