@@ -313,9 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     _quiet_verbose(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _sweep_parser(sub)
-    predict = sub.add_parser("predict", help="apply a saved head (and its backbone) to images",
-                             description="Print the top classes a saved head gives each image.")
-    predict.add_argument("head", type=Path, help="a head directory written by `jaxheads sweep` (OUT/head)")
+    predict = sub.add_parser("predict", help="apply a saved head (and its backbone) or fine-tuned model to images",
+                             description="Print the top classes a saved head (the bag of fold models the sweep "
+                             "scored) or a fine-tuned model gives each image; OUT/model.jaxexport is the same program "
+                             "for use without jaxheads.")
+    predict.add_argument("head", type=Path, help="a head directory written by `jaxheads sweep` (OUT/head) or a model "
+                         "directory written by `jaxheads finetune` (OUT/model)")
     predict.add_argument("images", nargs="+", type=Path, help="image files")
     predict.add_argument("--top", type=int, default=3, help="classes shown per image; default 3")
     _no_compile_cache(predict)
