@@ -17,6 +17,10 @@ In a process without jaxheads (only jax and numpy)::
 ``OUT/model``, told apart by their meta kind): ``jaxheads predict`` runs it jitted, the export serialises it, so
 the two cannot drift apart. Images are resized and centre-cropped outside the program (as the val split is:
 :func:`jaxheads.data.resize_center_crop`), since decoding files is not an array program.
+
+Test-time augmentation is not in the program: a sweep run with ``--tta`` scored its test figure on the mean over
+K views of each test image, while the saved model reads the plain image once (view 0, what val selected on); the
+head's meta (``test_views``, ``bag_scored_as``) and the sidecar's ``source.test_views`` say so.
 """
 
 from __future__ import annotations

@@ -316,6 +316,9 @@ def _write_models(result: SweepResult, out: Path, provenance: dict[str, Any],
     scored = ("the report's test figure" if passes == 1 else
               f"the mean over its {passes} seeds of each seed's fold models; the report's figure is the mean of "
               "their per-seed figures")
+    views = int(provenance.get("test_views", 1))
+    if views > 1:  # the figure is of a TTA predictor; the saved models read each image once
+        scored += f"; that figure averages {views} views of each test image (TTA), the saved model the plain one"
     extra = {"config": result.recommended, "members": members, "bag_best": members.index(result.recommended_member()),
              "bag_predicts": "the mean of the members' probabilities", "bag_scored_as": scored, **provenance}
     shape = result.feature_shapes[spec.feature_kind]
