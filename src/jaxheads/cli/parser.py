@@ -209,7 +209,8 @@ def _sweep_parser(sub: Any) -> None:
     data.add_argument("--dataset", default=None, help=f"elpv, elpv-multilabel, fashion_mnist, animal_mnist, an image "
                       f"folder (one sub-folder per class), a CSV of path,label rows, or tfds:NAME; default "
                       f"{job.DEFAULT_DATASET}")
-    data.add_argument("--backbone", default=None, help="a name from `jaxheads backbones list`; default "
+    data.add_argument("--backbone", default=None, help="a name from `jaxheads backbones list`, or keras:PATH[@TAP] "
+                      "(a saved Keras model's zoo base, cut at TAP, default its output); default "
                       f"{job.DEFAULT_BACKBONE}")
     data.add_argument("--weights", default="default", help="the backbone's weights: default (its ImageNet weights), "
                       "imagenet, a weights file (a timm .safetensors/.pth too), timm:NAME (timm's weights from the "
