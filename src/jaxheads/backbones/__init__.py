@@ -28,6 +28,7 @@ _FAMILY_MODULES = (
     "jaxheads.backbones.mobilenet",
     "jaxheads.backbones.resnet",
     "jaxheads.backbones.efficientnet",
+    "jaxheads.backbones.xception",
 )
 _REGISTRY: dict[str, BackboneConfig] = {}
 

@@ -49,6 +49,7 @@ PUBLISHED_TOP1: dict[str, tuple[float, str]] = {
     "efficientnet_b0": (77.1, _KERAS), "efficientnet_b1": (79.1, _KERAS), "efficientnet_b2": (80.1, _KERAS),
     "efficientnet_b3": (81.6, _KERAS), "efficientnet_b4": (82.9, _KERAS), "efficientnet_b5": (83.6, _KERAS),
     "efficientnet_b6": (84.0, _KERAS), "efficientnet_b7": (84.3, _KERAS),
+    "xception": (79.0, _KERAS),
     "efficientnet_lite0": (75.1, _LITE), "efficientnet_lite1": (76.7, _LITE), "efficientnet_lite2": (77.6, _LITE),
 }
 

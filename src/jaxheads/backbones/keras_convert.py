@@ -43,20 +43,24 @@ class LayerSpec(NamedTuple):
     """One Keras layer of a family's name map: where its weights go in the Flax variables and how."""
 
     keras: str
-    """Keras layer name (as in ``model.get_layer(name)`` and legacy ``.h5`` files)."""
+    """Keras layer name (as in ``model.get_layer(name)`` and legacy ``.h5`` files), or ``*label`` for a layer
+    Keras names by a global counter (Xception's shortcut ``conv2d_N``): the next unclaimed layer of its class."""
     path: tuple[str, ...]
     """Flax module path under ``params`` (and ``batch_stats`` for batch norm)."""
     kind: str
-    """``conv``, ``dwconv``, ``bn`` or ``dense`` (see ``_KINDS``)."""
+    """``conv``, ``dwconv``, ``sepconv``, ``bn`` or ``dense`` (see ``_KINDS``)."""
 
 
 # Kind -> Keras 3 class name used for positional names in ``.weights.h5``/``.keras`` files.
-_KERAS_CLASS = {"conv": "conv2d", "dwconv": "depthwise_conv2d", "bn": "batch_normalization", "dense": "dense"}
+_KERAS_CLASS = {"conv": "conv2d", "dwconv": "depthwise_conv2d", "sepconv": "separable_conv2d",
+                "bn": "batch_normalization", "dense": "dense"}
+ANONYMOUS = "*"
+"""Prefix of a name-map label whose Keras layer has no fixed name (matched by class order, see ``LayerSpec``)."""
 # Canonical order of Keras variable names inside one layer (build order).
 _VAR_RANK = {
     name: i
     for i, name in enumerate(
-        ("kernel", "depthwise_kernel", "gamma", "beta", "bias", "moving_mean", "moving_variance",
+        ("kernel", "depthwise_kernel", "pointwise_kernel", "gamma", "beta", "bias", "moving_mean", "moving_variance",
          "mean", "variance", "count")
     )
 }
@@ -182,16 +186,14 @@ def select(weights: KerasWeights, name_map: Sequence[LayerSpec], model: str) -> 
 
     Raises :class:`KerasWeightsError` at the first layer the source lacks.
     """
-    if weights.named:
-        for spec in name_map:
-            if spec.keras not in weights.layers:
-                raise KerasWeightsError(_missing(spec, weights, model))
-        return {spec.keras: weights.layers[spec.keras] for spec in name_map}
-    buckets: dict[str, list[str]] = {}
-    for path in sorted(weights.layers, key=_natural_key):
-        buckets.setdefault(_class_of(path), []).append(path)
+    buckets = _class_buckets(weights, name_map)
     chosen: dict[str, list[np.ndarray]] = {}
     for spec in name_map:
+        if weights.named and not spec.keras.startswith(ANONYMOUS):
+            if spec.keras not in weights.layers:
+                raise KerasWeightsError(_missing(spec, weights, model))
+            chosen[spec.keras] = weights.layers[spec.keras]
+            continue
         queue = buckets.get(_KERAS_CLASS[spec.kind], [])
         if not queue:
             raise KerasWeightsError(_missing(spec, weights, model))
@@ -199,22 +201,36 @@ def select(weights: KerasWeights, name_map: Sequence[LayerSpec], model: str) -> 
     return chosen
 
 
+def _class_buckets(weights: KerasWeights, name_map: Sequence[LayerSpec]) -> dict[str, list[str]]:
+    """Per Keras class, the source's layers matched by order: all of them for a positional source (in natural
+    order); for a named one, those no spec claims by name (in the source's order, which is ``model.layers``')."""
+    if weights.named:
+        claimed = {spec.keras for spec in name_map}
+        paths = [p for p in weights.layers if p not in claimed]
+    else:
+        paths = sorted(weights.layers, key=_natural_key)
+    buckets: dict[str, list[str]] = {}
+    for path in paths:
+        buckets.setdefault(_class_of(path), []).append(path)
+    return buckets
+
+
 def has_layers(weights: KerasWeights, name_map: Sequence[LayerSpec]) -> bool:
     """True when the source holds every layer of ``name_map`` (used to detect an optional classifier)."""
-    if weights.named:
-        return all(spec.keras in weights.layers for spec in name_map)
-    counts: dict[str, int] = {}
-    for path in weights.layers:
-        counts[_class_of(path)] = counts.get(_class_of(path), 0) + 1
+    by_order = [spec for spec in name_map if not weights.named or spec.keras.startswith(ANONYMOUS)]
+    if any(spec.keras not in weights.layers for spec in name_map if spec not in by_order):
+        return False
+    counts = {cls: len(paths) for cls, paths in _class_buckets(weights, name_map).items()}
     need: dict[str, int] = {}
-    for spec in name_map:
+    for spec in by_order:
         need[_KERAS_CLASS[spec.kind]] = need.get(_KERAS_CLASS[spec.kind], 0) + 1
     return all(counts.get(cls, 0) >= n for cls, n in need.items())
 
 
 def _missing(spec: LayerSpec, weights: KerasWeights, model: str) -> str:
     found = list(weights.layers)[:4]
-    what = f"layer {spec.keras!r}" if weights.named else f"{spec.kind} layer {spec.keras!r} (by class order)"
+    by_order = not weights.named or spec.keras.startswith(ANONYMOUS)
+    what = f"{spec.kind} layer {spec.keras!r} (by class order)" if by_order else f"layer {spec.keras!r}"
     return (
         f"{weights.source}: {what} of {model} not found; the source's layers begin "
         f"{', '.join(found) or '(none)'} ({len(weights.layers)} with weights) — truncated, or another architecture?"
@@ -235,6 +251,13 @@ def _dwconv(arrays: list[np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
     return _conv([kernel, *arrays[1:]])
 
 
+def _sepconv(arrays: list[np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    """SeparableConv2D (depth multiplier 1): its depthwise and pointwise kernels as two Flax convs."""
+    ((_, dw_leaf, kernel),) = _dwconv(arrays[:1])
+    return [("params", f"depthwise/{dw_leaf}", kernel), ("params", "pointwise/kernel", arrays[1]),
+            *[("params", "pointwise/bias", b) for b in arrays[2:]]]
+
+
 def _bn(arrays: list[np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
     gamma, beta, mean, var = arrays
     return [("params", "scale", gamma), ("params", "bias", beta), ("batch_stats", "mean", mean),
@@ -245,6 +268,7 @@ def _bn(arrays: list[np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
 _KINDS: dict[str, tuple[tuple[int, ...], Callable[[list[np.ndarray]], list[tuple[str, str, np.ndarray]]]]] = {
     "conv": ((1, 2), _conv),
     "dwconv": ((1, 2), _dwconv),
+    "sepconv": ((2, 3), _sepconv),
     "bn": ((4,), _bn),
     "dense": ((2,), _conv),
 }
@@ -270,13 +294,14 @@ def convert(
                 f"expected {' or '.join(map(str, counts))} for a {spec.kind} layer"
             )
         for collection, leaf, value in to_flax(arrays[spec.keras]):
-            want = _lookup(expected, (collection, *spec.path, leaf))
+            path = (collection, *spec.path, *leaf.split("/"))  # a sepconv fills two sub-modules
+            want = _lookup(expected, path)
             if want is None or tuple(value.shape) != tuple(want.shape):
                 raise KerasWeightsError(
                     f"{weights.source}: layer {spec.keras!r} {leaf}: source has shape {tuple(value.shape)}, "
                     f"{model} expects {None if want is None else tuple(want.shape)} at {'/'.join(spec.path)}"
                 )
-            _assign(out, (collection, *spec.path, leaf), np.asarray(value, np.float32))
+            _assign(out, path, np.asarray(value, np.float32))
     missing = sorted(set(_leaf_paths(expected)) - set(_leaf_paths(out)))
     if missing:
         raise KerasWeightsError(f"{model}: the name map leaves variables unset: {missing[:5]}")
@@ -332,7 +357,7 @@ def keras_loaders(converter: Converter, imagenet: Callable[[BackboneConfig], Ima
         return _cached(config, weights_id, lambda: converter(config, read_keras_weights(_fetch(config, spec))))
 
     def from_file(config: BackboneConfig, path: Any) -> tuple[dict[str, Any], str]:
-        weights_id = f"keras-file:sha256:{sha256_file(path)[:16]}"
+        weights_id = sha256_file(path)[:16]  # what features.backbone_source keys a file by, so predict accepts it
         return _cached(config, weights_id, lambda: converter(config, read_keras_weights(path)))
 
     def from_object(config: BackboneConfig, model: Any) -> tuple[dict[str, Any], str]:
@@ -350,7 +375,8 @@ def keras_loaders(converter: Converter, imagenet: Callable[[BackboneConfig], Ima
 def cache_path(config: BackboneConfig, weights_id: str) -> Path:
     """The orbax checkpoint directory of ``config`` converted from ``weights_id``."""
     key = hashlib.sha256(weights_id.encode()).hexdigest()[:12]
-    return checkpoint.cache_dir() / "backbones" / f"{config.name}-{key}"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", config.name)  # a keras:PATH backbone's name holds a path
+    return checkpoint.cache_dir() / "backbones" / f"{name}-{key}"
 
 
 def _cached(
