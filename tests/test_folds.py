@@ -54,9 +54,11 @@ def test_a_fold_member_equals_the_standalone_head_on_its_folds_rows():
                           num_classes=3, mesh=_one_device())
         member = next(m for m in swept.members if m["spec"]["fold"] == fold)
         np.testing.assert_allclose(_curve(member), _curve(alone.members[0]), atol=TOL)
-        # Its kept predictions on its own rows are the standalone head's val predictions.
-        np.testing.assert_allclose(swept.predictions["val"][member["member"]][held], alone.predictions["val"][0],
-                                   atol=TOL)
+        # Its kept predictions on its own rows are the standalone head's val predictions when both keep the same
+        # epoch (the fold member's is chosen on its other folds, the standalone head's on its own val rows).
+        if member["best_epoch"] == alone.members[0]["best_epoch"]:
+            np.testing.assert_allclose(swept.predictions["val"][member["member"]][held],
+                                       alone.predictions["val"][0], atol=TOL)
 
 
 @pytest.mark.slow

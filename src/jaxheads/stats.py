@@ -423,9 +423,9 @@ def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float
 def smallest_within_noise(comparisons_vs_best: Sequence[Comparison], sizes: Sequence[int]) -> int:
     """Index of the smallest row (by ``sizes``) whose comparison with the best row has an interval containing 0.
 
-    ``comparisons_vs_best[i]`` compares row i with the row of highest estimate, in either orientation (the same for
-    all rows); the best row compared with itself has interval [0, 0] and always qualifies. Among equal sizes the
-    row with the better estimate wins, i.e. the smaller ``abs(diff)`` to the best; then the lower index.
+    ``comparisons_vs_best[i]`` compares row i with the best (:func:`jaxheads.winners.versus_best`: the best chosen
+    again in every draw, so the top row's upper end is 0 and it qualifies). Among equal sizes the row with the
+    better estimate wins, i.e. the smaller ``abs(diff)`` to the best; then the lower index.
     """
     if len(comparisons_vs_best) != len(sizes) or not sizes:
         raise ValueError(f"smallest_within_noise: {len(comparisons_vs_best)} comparisons for {len(sizes)} sizes")

@@ -180,7 +180,7 @@ RARE_RECALL = 0.2
 def selection_lines(result_json: Mapping[str, Any]) -> list[str]:
     """How the intervals were computed, and the warnings about the recommended head."""
     sel = result_json.get("selection") or {}
-    lines = [sel["method"]] if sel.get("method") else []
+    lines = [sel[k] for k in ("method", "best_rule") if sel.get(k)]
     for split in ("val", "test"):
         per_class = sel.get(f"per_class_{split}") or {}
         never = per_class.get("never_predicted") or []
@@ -212,7 +212,9 @@ def recommendation_text(result_json: Mapping[str, Any], rows: Sequence[Mapping[s
     if sel:
         test = (f"test {ci_text(sel['test'])} (scored once: the honest estimate)" if sel.get("test")
                 else "no test split")
-        return (f"Recommended head (the smallest whose {level_of(result_json):.0%} interval against the best covers 0): "
+        against = ("the best, re-chosen in every draw, reaches 0: it could be the best" if sel.get("best_rule")
+                   else "the best covers 0")
+        return (f"Recommended head (the smallest whose {level_of(result_json):.0%} interval against {against}): "
                 f"{rec['summary']} — "
                 f"{rec['params']:,} params, val {ci_text(sel['val'])} (optimistic: chosen on val), {test} "
                 f"(rank {rec['rank']}, config {rec['config']}).")

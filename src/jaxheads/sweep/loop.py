@@ -1,7 +1,8 @@
 """The epoch loop of one group: run the jitted epoch, score val, then decide on the host from (M,) arrays.
 
-Between epochs: the NaN guard's flags, early stopping (patience on the val metric, best weights kept) and
-successive halving; once stopped members hold half of the device slots, they are finalised and the device arrays
+Between epochs: the NaN guard's flags, early stopping (patience on the selection curve, the kept epoch's weights
+held) and successive halving, both by team (with folds a member's kept epoch is chosen on its other folds' val
+scores, :mod:`.book`); once stopped members hold half of the device slots, they are finalised and the device arrays
 are compacted to the live ones. The decisions are pure functions on arrays; the loop alone owns the mutable state
 (:class:`~.book.MemberBook` on the host, :class:`~.group.LiveMembers` on the devices).
 """
@@ -18,7 +19,7 @@ import numpy as np
 from jaxheads import parallel
 
 from . import records
-from .book import GroupRun, MemberBook
+from .book import GroupRun, MemberBook, selection_teams
 from .group import LiveMembers, epoch_args, epoch_batches, view_generator
 from .plan import GroupPlan
 from .program import keep_best
@@ -87,9 +88,9 @@ def _decide(book: MemberBook, slots: np.ndarray, was_active: np.ndarray, diverge
             sweep: SweepSpec) -> None:
     """Stop the diverged, the patient-out and (on halving epochs) the weakest members."""
     book.stop(slots[was_active & diverged], "diverged")
-    book.stop(patience_exhausted(book.active, book.since, sweep.patience), "early_stopping")
+    book.stop(book.exhausted_teams(sweep.patience), "early_stopping")
     if sweep.halving_every and epoch % sweep.halving_every == 0 and epoch < sweep.epochs:
-        book.stop(halving_victims(book.active, book.best, sweep.halving_fraction), "halving")
+        book.stop(book.whole_teams(halving_victims(book.active, book.best, sweep.halving_fraction)), "halving")
 
 
 def _report(progress: Callable | None, run: GroupRun, epoch: int, book: MemberBook) -> None:
@@ -103,7 +104,8 @@ def train_group(run: GroupRun, live: LiveMembers, rngs: list[np.random.Generator
     """Train the group; returns ({member index: (record, unpadded variables, predictions)}, slots computed per
     epoch). ``rngs``: the batch-order generator, one copy per fold with folds."""
     plan, inputs, sweep = run.plan, run.inputs, run.sweep
-    book, done, slots_per_epoch, step0 = MemberBook(len(plan.ids)), {}, [], 0
+    book = MemberBook(len(plan.ids), *selection_teams(plan.specs[: len(plan.ids)], sweep.folds))
+    done, slots_per_epoch, step0 = {}, [], 0
     finish = lambda lv, which: done.update(records.finalize(run, lv, which, book))  # noqa: E731
     for epoch in range(1, sweep.epochs + 1):
         if not book.active.any():
@@ -114,8 +116,10 @@ def train_group(run: GroupRun, live: LiveMembers, rngs: list[np.random.Generator
         live, losses, val = _train_epoch(run, live, was_active, idx, step0, epoch == 1)
         slots_per_epoch.append(len(live.slots))
         step0 += plan.steps_per_epoch
-        score = np.nan_to_num(np.asarray(val[run.metric], np.float64), nan=-np.inf)
         diverged = parallel.to_host(live.state.diverged)
+        own = np.full(len(plan.ids), np.nan)
+        own[js[was_active & ~diverged]] = np.asarray(val[run.metric], np.float64)[was_active & ~diverged]
+        score = book.selection_scores(own)[js]  # per slot: the peers' mean (own score without folds)
         improved = was_active & ~diverged & (score > book.best[js])
         book.record_epoch(epoch, live.slots, was_active, improved, score, losses, val)
         best = keep_best(live.best, live.state.variables, jax.device_put(improved, parallel.member_sharding(plan.mesh)))

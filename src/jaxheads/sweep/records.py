@@ -1,6 +1,7 @@
 """Each member's final record: val/test metrics of its kept (best-epoch) weights, and its unpadded variables.
 
-Val metrics are those recorded at the member's best epoch (the same weights and program); val is evaluated again
+Val metrics are those recorded at the member's kept epoch (the same weights and program; with folds that epoch is
+chosen on the other folds' val scores, :mod:`.book`); val is evaluated again
 only for multilabel thresholds (tuned per member on val) or a member that never improved on its initial weights.
 """
 

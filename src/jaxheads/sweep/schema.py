@@ -28,7 +28,7 @@ class MemberRecord(TypedDict):
     #                       batch_size, seed, fold (None without cross-validation)
     params: int  # trainable parameters of the unpadded head
     epochs_run: int  # epochs trained before stopping, halving or divergence
-    best_epoch: int  # 1-based epoch whose weights are kept (0: never improved on its initial weights)
+    best_epoch: int  # 1-based kept epoch (0: none beat the initial weights); with folds chosen by the other folds
     diverged: bool  # NaN/Inf seen: frozen at its last finite weights
     stopped: Literal["completed", "early_stopping", "halving", "diverged"]
     curves: Curves
@@ -106,6 +106,7 @@ class Selection(TypedDict, total=False):
     level: float
     n_boot: int
     method: str  # one sentence: what was resampled
+    best_rule: str  # one sentence: how the best row was chosen and compared with (jaxheads.winners.RULE)
     val: dict[str, Any]  # Interval + "optimistic": True (the head was chosen on these numbers)
     test: Interval | None  # scored once: the honest estimate
     test_from: str  # with folds: the mean of the fold models' probabilities

@@ -14,7 +14,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from jaxheads import stats
+from jaxheads import stats, winners
 from jaxheads.stats import LEVEL, N_BOOT
 from jaxheads.factors import QUESTION_AXES, format_level, matching_keys, member_factors, sort_levels, varied_axes
 
@@ -86,9 +86,10 @@ def _per_class(scores: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> 
 
 
 def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> SweepResult:
-    """``result`` with intervals on its leaderboard (re-ranked by the pooled val estimate), the recommended
-    config (the smallest whose interval against the best covers 0), the head questions and the selection record
-    (method, optimistic val figure, the one test figure, per-class recall)."""
+    """``result`` with intervals on its leaderboard (re-ranked by the pooled val estimate), each row's comparison
+    with the best re-chosen in every draw (:mod:`jaxheads.winners`), the recommended config (the smallest whose
+    interval against the best reaches 0: it could be the best), the head questions and the selection record
+    (method, how the best was chosen, optimistic val figure, the one test figure, per-class recall)."""
     p, task, metric = result.predictions, result.task, result.metric
     labels = p["val_labels"]
     per_config = config_scores(result)
@@ -103,8 +104,8 @@ def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> Swee
     for row in board:
         row["val_interval"] = dataclasses.asdict(evidence.interval(row["config"]))
     board.sort(key=lambda r: (-np.nan_to_num(r["val_interval"]["estimate"], nan=-np.inf), r["params"]))
-    best = board[0]["config"]
-    comparisons = [evidence.compare([best], [r["config"]]) for r in board]
+    comparisons = winners.versus_best_from_draws([evidence.point[r["config"]] for r in board],
+                                                 np.stack([evidence.values[r["config"]] for r in board]), LEVEL)
     for row, c in zip(board, comparisons):
         row["vs_best"] = dataclasses.asdict(c)
     recommended = board[stats.smallest_within_noise(comparisons, [r["params"] for r in board])]["config"]
@@ -124,6 +125,7 @@ def _selection(result: SweepResult, scores: ConfigScores, val: stats.Interval, l
     out: dict[str, Any] = {
         "metric": metric, "level": LEVEL, "n_boot": n_boot,
         "method": stats.describe_method(n_boot, n_folds, scores.val.shape[0], LEVEL, repeats=repeats),
+        "best_rule": winners.RULE,
         "val": {**dataclasses.asdict(val), "optimistic": True},
         "test": None}
     names = result.label_names or [str(k) for k in range(result.num_classes)]
