@@ -48,13 +48,17 @@ def _import_families(until: str | None = None) -> None:
 
 
 def list_backbones() -> list[str]:
-    """Every registered backbone name (every family's, and any registered by the caller)."""
+    """Every registered backbone name (every family's, and any registered by the caller; no ``keras:`` model)."""
     _import_families()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if not n.startswith("keras:"))
 
 
 def get_config(name: str) -> BackboneConfig:
     """The config registered under ``name``; a clear error lists the known names otherwise."""
+    if name not in _REGISTRY and name.startswith("keras:"):  # a user's saved Keras model: its base, identified
+        from jaxheads.backbones import keras_model
+
+        return register(keras_model.config_for(name))
     if name not in _REGISTRY:
         _import_families(until=name)
     if name not in _REGISTRY:
