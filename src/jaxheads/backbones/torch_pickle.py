@@ -1,4 +1,9 @@
-"""Read a legacy (non-zip) ``torch.save`` state dict into numpy arrays, without importing torch.
+"""Read a ``torch.save`` state dict into numpy arrays, without importing torch: the zip format (torch's default
+since 1.6) and the legacy one.
+
+The zip format is a zip archive whose one top folder (``archive/`` or the file's stem) holds ``data.pkl``, the
+pickled object whose tensors point at storages through persistent ids ``("storage", type, key, location,
+numel)``, and ``data/<key>``, each storage's raw little-endian bytes (``byteorder`` says so when present).
 
 The legacy format is five things back to back: a pickled magic number, a pickled protocol version, a pickled
 dict of system info (endianness, type sizes), the pickled object itself, whose tensors point at storages
@@ -18,6 +23,7 @@ import hashlib
 import io
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -209,6 +215,37 @@ def _load_legacy(f: BinaryIO) -> Any:
     return _replace_tensors(obj, _read_storages(f, keys, refs))
 
 
+def _load_zip(data: bytes, path: str | Path) -> Any:
+    """Parse the zip format: the ``data.pkl`` object, then each storage it names from ``data/<key>``."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(pickles) != 1:
+                raise pickle.UnpicklingError(f"{path}: a zip torch.save file holds one <folder>/data.pkl, found "
+                                             f"{pickles or 'none'}")
+            folder = pickles[0][: -len("data.pkl")]
+            order = archive.read(f"{folder}byteorder").decode() if f"{folder}byteorder" in archive.namelist() \
+                else "little"
+            if order != "little":
+                raise pickle.UnpicklingError(f"{path}: only little-endian files are supported, this one is {order}")
+            obj = _unpickle(io.BytesIO(archive.read(pickles[0])))
+            refs: dict[str, _StorageRef] = {}
+            _collect_storages(obj, refs)
+            storages = {key: _zip_storage(archive, f"{folder}data/{key}", ref) for key, ref in refs.items()}
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise pickle.UnpicklingError(f"{path}: a damaged zip torch.save file ({e})") from e
+    return _replace_tensors(obj, storages)
+
+
+def _zip_storage(archive: zipfile.ZipFile, name: str, ref: _StorageRef) -> np.ndarray:
+    """One storage's elements from its zip entry, its size checked against the pickle's element count."""
+    data = archive.read(name)
+    if len(data) != ref.numel * ref.dtype.itemsize:
+        raise pickle.UnpicklingError(f"storage {name}: {len(data)} bytes, the pickle says {ref.numel} elements of "
+                                     f"{ref.dtype.itemsize} bytes")
+    return np.frombuffer(data, ref.dtype.newbyteorder("<"))
+
+
 def sha256_prefix_from_name(path: str | Path) -> str | None:
     """The hex hash prefix in a name like ``model-1a2b3c4d.pth``, or None when the name carries none."""
     match = _HASH_IN_NAME.search(Path(path).name)
@@ -226,13 +263,12 @@ def check_filename_hash(path: str | Path, data: bytes) -> str:
 
 
 def load_state_dict(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
-    """Read a legacy ``torch.save`` file: (its object with tensors as numpy arrays, the file's sha256).
+    """Read a ``torch.save`` file, zip or legacy: (its object with tensors as numpy arrays, the file's sha256).
 
     Checks the sha256 prefix in the file name (if it has one) before unpickling anything.
     """
     data = Path(path).read_bytes()
     digest = check_filename_hash(path, data)
-    if data.startswith(b"PK\x03\x04"):
-        raise pickle.UnpicklingError(f"{path} is a zip-format torch.save file; only the legacy format is read here "
-                                     "(re-save it with torch.save(..., _use_new_zipfile_serialization=False))")
+    if data.startswith(b"PK\x03\x04"):  # zip format, torch's default since 1.6
+        return _load_zip(data, path), digest
     return _load_legacy(io.BytesIO(data)), digest

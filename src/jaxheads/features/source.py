@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jaxheads import backbones
-from jaxheads.backbones import Backbone, Preprocessing
+from jaxheads.backbones import Backbone, Preprocessing, timm_convert
 
 __all__ = ["BackboneSource", "as_source", "backbone_source", "feature_map_shape", "min_input_size"]
 
@@ -44,8 +44,9 @@ def backbone_source(name: str, weights: Any = "default", *, seed: int = 0,
     """A lazy :class:`BackboneSource` for ``jaxheads.backbones.load(name, weights, seed=seed)``.
 
     The weights id is found without loading: ``random-seed{seed}`` for ``None``, the file's sha256 (first 16 hex
-    digits) for a path (what the families' file loaders return), and for a named source the id the family pins
-    in ``config.weights_ids`` (so the lazy key equals the key of the built backbone), else ``"named:<name>"``.
+    digits) for a path (what the families' file loaders return) and for ``timm:NAME`` (its hub file's), and for a
+    named source the id the family pins in ``config.weights_ids`` (so the lazy key equals the key of the built
+    backbone), else ``"named:<name>"``.
     ``input_size`` (default the backbone's own) resizes the images to that many pixels before the backbone; it
     is part of the cache key, and below :func:`min_input_size` it is an error naming ``--input-size``.
     """
@@ -56,6 +57,8 @@ def backbone_source(name: str, weights: Any = "default", *, seed: int = 0,
         weights_id = f"random-seed{seed}"
     elif isinstance(weights, (str, os.PathLike)) and str(weights) in config.weights:
         weights_id = config.weights_ids.get(str(weights), f"named:{weights}")
+    elif str(weights).startswith(timm_convert.PREFIX):  # the hub file's hash, as the loader gives it
+        weights_id = timm_convert.weights_id(config, weights)
     elif isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
         weights_id = backbones.sha256_file(weights)[:16]
     else:
