@@ -193,7 +193,12 @@ def describe(n_boot: int, folds: int, seeds: int, level: float, *, repeats: int 
         what = "training rows, initialisation and batch order" if folds > 1 else "initialisation and batch order"
         text += (f" plus the variance between a config's {models} models (their {what}) by the method of moments, "
                  "widened to a t quantile")
+    if folds > 1:
+        text += ("; each model's kept epoch is chosen on its other folds, so no row is scored by an epoch picked "
+                 "on it, and \"vs best\" chooses the best config again in every draw")
     missing = ["seed-to-seed noise (one model)"] if models == 1 else []
     missing.append("the overlap of the folds' training rows, which no cross-validated estimate can see" if folds > 1
                    else "which training rows the models saw (the intervals are for this training set)")
+    missing.append("the choice of the top rows among the configs (their own val intervals are optimistic; only "
+                   "\"vs best\" carries it)")
     return f"{text}; not included: {'; '.join(missing)}."

@@ -1,9 +1,13 @@
 """What a sweep's numbers can support: intervals for every leaderboard row, the head questions' verdicts, the
 recommended head, and its one honest test figure.
 
-Every figure comes from the members' per-example predictions at their kept epochs (``SweepResult.predictions``)
-through :mod:`jaxheads.stats`: a paired hierarchical bootstrap over the folds, the seeds and the evaluation
-examples, with one set of draws for the whole sweep, on each config's out-of-fold scores (:mod:`.scores`).
+Every figure comes from the members' per-example predictions at their kept epochs (``SweepResult.predictions``),
+with one set of draws for the whole sweep, on each config's out-of-fold scores (:mod:`.scores`). Cross-validated
+sweeps use the moment-corrected interval (:mod:`jaxheads.intervals`: the examples resampled once within the
+folds, the variance between a config's repeats, seeds and folds added once, t-widened); a fixed split the paired
+bootstrap of :mod:`jaxheads.stats` over the examples and the seeds (one model per seed: the two coincide). "vs
+best" re-chooses the best config in every draw (:mod:`jaxheads.winners`). experiments/stats/bench_coverage.py
+measures their coverage.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from jaxheads import stats, winners
+from jaxheads import intervals, stats, winners
 from jaxheads.stats import LEVEL, N_BOOT
 from jaxheads.factors import QUESTION_AXES, format_level, matching_keys, member_factors, sort_levels, varied_axes
 
@@ -41,8 +45,45 @@ class _Evidence:
         return stats.comparison_from_values(float(mean(a, self.point)), float(mean(b, self.point)),
                                             mean(a, self.values), mean(b, self.values), LEVEL)
 
+    def versus_best(self, configs: Sequence[str]) -> list[stats.Comparison]:
+        """Every config's comparison with the best, re-chosen in every draw (:mod:`jaxheads.winners`)."""
+        return winners.versus_best_from_draws([self.point[c] for c in configs],
+                                              np.stack([self.values[c] for c in configs]), LEVEL)
 
-def answer_questions(configs: Mapping[str, Mapping[str, Any]], evidence: _Evidence,
+
+class _CorrectedEvidence:
+    """The same questions answered by the moment-corrected interval (:mod:`jaxheads.intervals`): the examples
+    resampled once within the folds, the variance between a config's models (its repeats, seeds and folds) added
+    once, t-widened on few models. Cross-validated sweeps use it."""
+
+    def __init__(self, scores: Mapping[str, np.ndarray], labels: np.ndarray, metric: str, task: str,
+                 layout: intervals.Layout):
+        self.layout = layout
+        self.evidence = {c: intervals.evidence(s, labels, metric, task, layout) for c, s in scores.items()}
+        self.point = {c: e.point for c, e in self.evidence.items()}
+
+    def interval(self, config: str) -> stats.Interval:
+        return intervals.interval(self.evidence[config], self.layout, LEVEL)
+
+    def compare(self, a: Sequence[str], b: Sequence[str]) -> stats.Comparison:
+        """Side b against side a, each the mean over its configs (paired on the same draws)."""
+        side = lambda configs: intervals.mean_of([self.evidence[c] for c in configs])  # noqa: E731
+        return intervals.compare(side(a), side(b), self.layout, LEVEL)
+
+    def versus_best(self, configs: Sequence[str]) -> list[stats.Comparison]:
+        """Every config's comparison with the best, re-chosen in every draw; each pair's difference drawn by the
+        corrected interval (its own models' variance and t widening)."""
+        ev = [self.evidence[c] for c in configs]
+
+        def pair_draws(r: int) -> np.ndarray:
+            others = [e for i, e in enumerate(ev) if i != r]
+            return np.stack([intervals.corrected_draws(ev[r].combine(e, -1.0, 1.0), self.layout, LEVEL)
+                             for e in others]) if others else np.zeros((0, len(self.layout.normal)))
+
+        return winners.versus_best([e.point for e in ev], pair_draws, LEVEL)
+
+
+def answer_questions(configs: Mapping[str, Mapping[str, Any]], evidence: _Evidence | _CorrectedEvidence,
                      metric: str) -> list[dict[str, Any]]:
     """Every varied axis, every pair of its levels: side A the configs at level a, side B their matches at b
     (agreeing on every other factor that applies at both levels); a paired pooled comparison of the two sides."""
@@ -97,15 +138,19 @@ def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> Swee
     n_seeds = {s.shape[0] for s in scores.values()}
     if len(n_seeds) != 1:
         return result  # explicit members with unequal replicas: no paired draws
-    first = np.atleast_2d(p.get("val_fold", np.zeros(len(labels), np.int64)))[0]  # with repeats: partition 0's
-    draws = stats.make_draws(first, n_seeds.pop(), n_boot=n_boot, seed=seed)
-    evidence = _Evidence(scores, labels, metric, task, draws)
+    passes = n_seeds.pop()
+    if "val_fold" in p:  # cross-validated: the corrected interval (experiments/stats/bench_coverage.py)
+        partitions = np.atleast_2d(p["val_fold"])
+        layout = intervals.make_layout(partitions, passes // len(partitions), n_boot=n_boot, seed=seed)
+        evidence: _Evidence | _CorrectedEvidence = _CorrectedEvidence(scores, labels, metric, task, layout)
+    else:
+        draws = stats.make_draws(np.zeros(len(labels), np.int64), passes, n_boot=n_boot, seed=seed)
+        evidence = _Evidence(scores, labels, metric, task, draws)
     board = [dict(row) for row in result.leaderboard]
     for row in board:
         row["val_interval"] = dataclasses.asdict(evidence.interval(row["config"]))
     board.sort(key=lambda r: (-np.nan_to_num(r["val_interval"]["estimate"], nan=-np.inf), r["params"]))
-    comparisons = winners.versus_best_from_draws([evidence.point[r["config"]] for r in board],
-                                                 np.stack([evidence.values[r["config"]] for r in board]), LEVEL)
+    comparisons = evidence.versus_best([r["config"] for r in board])
     for row, c in zip(board, comparisons):
         row["vs_best"] = dataclasses.asdict(c)
     recommended = board[stats.smallest_within_noise(comparisons, [r["params"] for r in board])]["config"]
@@ -117,6 +162,17 @@ def analyse(result: SweepResult, *, n_boot: int = N_BOOT, seed: int = 0) -> Swee
                                selection=selection)
 
 
+def _method(n_boot: int, n_folds: int, passes: int, repeats: int) -> str:
+    """The method sentence: every source of noise the intervals cover and every one they do not."""
+    if n_folds > 1:
+        return intervals.describe(n_boot, n_folds, passes // repeats, LEVEL, repeats=repeats)
+    missing = ["which training rows the models saw (the intervals are for this training set)",
+               "each model's best epoch, chosen on these same val rows (every row's val figure is optimistic)",
+               "the choice of the top rows among the configs (only \"vs best\" carries it)"]
+    text = stats.describe_method(n_boot, 1, passes, LEVEL).removesuffix(".")
+    return f"{text}; not included: {'; '.join(missing)}."
+
+
 def _selection(result: SweepResult, scores: ConfigScores, val: stats.Interval, labels: np.ndarray, n_boot: int,
                seed: int) -> dict[str, Any]:
     p, task, metric = result.predictions, result.task, result.metric
@@ -124,7 +180,7 @@ def _selection(result: SweepResult, scores: ConfigScores, val: stats.Interval, l
     repeats = len(np.atleast_2d(p["val_fold"])) if "val_fold" in p else 1
     out: dict[str, Any] = {
         "metric": metric, "level": LEVEL, "n_boot": n_boot,
-        "method": stats.describe_method(n_boot, n_folds, scores.val.shape[0], LEVEL, repeats=repeats),
+        "method": _method(n_boot, n_folds, scores.val.shape[0], repeats),
         "best_rule": winners.RULE,
         "val": {**dataclasses.asdict(val), "optimistic": True},
         "test": None}
