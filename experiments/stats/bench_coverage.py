@@ -24,15 +24,18 @@ Truth: a head's population accuracy averaged over its training noise, a Monte Ca
 each with its own noise draw (x~ D has the law N(0, sigma^2 |x~|^2 I_C)); for "equal" the truth is 0 exactly.
 
 Designs: a fixed split (N = 525) with 1, 2 and 5 seeds; K = 5 cross-validation of N = 2100 with one seed (the main
-job's design); R = 3 repeats of K = 5 (R x K = 15 models per config). Regimes: example noise dominant (seed_sd =
-fold_sd = 0.04), fold noise dominant (fold_sd = 0.36), seed noise dominant (seed_sd = 0.36).
+job's design); R = 3 repeats of K = 5 (R x K = 15 models per config); R = 2 x K = 3 and R = 3 x K = 2 (about the
+main job's member budget, candidates for its default). Fold noise has the same size whatever K: the generator
+does not model that a model trained on fewer rows (K = 2: half the pooled rows) is worse and noisier. Regimes:
+example noise dominant (seed_sd = fold_sd = 0.04), fold noise dominant (fold_sd = 0.36), seed noise dominant
+(seed_sd = 0.36).
 
 Methods on the same replicates: "today", the library's two-level bootstrap (:func:`jaxheads.stats.make_draws`:
 folds, then examples within them, and seeds); "corrected", :mod:`jaxheads.intervals` (examples resampled once, the
 models' own variance by the method of moments, t-widened on few models), and its variant "corrected,
-Satterthwaite" whose degrees of freedom count only the models' excess variance as uncertain; under cross-validation also "NB t"
-(Nadeau & Bengio 2003's corrected resampled t on the J per-model differences: variance (1/J + 1/(K - 1)) s^2,
-t_{J-1}) and "CLT" (Bayle et al. 2020: normal, the within-fold variance of the per-example differences / N). With
+Satterthwaite" whose degrees of freedom count only the models' excess variance as uncertain; under
+cross-validation also "NB t" (Nadeau & Bengio 2003's corrected resampled t on the J per-model differences:
+variance (1/J + 1/(K - 1)) s^2, t_{J-1}) and "CLT" (Bayle et al. 2020: normal, the within-fold variance of the per-example differences / N). With
 repeats "today" treats the R partitions' passes as seeds of the first partition's folds.
 
 Reported per design, regime and method: the fraction "within noise" for equal heads (target >= 93%), coverage of
@@ -40,6 +43,10 @@ the true difference for every case (target 93-97%), power (the fraction "b bette
 interval width, and the binomial standard error of each fraction.
 
     python experiments/stats/bench_coverage.py [--replicates 200] [--out experiments/results/bench_coverage.json]
+
+The table adds each cross-validated design's training compute per config relative to K = 5 (models x the share of
+rows each trains on) and its width scaled to K = 5's compute (width x sqrt(compute)): the narrowest intervals per
+minute are the smallest of those among the designs that cover nominally.
 """
 
 from __future__ import annotations
@@ -94,6 +101,9 @@ DESIGNS = (
     Design("split S=5", 525, 5, 1),
     Design("K=5", 2100, 1, 5),
     Design("R=3 x K=5", 2100, 1, 5, repeats=3),
+    # The main job's member budget (R x K about today's K = 5), candidates for the default design:
+    Design("R=2 x K=3", 2100, 1, 3, repeats=2),
+    Design("R=3 x K=2", 2100, 1, 2, repeats=3),
 )
 REGIMES = (Regime("example", 0.04, 0.04), Regime("fold", 0.04, 0.36), Regime("seed", 0.36, 0.04))
 
@@ -268,16 +278,30 @@ def run_cell(problem: Problem, design: Design, regime: Regime, truth: tuple, rep
             for method, cases in bounds.items()}
 
 
+def relative_compute(design: dict) -> float | None:
+    """Training compute per config relative to K = 5 with one seed (the main job's today): models x the share of
+    the pooled rows each trains on (an epoch's steps scale with its rows). None for a fixed split (its training
+    rows are not part of this generator)."""
+    k = design["folds"]
+    if k < 2:
+        return None
+    return design.get("repeats", 1) * design["seeds"] * k * (k - 1) / k / (5 * 4 / 5)
+
+
 def table_rows(results: list[dict]) -> list[dict]:
-    """Per design, regime and method: within noise (equal), coverage per case, power, width, targets met."""
+    """Per design, regime and method: within noise (equal), coverage per case, power, width, targets met, and the
+    width at K = 5's compute (width x sqrt(relative compute): the narrowest per minute is the smallest)."""
     rows = []
     for res in results:
+        compute = relative_compute(res["design"])
         for method, cases in res["figures"].items():
             cover = {c: f["covers"] for c, f in cases.items()}
+            width = cases["equal"]["mean_width"]
             rows.append({"design": res["design"]["name"], "regime": res["regime"]["name"], "method": method,
                          "within_noise_equal": cases["equal"]["within_noise"], "coverage": cover,
                          "power": {c: f["b_better"] for c, f in cases.items() if c != "equal"},
-                         "mean_width_equal": cases["equal"]["mean_width"],
+                         "mean_width_equal": width, "relative_compute": compute,
+                         "width_at_equal_compute": None if compute is None else width * float(np.sqrt(compute)),
                          "coverage_target_met": all(0.93 <= v <= 0.97 for v in cover.values()),
                          "within_noise_target_met": cases["equal"]["within_noise"] >= 0.93})
     return rows
@@ -285,12 +309,14 @@ def table_rows(results: list[dict]) -> list[dict]:
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'design':<11} {'regime':<8} {'method':<10} {'within':>6} {'cover eq/.03/.05':>17} "
-          f"{'power .03/.05':>13} {'width':>6}")
+          f"{'power .03/.05':>13} {'width':>6} {'compute':>7} {'w@K=5':>6}")
     for r in rows:
         cover = "/".join(f"{v:.1%}"[:-1] for v in r["coverage"].values())
         power = "/".join(f"{v:.1%}"[:-1] for v in r["power"].values())
+        compute = "" if r.get("relative_compute") is None else f"{r['relative_compute']:.2f}"
+        equal = "" if r.get("width_at_equal_compute") is None else f"{r['width_at_equal_compute']:.3f}"
         print(f"{r['design']:<11} {r['regime']:<8} {r['method']:<10} {r['within_noise_equal']:>6.1%} {cover:>17} "
-              f"{power:>13} {r['mean_width_equal']:>6.3f}")
+              f"{power:>13} {r['mean_width_equal']:>6.3f} {compute:>7} {equal:>6}")
 
 
 def merge(paths: list[str], out: Path) -> None:
@@ -298,10 +324,16 @@ def merge(paths: list[str], out: Path) -> None:
     settings kept under "runs"."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     order = {(d.name, r.name): i for i, (d, r) in enumerate((d, r) for d in DESIGNS for r in REGIMES)}
-    results = sorted((res for run in runs for res in run["results"]),
-                     key=lambda res: order[res["design"]["name"], res["regime"]["name"]])
-    merged = {"config": runs[0]["config"] | {"replicates": {res["design"]["name"]: run["config"]["replicates"]
-                                                             for run in runs for res in run["results"]}},
+    cell = lambda res: (res["design"]["name"], res["regime"]["name"])  # noqa: E731
+    latest = {cell(res): res for run in runs for res in run["results"]}  # a later file's cell replaces an earlier's
+    results = sorted(latest.values(), key=lambda res: order[cell(res)])
+    replicates = {}
+    for run in runs:  # per "design / regime": an earlier merge holds a dict of them, a subset run one number
+        got = run["config"]["replicates"]
+        for res in run["results"]:
+            name = " / ".join(cell(res))
+            replicates[name] = got.get(name, got.get(res["design"]["name"])) if isinstance(got, dict) else got
+    merged = {"config": runs[0]["config"] | {"replicates": replicates},
               "table": table_rows(results), "results": results,
               "runs": [{k: v for k, v in run.items() if k not in ("table", "results")} | {"file": p}
                        for p, run in zip(paths, runs)]}
@@ -317,12 +349,14 @@ def training_sd(design: Design, regime: Regime) -> float:
 def markdown_table(rows: list[dict]) -> str:
     """The table for experiments/README.md: one line per design, regime and method."""
     lines = ["| design | regime | method | within noise (equal) | coverage equal / +0.03 / +0.05 | power +0.03 / +0.05 "
-             "| width (equal) |", "|---|---|---|---|---|---|---|"]
+             "| width (equal) | compute | width at K=5's compute |", "|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    fmt = lambda v, d: "" if v is None else f"{v:.{d}f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['design']} | {r['regime']} | {r['method']} | {pct(r['within_noise_equal'])} | "
                      f"{' / '.join(map(pct, r['coverage'].values()))} | {' / '.join(map(pct, r['power'].values()))} | "
-                     f"{r['mean_width_equal']:.3f} |")
+                     f"{r['mean_width_equal']:.3f} | {fmt(r.get('relative_compute'), 2)} | "
+                     f"{fmt(r.get('width_at_equal_compute'), 3)} |")
     return "\n".join(lines)
 
 
