@@ -43,7 +43,8 @@ def images() -> np.ndarray:
     return np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("suffix", [".keras", pytest.param(".h5", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_base_found_and_equal_to_keras(saved_model, suffix, jaxheads_cache):
     base, paths = saved_model
     spec = f"keras:{paths[suffix]}"

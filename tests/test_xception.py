@@ -59,6 +59,7 @@ def _snake(name: str) -> str:
             "BatchNormalization": "batch_normalization", "Dense": "dense"}.get(name, name)
 
 
+@pytest.mark.slow
 def test_parity_with_keras_and_taps(small_xception, jaxheads_cache):
     """Features equal Keras's include_top=False output; a truncated backbone equals the same tap of the full one."""
     backbone = load("xception", weights=small_xception)
@@ -117,3 +118,18 @@ def test_kitchenware_base_gives_keras_logits(jaxheads_cache):
     print(f"kitchenware logits max |diff| = {np.max(np.abs(logits - theirs)):.2e}")
     assert np.all(np.isfinite(feats))
     np.testing.assert_allclose(logits, theirs, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_saved_model_with_a_head_as_keras_backbone(small_xception, tmp_path, jaxheads_cache):
+    """keras:PATH finds the Xception base under a BN + Dense head; its shortcut convs and BNs, matched by class
+    order, are the base's (in model.layers order, not the file's alphabetical one) and not the head's BN."""
+    from jaxheads.backbones import keras_model
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(small_xception(inputs))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.BatchNormalization()(pooled))).save(tmp_path / "m.keras")
+    spec = f"keras:{tmp_path / 'm.keras'}"
+    assert keras_model.base_name(spec) == "xception"
+    ours = np.asarray(load(spec).apply(images())["features"])
+    assert float(np.max(np.abs(ours - small_xception.predict(images() / 127.5 - 1.0, verbose=0)))) <= TOL

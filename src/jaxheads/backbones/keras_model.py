@@ -120,10 +120,12 @@ def read_model(path: Path) -> tuple[KerasWeights, list[str], int | None]:
     weights = read_keras_weights(path)
     if not weights.named:  # a .keras archive: its positional paths -> the names the config gives them
         names = {where: name for name, _, where in layers}
-        unknown = [p for p in weights.layers if p not in names]
+        saved = {p: arrays for p, arrays in weights.layers.items() if p.startswith("layers/")}  # not the optimizer
+        unknown = [p for p in saved if p not in names]
         if unknown:
             raise KerasWeightsError(f"{path}: weights {unknown[:3]} match no layer of its config.json")
-        weights = KerasWeights({names[p]: arrays for p, arrays in weights.layers.items()}, True, str(path))
+        in_order = {name: saved[where] for name, _, where in layers if where in saved}  # model.layers order
+        weights = KerasWeights(in_order, True, str(path))
     return weights, [name for name, _, _ in layers], _input_side(config)
 
 
