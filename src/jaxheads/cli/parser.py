@@ -207,8 +207,7 @@ def _sweep_parser(sub: Any) -> None:
         epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = sweep.add_argument_group("what to train on")
     data.add_argument("--dataset", default=None, help=f"elpv, elpv-multilabel, fashion_mnist, animal_mnist, an image "
-                      f"folder (one sub-folder per class), a CSV of path,label rows, or tfds:NAME; default "
-                      f"{job.DEFAULT_DATASET}")
+                      f"folder (a sub-folder per class), a path,label CSV, or tfds:NAME; default {job.DEFAULT_DATASET}")
     data.add_argument("--backbone", default=None, help="a name from `jaxheads backbones list`, or keras:PATH[@TAP] "
                       "(a saved Keras model's zoo base, cut at TAP, default its output); default "
                       f"{job.DEFAULT_BACKBONE}")
