@@ -108,25 +108,51 @@ def test_bad_levels_are_one_line_listing_the_taps(level: str, says: str, dry: bo
         assert "stem, block0, block1, head" in err
 
 
-def test_maps_only_sweeps_are_refused_and_mixed_ones_keep_maps_at_last(tmp_path: Path, tiny_tapped_backbone,
-                                                                       make_colour_folder) -> None:
-    from jaxheads import job
-
-    root = make_colour_folder(tmp_path / "colours", per_class=4)
-    with pytest.raises(ValueError, match="every head pools the last feature map.*add none to --pooling"):
-        job.sweep_job(root, tiny_tapped_backbone, sweep=SweepSpec(pooling=("avg",), widths=(8,), folds=None),
-                      options=job.JobOptions(out_dir=tmp_path / "run", representation="last,all"),
-                      extract=features.ExtractOptions(cache_dir=tmp_path / "cache"))
-    assert not (tmp_path / "cache").exists()  # refused before the feature pass
-    maps_only = SweepSpec(pooling=("avg",), widths=(8,), depth=(1,), folds=None)
-    assert representation.level_sweep(maps_only, "all", 3, "multiclass") is None
-    assert representation.level_sweep(maps_only, "last", 3, "multiclass") is maps_only
+def test_maps_only_sweeps_get_a_linear_probe_at_every_level_and_mixed_ones_keep_maps_at_last() -> None:
+    maps_only = SweepSpec(pooling=("avg", "max"), widths=(8,), depth=(1,), seeds=2, folds=None)
+    grid = maps_only.expand(3, "multiclass")
+    sweeps = representation.level_sweeps(maps_only, ("last", "all", "block0"), 3, "multiclass")
+    probes = sweeps["all"].expand(3, "multiclass")
+    assert sweeps["block0"].expand(3, "multiclass") == probes
+    # the first average-pooled config's seeds, as a linear head on the pooled vector, trained as that config is
+    assert [(m.head.pooling, m.head.hidden, m.seed) for m in probes] == [("none", (), 0), ("none", (), 1)]
+    assert {(m.learning_rate, m.batch_size) for m in probes} == {(grid[0].learning_rate, grid[0].batch_size)}
+    assert sweeps["last"].expand(3, "multiclass") == [*grid, *probes]  # the whole grid and the same probes
+    assert representation.level_sweeps(maps_only, ("last",), 3, "multiclass")["last"] is maps_only  # the default
     assert not representation.needs_taps(("last",))  # the default job: no taps, the plain sweep, nothing new runs
     mixed = SweepSpec(pooling=("avg", "none"), widths=(8,), depth=(0, 1), folds=None)
-    at_all = representation.level_sweep(mixed, "all", 3, "multiclass")
-    assert {m.head.pooling for m in at_all.expand(3, "multiclass")} == {"none"}
-    assert len(at_all.expand(3, "multiclass")) == len(mixed.expand(3, "multiclass")) // 2
-    assert representation.level_sweep(SWEEP, "all", 3, "multiclass") is SWEEP  # pooled only: the same spec
+    at = representation.level_sweeps(mixed, ("last", "all"), 3, "multiclass")
+    assert at["last"] is mixed
+    assert {m.head.pooling for m in at["all"].expand(3, "multiclass")} == {"none"}
+    assert len(at["all"].expand(3, "multiclass")) == len(mixed.expand(3, "multiclass")) // 2
+    assert representation.level_sweeps(SWEEP, ("all",), 3, "multiclass")["all"] is SWEEP  # pooled only: the same
+
+
+def test_stages_is_last_and_the_end_of_every_resolution_stage(tiny_tapped_backbone) -> None:
+    from jaxheads import backbones
+    from jaxheads.backbones import cut
+
+    shapes = cut.tap_shapes(backbones.get_config(tiny_tapped_backbone), 32)
+    assert list(shapes) == list(TAPS)
+    ends = cut.stage_ends(shapes)
+    assert ends == tuple(a for a, b in zip(TAPS, TAPS[1:]) if shapes[a][:2] != shapes[b][:2]) and ends
+    assert ends == cut.stage_taps(tiny_tapped_backbone, 32)
+    levels = representation.expand_stages(("all", "stages"), ("block0",))
+    assert levels == ("all", "last", "block0")
+    assert representation.expand_stages(("stages", "block0"), ("block0",)) == ("last", "block0")
+
+
+def test_a_cut_backbone_costs_less_and_the_whole_one_is_its_architecture(tiny_tapped_backbone) -> None:
+    from jaxheads import backbones
+    from jaxheads.backbones import cut, describe
+
+    backbone = backbones.load(tiny_tapped_backbone, None)
+    costs = [cut.cut_cost(backbone, tap, 32, batch=2, repeats=1) for tap in (*TAPS[:-1], None)]
+    assert costs[-1].params == describe.trace_architecture(backbone.config).params
+    assert [c.params for c in costs] == sorted(c.params for c in costs) and costs[0].params < costs[-1].params
+    assert all(c.images_per_s > 0 for c in costs)
+    flops = [c.flops_per_image for c in costs]
+    assert flops == sorted(flops) and flops[0] < flops[-1]
 
 
 @pytest.mark.slow  # the tiny backbone's feature pass and three sweeps
@@ -145,6 +171,29 @@ def test_the_job_caches_the_taps_and_records_the_representation(tmp_path: Path, 
     assert saved["provenance"]["representations"] == ["last", "block1", "all"]
     assert saved["provenance"]["representation"] == out.result.level()
     assert any(q["title"] == "Representation: last vs block1" for q in saved["questions"])
+
+
+@pytest.mark.slow  # the tiny backbone's feature pass, a sweep per stage and the cut backbones timed
+def test_stages_answers_the_depth_question_with_the_default_grid_and_prices_each_cut(
+        tmp_path: Path, tiny_tapped_backbone, make_colour_folder) -> None:
+    from jaxheads import job
+    from jaxheads.backbones import cut
+
+    root = make_colour_folder(tmp_path / "colours", per_class=10)
+    sweep = SweepSpec(pooling=("avg",), widths=(8,), depth=(1,), epochs=2, seeds=1, patience=None,
+                      map_batch="vmap", ridge_l2=(), folds=None)  # maps only, as the main job's grid
+    out = job.sweep_job(root, tiny_tapped_backbone, sweep=sweep,
+                        options=job.JobOptions(out_dir=tmp_path / "run", representation="stages"),
+                        extract=features.ExtractOptions(cache_dir=tmp_path / "cache"))
+    ends = cut.stage_taps(tiny_tapped_backbone, 32)
+    assert out.result.levels == ["last", *ends]
+    saved = json.loads(out.files["results"].read_text())
+    titles = {q["title"] for q in saved["questions"]}
+    assert {f"Representation: last vs {end}" for end in ends} <= titles, titles
+    costs = saved["provenance"]["cut_costs"]
+    assert set(costs) == {"last", *ends} and all(costs[e]["params"] < costs["last"]["params"] for e in ends)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## What each cut of the backbone costs" in report and "| last (whole backbone) |" in report
 
 
 @pytest.mark.slow  # the dry run calibrates on this machine (a matmul and a tiny sweep)
@@ -166,7 +215,7 @@ def test_with_folds_map_heads_train_at_last_only_and_the_question_pairs_pooled_h
                               taps=s.taps) for k, s in _splits(4).items()}
     mixed = SweepSpec(pooling=("none", "avg"), widths=(8,), depth=(0,), learning_rate=(3e-2,), epochs=2, seeds=1,
                       batch_size=(32,), patience=None, map_batch="vmap", ridge_l2=(), folds=2)
-    sweeps = {lv: representation.level_sweep(mixed, lv, 3, "multiclass") for lv in ("last", "all")}
+    sweeps = representation.level_sweeps(mixed, ("last", "all"), 3, "multiclass")
     by_level = {lv: representation.level_splits(splits, lv, TAPS, folds=True, num_classes=3) for lv in sweeps}
     merged = variants.run_variants(sweeps, by_level, "representation", num_classes=3)
     pooling = {(m["spec"]["representation"], m["spec"]["head"]["pooling"]) for m in merged.members}

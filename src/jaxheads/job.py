@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxheads import checkpoint, data, distributed, export, features, report
+from jaxheads.backbones import cut
 from jaxheads.heads import io as heads_io
 from jaxheads.sweep import representation, variants
 from jaxheads.heads import ConvStage
@@ -139,6 +140,8 @@ def sweep_job(
     first = next(iter(sources.values()))
     resolve_taps(extract.taps, first.taps, first.name)  # an unknown tap: one line, before any data is read
     representation.check_levels(levels, first.taps, first.name)
+    if representation.STAGES in levels:
+        levels = representation.expand_stages(levels, cut.stage_taps(first.name, first.preprocessing.input_size))
     ds = dataset if isinstance(dataset, data.Dataset) else data.load_dataset(
         dataset, data_dir=options.data_dir, task=options.task, seed=options.seed)  # fmt: skip
     sweep = sweep.for_splits(ds.split_sizes(), f"dataset {ds.name}")
@@ -167,7 +170,8 @@ def sweep_job(
                               dataset=ds.name, input_size=source.preprocessing.input_size,
                               **({"input_sizes": list(sizes)} if len(sizes) > 1 else {}),
                               **_view_provenance(view_counts, trained_views, list(extract.augment), options.tta),
-                              **_representation_provenance(result, levels))
+                              **_representation_provenance(result, levels),
+                              **_cut_costs(source, levels))
     return JobOutput(result, splits, ds, files)
 
 
@@ -188,15 +192,8 @@ def _run_levels(sweep: SweepSpec, by_size: dict[Any, dict[str, FeatureSplit]], v
 
 
 def _level_sweeps(sweep: SweepSpec, levels: Sequence[str], ds: data.Dataset) -> dict[str, SweepSpec]:
-    """The sweep each representation level runs (tap levels: the heads reading pooled vectors); a sweep whose
-    heads all pool the feature map is refused in one line."""
-    sweeps = {level: representation.level_sweep(sweep, level, ds.num_classes, ds.task) for level in levels}
-    bad = [level for level, spec in sweeps.items() if spec is None]
-    if bad:
-        raise ValueError(f"--representation {','.join(levels)}: level {bad[0]} replaces the pooled vector, but every "
-                         "head pools the last feature map (--pooling avg/max/flatten); add none to --pooling "
-                         "(with --conv none)")
-    return sweeps
+    """The sweep each representation level runs (:func:`jaxheads.sweep.representation.level_sweeps`)."""
+    return representation.level_sweeps(sweep, levels, ds.num_classes, ds.task)
 
 
 def _run_representations(sweeps: dict[str, SweepSpec], splits: dict[str, FeatureSplit], taps: Sequence[str],
@@ -222,6 +219,17 @@ def _representation_provenance(result: SweepResult, levels: Sequence[str]) -> di
         return {}
     chosen = result.level() if isinstance(result, variants.VariantSweepResult) and result.recommended else None
     return {"representation": chosen, "representations": list(levels)}
+
+
+def _cut_costs(source: features.BackboneSource, levels: Sequence[str]) -> dict[str, Any]:
+    """What each depth level costs (:func:`jaxheads.backbones.cut.cut_cost`): the backbone cut at every level that
+    is one tap, and whole (``last``), measured here; nothing when no level cuts it."""
+    cuts = [level for level in levels if level in source.taps]
+    if not cuts:
+        return {}
+    backbone, size = source.load(), source.preprocessing.input_size
+    costs = {level: cut.cut_cost(backbone, level, size).to_dict() for level in cuts}
+    return {"cut_costs": {representation.LAST: cut.cut_cost(backbone, None, size).to_dict(), **costs}}
 
 
 def _view_provenance(view_counts: Sequence[int], trained_views: int, policy: list[str], tta: bool) -> dict[str, Any]:

@@ -230,11 +230,11 @@ def _sweep_parser(sub: Any) -> None:
                       "forward pass: last (only the last layer's features), all, or tap names from `jaxheads "
                       "backbones list --taps`; the heads train on the last layer's features; default last")
     data.add_argument("--representation", default="last", metavar="LEVEL,...", help="the pooled vector the heads "
-                      "read, as a sweep axis (one sweep per level, 'Representation: last vs all' joins the questions): "
-                      "last (the last layer), a tap name (cut the backbone there), last-K (the last K taps), all "
-                      "(every tap, each standardised on the training rows), select:F (the fraction F of all's "
-                      "features a ridge fit on the training rows ranks highest; --folds none); caches every tap; "
-                      "heads that pool the map (--pooling avg...) read the last map, at level last only; default last")
+                      "read, one sweep per level: last (the last layer), a tap name (cut the backbone there), last-K "
+                      "(the last K taps), all (every tap, standardised on the training rows), select:F (the fraction "
+                      "F of all's features a ridge fit on train ranks highest; --folds none), stages (last and each "
+                      "resolution stage's end, each cut's cost measured); caches every tap; map-pooling heads read "
+                      "the last map (a maps-only grid gets a linear probe at every level); default last")
     _view_flags(sweep)
     axes = sweep.add_argument_group("axes: comma-separated levels, e.g. --widths 128,512 (see the end)")
     scalars = sweep.add_argument_group("scalars: one value each")

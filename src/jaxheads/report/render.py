@@ -13,6 +13,7 @@ import html
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
+from jaxheads.report.depth import cut_cost_table
 from jaxheads.report.tables import (NO_VERDICTS, fmt, has_verdicts, leaderboard_columns, leaderboard_rows,
                                     level_of, per_class_table, questions_table, recommendation_text,
                                     ridge_baseline, selection_lines, table_cells, timing_text)
@@ -75,6 +76,12 @@ def sections(result_json: Mapping[str, Any], plots: Mapping[str, Path]) -> list[
         blocks.append(("p", f"Closed-form baseline: ridge linear probe on pooled features, λ={ridge['l2']:g} "
                             f"chosen on val: val {metric} {fmt(ridge['val'])}, test {fmt(ridge['test'])}."))
     blocks += _questions(result_json, metric)
+    cuts = cut_cost_table(result_json)
+    if cuts is not None:
+        blocks += [("h2", "What each cut of the backbone costs"), ("table", Table(*cuts, wrap=None)),
+                   ("note", f"Input {next(iter(result_json['provenance']['cut_costs'].values()))['input_size']} px; "
+                            "FLOPs from XLA's cost analysis of the compiled forward; images/s timed on this machine "
+                            "(batch 16, best of 3).")]
     if plots:
         blocks.append(("h2", "Plots"))
         blocks += [("img", (name.replace("_", " "), path)) for name, path in plots.items()]

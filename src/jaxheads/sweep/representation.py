@@ -9,7 +9,9 @@ them on a ``representation`` factor, so "Representation: last vs all" is a head 
   it answers the backbone-depth question "cut at block k vs the full backbone";
 - ``last-K``: the last K taps concatenated; ``all``: every tap concatenated;
 - ``select:F``: Head2Toe-style (Evci et al. 2022), the fraction F of ``all``'s features that a ridge fit on the
-  training rows ranks most relevant (the row norms of its weight matrix).
+  training rows ranks most relevant (the row norms of its weight matrix);
+- ``stages``: shorthand for ``last`` and the end of every resolution stage (the last tap before each downsampling,
+  :func:`jaxheads.backbones.cut.stage_ends`), each alone: the depth question in one flag.
 
 Every tap level is standardised feature by feature (so each tap is too: zero mean, unit variance) with statistics
 of the rows the heads train on: the train split, or with folds the train+val pool. Why that pool is honest enough
@@ -19,7 +21,9 @@ folds, so a fold's own statistics differ from the pool's by sampling noise only.
 Selection does read labels, so it needs the fixed split (``--folds none``): with folds it is refused in one line.
 
 Heads that pool a feature map (``--pooling`` avg, max, flatten...) read the last map at every level, so they run
-at the ``last`` level only; a sweep with no head reading pooled vectors (``--pooling none``) is refused.
+at the ``last`` level only. A sweep with no head reading pooled vectors (the default grid) gets one at every level,
+``last`` included, so the levels are compared on the same head: a linear probe (:func:`probe_members`) trained as
+the grid's first average-pooled config is (the classic layer-by-layer probe of the depth question).
 """
 
 from __future__ import annotations
@@ -31,15 +35,28 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from jaxheads.features.split import FeatureSplit
-from jaxheads.sweep.spec import SweepSpec
+from jaxheads.sweep.spec import MemberSpec, SweepSpec
 
-__all__ = ["ALL", "LAST", "LevelInput", "check_levels", "level_input", "level_splits", "level_sweep", "level_taps",
-           "needs_taps", "parse_levels", "select_features", "standardisation", "standardise"]
+__all__ = ["ALL", "LAST", "STAGES", "LevelInput", "check_levels", "expand_stages", "level_input", "level_splits",
+           "level_sweeps", "level_taps", "needs_taps", "parse_levels", "probe_members", "select_features",
+           "standardisation", "standardise"]
 
 LAST = "last"
 ALL = "all"
 SELECT = "select:"
-LEVEL_FORMS = "last, a tap name, last-K, all or select:F"
+STAGES = "stages"
+LEVEL_FORMS = "last, a tap name, last-K, all, select:F or stages"
+
+
+def expand_stages(levels: Sequence[str], ends: Sequence[str]) -> tuple[str, ...]:
+    """``levels`` with ``stages`` replaced by ``last`` and the stage-end taps ``ends`` (duplicates dropped, the
+    order kept)."""
+    out: list[str] = []
+    for level in levels:
+        for name in ((LAST, *ends) if level == STAGES else (level,)):
+            if name not in out:
+                out.append(name)
+    return tuple(out)
 
 
 def parse_levels(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -91,7 +108,10 @@ def level_taps(level: str, known: Sequence[str], backbone: str = "the backbone")
 def check_levels(levels: Sequence[str], known: Sequence[str], backbone: str) -> None:
     """Every level against the backbone's taps (before any data is read): one line for the first bad one."""
     for level in levels:
-        level_taps(level, known, backbone)
+        if level == STAGES and not known:
+            raise ValueError(f"--representation {level}: {backbone} names no taps; only 'last' works")
+        if level != STAGES:
+            level_taps(level, known, backbone)
 
 
 def standardisation(fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,13 +200,31 @@ def level_splits(splits: Mapping[str, FeatureSplit], level: str, known: Sequence
             for name, split in splits.items()}
 
 
-def level_sweep(sweep: SweepSpec, level: str, num_classes: int, task: str) -> SweepSpec | None:
-    """The sweep a level runs: ``last`` the whole sweep; a tap level its heads that read pooled vectors (every
-    head, when none reads maps: the same spec), or None when no head does."""
-    if level == LAST:
-        return sweep
+def probe_members(members: Sequence[MemberSpec]) -> tuple[MemberSpec, ...]:
+    """A linear probe on pooled vectors for every seed and fold of the first config that average-pools the map
+    with no conv stage (else the first config): its training settings, its seeds and folds, no hidden layer."""
+    def config(m: MemberSpec) -> MemberSpec:
+        return dataclasses.replace(m, seed=0, fold=None)
+
+    plain = [m for m in members if m.head.pooling == "avg" and not m.head.conv] or list(members)
+    first = config(plain[0])
+    linear = dataclasses.replace(first.head, pooling="none", conv=(), hidden=(), dropout=0.0, norm="none")
+    return tuple(dataclasses.replace(m, head=linear) for m in members if config(m) == first)
+
+
+def level_sweeps(sweep: SweepSpec, levels: Sequence[str], num_classes: int, task: str) -> dict[str, SweepSpec]:
+    """The sweep each level runs: ``last`` the whole sweep; a tap level its heads that read pooled vectors (every
+    head, when none reads maps: the same spec). When no head reads pooled vectors, every level gets
+    :func:`probe_members` (at ``last`` beside the whole grid), so the levels still answer the same question."""
     members = sweep.expand(num_classes, task)
     pooled = tuple(m for m in members if m.head.feature_kind == "pooled")
-    if not pooled:
-        return None
-    return sweep if len(pooled) == len(members) else dataclasses.replace(sweep, members=pooled)
+    probes = () if pooled or not needs_taps(levels) else probe_members(members)
+    out = {}
+    for level in levels:
+        if level == LAST:
+            out[level] = dataclasses.replace(sweep, members=(*members, *probes)) if probes else sweep
+        elif probes:
+            out[level] = dataclasses.replace(sweep, members=probes)
+        else:
+            out[level] = sweep if len(pooled) == len(members) else dataclasses.replace(sweep, members=pooled)
+    return out
