@@ -9,8 +9,8 @@ stratified Fashion-MNIST subsample or on ELPV's default split.
     python experiments/quality/bench_finetune.py --no-rows --memory-size 300 --memory-variants 2,4 \
         --out experiments/results/bench_finetune_memory.json
     python experiments/quality/bench_finetune.py --train 64 --val 32 --test 64 --epochs 1 --out /tmp/smoke.json
-    python experiments/quality/bench_finetune.py --dataset elpv --size 300 --rows whole --epochs 8 \
-        --batch-size 16 --backbone-lr 3e-4 --layer-decay 0.9 --augment dihedral,affine --ema 0.99 \
+    python experiments/quality/bench_finetune.py --dataset elpv --size 300 --rows whole --epochs 4 \
+        --batch-size 16 --backbone-lr 1e-4 --layer-decay 0.9 --augment dihedral,affine --ema 0.99 \
         --work runs/bench_finetune_elpv --out experiments/results/bench_finetune_elpv.json   # hours on 2 cores
 
 With ``--work DIR`` the swept head and every epoch checkpoint stay in DIR, so the same command after a kill resumes
