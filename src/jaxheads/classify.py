@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from jaxheads import backbones, data
-from jaxheads.predict import top_k
+from jaxheads.ranking import top_k
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 Prediction = tuple[int, str, float]

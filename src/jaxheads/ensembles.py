@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
-from jaxheads import predict, stats
+from jaxheads import ranking, stats
 from jaxheads.heads import io as heads_io
 from jaxheads.heads import HeadSpec
 from jaxheads.features.split import FeatureSplit
@@ -278,7 +278,7 @@ def _head_probabilities(spec: HeadSpec, variables: Any, split: FeatureSplit, row
         raise ValueError(f"head_soup: pooling {spec.pooling!r} needs {spec.feature_kind} features in the splits")
     index = np.arange(len(x)) if rows is None else np.asarray(rows)
     apply_fn = heads_io.make_apply_fn(spec)
-    out = [predict.probabilities(apply_fn(variables, np.asarray(x[index[i: i + batch_size]], np.float32)), task)
+    out = [ranking.probabilities(apply_fn(variables, np.asarray(x[index[i: i + batch_size]], np.float32)), task)
            for i in range(0, len(index), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, spec.num_classes), np.float32)
 

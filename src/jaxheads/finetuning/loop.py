@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxheads import data, heads, metrics, parallel, predict, stats
+from jaxheads import data, heads, metrics, parallel, ranking, stats
 from jaxheads.finetuning.config import class_weights
 from jaxheads.finetuning.model import Variables, predict_fn
 from jaxheads.finetuning.step import FinetuneSetup, TrainState, finetune_optimizer, schedule_steps, train_step
@@ -116,7 +116,7 @@ class EpochLoop:
             raise data.DatasetError(f"dataset {self.ds.name}: no readable image in the {split_name} split")
         z, y = np.concatenate(logits), np.concatenate(labels)
         values = val_metrics(z, y, self.setup.spec)
-        probs = predict.probabilities(z, self.setup.spec.task).astype(np.float32)
+        probs = ranking.probabilities(z, self.setup.spec.task).astype(np.float32)
         if self.metric not in values:
             values[self.metric] = stats.point_estimate(probs[None], y, self.metric, self.setup.spec.task)
         return values, probs, y

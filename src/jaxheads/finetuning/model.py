@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxheads import backbones, checkpoint, heads, predict
+from jaxheads import backbones, checkpoint, heads, ranking
 from jaxheads.backbones import Preprocessing
 from jaxheads.heads import HeadSpec
 
@@ -69,12 +69,12 @@ class Model:
 
     def predict(self, images: np.ndarray | jax.Array) -> np.ndarray:
         """(N, num_classes) probabilities: softmax (multiclass) or per-class sigmoid (multilabel)."""
-        return predict.probabilities(self.logits(images), self.spec.task)
+        return ranking.probabilities(self.logits(images), self.spec.task)
 
     def predict_files(self, paths: Sequence[str | os.PathLike[str]], *, top: int = 3,
-                      batch_size: int = 32) -> list[predict.Ranked]:
+                      batch_size: int = 32) -> list[ranking.Ranked]:
         """For each image file, its ``top`` (label, probability) pairs (resized and centre-cropped like val)."""
-        return predict.top_labels_of_files(paths, self.image_size, self.predict, self.label_names, top=top,
+        return ranking.top_labels_of_files(paths, self.image_size, self.predict, self.label_names, top=top,
                                            batch_size=batch_size)
 
 
