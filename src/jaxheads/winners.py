@@ -6,14 +6,15 @@ truly best config's (0 for the truly best; theta: true scores, p: estimates). Co
 scored highest on these very examples instead is biased: that config's estimate is the maximum of noisy
 estimates, so it is optimistic, and every difference to it is pushed away from 0.
 
-Write D_r = p_r - max_{c != r} p_c and, for every competitor c, u_c = (p_c - p_r) - (theta_c - theta_r), the
-estimation error of the pair. Then theta_r - max_{c != r} theta_c = D_r + w with w between min_c u_c and max_c u_c
-(the maximum moves by no more than its arguments do). In every draw b the competitor that would win is chosen
-again: the draw's centred pair deviations u*_cb = (v_cb - v_rb) - (p_c - p_r) give min_c u*_cb and max_c u*_cb,
-and the interval is [D_r + q_{(1 - level) / 2}(min u*), D_r + q_{(1 + level) / 2}(max u*)], then
-Delta_r = min(0, .) of both ends. Each end fails with probability at most (1 - level) / 2, so the row's coverage
-is at least ``level``; it is exactly the paired (basic) bootstrap interval when there is one competitor, and wider
-with many close competitors: the price of not knowing which of them is best. With one config only it is [0, 0].
+Write D_r = p_r - max_{c != r} p_c = p_r - p_w (w: the best of the others on these rows) and, for every competitor
+c, u_c = (p_c - p_r) - (theta_c - theta_r), the estimation error of the pair, with bootstrap counterpart
+u*_cb = (v_cb - v_rb) - (p_c - p_r) in draw b. Then theta_r - max_{c != r} theta_c lies between D_r + min_c u_c
+(the maximum moves by no more than its arguments do) and theta_r - theta_w = D_r + u_w. The upper end re-selects
+the best inside every draw: w*_b = argmax_c v_cb, and high = D_r + q_{(1 + level) / 2}(u*_{w*_b, b}); since w won
+on these rows partly by luck, u_w leans positive, and so does u* at the draw's own winner: the winner's curse is
+in the interval. The lower end takes the worst competitor in each draw, low = D_r + q_{(1 - level) / 2}(min_c
+u*_cb) (conservative: any config might be the truly best). Both ends then become Delta_r = min(0, .). With one
+competitor it is exactly the paired (basic) bootstrap interval; with one config only it is [0, 0].
 
 A row whose upper end reaches 0 could be the best; :func:`jaxheads.stats.smallest_within_noise` recommends the
 smallest such row. ``p_b_better`` is the fraction of draws in which the row beats every other config.
@@ -32,6 +33,11 @@ RULE = ("Best: every row is compared with the best of the other configs chosen a
         "recommended head is the smallest whose interval reaches 0 (it could be the best).")
 
 
+def _zero(x: float) -> float:
+    """``x``, with rounding residue around 0 (a draw in which the row ties the best) made exactly 0."""
+    return 0.0 if abs(x) < 1e-12 else x
+
+
 def _versus_best_row(point: float, others: np.ndarray, pairs: np.ndarray, level: float) -> stats.Comparison:
     """Row r's comparison from its estimate, the other configs' estimates (C - 1,) and the draws of p_c - p_r
     (C - 1, B)."""
@@ -47,8 +53,9 @@ def _versus_best_row(point: float, others: np.ndarray, pairs: np.ndarray, level:
         nan = float("nan")
         return stats.Comparison(a=float(np.max(others, initial=nan)), b=point, diff=nan, low=nan, high=nan, p_b_better=nan,
                                 level=level, verdict="within noise")
-    low = gap + float(np.quantile(centred.min(axis=0), (1.0 - level) / 2.0))
-    high = gap + float(np.quantile(centred.max(axis=0), (1.0 + level) / 2.0))
+    winner = pairs[:, finite].argmax(axis=0)  # the best of the other configs in each draw
+    low = _zero(gap + float(np.quantile(centred.min(axis=0), (1.0 - level) / 2.0)))
+    high = _zero(gap + float(np.quantile(centred[winner, np.arange(len(winner))], (1.0 + level) / 2.0)))
     lead = pairs[:, finite].max(axis=0)  # > 0: some other config beats r in this draw
     best = max(point, float(np.max(others)))
     return stats.Comparison(a=best, b=point, diff=min(0.0, gap), low=min(0.0, low), high=min(0.0, high),
