@@ -91,6 +91,20 @@ def extract_options() -> dict:
 
 
 @pytest.fixture(scope="session")
+def randomise_keras_batch_norms():
+    """``randomise_keras_batch_norms(model, seed=0)``: random scale, offset and running statistics in every Keras
+    BatchNormalization, so a parity test sees a statistics mix-up."""
+    return tiny.randomise_keras_batch_norms
+
+
+@pytest.fixture(scope="session")
+def write_hub_cache():
+    """``write_hub_cache(cache, weights, std)``: a Hugging Face cache holding ``weights`` as timm's
+    tf_efficientnet_lite0.in1k (mean 0.5, ``std``); returns the cached file."""
+    return tiny.write_hub_cache
+
+
+@pytest.fixture(scope="session")
 def make_folder():
     """``make_folder(root, per_class, classes=("cat", "dog"))``: real PNG/JPEG files of varied sizes and modes."""
     return tiny.make_folder

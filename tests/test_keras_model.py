@@ -17,17 +17,12 @@ SIZE = 48
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
+def saved_model(tmp_path_factory, randomise_keras_batch_norms):
     """MobileNetV2 (alpha 0.35, random weights and batch-norm statistics) under a pooled BN + Dense head, saved
     as .keras and as a legacy .h5; returns (the base, {suffix: path})."""
     keras.utils.set_random_seed(0)
     base = keras.applications.MobileNetV2(alpha=0.35, weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
-    rng = np.random.default_rng(0)
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            g, b, m, v = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.0, g.shape), rng.normal(0, 0.1, b.shape),
-                               rng.normal(0, 0.1, m.shape), rng.uniform(1.0, 2.0, v.shape)])
+    randomise_keras_batch_norms(base)
     inputs = keras.Input((SIZE, SIZE, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(base(inputs))
     head = keras.layers.Dense(3)(keras.layers.BatchNormalization()(pooled))  # a head BN must not pass for the base's

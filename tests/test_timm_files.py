@@ -4,7 +4,6 @@ swept on either is accepted by predict), and zip-format ``torch.save`` files (to
 The state dict is built from the name map in numpy (random, seeded), so these tests need neither timm nor network.
 """
 
-import json
 
 import jax
 import numpy as np
@@ -46,20 +45,14 @@ def safetensors_file(tmp_path_factory):
 
 
 @pytest.fixture
-def hub_cache(safetensors_file, tmp_path, monkeypatch):
+def hub_cache(safetensors_file, tmp_path, monkeypatch, write_hub_cache):
     """The Hugging Face cache holding ``safetensors_file`` as timm's tf_efficientnet_lite0.in1k, offline."""
     hub = pytest.importorskip("huggingface_hub")
     pytest.importorskip("huggingface_hub.constants")
-    repo = tmp_path / "models--timm--tf_efficientnet_lite0.in1k"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    (snapshot / "model.safetensors").write_bytes(safetensors_file.read_bytes())
-    (snapshot / "config.json").write_text(json.dumps({"pretrained_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    cached = write_hub_cache(tmp_path, safetensors_file, std=0.5)
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)  # never download in a test
     monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    return snapshot / "model.safetensors"
+    return cached
 
 
 def test_hub_name_and_path_share_the_weights_id(safetensors_file, hub_cache, jaxheads_cache):

@@ -4,7 +4,6 @@ to safetensors, 64 px), every variant's name map against timm's key and shape la
 Parity maxima are printed even without ``-s``.
 """
 
-import json
 
 import jax
 import numpy as np
@@ -214,18 +213,12 @@ def test_timm_name_offline_fails_in_one_line_naming_the_repo(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_timm_name_reads_the_hub_cache(reference, tmp_path, monkeypatch):
+def test_timm_name_reads_the_hub_cache(reference, tmp_path, monkeypatch, write_hub_cache):
     """With the repo's files in the Hugging Face cache, timm:NAME loads offline, with the cached config's mean/std."""
     hub = pytest.importorskip("huggingface_hub")
     pytest.importorskip("huggingface_hub.constants")  # a lazy submodule: hub.constants exists once imported
     _, path = reference("tf_efficientnet_lite0")
-    repo = tmp_path / "models--timm--tf_efficientnet_lite0.in1k"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    (snapshot / "model.safetensors").write_bytes(path.read_bytes())
-    (snapshot / "config.json").write_text(json.dumps({"pretrained_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}}))
+    write_hub_cache(tmp_path, path, std=0.25)
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path))
     backbone = backbones.load("efficientnet_lite0", "timm:tf_efficientnet_lite0")

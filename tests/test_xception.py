@@ -22,21 +22,12 @@ TOL = 1e-4
 SIZE = 71  # Xception's smallest input: the test stays a few seconds
 
 
-def keras_xception(size: int = SIZE):
-    keras.utils.set_random_seed(0)
-    model = keras.applications.Xception(weights=None, include_top=False, input_shape=(size, size, 3))
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            g, b, m, v = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.0, g.shape), rng.normal(0, 0.1, b.shape),
-                               rng.normal(0, 0.1, m.shape), rng.uniform(1.0, 2.0, v.shape)])
-    return model
-
-
 @pytest.fixture(scope="module")
-def small_xception():
-    return keras_xception()
+def small_xception(randomise_keras_batch_norms):
+    keras.utils.set_random_seed(0)
+    model = keras.applications.Xception(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
+    randomise_keras_batch_norms(model)
+    return model
 
 
 def images(n: int = 2, size: int = SIZE) -> np.ndarray:

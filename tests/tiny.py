@@ -146,3 +146,31 @@ def cache_splits(folder: Path, plan: store.Plan, labels: np.ndarray, lazy: bool,
         kept, pooled, maps = (lazy_gather if lazy else store.gather)(folder, plan, rows, True)
         out[name] = FeatureSplit(labels[rows][kept].astype(np.int32), pooled, maps)
     return out
+
+
+def write_hub_cache(cache: Path, weights: Path, std: float) -> Path:
+    """A Hugging Face cache under ``cache`` holding ``weights`` as timm's tf_efficientnet_lite0.in1k, with a config
+    of mean 0.5 and ``std``; returns the cached file (point ``HF_HUB_CACHE`` at ``cache``, offline)."""
+    import json
+
+    repo = cache / "models--timm--tf_efficientnet_lite0.in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    (snapshot / "model.safetensors").write_bytes(weights.read_bytes())
+    (snapshot / "config.json").write_text(json.dumps({"pretrained_cfg": {"mean": [0.5] * 3, "std": [std] * 3}}))
+    return snapshot / "model.safetensors"
+
+
+def randomise_keras_batch_norms(model, seed: int = 0) -> None:
+    """Give every Keras BatchNormalization of ``model`` random scale, offset and running statistics (a fresh model's
+    are 1, 0, 0, 1, which would hide a statistics mix-up in a parity test)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.0, g.shape), rng.normal(0, 0.1, b.shape),
+                               rng.normal(0, 0.1, m.shape), rng.uniform(1.0, 2.0, v.shape)])
