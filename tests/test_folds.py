@@ -90,10 +90,10 @@ def test_bad_fold_or_metric_settings_fail_naming_the_flag(change, message):
 
 @pytest.mark.slow
 def test_auto_folds_cross_validate_small_datasets_only():
-    from jaxheads.sweep.spec import AUTO_FOLDS, AUTO_FOLDS_MAX_EXAMPLES
+    from jaxheads.sweep.spec import AUTO_FOLDS, AUTO_FOLDS_MAX_EXAMPLES, AUTO_REPEATS
 
     auto = _sweep(folds="auto")
     assert auto.for_splits({"train": AUTO_FOLDS_MAX_EXAMPLES, "val": 0}, "test").folds == AUTO_FOLDS
     assert auto.for_splits({"train": AUTO_FOLDS_MAX_EXAMPLES, "val": 1}, "test").folds is None
     result = run_sweep(auto, _splits(), num_classes=3)  # 120 train+val examples: cross-validated
-    assert {m["spec"]["fold"] for m in result.members} == set(range(AUTO_FOLDS))
+    assert {m["spec"]["fold"] for m in result.members} == set(range(AUTO_FOLDS * AUTO_REPEATS))

@@ -156,10 +156,12 @@ def test_bad_repeats_flags_fail_in_one_line(argv, capsys, jaxheads_cache):
 
 
 def test_auto_folds_that_choose_the_fixed_split_refuse_repeats():
+    from jaxheads.sweep.spec import AUTO_FOLDS
+
     spec = SweepSpec(folds="auto", repeats=2)
     with pytest.raises(ValueError, match="--repeats 2: --folds auto chose the fixed split"):
         spec.for_splits({"train": 20_000, "val": 5_000}, "test")
-    assert spec.for_splits({"train": 200, "val": 50}, "test").folds == 5
+    assert spec.for_splits({"train": 200, "val": 50}, "test").folds == AUTO_FOLDS
 
 
 def test_repeated_rows_reach_the_right_member():

@@ -104,3 +104,17 @@ def test_under_labels_independent_of_the_features_every_row_covers_chance():
             misses += not ci["low"] <= 0.25 <= ci["high"]
             estimates.append(ci["estimate"])
     assert misses <= 3 and abs(np.mean(estimates) - 0.25) < 0.02
+
+
+def test_auto_design_is_repeated_cross_validation_on_small_data_only():
+    from jaxheads.cli.parser import SWEEP_FLAGS
+    from jaxheads.sweep.spec import AUTO_FOLDS, AUTO_FOLDS_MAX_EXAMPLES, AUTO_REPEATS
+
+    auto = SweepSpec(folds="auto", repeats="auto")
+    small = auto.for_splits({"train": AUTO_FOLDS_MAX_EXAMPLES, "val": 0}, "test")
+    large = auto.for_splits({"train": AUTO_FOLDS_MAX_EXAMPLES, "val": 1}, "test")
+    assert (small.folds, small.repeats) == (AUTO_FOLDS, AUTO_REPEATS) and (large.folds, large.repeats) == (None, 1)
+    explicit = SweepSpec(folds=5).for_splits({"train": 100, "val": 20}, "test")  # repeats "auto": one partition
+    assert (explicit.folds, explicit.repeats) == (5, 1) and len(SweepSpec(folds=5).expand(3, "multiclass")) == 5
+    parse = SWEEP_FLAGS["--repeats"][1]
+    assert parse("auto") == "auto" and parse("3") == 3

@@ -44,11 +44,13 @@ DEFAULT_SWEEP = SweepSpec(
     seeds=1,
     patience=6,
     folds="auto",
+    repeats="auto",
     design="one_factor",
 )
 """The README's main job: the six head questions (GAP/max/Flatten, a 1x1 conv first, BN, 0/1/2 dense layers,
-width, dropout) one factor at a time around avg · 128 · drop 0 (9 configs), each trained on 5 folds of train+val
-(folds="auto": up to 10,000 train+val examples) so every example validates once; plus the ridge baseline.
+width, dropout) one factor at a time around avg · 128 · drop 0 (9 configs), each trained on 3 independent 2-fold
+partitions of train+val (folds="auto", repeats="auto": up to 10,000 train+val examples; 6 models per config, each
+with its own rows and seed) so every example validates three times; plus the ridge baseline.
 experiments/stats/bench_design.py measured this design against a full grid and against more seeds. Accuracy ranks it:
 ELPV's classes are imbalanced, but the published figures it is compared with are accuracies; --metric
 balanced_accuracy ranks by mean recall."""
