@@ -48,9 +48,9 @@ DEFAULT_SWEEP = SweepSpec(
     design="one_factor",
 )
 """The README's main job: the six head questions (GAP/max/Flatten, a 1x1 conv first, BN, 0/1/2 dense layers,
-width, dropout) one factor at a time around avg · 128 · drop 0 (9 configs), each trained on 3 independent 2-fold
+width, dropout) one factor at a time around avg · 128 · drop 0 (9 configs), each trained on 2 independent 3-fold
 partitions of train+val (folds="auto", repeats="auto": up to 10,000 train+val examples; 6 models per config, each
-with its own rows and seed) so every example validates three times; plus the ridge baseline.
+with its own rows and seed) so every example validates twice; plus the ridge baseline.
 experiments/stats/bench_design.py measured this design against a full grid and against more seeds. Accuracy ranks it:
 ELPV's classes are imbalanced, but the published figures it is compared with are accuracies; --metric
 balanced_accuracy ranks by mean recall."""

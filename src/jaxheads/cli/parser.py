@@ -405,12 +405,12 @@ def sweep_help() -> dict[str, FlagHelp]:
                                none="never stop early"),
         "--sample": FlagHelp("train a random subset of this many configs; none = all of them", "N",
                              none="all configs"),
-        "--folds": FlagHelp("K-fold cross-validation over train+val, so every example validates once; auto = 2 "
-                            "folds (with --repeats auto: 3 partitions) up to 10,000 train+val examples, else none; "
+        "--folds": FlagHelp("K-fold cross-validation over train+val, so every example validates once; auto = 3 "
+                            "folds (with --repeats auto: 2 partitions) up to 10,000 train+val examples, else none; "
                             "none = train on train, validate on the fixed val split", "K",
                             none="the fixed val split"),
         "--repeats": FlagHelp("independent K-fold partitions (repeated cross-validation): each (repeat, fold) "
-                              "member has its own rows and seed; needs folds; auto = 3 when --folds auto "
+                              "member has its own rows and seed; needs folds; auto = 2 when --folds auto "
                               "cross-validates, else 1", "R", "3"),
         "--metric": FlagHelp("val metric that ranks and early-stops heads: "
                              f"{' | '.join(RANKING_METRICS['multiclass'])}; multilabel: "
