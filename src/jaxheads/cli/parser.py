@@ -40,11 +40,6 @@ def _folds(text: str) -> int | str | None:
     return "auto" if text.strip().lower() == "auto" else _optional_int(text)
 
 
-def _repeats(text: str) -> int | str:
-    """``auto`` (AUTO_REPEATS partitions when --folds auto cross-validates, else 1) or a number of partitions."""
-    return "auto" if text.strip().lower() == "auto" else int(text)
-
-
 def _byte_size(text: str) -> int:
     """``--device-memory-budget``: 2GiB, 512MB, 1e9 (bytes); argparse prints the one-line error."""
     from jaxheads.sweep.stream import parse_bytes
@@ -90,7 +85,7 @@ SWEEP_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--depth-grouping": ("depth_grouping", str),
     "--conv": ("conv", conv_stacks),
     "--folds": ("folds", _folds),
-    "--repeats": ("repeats", _repeats),
+    "--repeats": ("repeats", _folds),
     "--metric": ("metric", str),
     "--design": ("design", str),
     "--map-batch": ("map_batch", lambda text: text if text in ("auto", "probe", "vmap") else int(text)),  # or k
@@ -362,8 +357,7 @@ def _distributed_flags(parser: argparse.ArgumentParser) -> None:
 
 
 EXPECTED = {_ints: "comma-separated integers", _floats: "comma-separated numbers", int: "an integer",
-             _optional_int: "an integer or none", _strs: "comma-separated names", _folds: "auto, or an integer or none",
-             _repeats: "auto, or an integer"}
+             _optional_int: "an integer or none", _strs: "comma-separated names", _folds: "auto, or an integer or none"}
 
 
 class FlagHelp(NamedTuple):
@@ -406,12 +400,10 @@ def sweep_help() -> dict[str, FlagHelp]:
         "--sample": FlagHelp("train a random subset of this many configs; none = all of them", "N",
                              none="all configs"),
         "--folds": FlagHelp("K-fold cross-validation over train+val, so every example validates once; auto = 3 "
-                            "folds (with --repeats auto: 2 partitions) up to 10,000 train+val examples, else none; "
-                            "none = train on train, validate on the fixed val split", "K",
-                            none="the fixed val split"),
-        "--repeats": FlagHelp("independent K-fold partitions (repeated cross-validation): each (repeat, fold) "
-                              "member has its own rows and seed; needs folds; auto = 2 when --folds auto "
-                              "cross-validates, else 1", "R", "3"),
+                            "folds up to 10,000 train+val examples, else none; none = train on train, validate on "
+                            "the fixed val split", "K", none="the fixed val split"),
+        "--repeats": FlagHelp("independent K-fold partitions (repeated cross-validation), each (repeat, fold) "
+                              "member with its own rows and seed; auto = 2 under --folds auto, else 1", "R", "3"),
         "--metric": FlagHelp("val metric that ranks and early-stops heads: "
                              f"{' | '.join(RANKING_METRICS['multiclass'])}; multilabel: "
                              f"{' | '.join(RANKING_METRICS['multilabel'])}", "METRIC",
