@@ -127,8 +127,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "sweep": spec.to_dict(), "command": " ".join(["python", *sys.argv])}
     done: list[dict] = []
 
+    earlier = json.loads(target.read_text()) if target.is_file() else {}
+
     def save() -> None:
         out["rows"] = parts.merge_rows(done, target, asked)
+        for key in ("tap_screen", "best_tap", "questions", "feature_passes"):  # a subset keeps the file's others
+            value = earlier.get(key)
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**value, **out[key]}
+            elif value and not out.get(key):
+                out[key] = value
         out["machine"] = parts.machine()
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(out, indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
