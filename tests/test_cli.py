@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxheads import backbones, cli, distributed
+from jaxheads.features import cache as features_cache
 from jaxheads.heads import io as heads_io
 
 # The main job's folds, conv and BN axes are switched off: these tests need a small grid.
@@ -62,15 +63,17 @@ def test_sweep_end_to_end_then_cache_hit_then_predict(image_folder, tmp_path, ja
     best = result["leaderboard"][0]
     assert best["val"]["accuracy"]["mean"] > 0.6  # three colour classes are easy on ImageNet features
 
-    # Second run: every split is cached, so the backbone must not be built at all.
+    # Second run: every split is cached, so the backbone must not run over the images again (it is still built
+    # once, for model.jaxexport: the image -> probabilities file carries its weights).
     def refuse(*args, **kwargs):
-        raise AssertionError("backbone built on a cache hit")
+        raise AssertionError("the feature pass ran on a cache hit")
 
-    monkeypatch.setattr(backbones, "load", refuse)
+    monkeypatch.setattr(features_cache, "compute_shards", refuse)
     code, _, err = _run(capsys, "sweep", "--dataset", image_folder, "--out", tmp_path / "run2", *SWEEP_FLAGS)
     assert code == 0, err
     again = json.loads((tmp_path / "run2" / "results.json").read_text())
     assert again["leaderboard"][0]["val"] == best["val"]  # same cached features, same seeds: same numbers
+    assert (tmp_path / "run2" / "model.jaxexport").is_file()  # the image -> probabilities file, from the cache hit
     monkeypatch.undo()
 
     # predict: the saved head + its backbone on the training images gives their labels.
