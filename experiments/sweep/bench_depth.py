@@ -26,24 +26,11 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # experiments/ is not an installed package
-from experiments.sweep.bench_sweep import matmul_flops  # noqa: E402
+from experiments.sweep.bench_sweep import make_splits, matmul_flops  # noqa: E402  (the same Gaussian problem)
 from jaxheads import checkpoint  # noqa: E402
-from jaxheads.features.split import FeatureSplit  # noqa: E402
 from jaxheads.sweep import DEPTH_GROUPING_DEFAULT, SweepSpec, run_sweep  # noqa: E402
 
 SETTINGS = ("separate", "gated")
-
-
-def make_splits(n_train: int, dim: int = 1280, classes: int = 10, seed: int = 0) -> dict[str, FeatureSplit]:
-    """Gaussian class clusters in ``dim`` dimensions (the bench_sweep problem)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, dim)).astype(np.float32)
-
-    def one(n: int) -> FeatureSplit:
-        y = rng.integers(0, classes, n)
-        return FeatureSplit(labels=y, pooled=(centres[y] * 0.3 + rng.normal(size=(n, dim))).astype(np.float32))
-
-    return {"train": one(n_train), "val": one(512)}
 
 
 def one_run(setting: str, splits: dict, args: argparse.Namespace) -> dict:
