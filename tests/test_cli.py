@@ -127,14 +127,9 @@ def test_empty_class_folder_is_named(tmp_path, capsys, jaxheads_cache):
     assert code == 2 and "dog" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
-def test_backbones_list_and_compare(image_folder, capsys, jaxheads_cache):
+def test_backbones_list(capsys):
     code, stdout, err = _run(capsys, "backbones", "list")
-    assert code == 0 and "efficientnet_lite0" in stdout.split()
-    code, stdout, err = _run(capsys, "backbones", "compare", "efficientnet_lite0", "--dataset", image_folder)
-    assert code == 0, err
-    row = [line for line in stdout.splitlines() if line.startswith("efficientnet_lite0")][0].split()
-    assert int(row[1]) == 1280 and 0.6 < float(row[2]) <= 1.0  # pooled width; ridge val accuracy on 3 colours
+    assert code == 0 and "efficientnet_lite0" in stdout.split()  # `backbones compare`: tests/test_compare.py
 
 
 @pytest.mark.parametrize("env, cores, expected", [

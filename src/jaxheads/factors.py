@@ -24,6 +24,7 @@ QUESTION_AXES: tuple[tuple[str, str], ...] = (
     ("input_size", "Input size"),
     ("views", "Views"),
     ("representation", "Representation"),
+    ("backbone", "Backbone"),
 )
 QUESTION_AXES_NAMES = tuple(a for a, _ in QUESTION_AXES)
 
@@ -80,6 +81,7 @@ def member_factors(spec: Mapping[str, Any]) -> dict[str, Hashable]:
         "input_size": spec.get("input_size"),
         "views": spec.get("views"),  # likewise, a sweep over several --views K (jaxheads.sweep.variants)
         "representation": spec.get("representation"),  # likewise, --representation (jaxheads.sweep.representation)
+        "backbone": spec.get("backbone"),  # likewise, `jaxheads backbones compare` (jaxheads.compare)
         "fixed": json.dumps(fixed, sort_keys=True),
     }
 

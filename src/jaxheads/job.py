@@ -161,7 +161,7 @@ def sweep_job(
     else:
         result, key, trained_views = _run_levels(sweep, by_size, view_counts, run_args)
     source, splits = sources[key], variants.splits_at_views(by_size[key], trained_views)
-    _add_confusion_matrices(result)
+    add_confusion_matrices(result)
     files: dict[str, Path] = {}
     if distributed.is_main_process():
         weights = options.weights
@@ -352,7 +352,7 @@ def _tap_input(result: SweepResult, splits: dict[str, FeatureSplit], taps: Seque
     return heads_io.TapInput(level, made.taps, made.mean, made.scale, made.keep)
 
 
-def _add_confusion_matrices(result: SweepResult) -> None:
+def add_confusion_matrices(result: SweepResult) -> None:
     """The recommended config's confusion matrices (:func:`jaxheads.sweep.scores.confusion_matrices`: the very
     predictions of its val and test figures) in the selection record of a multiclass sweep."""
     if result.task == "multiclass" and result.recommended is not None and result.predictions:

@@ -20,12 +20,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (tf.data / TFDS
 log = logging.getLogger("jaxheads")
 
 
-def sweep_spec_from_args(args: argparse.Namespace) -> Any:
-    """The SweepSpec of ``--config`` (or the default sweep) with the axis flags applied on top."""
+def sweep_spec_from_args(args: argparse.Namespace, default: Any = None) -> Any:
+    """The SweepSpec of ``--config`` (or ``default``, else the main job's sweep) with the axis flags applied on
+    top."""
     from jaxheads.job import DEFAULT_SWEEP
     from jaxheads.sweep import SweepSpec
 
-    spec = DEFAULT_SWEEP
+    spec = DEFAULT_SWEEP if default is None else default
     if args.config is not None:
         if not args.config.is_file():
             raise FileNotFoundError(f"--config {args.config}: no such file")
@@ -91,7 +92,7 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
             times = dry_run.estimate(plan, calib)
             totals = {key: totals.get(key, 0.0) + v for key, v in times.items()}
         plans[px] = dry_run.plan_json(plan, calib, times)
-        dry_run.print_plan(plan, calib, times, console=_console(),
+        dry_run.print_plan(plan, calib, times, console=wide_console(),
                            header=f"{ds.name} ({counts}) on {backbone} at {px} px: ")
     recorded = {**plans[pixels[-1]], "estimate": totals, **({"by_input_size": plans} if len(pixels) > 1 else {})}
     path = dry_run.record(run_key(args, spec), recorded)
@@ -104,7 +105,7 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
     return 0
 
 
-def _console() -> Any:
+def wide_console() -> Any:
     """rich's console, 120 columns wide when stdout is not a terminal (its default 80 would fold tables)."""
     from rich.console import Console
 
@@ -158,7 +159,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                                sweep=spec, options=options, extract=extract, feature_progress=bars.features,
                                sweep_progress=bars.sweep, device_memory_budget=args.device_memory_budget)
     if main:
-        report.print_report(_record_estimate(args, spec, output), console=_console())
+        report.print_report(_record_estimate(args, spec, output), console=wide_console())
         for name, path in sorted(output.files.items()):
             print(f"{name:>12}: {path}")
     return 0
@@ -251,64 +252,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backbones_table(args: argparse.Namespace) -> int:
-    """``backbones list``: one aligned row per backbone (plain text, so it pipes into grep and awk)."""
-    from jaxheads.backbones import describe
-
-    infos = describe.table(args.names or None, available=args.available)
-    if not infos:
-        print("No backbone has its weights on this machine now; see `jaxheads backbones list` for where they come "
-              "from.")
-        return 0
-    header = ["name", "input", "feature map", "params", "ImageNet top-1", "taps", "weights from", "on this machine"]
-    rows = [[i.name, f"{i.architecture.input_size} px", "x".join(map(str, i.architecture.feature_shape)),
-             f"{i.architecture.params / 1e6:.1f} M", "—" if i.top1 is None else f"{i.top1:.1f}%", _tap_span(i.taps),
-             i.weights.source,
-             ("yes: " if i.weights.available else "no: " if i.weights.available is False else "") + i.weights.state]
-            for i in infos]
-    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(c.ljust(w) if j in (0, 5, 6, 7) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
-              .rstrip())
-    for info in infos if args.taps else ():
-        print(f"{info.name} taps: {', '.join(info.taps) or 'none (only --taps last)'}")
-    log.debug("top-1: as published by each weights' source (Keras's table, the MobileNet and EfficientNet-Lite "
-              "READMEs); shapes and parameters at the input size, from the architecture")
-    return 0
-
-
-def _tap_span(taps: tuple[str, ...]) -> str:
-    """A tap list in a table cell: how many, the first and the last (``--taps`` lists them all)."""
-    return "—" if not taps else f"{len(taps)}: {taps[0]}..{taps[-1]}" if len(taps) > 1 else f"1: {taps[0]}"
-
-
 def _cmd_backbones(args: argparse.Namespace) -> int:
-    if args.backbones_command == "list":
-        return _backbones_table(args)
-    from jaxheads import data, features
-    from jaxheads.features.split import concat_pooled
+    from jaxheads.cli.backbones import backbones_command
 
-    ds = data.load_dataset(args.dataset, data_dir=args.data_dir)
-    print(f"{'backbone':<24} {'features':>8} {'val':>8} {'test':>8} {'l2':>10}")
-    per_backbone = {}
-    for name in args.names:
-        options = features.ExtractOptions(cache_dir=args.cache_dir, batch_size=args.feature_batch_size)
-        per_backbone[name] = features.extract_all(features.backbone_source(name), ds, options)
-        _probe_row(name, per_backbone[name], ds.num_classes)
-    if len(args.names) >= 2:  # the first two side by side: a practitioner's next step is an ensemble of backbones
-        first, second = args.names[:2]
-        _probe_row(f"{first}+{second}", concat_pooled(per_backbone[first], per_backbone[second]), ds.num_classes)
-    return 0
-
-
-def _probe_row(name: str, splits: dict[str, Any], num_classes: int) -> None:
-    """One line of ``backbones compare``: the ridge probe's val and test figures at the λ chosen on val."""
-    from jaxheads import probe
-
-    out = probe.ridge_probe(splits["train"], splits["val"], splits.get("test"), num_classes=num_classes)
-    best, metric = out["best"], out["select_metric"]
-    test = best.get("test", {}).get(metric, float("nan"))
-    print(f"{name:<24} {out['num_features']:>8} {best['val'][metric]:>8.4f} {test:>8.4f} {best['l2']:>10.3g}")
+    return backbones_command(args)
 
 
 COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "finetune": _cmd_finetune, "classify": _cmd_classify,

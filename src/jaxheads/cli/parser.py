@@ -236,15 +236,7 @@ def _sweep_parser(sub: Any) -> None:
                       "resolution stage's end, each cut's cost measured); caches every tap; map-pooling heads read "
                       "the last map (a maps-only grid gets a linear probe at every level); default last")
     _view_flags(sweep)
-    axes = sweep.add_argument_group("axes: comma-separated levels, e.g. --widths 128,512 (see the end)")
-    scalars = sweep.add_argument_group("scalars: one value each")
-    for flag, (field, _) in SWEEP_FLAGS.items():
-        default = getattr(job.DEFAULT_SWEEP, field)
-        text, metavar = sweep_flag_help(flag, field, default)
-        group = axes if is_axis(default) else scalars
-        group.add_argument(flag, dest=f"axis_{field}", default=None, metavar=metavar, help=text.replace("%", "%%"))
-    run = sweep.add_argument_group("run")
-    run.add_argument("--config", type=Path, help="a YAML/JSON file of SweepSpec fields; the flags above override it")
+    run = add_sweep_flags(sweep, job.DEFAULT_SWEEP)
     run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output directory; default runs/latest")
     run.add_argument("--dry-run", action="store_true", help="print the plan (members, groups, padded widths, FLOPs, "
                      "memory per device) and a time estimate calibrated on this machine, then stop; runs nothing")
@@ -257,28 +249,19 @@ def _sweep_parser(sub: Any) -> None:
     _distributed_flags(sweep)
 
 
-def _backbones_parser(sub: Any) -> None:
-    bb = sub.add_parser("backbones", help="list the backbones, or compare them with a closed-form ridge probe",
-                        description="List the registered backbones, or compare backbones on a dataset.")
-    bb_sub = bb.add_subparsers(dest="backbones_command", required=True, metavar="{list,compare}")
-    listing = bb_sub.add_parser("list", help="a table: input size, feature map, parameters, ImageNet top-1, where "
-                                "the weights come from and whether they are here",
-                                description="Every registered backbone as a table; no weights are loaded.")
-    listing.add_argument("names", nargs="*", help="only these backbones; default all")
-    listing.add_argument("--available", action="store_true", help="only backbones whose weights are on this "
-                         "machine now (they run offline)")
-    listing.add_argument("--taps", action="store_true", help="also every tap's name (the intermediate outputs "
-                         "`jaxheads sweep --taps` caches), input to output")
-    _quiet_verbose(listing)
-    compare = bb_sub.add_parser("compare", help="ridge-probe accuracy of each backbone's cached features",
-                                description="Features of each backbone (cached), then a closed-form ridge probe; with "
-                                            "two or more, also the first two backbones' features side by side.")
-    compare.add_argument("names", nargs="+", help="backbone names, e.g. efficientnet_lite0 mobilenet_v2")
-    compare.add_argument("--dataset", default="elpv", help="same forms as sweep --dataset; default elpv")
-    compare.add_argument("--cache-dir", type=Path, help="where features are cached; default $JAXHEADS_CACHE/features")
-    compare.add_argument("--data-dir", type=Path, help="TFDS data_dir for tfds:NAME")
-    compare.add_argument("--feature-batch-size", type=int, default=64, help="images per backbone call; default 64")
-    _quiet_verbose(compare)
+def add_sweep_flags(parser: argparse.ArgumentParser, defaults: Any) -> argparse._ArgumentGroup:
+    """The sweep's axis and scalar flags (their help naming ``defaults``, a SweepSpec) and ``--config``; returns
+    the "run" group they end with."""
+    axes = parser.add_argument_group("axes: comma-separated levels, e.g. --widths 128,512 (see the end)")
+    scalars = parser.add_argument_group("scalars: one value each")
+    for flag, (field, _) in SWEEP_FLAGS.items():
+        default = getattr(defaults, field)
+        text, metavar = sweep_flag_help(flag, field, default)
+        group = axes if is_axis(default) else scalars
+        group.add_argument(flag, dest=f"axis_{field}", default=None, metavar=metavar, help=text.replace("%", "%%"))
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", type=Path, help="a YAML/JSON file of SweepSpec fields; the flags above override it")
+    return run
 
 
 def _finetune_parser(sub: Any) -> None:
@@ -330,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--backbone", default="efficientnet_lite0", help="default efficientnet_lite0")
     classify.add_argument("--top", type=int, default=5, help="classes shown per image; default 5")
     _quiet_verbose(classify)
-    _backbones_parser(sub)
+    from jaxheads.cli.backbones import backbones_parser
+
+    backbones_parser(sub)
     return parser
 
 

@@ -1,5 +1,6 @@
-"""The report's figures (matplotlib, pyplot-free): validation metric against head size, learning curves, and the
-recommended head's confusion matrix. Each ``plot_*`` writes one PNG and returns its path."""
+"""The report's figures (matplotlib, pyplot-free): validation metric against head size, learning curves, the
+recommended head's confusion matrix and, comparing backbones, accuracy against speed and size. Each ``plot_*``
+writes one PNG and returns its path."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxheads.factors import varied_axes
+from jaxheads.report.backbones import backbone_points, dominated_by
 from jaxheads.report.tables import leaderboard_rows, level_of, num, ridge_baseline, spec_summary
 
 
@@ -127,5 +129,31 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str] | None, path: Path, tit
     ax.set_xticks(range(k), labels, rotation=45, ha="right")
     ax.set_yticks(range(k), labels)
     ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_backbones(result_json: Mapping[str, Any], path: Path) -> Path:
+    """Best val score (with its interval) against measured images/s, log x; marker area grows with the
+    backbone's parameters; the Pareto front joined by a line."""
+    points = backbone_points(result_json)
+    front = dominated_by(points)
+    fig = _figure()
+    ax = fig.add_subplot()
+    largest = max(p.params for p in points)
+    for p in points:
+        yerr = [[p.score - p.low], [p.high - p.score]] if p.low == p.low else None
+        ax.errorbar([p.images_per_s], [p.score], yerr=yerr, fmt="o", capsize=3, ms=5 + 15 * (p.params / largest),
+                    alpha=0.8, mec="black" if front[p.name] is None else "none")
+        ax.annotate(f"{p.name} ({p.params / 1e6:.1f} M)", (p.images_per_s, p.score), textcoords="offset points",
+                    xytext=(6, 6), fontsize="small")
+    on_front = sorted((p for p in points if front[p.name] is None), key=lambda p: p.images_per_s)
+    ax.plot([p.images_per_s for p in on_front], [p.score for p in on_front], ls="--", color="gray",
+            label="Pareto front (accuracy, images/s, params)")
+    ax.set_xscale("log")
+    ax.set(xlabel="images/s on this machine (log)", ylabel=f"best val {result_json['metric']} (interval)",
+           title="Which backbone: accuracy against speed and size")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
     return path

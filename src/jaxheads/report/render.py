@@ -13,6 +13,7 @@ import html
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Sequence
 
+from jaxheads.report.backbones import BACKBONE_NOTE, backbone_table
 from jaxheads.report.depth import cut_cost_table
 from jaxheads.report.tables import (NO_VERDICTS, fmt, has_verdicts, leaderboard_columns, leaderboard_rows,
                                     level_of, per_class_table, questions_table, recommendation_text,
@@ -82,6 +83,10 @@ def sections(result_json: Mapping[str, Any], plots: Mapping[str, Path]) -> list[
                    ("note", f"Input {next(iter(result_json['provenance']['cut_costs'].values()))['input_size']} px; "
                             "FLOPs from XLA's cost analysis of the compiled forward; images/s timed on this machine "
                             "(batch 16, best of 3).")]
+    backbones = backbone_table(result_json)
+    if backbones is not None:
+        blocks += [("h2", "Which backbone"), ("table", Table(*backbones, left=frozenset({0, 1, 7}), wrap=1)),
+                   ("note", BACKBONE_NOTE)]
     if plots:
         blocks.append(("h2", "Plots"))
         blocks += [("img", (name.replace("_", " "), path)) for name, path in plots.items()]

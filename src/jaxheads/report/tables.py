@@ -60,6 +60,8 @@ def spec_summary(spec: Mapping[str, Any], axes: Iterable[str] | None = None) -> 
         parts.append(f"{f['views']} view{'s' if f['views'] != 1 else ''}")
     if "representation" in show and f["representation"] is not None:
         parts.append(f"taps {f['representation']}" if f["representation"] != "last" else "last layer")
+    if "backbone" in show and f["backbone"] is not None:
+        parts.append(str(f["backbone"]))
     return " · ".join(parts)
 
 

@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxheads.report.plots import plot_confusion, plot_learning_curves, plot_val_vs_params, recommended_confusion
+from jaxheads.report.backbones import backbone_table
+from jaxheads.report.plots import (plot_backbones, plot_confusion, plot_learning_curves, plot_val_vs_params,
+                                   recommended_confusion)
 from jaxheads.report.render import render_html, render_markdown, sections
 from jaxheads.report.tables import (
     NO_VERDICTS,
@@ -27,7 +29,7 @@ from jaxheads.report.tables import (
 __all__ = ["print_report", "write_documents", "write_report"]
 
 PLOT_FILES = {"val_vs_params": "val_vs_params.png", "learning_curves": "learning_curves.png",
-              "confusion_matrix": "confusion_matrix.png"}
+              "confusion_matrix": "confusion_matrix.png", "backbones": "backbones.png"}
 
 
 def print_report(result_json: Mapping[str, Any], console: Any = None, top: int = 20) -> None:
@@ -68,6 +70,14 @@ def print_report(result_json: Mapping[str, Any], console: Any = None, top: int =
         for q in question_rows:
             qt.add_row(*q, style="dim" if q[4] == "within noise" else None)
         console.print(qt)
+    backbones = backbone_table(result_json)
+    if backbones is not None:
+        bt = RichTable(title="Which backbone: each one's best head and its cost")
+        for i, name in enumerate(backbones[0]):
+            bt.add_column(name, justify="left" if i in (0, 1, 7) else "right", no_wrap=i != 1)
+        for row in backbones[1]:
+            bt.add_row(*row, style="dim" if not row[-1].startswith("yes") else None)
+        console.print(bt)
     console.print(timing_text(result_json), style="dim")
 
 
@@ -76,6 +86,8 @@ def _plots(result_json: Mapping[str, Any], out: Path) -> dict[str, Path]:
     if result_json.get("leaderboard"):
         plots["val_vs_params"] = plot_val_vs_params(result_json, out / PLOT_FILES["val_vs_params"])
         plots["learning_curves"] = plot_learning_curves(result_json, out / PLOT_FILES["learning_curves"])
+    if backbone_table(result_json) is not None:
+        plots["backbones"] = plot_backbones(result_json, out / PLOT_FILES["backbones"])
     confusion = recommended_confusion(result_json)
     if confusion is not None:
         cm, split = confusion

@@ -3,7 +3,8 @@
 A variant is one level of a feature axis the jitted engine cannot vary inside one program: the input size the
 images were featured at (``input_size``, :mod:`jaxheads.sweep.sizes`), the number K of views heads train on
 (``views``: the plain image and K-1 augmented views, :mod:`jaxheads.data.augment`), or the pooled vector heads
-read (``representation``: a named level such as ``last`` or ``all``, :mod:`jaxheads.sweep.representation`). Each
+read (``representation``: a named level such as ``last`` or ``all``, :mod:`jaxheads.sweep.representation`), or the
+backbone that made them (``backbone``: ``jaxheads backbones compare``, :mod:`jaxheads.compare`). Each
 level is its own :func:`run_sweep` on the same members, folds and seeds (a representation level may run fewer); :func:`merge_variants` joins the results into one
 :class:`VariantSweepResult` whose member specs carry the axis as a factor (:func:`jaxheads.factors.member_factors`).
 The examples scored are the same at every level (checked on the labels and folds; views only add training rows),
@@ -14,6 +15,7 @@ with the same paired bootstrap as every other question.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,15 +36,16 @@ VARIANT_AXES: dict[str, tuple[str, str, str]] = {
     "input_size": ("{}px", "input_sizes", "{} px"),
     "views": ("{}views", "views_swept", "{} views"),
     "representation": ("{}", "representations", "representation {}"),
+    "backbone": ("{}", "backbones", "backbone {}"),
 }
-STRING_AXES = ("representation",)
+STRING_AXES = ("representation", "backbone")
 """Axes whose levels are names, kept in the order given (the others are numbers, sorted)."""
 
 
 @dataclasses.dataclass
 class VariantSweepResult(SweepResult):
     """A :class:`SweepResult` over the levels of one variant axis: every member spec has the axis (``input_size``,
-    ``views`` or ``representation``); ``feature_shapes`` are those of the recommended config's level,
+    ``views``, ``representation`` or ``backbone``); ``feature_shapes`` are those of the recommended config's level,
     ``shapes_by_level`` every level's."""
 
     axis: str = "input_size"
@@ -158,7 +161,7 @@ def run_variants(sweep: SweepSpec | Mapping[Any, SweepSpec],
     results = {}
     checkpoint_dir = run_args.pop("checkpoint_dir", None)
     for level, splits in splits_by_level.items():
-        suffix = VARIANT_AXES[axis][0].format(level).replace(":", "_")  # a folder name: no colon
+        suffix = re.sub(r"[^\w.-]", "_", VARIANT_AXES[axis][0].format(level))  # a folder name (keras:PATH too)
         where = None if checkpoint_dir is None else Path(checkpoint_dir) / suffix
         spec = sweep[level] if isinstance(sweep, Mapping) else sweep
         results[_level(level, axis)] = run_sweep(spec, splits, checkpoint_dir=where, **run_args)
