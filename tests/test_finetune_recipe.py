@@ -183,6 +183,7 @@ def test_kill_and_resume_give_the_weights_of_an_uninterrupted_run(colours: data.
     (["--optimizer", "adam"], ["--optimizer adam: expected one of adamw, sgd"]),
     (["--class-weights", "inverse"], ["--class-weights inverse: expected one of none, balanced"]),
     (["--accumulate", "0"], ["--accumulate 0: expected an integer >= 1"]),
+    (["--metric", "f1"], ["--metric f1: expected one of accuracy, balanced_accuracy, macro_f1"]),
 ])
 def test_bad_flags_are_one_line_naming_the_flag(flags: list[str], expected: list[str], colours: data.Dataset,
                                                 tmp_path: Path, save_tiny_head, capsys) -> None:
@@ -197,15 +198,18 @@ def test_bad_flags_are_one_line_naming_the_flag(flags: list[str], expected: list
 def test_new_flags_map_to_config_fields() -> None:
     args = cli.build_parser().parse_args(["finetune", "head", "--unfreeze", "all", "--augment", "none",
                                           "--optimizer", "sgd", "--momentum", "0.8", "--accumulate", "4",
-                                          "--remat", "--class-weights", "balanced"])
+                                          "--remat", "--class-weights", "balanced", "--metric", "macro_f1"])
     assert cli.finetune_config_from_args(args) == finetuning.FinetuneConfig(
         unfreeze="all", augment=(), optimizer="sgd", momentum=0.8, accumulate=4, remat=True,
-        class_weights="balanced")
+        class_weights="balanced", metric="macro_f1")
+    none = cli.build_parser().parse_args(["finetune", "head", "--metric", "none"])
+    assert cli.finetune_config_from_args(none).metric is None
     defaults = {field.name: field.default for field in dataclasses.fields(finetuning.FinetuneConfig)}
     for flag in cli.FINETUNE_FLAGS:  # every help states the config's default, in the flag's own syntax
         default = defaults[flag.field]
         text = ("off" if flag.parse is bool else ",".join(default) or "none" if isinstance(default, tuple)
-                else "the size the head was swept at" if default is None else default)
+                else {"image_size": "the size the head was swept at", "metric": "the task's own"}[flag.field]
+                if default is None else default)
         assert finetune_flag_help(flag).endswith(f"(default{':' if flag.parse is bool else ''} {text})"), flag.name
         if flag.parse is not bool and default is not None:
             assert flag.parse(str(text)) == default, flag.name  # the default's text parses back to it

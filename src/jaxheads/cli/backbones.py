@@ -9,12 +9,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from jaxheads.cli.flags import add_sweep_flags, quiet_verbose
+
 log = logging.getLogger("jaxheads")
 
 
 def backbones_parser(sub: Any) -> None:
     """The ``backbones`` command's parser: ``list`` and ``compare`` (which takes the sweep's axis flags)."""
-    from jaxheads.cli.parser import _quiet_verbose, add_sweep_flags
     from jaxheads.compare import COMPARE_SWEEP, DEFAULT_OUT
 
     bb = sub.add_parser("backbones", help="list the backbones, or compare them with the same sweep on each",
@@ -28,7 +29,7 @@ def backbones_parser(sub: Any) -> None:
                          "machine now (they run offline)")
     listing.add_argument("--taps", action="store_true", help="also every tap's name (the intermediate outputs "
                          "`jaxheads sweep --taps` caches), input to output")
-    _quiet_verbose(listing)
+    quiet_verbose(listing)
     compare = bb_sub.add_parser(
         "compare", help="the same sweep on each backbone's cached features: 'A vs B' with intervals, and each "
         "one's accuracy beside its params and measured images/s (the Pareto front)",
@@ -47,7 +48,7 @@ def backbones_parser(sub: Any) -> None:
     compare.add_argument("--feature-batch-size", type=int, default=64, help="images per backbone call; default 64")
     run = add_sweep_flags(compare, COMPARE_SWEEP)
     run.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output directory; default {DEFAULT_OUT}")
-    _quiet_verbose(compare)
+    quiet_verbose(compare)
 
 
 def backbones_command(args: argparse.Namespace) -> int:
@@ -59,7 +60,8 @@ def _compare(args: argparse.Namespace) -> int:
     (leaderboard, the Backbone question, the Pareto table) and the files written."""
     from jaxheads import distributed, features, job, report
     from jaxheads.cli import progress
-    from jaxheads.cli.main import sweep_spec_from_args, wide_console
+    from jaxheads.cli.flags import sweep_spec_from_args
+    from jaxheads.cli.progress import wide_console
     from jaxheads.compare import COMPARE_SWEEP, compare_backbones
 
     spec = sweep_spec_from_args(args, COMPARE_SWEEP)

@@ -11,45 +11,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from jaxheads.cli.parser import EXPECTED, FINETUNE_FLAGS, SWEEP_FLAGS, build_parser
+from jaxheads.cli.flags import FINETUNE_FLAGS, sweep_spec_from_args
+from jaxheads.cli.parser import build_parser
+from jaxheads.cli.progress import wide_console
 
 if TYPE_CHECKING:
     from jaxheads.finetuning.config import FinetuneConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (tf.data / TFDS) start-up chatter
 log = logging.getLogger("jaxheads")
-
-
-def sweep_spec_from_args(args: argparse.Namespace, default: Any = None) -> Any:
-    """The SweepSpec of ``--config`` (or ``default``, else the main job's sweep) with the axis flags applied on
-    top."""
-    from jaxheads.job import DEFAULT_SWEEP
-    from jaxheads.sweep import SweepSpec
-
-    spec = DEFAULT_SWEEP if default is None else default
-    if args.config is not None:
-        if not args.config.is_file():
-            raise FileNotFoundError(f"--config {args.config}: no such file")
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(args.config.read_text())  # YAML is a superset of JSON
-        except yaml.YAMLError as e:
-            raise ValueError(f"--config {args.config}: not valid YAML/JSON ({e})") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"--config {args.config}: expected a mapping of SweepSpec fields")
-        spec = SweepSpec.from_dict(loaded)
-    changes = {}
-    for flag, (field, parse) in SWEEP_FLAGS.items():
-        text = getattr(args, f"axis_{field}")
-        if text is not None:
-            try:
-                changes[field] = parse(text)
-            except ValueError as e:
-                expected = EXPECTED.get(parse, str(e))
-                raise ValueError(f"{flag} {text!r}: not a valid value for SweepSpec.{field} (expected "
-                                 f"{expected})") from None
-    return SweepSpec.from_dict({**spec.to_dict(), **changes}) if changes else spec
 
 
 def run_key(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
@@ -103,16 +73,6 @@ def _dry_run(args: argparse.Namespace, spec: Any) -> int:
              "A run with the same flags records this estimate beside its time (%s).", sum(sizes.values()) * len(
                  pixels), ", ".join(map(str, pixels)), path)
     return 0
-
-
-def wide_console() -> Any:
-    """rich's console, 120 columns wide when stdout is not a terminal (its default 80 would fold tables)."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)
-    return console
 
 
 def _record_estimate(args: argparse.Namespace, spec: Any, output: Any) -> dict[str, Any]:

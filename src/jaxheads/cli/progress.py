@@ -152,3 +152,13 @@ def console_log(level: int = NORMAL) -> Iterator[logging.Logger]:
 def level_of(quiet: bool, verbose: bool) -> int:
     """The log level of ``--quiet`` / ``--verbose`` (quiet wins when both are given)."""
     return QUIET if quiet else (VERBOSE if verbose else NORMAL)
+
+
+def wide_console() -> Any:
+    """rich's console, 120 columns wide when stdout is not a terminal (its default 80 would fold tables)."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    return console
