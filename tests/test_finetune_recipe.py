@@ -126,11 +126,12 @@ def test_remat_and_accumulation_compute_the_same_update(parts: tuple) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sampling", ["shuffle", "balanced"])
 def test_zero_learning_rate_returns_the_start_exactly(colours: data.Dataset, tmp_path: Path, save_tiny_head,
-                                                      tiny_backbone: str) -> None:
+                                                      tiny_backbone: str, sampling: str) -> None:
     head = save_tiny_head(tmp_path / "head", colours.classes)
     config = finetuning.FinetuneConfig(**{**RECIPE, "epochs": 1, "learning_rate": 0.0, "backbone_learning_rate": 0.0,
-                                          "weight_decay": 1e-2})
+                                          "weight_decay": 1e-2, "sampling": sampling})
     run = finetuning.finetune(head, colours, config, out_dir=tmp_path / "ft")
     assert run.trainable_blocks == backbones.get_config(tiny_backbone).blocks  # "all": the whole network
     assert run.weight_change and all(v == 0.0 for v in run.weight_change.values())
@@ -184,6 +185,7 @@ def test_kill_and_resume_give_the_weights_of_an_uninterrupted_run(colours: data.
     (["--class-weights", "inverse"], ["--class-weights inverse: expected one of none, balanced"]),
     (["--accumulate", "0"], ["--accumulate 0: expected an integer >= 1"]),
     (["--metric", "f1"], ["--metric f1: expected one of accuracy, balanced_accuracy, macro_f1"]),
+    (["--sampling", "random"], ["--sampling random: expected one of shuffle, balanced"]),
 ])
 def test_bad_flags_are_one_line_naming_the_flag(flags: list[str], expected: list[str], colours: data.Dataset,
                                                 tmp_path: Path, save_tiny_head, capsys) -> None:
@@ -195,13 +197,23 @@ def test_bad_flags_are_one_line_naming_the_flag(flags: list[str], expected: list
     assert not (tmp_path / "ft").exists()
 
 
+def test_balanced_sampling_draws_every_class_equally_often_and_shuffle_keeps_the_old_order() -> None:
+    labels = np.repeat([0, 1, 2], [180, 15, 5])
+    drawn = np.concatenate([labels[finetuning.epoch_order(labels, 0, epoch, "balanced")] for epoch in range(1, 21)])
+    assert len(drawn) == 20 * len(labels)
+    assert np.allclose(np.bincount(drawn) / len(drawn), 1 / 3, atol=0.02)
+    order = finetuning.epoch_order(labels, 3, 2, "shuffle")
+    assert np.array_equal(order, np.random.default_rng([3, 2]).permutation(len(labels)))
+
+
 def test_new_flags_map_to_config_fields() -> None:
     args = cli.build_parser().parse_args(["finetune", "head", "--unfreeze", "all", "--augment", "none",
                                           "--optimizer", "sgd", "--momentum", "0.8", "--accumulate", "4",
-                                          "--remat", "--class-weights", "balanced", "--metric", "macro_f1"])
+                                          "--remat", "--class-weights", "balanced", "--metric", "macro_f1",
+                                          "--sampling", "balanced"])
     assert cli.finetune_config_from_args(args) == finetuning.FinetuneConfig(
         unfreeze="all", augment=(), optimizer="sgd", momentum=0.8, accumulate=4, remat=True,
-        class_weights="balanced", metric="macro_f1")
+        class_weights="balanced", metric="macro_f1", sampling="balanced")
     none = cli.build_parser().parse_args(["finetune", "head", "--metric", "none"])
     assert cli.finetune_config_from_args(none).metric is None
     defaults = {field.name: field.default for field in dataclasses.fields(finetuning.FinetuneConfig)}

@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--layer-decay", type=float, default=0.9)
     parser.add_argument("--ema", type=float, default=0.95, help="per-step EMA decay of the weights")
     parser.add_argument("--class-weights", default="none", help="none or balanced")
+    parser.add_argument("--sampling", default="shuffle", help="shuffle or balanced (FinetuneConfig.sampling)")
+    parser.add_argument("--metric", default=None, help="val metric that keeps the epoch (default: accuracy)")
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=1000)
@@ -183,7 +185,8 @@ def main() -> None:
     common = {"image_size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "patience": None,
               "augment": () if args.augment == "none" else tuple(args.augment.split(",")), "ema_decay": args.ema,
               "layer_decay": args.layer_decay, "learning_rate": args.lr, "backbone_learning_rate": args.backbone_lr,
-              "optimizer": args.optimizer, "class_weights": args.class_weights}
+              "optimizer": args.optimizer, "class_weights": args.class_weights,
+              "sampling": args.sampling, "metric": args.metric}
     out: dict[str, Any] = {"dataset": ds.name, "backbone": BACKBONE, "size": args.size,
                            "host": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()}, "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)

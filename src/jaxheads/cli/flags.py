@@ -134,6 +134,8 @@ FINETUNE_FLAGS: tuple[ConfigFlag, ...] = (
                "e.g. dihedral,affine"),
     ConfigFlag("--class-weights", "class_weights", str, "balanced: weigh the training loss by inverse class "
                "frequency of train; none"),
+    ConfigFlag("--sampling", "sampling", str, "each epoch's order: shuffle (train permuted) or balanced (draws "
+               "with replacement, every class equally likely)"),
     ConfigFlag("--patience", "patience", int, "epochs without val improvement before stopping"),
     ConfigFlag("--metric", "metric", lambda text: None if text.strip().lower() == "none" else text.strip(),
                "val metric that early-stops and picks the saved epoch, e.g. balanced_accuracy or macro_f1 on "

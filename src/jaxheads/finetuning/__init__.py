@@ -16,7 +16,8 @@ written by ``jaxheads sweep`` (``OUT/head``: its meta names the backbone, the we
   as at inference) or lets them train (``freeze_bn=False``: the backbone runs in train mode, so every BN layer —
   frozen blocks' included, as the module has one ``train`` flag — uses batch statistics and updates its averages);
 * smooths the multiclass training labels (``label_smoothing``) and weighs them by class (``class_weights``:
-  ``"balanced"`` from the train split's label frequencies); val loss is the plain one;
+  ``"balanced"`` from the train split's label frequencies) or draws every class equally often (``sampling``:
+  ``"balanced"``, :func:`epoch_order`); val loss is the plain one;
 * reads images, not cached features: each epoch decodes the train split in a seeded shuffled order at
   ``crop_scale`` x the input size (default 1.0: no zoom) and, inside the jitted step, takes a random crop and draws
   the ``augment`` policy per example (:mod:`jaxheads.finetuning.augment`: the names of
@@ -61,7 +62,7 @@ Where the parts live:
   the loop.
 """
 
-from .config import FinetuneConfig, FinetuneResult
+from .config import FinetuneConfig, FinetuneResult, epoch_order
 from .model import MODEL_KIND, Model, Variables, load_model, model_logits
 from .run import finetune
 from .state import KEEP_CHECKPOINTS, MODEL_DIR, RESULT_FILE, STATE_DIR, STATE_KIND
@@ -79,6 +80,7 @@ __all__ = [
     "STATE_KIND",
     "TrainState",
     "Variables",
+    "epoch_order",
     "finetune",
     "load_model",
     "model_logits",

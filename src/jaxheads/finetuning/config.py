@@ -10,12 +10,13 @@ import numpy as np
 
 from jaxheads.data.augment import AFFINE_JITTER, parse_policy
 
-__all__ = ["CLASS_WEIGHTS", "METRICS", "OPTIMIZERS", "SCHEDULES", "ConfigError", "FinetuneConfig", "FinetuneResult",
+__all__ = ["CLASS_WEIGHTS", "METRICS", "OPTIMIZERS", "SAMPLINGS", "SCHEDULES", "ConfigError", "FinetuneConfig", "FinetuneResult",
            "class_weights"]
 
 SCHEDULES = ("warmup_cosine", "constant")
 OPTIMIZERS = ("adamw", "sgd")
 CLASS_WEIGHTS = ("none", "balanced")
+SAMPLINGS = ("shuffle", "balanced")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_average_precision", "macro_roc_auc")
 """What early stopping can select on (those of :mod:`jaxheads.stats`; the task must have it)."""
 
@@ -51,6 +52,9 @@ class FinetuneConfig:
         from the forward pass, at the cost of computing each unfrozen block's forward twice.
     class_weights: ``"balanced"`` weighs each example's training loss by ``n / (classes * n_class)`` of the train
         split (a weighted mean), ``"none"`` weighs all alike; multiclass only. Val loss is never weighted.
+    sampling: each epoch's training order: ``"shuffle"`` (a permutation of train) or ``"balanced"`` (as many
+        draws as train has rows, with replacement, each class equally likely; multiclass only): the same aim as
+        class weights, reached by repeating the rare images instead of weighing their loss.
     image_size: the input size (default: the backbone's); crop_scale: images are decoded at
         ``round(image_size * crop_scale)`` and randomly cropped to ``image_size`` (1.0, the default: no crop, as
         the head was swept on whole centre-resized images; zoomed crops move the features away from those the head
@@ -85,6 +89,7 @@ class FinetuneConfig:
     accumulate: int = 1
     remat: bool = False
     class_weights: str = "none"
+    sampling: str = "shuffle"
 
     def __post_init__(self) -> None:
         # The canonical policy order makes "affine,flip" and "flip,affine" one run identity (and a JSON list a tuple).
@@ -112,6 +117,7 @@ class FinetuneConfig:
             "momentum": (0.0 <= self.momentum < 1.0, "0 to below 1"),
             "accumulate": (self.accumulate >= 1, "an integer >= 1"),
             "class_weights": (self.class_weights in CLASS_WEIGHTS, f"one of {', '.join(CLASS_WEIGHTS)}"),
+            "sampling": (self.sampling in SAMPLINGS, f"one of {', '.join(SAMPLINGS)}"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
@@ -124,6 +130,18 @@ class ConfigError(ValueError):
     def __init__(self, field: str, value: Any, expected: str):
         super().__init__(f"FinetuneConfig.{field}: invalid value {value!r}; expected {expected}")
         self.field, self.value, self.expected = field, value, expected
+
+
+def epoch_order(labels: np.ndarray, seed: int, epoch: int, sampling: str) -> np.ndarray:
+    """The rows of train that epoch ``epoch`` visits, in order (seeded by ``(seed, epoch)``): a permutation for
+    ``"shuffle"``; for ``"balanced"`` as many draws with replacement, a row's chance inversely proportional to
+    its class's count, so every present class is drawn equally often in expectation."""
+    rng = np.random.default_rng([seed, epoch])
+    if sampling == "shuffle":
+        return rng.permutation(len(labels))
+    counts = np.bincount(labels)
+    chance = 1.0 / counts[labels]
+    return rng.choice(len(labels), size=len(labels), replace=True, p=chance / chance.sum())
 
 
 def class_weights(labels: Any, num_classes: int, mode: str) -> list[float]:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxheads import data, heads, metrics, parallel, ranking, stats
-from jaxheads.finetuning.config import class_weights
+from jaxheads.finetuning.config import class_weights, epoch_order
 from jaxheads.finetuning.model import Variables, predict_fn
 from jaxheads.finetuning.step import FinetuneSetup, TrainState, finetune_optimizer, schedule_steps, train_step
 from jaxheads.heads import HeadSpec
@@ -80,10 +80,11 @@ class EpochLoop:
         self._report(0)
 
     def run_epoch(self, epoch: int) -> None:
-        """One pass over train in the seeded order of ``epoch``, then val, early-stopping bookkeeping."""
+        """One pass over train in the seeded order of ``epoch`` (:func:`epoch_order`), then val, early-stopping
+        bookkeeping."""
         step = train_step(self.setup)
         split = self.ds.split("train")
-        order = np.random.default_rng([self.setup.config.seed, epoch]).permutation(len(split))
+        order = epoch_order(np.asarray(split.labels), self.setup.config.seed, epoch, self.setup.config.sampling)
         losses: list[float] = []
         accumulate = self.setup.config.accumulate
         for images, labels, mask in self._batches(split, order, self.load_size, accumulate):

@@ -90,10 +90,16 @@ def _setup(head: heads_io.SweptHead, backbone: backbones.Backbone, config: Finet
                          head.spec, _trainable_blocks(backbone.config, config.unfreeze), config, size)
 
 
+ADDED_FIELDS = {"sampling": "shuffle"}
+"""FinetuneConfig fields added after checkpoints existed, with their defaults: left out of the run identity at
+those defaults, so an older checkpoint still resumes."""
+
+
 def _run_identity(config: FinetuneConfig, head: heads_io.SweptHead, backbone: backbones.Backbone,
                   ds: data.Dataset, devices: Sequence[jax.Device] | None) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: settings, head, weights, data and device count."""
-    return {"config": dataclasses.asdict(config), "head": head.meta.get("spec"),
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if ADDED_FIELDS.get(k, ...) != v}
+    return {"config": settings, "head": head.meta.get("spec"),
             "head_weights": _digest(head.variables), "weights_id": backbone.weights_id,
             "dataset": {s: ds.fingerprint(s) for s in ("train", "val")}, "devices": parallel.make_mesh(1, devices).size}
 
@@ -112,6 +118,8 @@ def _check_dataset(ds: data.Dataset, head: heads_io.SweptHead, config: FinetuneC
     spec = head.spec
     if config.class_weights != "none" and spec.task != "multiclass":
         raise ValueError(f"--class-weights {config.class_weights}: multiclass only; this head is {spec.task}")
+    if config.sampling != "shuffle" and spec.task != "multiclass":
+        raise ValueError(f"--sampling {config.sampling}: multiclass only; this head is {spec.task}")
     for split in ("train", "val"):
         if split not in ds.splits or len(ds.split(split)) == 0:
             raise data.DatasetError(f"dataset {ds.name}: fine-tuning needs a non-empty {split!r} split")

@@ -117,7 +117,8 @@ def train_step(setup: FinetuneSetup) -> Callable[..., tuple[TrainState, jax.Arra
     not see (epochs, patience, batch size, crop scale, warm-up and class weights are shapes, loop settings or
     arguments; the seed is an argument)."""
     loop_only = {"unfreeze": 0, "epochs": 0, "batch_size": 1, "patience": None, "image_size": None,
-                 "crop_scale": 1.0, "seed": 0, "warmup_epochs": 0.0, "metric": None, "class_weights": "none"}
+                 "crop_scale": 1.0, "seed": 0, "warmup_epochs": 0.0, "metric": None, "class_weights": "none",
+                 "sampling": "shuffle"}
     return _compiled_step(dataclasses.replace(setup, config=dataclasses.replace(setup.config, **loop_only)))
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from jaxheads.report.tables import fmt, leaderboard_rows, num
+from jaxheads.factors import varied_axes
+from jaxheads.report.tables import fmt, leaderboard_rows, num, spec_summary
 
 
 class BackbonePoint(NamedTuple):
@@ -47,6 +48,7 @@ def backbone_points(result_json: Mapping[str, Any]) -> list[BackbonePoint]:
     costs = (result_json.get("provenance") or {}).get("backbone_costs") or {}
     if not costs:
         return []
+    axes = [a for a in varied_axes(result_json) if a != "backbone"]  # the table names the backbone itself
     points = []
     for row, raw in zip(leaderboard_rows(result_json), result_json.get("leaderboard", [])):
         name = raw["spec"].get("backbone")
@@ -55,7 +57,7 @@ def backbone_points(result_json: Mapping[str, Any]) -> list[BackbonePoint]:
         ci = row.get("val_ci") or {}
         score = num(ci.get("estimate")) if ci else row["val"]["mean"]
         cost = costs[name]
-        points.append(BackbonePoint(name, row["config"], row["summary"], score, num(ci.get("low")),
+        points.append(BackbonePoint(name, row["config"], spec_summary(raw["spec"], axes), score, num(ci.get("low")),
                                     num(ci.get("high")), int(cost["params"]), num(cost["flops_per_image"]) / 1e9,
                                     num(cost["images_per_s"])))
     return points
