@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "sweep_job": "jaxheads.job",
+    "compare_backbones": "jaxheads.compare",
     "HeadSpec": "jaxheads.heads",
     "ConvStage": "jaxheads.heads",
     "init_head": "jaxheads.heads",
