@@ -7,6 +7,7 @@ draws), plus what each backbone costs for the Pareto table (:mod:`jaxheads.repor
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
@@ -15,24 +16,12 @@ from jaxheads.backbones import cut
 from jaxheads.features.options import ExtractOptions
 from jaxheads.sweep import SweepSpec, variants
 
-COMPARE_SWEEP = SweepSpec(
-    pooling=("none",),
-    widths=(128,),
-    depth=(0, 1),
-    dropout=(0.0,),
-    norm=("none",),
-    learning_rate=(1e-3,),
-    batch_size=(64,),
-    epochs=20,
-    seeds=1,
-    patience=6,
-    folds="auto",
-    repeats="auto",
-    design="grid",
-)
+COMPARE_SWEEP = dataclasses.replace(job.DEFAULT_SWEEP, pooling=("none",), conv=((),), widths=(128,), depth=(0, 1),
+                                    dropout=(0.0,), norm=("none",), design="grid")
 """What ``backbones compare`` trains on every backbone by default: a linear head and one dense layer of 128 on
-the cached average-pooled vector (every backbone has one; no feature maps are held), each on the main job's
-repeated folds (2 × 3 up to 10,000 train+val examples), so each backbone gets 12 models."""
+the cached average-pooled vector (every backbone has one; no feature maps are held), trained as the main job trains
+(its learning rate, batch, epochs, patience and repeated folds: 2 × 3 up to 10,000 train+val examples), so each
+backbone gets 12 models."""
 
 DEFAULT_OUT = "runs/compare"
 
