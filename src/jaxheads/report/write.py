@@ -72,11 +72,12 @@ def print_report(result_json: Mapping[str, Any], console: Any = None, top: int =
         console.print(qt)
     backbones = backbone_table(result_json)
     if backbones is not None:
-        bt = RichTable(title="Which backbone: each one's best head and its cost")
-        for i, name in enumerate(backbones[0]):
-            bt.add_column(name, justify="left" if i in (0, 1, 7) else "right", no_wrap=i != 1)
+        bt = RichTable(title="Which backbone: each one's best head (in the leaderboard) and its cost")
+        shown = [j for j, name in enumerate(backbones[0]) if name != "best head"]  # the terminal's 120 columns
+        for j in shown:
+            bt.add_column(backbones[0][j], justify="left" if j in (0, 7) else "right", no_wrap=j != 7)
         for row in backbones[1]:
-            bt.add_row(*row, style="dim" if not row[-1].startswith("yes") else None)
+            bt.add_row(*(row[j] for j in shown), style="dim" if not row[-1].startswith("yes") else None)
         console.print(bt)
     console.print(timing_text(result_json), style="dim")
 
