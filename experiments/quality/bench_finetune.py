@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.95, help="per-step EMA decay of the weights")
     parser.add_argument("--class-weights", default="none", help="none or balanced")
     parser.add_argument("--sampling", default="shuffle", help="shuffle or balanced (FinetuneConfig.sampling)")
+    parser.add_argument("--train-bn", action="store_true", help="batch norm in train mode (FinetuneConfig.freeze_bn "
+                        "False); default frozen")
     parser.add_argument("--metric", default=None, help="val metric that keeps the epoch (default: accuracy)")
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--val", type=int, default=500)
@@ -186,7 +188,7 @@ def main() -> None:
               "augment": () if args.augment == "none" else tuple(args.augment.split(",")), "ema_decay": args.ema,
               "layer_decay": args.layer_decay, "learning_rate": args.lr, "backbone_learning_rate": args.backbone_lr,
               "optimizer": args.optimizer, "class_weights": args.class_weights,
-              "sampling": args.sampling, "metric": args.metric}
+              "sampling": args.sampling, "metric": args.metric, "freeze_bn": not args.train_bn}
     out: dict[str, Any] = {"dataset": ds.name, "backbone": BACKBONE, "size": args.size,
                            "host": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()}, "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
