@@ -131,7 +131,8 @@ FINETUNE_FLAGS: tuple[ConfigFlag, ...] = (
                "memory, more compute", switch_value=True),
     ConfigFlag("--augment", "augment", _policy, "augmentation drawn per image and step on device: comma-separated "
                "names from flip, dihedral, crop, scale, affine (±3° rotation, ±2%% shift and scale), or none; "
-               "e.g. dihedral,affine"),
+               "e.g. flip,affine (dihedral adds quarter turns, which a model swept on upright images must first "
+               "learn)"),
     ConfigFlag("--class-weights", "class_weights", str, "balanced: weigh the training loss by inverse class "
                "frequency of train; none"),
     ConfigFlag("--sampling", "sampling", str, "each epoch's order: shuffle (train permuted) or balanced (draws "
