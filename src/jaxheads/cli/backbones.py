@@ -61,7 +61,6 @@ def _compare(args: argparse.Namespace) -> int:
     from jaxheads import distributed, features, job, report
     from jaxheads.cli import progress
     from jaxheads.cli.flags import sweep_spec_from_args
-    from jaxheads.cli.progress import wide_console
     from jaxheads.compare import COMPARE_SWEEP, compare_backbones
 
     spec = sweep_spec_from_args(args, COMPARE_SWEEP)
@@ -74,7 +73,7 @@ def _compare(args: argparse.Namespace) -> int:
                                                                    batch_size=args.feature_batch_size),
                                    feature_progress=bars.features, sweep_progress=bars.sweep)
     if main:
-        report.print_report(json.loads(output.files["results"].read_text()), console=wide_console())
+        report.print_report(json.loads(output.files["results"].read_text()), console=progress.wide_console())
         for name, path in sorted(output.files.items()):
             print(f"{name:>12}: {path}")
     return 0

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from jaxheads.cli.backbones import backbones_command
 from jaxheads.cli.flags import FINETUNE_FLAGS, sweep_spec_from_args
 from jaxheads.cli.parser import build_parser
 from jaxheads.cli.progress import wide_console
@@ -212,14 +213,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_backbones(args: argparse.Namespace) -> int:
-    from jaxheads.cli.backbones import backbones_command
-
-    return backbones_command(args)
-
-
 COMMANDS = {"sweep": _cmd_sweep, "predict": _cmd_predict, "finetune": _cmd_finetune, "classify": _cmd_classify,
-            "backbones": _cmd_backbones}
+            "backbones": backbones_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from jaxheads.cli.backbones import backbones_parser
-from jaxheads.cli.flags import (EXPECTED, FINETUNE_FLAGS, SWEEP_FLAGS, ConfigFlag, FlagHelp, _byte_size, add_sweep_flags,
-                                conv_stack_text, conv_stacks, finetune_flag_help, flag_text, is_axis, quiet_verbose,
-                                sweep_flag_help, sweep_help)
+from jaxheads.cli.flags import (EXPECTED, FINETUNE_FLAGS, SWEEP_FLAGS, ConfigFlag, FlagHelp, _byte_size,
+                                add_sweep_flags, conv_stack_text, conv_stacks, finetune_flag_help, flag_text, is_axis,
+                                quiet_verbose, sweep_flag_help, sweep_help)
 
 __all__ = ["EXPECTED", "FINETUNE_FLAGS", "SWEEP_FLAGS", "ConfigFlag", "FlagHelp", "build_parser", "conv_stack_text",
            "conv_stacks", "finetune_flag_help", "flag_text", "is_axis", "sweep_flag_help", "sweep_help"]

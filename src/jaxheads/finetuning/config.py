@@ -10,8 +10,8 @@ import numpy as np
 
 from jaxheads.data.augment import AFFINE_JITTER, parse_policy
 
-__all__ = ["CLASS_WEIGHTS", "METRICS", "OPTIMIZERS", "SAMPLINGS", "SCHEDULES", "ConfigError", "FinetuneConfig", "FinetuneResult",
-           "class_weights"]
+__all__ = ["CLASS_WEIGHTS", "METRICS", "OPTIMIZERS", "SAMPLINGS", "SCHEDULES", "ConfigError", "FinetuneConfig",
+           "FinetuneResult", "class_weights", "epoch_order"]
 
 SCHEDULES = ("warmup_cosine", "constant")
 OPTIMIZERS = ("adamw", "sgd")

@@ -57,7 +57,8 @@ def _recipe_text(result: FinetuneResult) -> str:
             f"top block lr {c.backbone_learning_rate:g} (×{c.layer_decay:g} per block below), batch "
             f"{c.batch_size}×{c.accumulate}, augmentation {augment}, class weights {c.class_weights}, sampling "
             f"{c.sampling}, batch norm {'frozen' if c.freeze_bn else 'trained'}, EMA {c.ema_decay}; "
-            f"{result.epochs_run} of {c.epochs} epochs run, epoch {result.best_epoch} kept (by val {result.metric}; epoch 0 is the frozen head).")
+            f"{result.epochs_run} of {c.epochs} epochs run, epoch {result.best_epoch} kept (by val {result.metric}; "
+            "epoch 0 is the frozen head).")
 
 
 def sections(result: FinetuneResult) -> list[tuple[str, Any]]:

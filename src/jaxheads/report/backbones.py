@@ -79,7 +79,8 @@ def backbone_table(result_json: Mapping[str, Any]) -> tuple[list[str], list[list
 
 
 BACKBONE_NOTE = ("Each backbone's best head on the same examples, folds, seeds and bootstrap draws; each val "
-                 "figure is the best of its backbone's heads, so all are optimistic by the same selection. The \"Backbone\" question above gives each difference with its paired interval; the "
-                 "test split scores only the recommended model. Params and FLOPs are the backbone's (XLA's cost "
+                 "figure is the best of its backbone's heads, so all are optimistic by the same selection. The "
+                 "\"Backbone\" question above gives each difference with its paired interval; the test split scores "
+                 "only the recommended model. Params and FLOPs are the backbone's (XLA's cost "
                  "analysis of the compiled forward at its input size); images/s is timed on this machine (batch 16, "
                  "best of 3).")

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxheads.report.backbones import backbone_table
+from jaxheads.report.backbones import backbone_points, backbone_table
 from jaxheads.report.plots import (plot_backbones, plot_confusion, plot_learning_curves, plot_val_vs_params,
                                    recommended_confusion)
 from jaxheads.report.render import render_html, render_markdown, sections
@@ -87,7 +87,7 @@ def _plots(result_json: Mapping[str, Any], out: Path) -> dict[str, Path]:
     if result_json.get("leaderboard"):
         plots["val_vs_params"] = plot_val_vs_params(result_json, out / PLOT_FILES["val_vs_params"])
         plots["learning_curves"] = plot_learning_curves(result_json, out / PLOT_FILES["learning_curves"])
-    if backbone_table(result_json) is not None:
+    if backbone_points(result_json):
         plots["backbones"] = plot_backbones(result_json, out / PLOT_FILES["backbones"])
     confusion = recommended_confusion(result_json)
     if confusion is not None:
